@@ -1,0 +1,181 @@
+"""The Report record and its JSON form (schema "gradcheck/report@1").
+
+Records are frozen dataclasses of Python floats, ints and strings; no tensor reaches this module.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+SCHEMA = "gradcheck/report@1"
+
+
+class Status(str, Enum):
+    """Per-layer status, and (for the first four) the model verdict."""
+
+    HEALTHY = "healthy"
+    VANISHING = "vanishing"
+    EXPLODING = "exploding"
+    NONFINITE = "nonfinite"
+    FROZEN = "frozen"
+    UNUSED = "unused"
+
+
+# The model verdict is the worst layer status in this order (DESIGN.md).
+VERDICT_ORDER = (Status.NONFINITE, Status.EXPLODING, Status.VANISHING, Status.HEALTHY)
+
+
+class FindingKind(str, Enum):
+    VANISHING = "vanishing"
+    EXPLODING = "exploding"
+    NONFINITE = "nonfinite"
+    VANISHING_THROUGH_TIME = "vanishing-through-time"
+    EXPLODING_THROUGH_TIME = "exploding-through-time"
+    SATURATED_ACTIVATION = "saturated-activation"
+    DEAD_RELU = "dead-relu"
+    INIT_SCALE = "init-scale"
+    DIVERGENCE = "divergence"
+    NONFINITE_INPUT = "nonfinite-input"
+    FP16_UNDERFLOW = "fp16-underflow"
+
+
+class Severity(str, Enum):
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+
+class RecommendationId(str, Enum):
+    SWAP_ACTIVATION = "swap-activation"
+    HE_INIT = "he-init"
+    XAVIER_INIT = "xavier-init"
+    ADD_NORMALIZATION = "add-normalization"
+    ADD_SKIP = "add-skip"
+    GATED_RNN = "gated-rnn"
+    CLIP_GRADIENTS = "clip-gradients"
+    LOWER_LR = "lower-lr"
+    WEIGHT_DECAY = "weight-decay"
+    GUARD_NONFINITE = "guard-nonfinite"
+    CHECK_INPUTS = "check-inputs"
+    LOSS_SCALING = "loss-scaling"
+
+
+Number = float | int | str | None
+"""Evidence values: numbers, or short strings (a module name, an activation type)."""
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    name: str
+    """Qualified name from named_modules(), e.g. "encoder.0"; "" never occurs (root is "(root)")."""
+    type: str
+    """Class name of the module, e.g. "Linear"."""
+    index: int
+    """Position in execution order (first forward call); layers never called come last."""
+    params: int
+    """Number of parameter elements owned directly (tied parameters counted once)."""
+    status: Status
+    grad_norm: float | None
+    """L2 norm over the layer's own parameter gradients, mean over probe batches."""
+    weight_norm: float
+    grad_to_weight: float | None
+    """grad_norm / weight_norm; None when the weights are (near) zero or no gradient arrived."""
+    nonfinite_grads: int
+    """Gradient elements that were NaN or Inf, summed over probe batches."""
+    activation: dict[str, Number] = field(default_factory=dict)
+    """Forward statistics of the layer's output: rms, output_grad_rms, dead/saturated fractions."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: FindingKind
+    layer: str | None
+    """The layer concerned, or None for the whole model (e.g. divergence)."""
+    severity: Severity
+    message: str
+    evidence: dict[str, Number]
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    id: RecommendationId
+    title: str
+    layers: tuple[str, ...]
+    why: str
+    """The measured numbers that justify it."""
+    code: str
+    """A snippet the user can paste."""
+
+
+@dataclass(frozen=True)
+class LossInfo:
+    kind: str
+    """loss_fn | model_loss | cross_entropy | mse | mean_square"""
+    values: tuple[float, ...]
+    """The loss of each probe batch (and each step, with --steps)."""
+
+
+@dataclass(frozen=True)
+class Report:
+    target: str
+    tool_version: str
+    config: dict[str, Any]
+    loss: LossInfo
+    verdict: Status
+    layers: tuple[LayerReport, ...]
+    findings: tuple[Finding, ...]
+    recommendations: tuple[Recommendation, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document of schema gradcheck/report@1 (non-finite numbers become strings)."""
+        return {
+            "schema": SCHEMA,
+            "tool": {"name": "gradcheck", "version": self.tool_version},
+            "target": self.target,
+            "config": self.config,
+            "loss": {"kind": self.loss.kind, "values": [_num(v) for v in self.loss.values]},
+            "verdict": self.verdict.value,
+            "layers": [_layer_dict(layer) for layer in self.layers],
+            "findings": [
+                {
+                    "kind": f.kind.value,
+                    "layer": f.layer,
+                    "severity": f.severity.value,
+                    "message": f.message,
+                    "evidence": {k: _num(v) for k, v in f.evidence.items()},
+                }
+                for f in self.findings
+            ],
+            "recommendations": [
+                {"id": r.id.value, "title": r.title, "layers": list(r.layers), "why": r.why,
+                 "code": r.code}
+                for r in self.recommendations
+            ],
+        }
+
+
+def _layer_dict(layer: LayerReport) -> dict[str, Any]:
+    return {
+        "name": layer.name,
+        "type": layer.type,
+        "index": layer.index,
+        "params": layer.params,
+        "status": layer.status.value,
+        "grad_norm": _num(layer.grad_norm),
+        "weight_norm": _num(layer.weight_norm),
+        "grad_to_weight": _num(layer.grad_to_weight),
+        "nonfinite_grads": layer.nonfinite_grads,
+        "activation": {k: _num(v) for k, v in layer.activation.items()},
+    }
+
+
+def _num(value: Number) -> Number:
+    """JSON has no NaN/Infinity: write them as the strings "NaN", "Infinity", "-Infinity"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        if math.isnan(value):
+            return "NaN"
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
