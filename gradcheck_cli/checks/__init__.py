@@ -1,0 +1,30 @@
+"""One module per finding kind; each turns measured statistics into findings with numeric evidence.
+
+A check is a function `check(context) -> list[Finding]` registered under its stable FindingKind.
+Kinds without a check yet are listed in the catalogue (report.FindingKind) and produce no finding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..report import Finding, FindingKind
+from . import exploding, nonfinite, nonfinite_input, vanishing
+from .context import CheckContext
+
+CHECKS: dict[FindingKind, Callable[[CheckContext], list[Finding]]] = {
+    FindingKind.NONFINITE_INPUT: nonfinite_input.check,
+    FindingKind.NONFINITE: nonfinite.check,
+    FindingKind.EXPLODING: exploding.check,
+    FindingKind.VANISHING: vanishing.check,
+}
+
+
+def run_checks(context: CheckContext) -> list[Finding]:
+    findings: list[Finding] = []
+    for check in CHECKS.values():
+        findings.extend(check(context))
+    return findings
+
+
+__all__ = ["CHECKS", "CheckContext", "run_checks"]

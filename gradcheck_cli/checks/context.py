@@ -1,0 +1,44 @@
+"""What every check sees: the statistics, the per-layer verdicts and the probe-wide facts."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..classify import LayerVerdict, Thresholds
+from ..report import Number, Status
+from ..stats import LayerStats
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    layers: list[LayerStats]
+    verdicts: list[LayerVerdict]
+    thresholds: Thresholds
+    losses: tuple[float, ...]
+    nonfinite_input: bool
+    first_nonfinite_module: str | None
+
+    def layers_with(self, status: Status) -> list[tuple[LayerStats, LayerVerdict]]:
+        return [(layer, v) for layer, v in zip(self.layers, self.verdicts) if v.status == status]
+
+
+def layer_evidence(layer: LayerStats) -> dict[str, Number]:
+    """The numbers every per-layer finding carries."""
+    evidence: dict[str, Number] = {
+        "grad_norm": layer.grad_norm,
+        "weight_norm": layer.weight_norm,
+        "grad_to_weight": layer.grad_to_weight,
+        "grad_rms": layer.grad_rms,
+    }
+    if layer.output_grad_rms is not None:
+        evidence["output_grad_rms"] = layer.output_grad_rms
+    if layer.output_rms is not None:
+        evidence["activation_rms"] = layer.output_rms
+    if layer.step_grad_rms:
+        finite = [s for s in layer.step_grad_rms if math.isfinite(s)]
+        evidence["first_step_grad_rms"] = layer.step_grad_rms[0]
+        evidence["last_step_grad_rms"] = layer.step_grad_rms[-1]
+        if finite:
+            evidence["peak_step_grad_rms"] = max(finite)
+    return evidence

@@ -1,0 +1,22 @@
+"""exploding: a layer whose gradient is so large that one optimizer step wrecks its weights.
+
+Detects: layers classified exploding by classify.py (grad/weight above 1e2, i.e. more than a 10%
+weight change per step even at lr = 1e-3, beyond TheDeepChecker's update-ratio bound; or an output
+gradient that grew more than 70x from the last dense layer back to this one, after AUTOTRAINER).
+Evidence: grad_norm, weight_norm, grad_to_weight, grad_rms, output gradient and activation RMS.
+Severity: error (training diverges or overflows to inf/NaN).
+"""
+
+from __future__ import annotations
+
+from ..report import Finding, FindingKind, Severity, Status
+from .context import CheckContext, layer_evidence
+
+
+def check(context: CheckContext) -> list[Finding]:
+    return [
+        Finding(FindingKind.EXPLODING, layer.name, Severity.ERROR,
+                f"{layer.name} ({layer.type_name}) has an exploding gradient: {verdict.reason}",
+                layer_evidence(layer))
+        for layer, verdict in context.layers_with(Status.EXPLODING)
+    ]

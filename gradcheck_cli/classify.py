@@ -1,0 +1,132 @@
+"""Pure: per-layer statistics + thresholds -> per-layer status and the model verdict.
+
+Why these quantities (DOMAIN.md, "The mechanism"): backpropagation multiplies the local Jacobians of
+the layers, so a vanishing or exploding network shows a gradient that changes geometrically with
+depth, or one that is uniformly far too small or too large.
+
+* Relative learning speed. grad_to_weight = |dL/dW| / |W| is, times the learning rate, the relative
+  change SGD makes to a layer per step. A layer whose ratio is below `vanish_relative` (1e-3) of the
+  fastest dense layer's learns a thousand times slower: it is vanishing. This is AUTOTRAINER's
+  first/last gradient ratio rule (Zhang et al., ICSE 2021: < 1e-3 vanishing, > 70 exploding),
+  applied to every layer against the best one, so it also holds when the last layer is special.
+* Absolute floors. The weight gradient dW = delta * h^T multiplies the backward signal by the forward
+  activation, so in ReLU nets the first/last ratio stays near 1 at any init scale (forward and
+  backward shrinkage cancel): then every layer's gradient is uniformly tiny. A layer whose typical
+  gradient element is below `vanish_grad_rms` (1e-7, SageMaker Debugger's vanishing_gradient rule
+  on mean |g|) or whose grad_to_weight is below `vanish_grad_to_weight` (1e-7: even at lr = 1 the
+  weights would move by less than 1e-7 per step, three decades under TheDeepChecker's lower bound of
+  1e-4 on log10 update ratio) is vanishing.
+* Absolute ceiling. grad_to_weight above `explode_grad_to_weight` (1e2) means that even a small
+  learning rate of 1e-3 changes the weights by more than 10% in one step, above TheDeepChecker's
+  upper bound (log10 update ratio <= -1): the gradient has exploded. An output-gradient that grows
+  geometrically towards the input (`explode_relative`, AUTOTRAINER's 70) confirms it for layers whose
+  own ratio is lower.
+* Recurrent layers: the gradient reaching each time step of the layer's input (through the
+  recurrence, not only each step's direct share). Below `vanish_relative` of its largest value at
+  the first step: vanishing through time (Pascanu, Mikolov & Bengio 2013).
+
+Normalization affine parameters and embedding tables are judged only by the absolute rules and
+non-finite values: their grad_to_weight is not comparable with a weight matrix's (a LayerNorm's
+scale is 1, an embedding's rows are touched sparsely), so they would make false alarms.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .report import VERDICT_ORDER, Status
+from .stats import LayerStats
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    vanish_relative: float = 1e-3
+    """grad_to_weight below this fraction of the best dense layer's: vanishing (AUTOTRAINER)."""
+    vanish_grad_rms: float = 1e-7
+    """Typical gradient element below this: vanishing (SageMaker Debugger)."""
+    vanish_grad_to_weight: float = 1e-7
+    """grad_to_weight below this: vanishing (TheDeepChecker's 1e-4 bound, at lr = 1, / 1e3)."""
+    explode_grad_to_weight: float = 1e2
+    """grad_to_weight above this: exploding (TheDeepChecker's 1e-1 bound at lr = 1e-3)."""
+    explode_relative: float = 70.0
+    """Output-gradient growth from the last dense layer back to this one: exploding (AUTOTRAINER)."""
+
+
+@dataclass(frozen=True)
+class LayerVerdict:
+    status: Status
+    reason: str
+    """Which rule fired, in words with the measured numbers (empty when healthy)."""
+
+
+def classify_layers(layers: list[LayerStats], thresholds: Thresholds) -> list[LayerVerdict]:
+    reference = _best_dense_ratio(layers)
+    last_grad = _last_dense_output_grad(layers)
+    return [_classify(layer, reference, last_grad, thresholds) for layer in layers]
+
+
+def verdict(statuses: list[Status]) -> Status:
+    for status in VERDICT_ORDER:
+        if status in statuses:
+            return status
+    return Status.HEALTHY
+
+
+def _best_dense_ratio(layers: list[LayerStats]) -> float | None:
+    ratios = [layer.grad_to_weight for layer in layers
+              if layer.role == "dense" and layer.grad_to_weight is not None
+              and math.isfinite(layer.grad_to_weight)]
+    return max(ratios) if ratios else None
+
+
+def _last_dense_output_grad(layers: list[LayerStats]) -> float | None:
+    for layer in reversed(layers):
+        if layer.role == "dense" and layer.output_grad_rms and math.isfinite(layer.output_grad_rms):
+            return layer.output_grad_rms
+    return None
+
+
+def _classify(layer: LayerStats, reference: float | None, last_grad: float | None,
+              t: Thresholds) -> LayerVerdict:
+    if not layer.trainable:
+        return LayerVerdict(Status.FROZEN, "no parameter requires grad")
+    if not layer.received:
+        return LayerVerdict(Status.UNUSED, "requires grad but received no gradient")
+    if layer.nonfinite_grads or layer.grad_norm is None or not math.isfinite(layer.grad_norm):
+        return LayerVerdict(Status.NONFINITE, f"{layer.nonfinite_grads} gradient elements are NaN/Inf")
+    gtw = layer.grad_to_weight
+    if gtw is not None and gtw > t.explode_grad_to_weight:
+        return LayerVerdict(Status.EXPLODING, f"grad/weight {gtw:.3g} > {t.explode_grad_to_weight:g}")
+    if (layer.role == "dense" and last_grad and layer.output_grad_rms
+            and layer.output_grad_rms > t.explode_relative * last_grad
+            and gtw is not None and reference is not None and gtw > reference / t.explode_relative):
+        growth = layer.output_grad_rms / last_grad
+        return LayerVerdict(Status.EXPLODING,
+                            f"output gradient {growth:.3g}x the last layer's (> {t.explode_relative:g})")
+    if layer.grad_rms is not None and layer.grad_rms < t.vanish_grad_rms:
+        return LayerVerdict(Status.VANISHING,
+                            f"gradient RMS {layer.grad_rms:.3g} < {t.vanish_grad_rms:g}")
+    if gtw is not None and gtw < t.vanish_grad_to_weight:
+        return LayerVerdict(Status.VANISHING, f"grad/weight {gtw:.3g} < {t.vanish_grad_to_weight:g}")
+    if (layer.role == "dense" and gtw is not None and reference
+            and gtw < t.vanish_relative * reference):
+        return LayerVerdict(Status.VANISHING,
+                            f"grad/weight {gtw:.3g} is {gtw / reference:.2g} of the best layer's "
+                            f"{reference:.3g} (< {t.vanish_relative:g})")
+    through_time = _through_time(layer, t)
+    if through_time is not None:
+        return through_time
+    return LayerVerdict(Status.HEALTHY, "")
+
+
+def _through_time(layer: LayerStats, t: Thresholds) -> LayerVerdict | None:
+    steps = [s for s in layer.step_grad_rms if math.isfinite(s)]
+    if len(steps) < 2 or max(steps) <= 0:
+        return None
+    first, peak = steps[0], max(steps)
+    if first < t.vanish_relative * peak:
+        return LayerVerdict(Status.VANISHING,
+                            f"gradient at the first time step is {first / peak:.2g} of its peak "
+                            f"(< {t.vanish_relative:g}) over {len(steps)} steps")
+    return None

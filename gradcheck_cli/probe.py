@@ -1,0 +1,464 @@
+"""Run the probe batches with hooks and return plain numbers.
+
+The only module that registers torch hooks. Forward hooks record each layer's output scale and put a
+tensor hook on the output to see the gradient arriving at the layer; parameter gradients come from
+torch.autograd.grad, which leaves the user's .grad untouched. Full backward hooks are never used: they
+break on in-place ops (nn.ReLU(inplace=True)). Every statistic stays a device tensor until the end
+of its batch, where one transfer per batch brings it to the host (no per-parameter host syncs).
+Every hook handle is removed in `finally`, and the model is restored (restore.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .batches import batch_has_nonfinite, call_model, move_to, split_batch
+from .config import ScanConfig
+from .errors import UserError
+from .losses import compute_loss
+from .restore import restore_snapshot, take_snapshot
+
+# Activation modules whose outputs tell about saturation (flat region) or dead units.
+# Flat regions from DOMAIN.md: sigmoid outside ~[0.02, 0.98]; tanh with |y| > ~0.96.
+SATURATING = {"Sigmoid": (0.02, 0.98), "Tanh": (-0.96, 0.96), "Hardtanh": (-0.999, 0.999),
+              "Softsign": (-0.96, 0.96), "Hardsigmoid": (0.001, 0.999)}
+RECTIFIERS = {"ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "CELU", "SELU", "GELU",
+              "SiLU", "Mish", "Softplus", "Hardswish"}
+RECURRENT = (nn.RNN, nn.LSTM, nn.GRU)
+
+
+@dataclass(frozen=True)
+class LayerProbe:
+    """Raw measurements of one layer (a module owning parameters directly)."""
+
+    name: str
+    type_name: str
+    params: int
+    param_dim: int
+    """Largest number of dimensions among the layer's parameters (2+ means a weight matrix)."""
+    fan_in: int | None
+    """Fan-in of the layer's weight matrix or kernel (None without one)."""
+    weight_std: float | None
+    """Standard deviation of that weight, to compare with the variance-preserving init."""
+    trainable: bool
+    order: int
+    """Execution order of the first call; -1 when the module never ran."""
+    weight_norm: float
+    grad_norms: tuple[float, ...]
+    """L2 norm of the layer's own parameter gradients, one per probe batch (empty: no gradient)."""
+    nonfinite_grads: int
+    output_rms: float | None
+    output_grad_rms: float | None
+    output_nonfinite: bool
+    activation: dict[str, Any] = field(default_factory=dict)
+    """Statistics of the parameter-free activation module fed by this layer, if any."""
+    step_grad_rms: tuple[float, ...] = ()
+    """Recurrent layers: RMS of the gradient w.r.t. the input at each time step (first → last)."""
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    layers: tuple[LayerProbe, ...]
+    losses: tuple[float, ...]
+    loss_kind: str
+    nonfinite_input: bool
+    first_nonfinite_module: str | None
+    """First module in execution order whose output turned non-finite (None: forward was finite)."""
+    has_normalization: bool
+    step_losses: tuple[float, ...] = ()
+
+
+@dataclass
+class _LayerAcc:
+    """Per-layer device-side accumulators for one scan."""
+
+    name: str
+    module: nn.Module
+    param_indices: list[int]
+    order: int = -1
+    out_sq: list[torch.Tensor] = field(default_factory=list)
+    out_n: int = 0
+    grad_sq: list[torch.Tensor] = field(default_factory=list)
+    grad_n: int = 0
+    step_sq: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass
+class _ActAcc:
+    name: str
+    type_name: str
+    producer: str | None = None
+    saturated: list[torch.Tensor] = field(default_factory=list)
+    fired: torch.Tensor | None = None
+
+
+NORMALIZATION_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
+                       nn.modules.normalization.RMSNorm if hasattr(nn, "RMSNorm") else nn.LayerNorm)
+
+
+def run_probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any,
+              config: ScanConfig) -> ProbeResult:
+    """Probe `model` with config.batches batches; the model comes back exactly as it was."""
+    snapshot = take_snapshot(model, copy_params=config.steps > 0)
+    handles: list[Any] = []
+    try:
+        return _probe(model, make_batch, loss_fn, config, handles)
+    finally:
+        for handle in handles:
+            handle.remove()
+        restore_snapshot(snapshot)
+
+
+def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, config: ScanConfig,
+           handles: list[Any]) -> ProbeResult:
+    device = torch.device(config.device)
+    model.to(device)
+    model.train()
+
+    params, owners = _own_params(model)
+    trainable_idx = [i for i, p in enumerate(params) if p.requires_grad]
+    if not trainable_idx:
+        raise UserError(f"{type(model).__name__} has no trainable parameters (all have "
+                        "requires_grad=False); nothing to check")
+    trainable = [params[i] for i in trainable_idx]
+
+    layers = [_LayerAcc(name, module, idxs) for name, module, idxs in owners]
+    acts: dict[nn.Module, _ActAcc] = {}
+    state: dict[str, Any] = {"active": True, "calls": 0, "last_layer": None, "stack": [],
+                             "nonfinite": [], "records": [], "leaves": []}
+    _register_hooks(model, layers, acts, state, handles)
+
+    losses: list[float] = []
+    step_losses: list[float] = []
+    grad_norm_rows: list[list[float]] = []
+    nonfinite_counts = [0] * len(layers)
+    received = [False] * len(layers)
+    nonfinite_input = False
+    first_nonfinite: str | None = None
+    loss_kind = ""
+    optimizer = _make_optimizer(config, trainable) if config.steps > 0 else None
+
+    for batch_index in range(config.batches):
+        torch.manual_seed(config.seed + batch_index)
+        inputs, target = split_batch(make_batch(config.batch_size))
+        inputs, target = move_to(inputs, device), move_to(target, device)
+        nonfinite_input = nonfinite_input or batch_has_nonfinite(inputs, target)
+        state["active"], state["nonfinite"], state["leaves"] = True, [], []
+        loss, loss_kind = _forward_loss(model, inputs, target, loss_fn, state)
+        grads = torch.autograd.grad(loss, trainable + state["leaves"], allow_unused=True)
+        grads = grads[:len(trainable)]
+        state["active"] = False
+
+        sq, got = _layer_grad_sq(layers, trainable_idx, grads, device)
+        received = [r or g for r, g in zip(received, got)]
+        # One host transfer per batch: the loss, every layer's squared gradient norm, and the
+        # per-module non-finite output flags.
+        flags = torch.stack(state["nonfinite"]) if state["nonfinite"] else torch.zeros(0)
+        host = torch.cat([loss.detach().float().reshape(1), sq, flags.float().to(sq.device)]).tolist()
+        losses.append(host[0])
+        row = [math.sqrt(v) if v == v and v != math.inf else v for v in host[1:1 + len(layers)]]
+        grad_norm_rows.append(row)
+        if first_nonfinite is None:
+            for name, flag in zip(state["records"], host[1 + len(layers):]):
+                if flag:
+                    first_nonfinite = name
+                    break
+        state["records"] = []
+        for li, norm in enumerate(row):
+            if not math.isfinite(norm):
+                nonfinite_counts[li] += _count_nonfinite(layers[li], trainable_idx, grads)
+
+        if optimizer is not None and batch_index < config.batches - 1:
+            step_losses.extend(_take_steps(model, inputs, target, loss_fn, trainable, optimizer,
+                                           config.steps, state))
+
+    trainable_set = set(trainable_idx)
+    return ProbeResult(
+        layers=tuple(_finish_layer(layer, li, params,
+                                   received[li] if set(layer.param_indices) & trainable_set else None,
+                                   grad_norm_rows,
+                                   nonfinite_counts[li], acts)
+                     for li, layer in enumerate(layers)),
+        losses=tuple(losses),
+        loss_kind=loss_kind,
+        nonfinite_input=nonfinite_input,
+        first_nonfinite_module=first_nonfinite,
+        has_normalization=any(isinstance(m, NORMALIZATION_TYPES) for m in model.modules()),
+        step_losses=tuple(step_losses),
+    )
+
+
+def _own_params(model: nn.Module) -> tuple[list[nn.Parameter], list[tuple[str, nn.Module, list[int]]]]:
+    """Unique parameters, and per layer the indices of the parameters it owns.
+
+    A tied parameter belongs to the first module (in named_modules order) that owns it, so it is
+    counted once; a module reused several times appears once (named_modules deduplicates).
+    """
+    params: list[nn.Parameter] = []
+    index_of: dict[int, int] = {}
+    owners = []
+    for name, module in model.named_modules():
+        idxs = []
+        for p in module._parameters.values():
+            if p is None or id(p) in index_of:
+                continue
+            index_of[id(p)] = len(params)
+            idxs.append(len(params))
+            params.append(p)
+        if idxs:
+            owners.append((name or "(root)", module, idxs))
+    return params, owners
+
+
+def _register_hooks(model: nn.Module, layers: list[_LayerAcc], acts: dict[nn.Module, _ActAcc],
+                    state: dict[str, Any], handles: list[Any]) -> None:
+    layer_of = {id(acc.module): acc for acc in layers}
+    for name, module in model.named_modules():
+        acc = layer_of.get(id(module))
+        type_name = type(module).__name__
+        if acc is None and (type_name in SATURATING or type_name in RECTIFIERS):
+            acts[module] = _ActAcc(name, type_name)
+        handles.append(module.register_forward_pre_hook(_pre_hook(name, acc, state)))
+        handles.append(module.register_forward_hook(_post_hook(name, acc, acts.get(module), state)))
+
+
+def _pre_hook(name: str, acc: _LayerAcc | None, state: dict[str, Any]) -> Callable[..., Any]:
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> Any:
+        state["stack"].append(name or "(root)")
+        if acc is None or not state["active"]:
+            return None
+        if acc.order < 0:
+            acc.order = state["calls"]
+            state["calls"] += 1
+        if isinstance(module, RECURRENT) and args and isinstance(args[0], torch.Tensor):
+            return _watch_steps(module, acc, args, state["leaves"])
+        return None
+    return hook
+
+
+def _watch_steps(module: nn.Module, acc: _LayerAcc, args: tuple[Any, ...],
+                 leaves: list[torch.Tensor]) -> tuple[Any, ...]:
+    """See the gradient reaching each time step of a recurrent layer's input.
+
+    The fused RNN's output gradient holds only each step's direct contribution; the gradient w.r.t.
+    the input sees what flows back through the recurrence. We add a zero leaf to the input and
+    ask autograd for its gradient too: that is the gradient w.r.t. the input at every step, whether
+    or not the input itself requires grad, and the graph upstream is unchanged.
+    """
+    x = args[0]
+    if not x.is_floating_point() or x.dim() != 3:
+        return args
+    leaf = torch.zeros_like(x, requires_grad=True)
+    leaves.append(leaf)
+    x = x + leaf
+    time_dims = (0, 2) if module.batch_first else (1, 2)
+
+    def grad_hook(g: torch.Tensor) -> None:
+        acc.step_sq.append(g.detach().float().pow(2).mean(dim=time_dims))
+    x.register_hook(grad_hook)
+    return (x, *args[1:])
+
+
+def _post_hook(name: str, acc: _LayerAcc | None, act: _ActAcc | None,
+               state: dict[str, Any]) -> Callable[..., Any]:
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        state["stack"].pop()
+        if not state["active"]:
+            return
+        out = _first_float_tensor(output)
+        if out is None:
+            return
+        sq = torch.linalg.vector_norm(out.detach(), dtype=torch.float32).square()
+        state["nonfinite"].append(~torch.isfinite(sq))
+        state["records"].append(name or "(root)")
+        if acc is not None:
+            acc.out_sq.append(sq)
+            acc.out_n += out.numel()
+            state["last_layer"] = acc.name
+            if out.requires_grad:
+                out.register_hook(_grad_hook(acc, out.numel()))
+        if act is not None:
+            _record_activation(act, out.detach(), state["last_layer"])
+    return hook
+
+
+def _grad_hook(acc: _LayerAcc, numel: int) -> Callable[[torch.Tensor], None]:
+    def hook(grad: torch.Tensor) -> None:
+        acc.grad_sq.append(torch.linalg.vector_norm(grad.detach(), dtype=torch.float32).square())
+        acc.grad_n += numel
+    return hook
+
+
+def _record_activation(act: _ActAcc, out: torch.Tensor, producer: str | None) -> None:
+    if act.producer is None:
+        act.producer = producer
+    if act.type_name in SATURATING:
+        low, high = SATURATING[act.type_name]
+        act.saturated.append(((out < low) | (out > high)).float().mean())
+    else:
+        # A unit (feature for (B, F) and (B, T, F); channel for (B, C, H, W)) is dead when it
+        # never fires on any probe sample.
+        unit_dim = out.dim() - 1 if out.dim() == 3 else min(1, out.dim() - 1)
+        other = [d for d in range(out.dim()) if d != unit_dim]
+        fired = (out > 0).any(dim=other) if other else out > 0
+        act.fired = fired if act.fired is None or act.fired.shape != fired.shape \
+            else act.fired | fired
+
+
+def _first_float_tensor(output: Any) -> torch.Tensor | None:
+    if isinstance(output, torch.Tensor):
+        return output if output.is_floating_point() else None
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            found = _first_float_tensor(item)
+            if found is not None:
+                return found
+    if isinstance(output, dict):
+        for item in output.values():
+            found = _first_float_tensor(item)
+            if found is not None:
+                return found
+    return None
+
+
+def _forward_loss(model: nn.Module, inputs: Any, target: Any, loss_fn: Any,
+                  state: dict[str, Any]) -> tuple[torch.Tensor, str]:
+    state["stack"] = []
+    try:
+        with torch.enable_grad():
+            output = call_model(model, inputs)
+    except UserError:
+        raise
+    except Exception as exc:  # the user's forward failed: say where and with which inputs
+        where = state["stack"][-1] if state["stack"] else type(model).__name__
+        raise UserError(f"the model failed on the probe batch in module '{where}': "
+                        f"{type(exc).__name__}: {_one_line(exc)} (inputs: {_shapes(inputs)}); "
+                        "check --input-shape or make_batch") from exc
+    return compute_loss(output, target, loss_fn)
+
+
+def _layer_grad_sq(layers: list[_LayerAcc], trainable_idx: list[int],
+                   grads: tuple[torch.Tensor | None, ...], device: torch.device
+                   ) -> tuple[torch.Tensor, list[bool]]:
+    """Squared gradient norm per layer as one device tensor (no host sync), and which layers got one."""
+    layer_of_param = {pi: li for li, layer in enumerate(layers) for pi in layer.param_indices}
+    present, owner = [], []
+    for k, g in enumerate(grads):
+        if g is not None:
+            present.append(g if g.dtype == torch.float32 else g.float())
+            owner.append(layer_of_param[trainable_idx[k]])
+    per_layer = torch.zeros(len(layers), device=device)
+    if present:
+        norms = torch.stack([n.to(device) for n in torch._foreach_norm(present)])
+        per_layer.index_add_(0, torch.tensor(owner, device=device), norms.square())
+    received = [False] * len(layers)
+    for li in owner:
+        received[li] = True
+    return per_layer, received
+
+
+def _count_nonfinite(layer: _LayerAcc, trainable_idx: list[int],
+                     grads: tuple[torch.Tensor | None, ...]) -> int:
+    position = {pi: k for k, pi in enumerate(trainable_idx)}
+    total = 0
+    for pi in layer.param_indices:
+        g = grads[position[pi]] if pi in position else None
+        if g is not None:
+            total += int((~torch.isfinite(g)).sum().item())
+    return total
+
+
+def _finish_layer(layer: _LayerAcc, li: int, params: list[nn.Parameter], received: bool | None,
+                  grad_norm_rows: list[list[float]], nonfinite: int,
+                  acts: dict[nn.Module, _ActAcc]) -> LayerProbe:
+    own = [params[pi] for pi in layer.param_indices]
+    main_weight = max((p for p in own if p.dim() >= 2), key=lambda p: p.numel(), default=None)
+    with torch.no_grad():
+        weight_norm = float(torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(p.detach(), dtype=torch.float32) for p in own])))
+    out_sq = float(torch.stack(layer.out_sq).sum()) if layer.out_sq else None
+    grad_sq = float(torch.stack(layer.grad_sq).sum()) if layer.grad_sq else None
+    steps = ()
+    if layer.step_sq:
+        lengths = {t.shape[0] for t in layer.step_sq}
+        if len(lengths) == 1:
+            steps = tuple(math.sqrt(v) for v in torch.stack(layer.step_sq).mean(0).tolist())
+    activation: dict[str, Any] = {}
+    for act in acts.values():
+        if act.producer == layer.name:
+            activation["function"] = act.type_name
+            if act.saturated:
+                activation["saturated_fraction"] = float(torch.stack(act.saturated).mean())
+            if act.fired is not None:
+                activation["dead_fraction"] = float(1.0 - act.fired.float().mean())
+            break
+    got_grad = received is True
+    return LayerProbe(
+        name=layer.name,
+        type_name=type(layer.module).__name__,
+        params=sum(p.numel() for p in own),
+        param_dim=max(p.dim() for p in own),
+        fan_in=_fan_in(main_weight),
+        weight_std=float(main_weight.detach().float().std()) if main_weight is not None else None,
+        trainable=received is not None,
+        order=layer.order,
+        weight_norm=weight_norm,
+        grad_norms=tuple(row[li] for row in grad_norm_rows) if got_grad else (),
+        nonfinite_grads=nonfinite,
+        output_rms=math.sqrt(out_sq / layer.out_n) if out_sq is not None and layer.out_n else None,
+        output_grad_rms=(math.sqrt(grad_sq / layer.grad_n)
+                         if grad_sq is not None and layer.grad_n else None),
+        output_nonfinite=out_sq is not None and not math.isfinite(out_sq),
+        activation=activation,
+        step_grad_rms=steps,
+    )
+
+
+def _fan_in(weight: torch.Tensor | None) -> int | None:
+    if weight is None:
+        return None
+    return int(weight.shape[1] * math.prod(weight.shape[2:]))
+
+
+def _make_optimizer(config: ScanConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    factories = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    return factories[config.optimizer](params, lr=config.lr)
+
+
+def _take_steps(model: nn.Module, inputs: Any, target: Any, loss_fn: Any,
+                params: list[nn.Parameter], optimizer: torch.optim.Optimizer, steps: int,
+                state: dict[str, Any]) -> list[float]:
+    """Optimizer steps on the current batch; hooks are inactive so they do not count as probes."""
+    losses = []
+    for _ in range(steps):
+        state["active"] = False
+        loss, _ = _forward_loss(model, inputs, target, loss_fn, state)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        for p, g in zip(params, grads):
+            p.grad = g
+        optimizer.step()
+        for p in params:
+            p.grad = None
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _shapes(obj: Any) -> str:
+    if isinstance(obj, torch.Tensor):
+        return "(" + ", ".join(str(s) for s in obj.shape) + ")"
+    if isinstance(obj, (tuple, list)):
+        return "[" + ", ".join(_shapes(o) for o in obj) + "]"
+    if isinstance(obj, dict):
+        return "{" + ", ".join(f"{k}: {_shapes(v)}" for k, v in obj.items()) + "}"
+    return type(obj).__name__
