@@ -9,6 +9,10 @@ depth, or one that is uniformly far too small or too large.
   fastest dense layer's learns a thousand times slower: it is vanishing. This is AUTOTRAINER's
   first/last gradient ratio rule (Zhang et al., ICSE 2021: < 1e-3 vanishing, > 70 exploding),
   applied to every layer against the best one, so it also holds when the last layer is special.
+  Vanishing through depth shrinks the gradient towards the input, so the rule uses the largest
+  ratio of the layer *and every dense layer before it* in execution order: a side branch whose
+  gradient is small while the layers upstream of it learn well (an attention gate at init, whose
+  softmax is nearly uniform) is a local dip, not a vanishing gradient.
 * Absolute floors. The weight gradient dW = delta * h^T multiplies the backward signal by the forward
   activation, so in ReLU nets the first/last ratio stays near 1 at any init scale (forward and
   backward shrinkage cancel): then every layer's gradient is uniformly tiny. A layer whose typical
@@ -61,9 +65,11 @@ class LayerVerdict:
 
 
 def classify_layers(layers: list[LayerStats], thresholds: Thresholds) -> list[LayerVerdict]:
+    """Layers must be in execution order (as compute_stats returns them)."""
     reference = _best_dense_ratio(layers)
     last_grad = _last_dense_output_grad(layers)
-    return [_classify(layer, reference, last_grad, thresholds) for layer in layers]
+    return [_classify(layer, upstream, reference, last_grad, thresholds)
+            for layer, upstream in zip(layers, _upstream_best_ratios(layers))]
 
 
 def verdict(statuses: list[Status]) -> Status:
@@ -80,6 +86,18 @@ def _best_dense_ratio(layers: list[LayerStats]) -> float | None:
     return max(ratios) if ratios else None
 
 
+def _upstream_best_ratios(layers: list[LayerStats]) -> list[float | None]:
+    """For each layer: the largest dense grad_to_weight among it and the layers before it."""
+    best: float | None = None
+    result = []
+    for layer in layers:
+        gtw = layer.grad_to_weight
+        if layer.role == "dense" and gtw is not None and math.isfinite(gtw):
+            best = gtw if best is None else max(best, gtw)
+        result.append(best)
+    return result
+
+
 def _last_dense_output_grad(layers: list[LayerStats]) -> float | None:
     for layer in reversed(layers):
         if layer.role == "dense" and layer.output_grad_rms and math.isfinite(layer.output_grad_rms):
@@ -87,8 +105,8 @@ def _last_dense_output_grad(layers: list[LayerStats]) -> float | None:
     return None
 
 
-def _classify(layer: LayerStats, reference: float | None, last_grad: float | None,
-              t: Thresholds) -> LayerVerdict:
+def _classify(layer: LayerStats, upstream: float | None, reference: float | None,
+              last_grad: float | None, t: Thresholds) -> LayerVerdict:
     if not layer.trainable:
         return LayerVerdict(Status.FROZEN, "no parameter requires grad")
     if not layer.received:
@@ -109,11 +127,12 @@ def _classify(layer: LayerStats, reference: float | None, last_grad: float | Non
                             f"gradient RMS {layer.grad_rms:.3g} < {t.vanish_grad_rms:g}")
     if gtw is not None and gtw < t.vanish_grad_to_weight:
         return LayerVerdict(Status.VANISHING, f"grad/weight {gtw:.3g} < {t.vanish_grad_to_weight:g}")
-    if (layer.role == "dense" and gtw is not None and reference
-            and gtw < t.vanish_relative * reference):
+    if (layer.role == "dense" and gtw is not None and upstream is not None and reference
+            and upstream < t.vanish_relative * reference):
         return LayerVerdict(Status.VANISHING,
                             f"grad/weight {gtw:.3g} is {gtw / reference:.2g} of the best layer's "
-                            f"{reference:.3g} (< {t.vanish_relative:g})")
+                            f"{reference:.3g} (< {t.vanish_relative:g}), and no layer before it "
+                            "learns faster")
     through_time = _through_time(layer, t)
     if through_time is not None:
         return through_time

@@ -1,0 +1,104 @@
+"""The user's model comes back exactly as it was after a scan, also with --steps and on failure."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from gradcheck_cli.config import ScanConfig
+from gradcheck_cli.errors import UserError
+from gradcheck_cli.probe import run_probe
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 8)
+        self.bn = nn.BatchNorm1d(8)
+        self.drop = nn.Dropout(0.5)
+        self.frozen = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 2)
+        self.frozen.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.frozen(self.drop(torch.relu(self.bn(self.fc(x))))))
+
+
+def _state(model: nn.Module) -> dict[str, object]:
+    return {
+        "tensors": {k: v.clone() for k, v in model.state_dict().items()},
+        "objects": [id(p) for p in model.parameters()] + [id(b) for b in model.buffers()],
+        "data_ptrs": [p.data_ptr() for p in model.parameters()],
+        "grads": [None if p.grad is None else (id(p.grad), p.grad.clone()) for p in model.parameters()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "training": [m.training for m in model.modules()],
+        "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+                  for m in model.modules()],
+    }
+
+
+def _assert_same(before: dict[str, object], model: nn.Module) -> None:
+    after = _state(model)
+    assert after["objects"] == before["objects"]
+    assert after["data_ptrs"] == before["data_ptrs"]
+    assert after["requires_grad"] == before["requires_grad"]
+    assert after["training"] == before["training"]
+    assert after["hooks"] == before["hooks"]
+    for k, v in before["tensors"].items():  # type: ignore[union-attr]
+        assert torch.equal(after["tensors"][k], v), k  # type: ignore[index]
+    for a, b in zip(after["grads"], before["grads"]):  # type: ignore[arg-type]
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert a[0] == b[0] and torch.equal(a[1], b[1])
+
+
+def _prepared_model() -> nn.Module:
+    torch.manual_seed(0)
+    model = Net()
+    model.eval()
+    model.bn.train()  # a mixed train/eval state must survive
+    model(torch.randn(5, 4)).sum().backward()  # the user has .grad from their own step
+    model.fc.register_forward_hook(lambda m, a, o: None)  # and a hook of their own
+    return model
+
+
+@pytest.mark.parametrize("steps,optimizer", [(0, "sgd"), (2, "sgd"), (2, "adam")])
+def test_model_comes_back_exactly(steps: int, optimizer: str) -> None:
+    model = _prepared_model()
+    before = _state(model)
+    torch.manual_seed(123)
+    random.seed(7)
+    rng_before = (torch.get_rng_state(), random.getstate())
+    result = run_probe(model, lambda n: (torch.randn(n, 4), torch.randint(0, 2, (n,))), None,
+                       ScanConfig(batches=3, batch_size=6, steps=steps, optimizer=optimizer, lr=0.5))
+    assert len(result.losses) == 3
+    _assert_same(before, model)
+    assert torch.equal(torch.get_rng_state(), rng_before[0])
+    assert random.getstate() == rng_before[1]
+
+
+def test_steps_really_changed_the_weights_during_the_probe() -> None:
+    model = _prepared_model()
+    result = run_probe(model, lambda n: (torch.randn(n, 4), torch.randint(0, 2, (n,))), None,
+                       ScanConfig(batches=2, batch_size=6, steps=3, lr=0.5))
+    assert len(result.step_losses) == 3
+    # with lr 0.5 on the same batch the loss must move: the steps did act on the weights
+    assert result.step_losses[0] != result.step_losses[-1]
+
+
+def test_model_comes_back_when_the_scan_fails_half_way() -> None:
+    model = _prepared_model()
+    before = _state(model)
+    calls = {"n": 0}
+
+    def make_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        calls["n"] += 1
+        width = 4 if calls["n"] < 2 else 5  # the second batch does not fit
+        return torch.randn(n, width), torch.randint(0, 2, (n,))
+
+    with pytest.raises(UserError, match="fc"):
+        run_probe(model, make_batch, None, ScanConfig(batches=3, batch_size=6, steps=1))
+    _assert_same(before, model)
