@@ -15,19 +15,28 @@ depth, or one that is uniformly far too small or too large.
   softmax is nearly uniform) is a local dip, not a vanishing gradient.
 * Absolute floors. The weight gradient dW = delta * h^T multiplies the backward signal by the forward
   activation, so in ReLU nets the first/last ratio stays near 1 at any init scale (forward and
-  backward shrinkage cancel): then every layer's gradient is uniformly tiny. A layer whose typical
-  gradient element is below `vanish_grad_rms` (1e-7, SageMaker Debugger's vanishing_gradient rule
-  on mean |g|) or whose grad_to_weight is below `vanish_grad_to_weight` (1e-7: even at lr = 1 the
-  weights would move by less than 1e-7 per step, three decades under TheDeepChecker's lower bound of
-  1e-4 on log10 update ratio) is vanishing.
-* Absolute ceiling. grad_to_weight above `explode_grad_to_weight` (1e2) means that even a small
-  learning rate of 1e-3 changes the weights by more than 10% in one step, above TheDeepChecker's
-  upper bound (log10 update ratio <= -1): the gradient has exploded. An output-gradient that grows
-  geometrically towards the input (`explode_relative`, AUTOTRAINER's 70) confirms it for layers whose
-  own ratio is lower.
+  backward shrinkage cancel): then every layer's gradient is uniformly tiny. A layer whose
+  grad_to_weight is below `vanish_grad_to_weight` (1e-7: even at lr = 1 the weights would move by
+  less than 1e-7 per step, three decades under TheDeepChecker's lower bound of 1e-4 on the update
+  ratio) is vanishing; healthy models measure >= 3e-5 here. SageMaker Debugger's rule (mean |g| <
+  1e-7) is used only where no ratio exists (weights that are zero): per-element gradient size falls
+  with layer size and loss scale, and a healthy mean-reduced autoencoder measured 9e-7.
+* Absolute ceiling. grad_to_weight above `explode_grad_to_weight` (1e3) means that even a learning
+  rate of 1e-4 changes the weights by more than 10% in one step, above TheDeepChecker's upper bound
+  (log10 update ratio <= -1): the gradient has exploded. (Healthy models measure 1e-3..5 here; the
+  margin absorbs sum-reduced losses.)
+* Growth through a stack. In a stack of identical dense layers (same type and size, at least
+  `min_stack` of them), a gradient arriving at a layer's output more than `explode_relative` (70,
+  AUTOTRAINER) times the gradient at the stack's last layer is a geometric growth towards the input:
+  exploding. Comparing like with like makes the rule independent of the loss scale and of heads of
+  other shapes. It holds with normalization too: a deep plain BatchNorm stack explodes at init
+  (Yang et al. 2019), while residual BatchNorm networks measure a growth below 5.
 * Recurrent layers: the gradient reaching each time step of the layer's input (through the
-  recurrence, not only each step's direct share). Below `vanish_relative` of its largest value at
-  the first step: vanishing through time (Pascanu, Mikolov & Bengio 2013).
+  recurrence, not only each step's direct share). Vanilla RNNs whose first step receives less than
+  `vanish_relative` of the peak vanish through time; any recurrent layer whose first step receives
+  more than `explode_relative` times the last step's explodes through time (Pascanu, Mikolov &
+  Bengio 2013). Gated cells (LSTM/GRU) are not called vanishing: their forget gates decay the
+  gradient at init (forget bias 0 gives a factor ~0.5 per step) and learn to keep it; they are the fix.
 
 Normalization affine parameters and embedding tables are judged only by the absolute rules and
 non-finite values: their grad_to_weight is not comparable with a weight matrix's (a LayerNorm's
@@ -42,19 +51,23 @@ from dataclasses import dataclass
 from .report import VERDICT_ORDER, Status
 from .stats import LayerStats
 
+VANILLA_RECURRENT = {"RNN"}
+
 
 @dataclass(frozen=True)
 class Thresholds:
     vanish_relative: float = 1e-3
     """grad_to_weight below this fraction of the best dense layer's: vanishing (AUTOTRAINER)."""
     vanish_grad_rms: float = 1e-7
-    """Typical gradient element below this: vanishing (SageMaker Debugger)."""
+    """Typical gradient element below this, for zero-weight layers: vanishing (SageMaker Debugger)."""
     vanish_grad_to_weight: float = 1e-7
     """grad_to_weight below this: vanishing (TheDeepChecker's 1e-4 bound, at lr = 1, / 1e3)."""
-    explode_grad_to_weight: float = 1e2
-    """grad_to_weight above this: exploding (TheDeepChecker's 1e-1 bound at lr = 1e-3)."""
+    explode_grad_to_weight: float = 1e3
+    """grad_to_weight above this: exploding (TheDeepChecker's 1e-1 bound at lr = 1e-4)."""
     explode_relative: float = 70.0
-    """Output-gradient growth from the last dense layer back to this one: exploding (AUTOTRAINER)."""
+    """Output-gradient growth through a stack, or through time: exploding (AUTOTRAINER)."""
+    min_stack: int = 4
+    """Identical dense layers needed before their gradient growth is called geometric."""
 
 
 @dataclass(frozen=True)
@@ -64,11 +77,12 @@ class LayerVerdict:
     """Which rule fired, in words with the measured numbers (empty when healthy)."""
 
 
-def classify_layers(layers: list[LayerStats], thresholds: Thresholds) -> list[LayerVerdict]:
+def classify_layers(layers: list[LayerStats], thresholds: Thresholds,
+                    has_normalization: bool = False) -> list[LayerVerdict]:
     """Layers must be in execution order (as compute_stats returns them)."""
     reference = _best_dense_ratio(layers)
-    last_grad = _last_dense_output_grad(layers)
-    return [_classify(layer, upstream, reference, last_grad, thresholds)
+    growth = _stack_growth(layers, thresholds.min_stack)
+    return [_classify(layer, upstream, reference, growth.get(layer.name), thresholds)
             for layer, upstream in zip(layers, _upstream_best_ratios(layers))]
 
 
@@ -98,15 +112,24 @@ def _upstream_best_ratios(layers: list[LayerStats]) -> list[float | None]:
     return result
 
 
-def _last_dense_output_grad(layers: list[LayerStats]) -> float | None:
-    for layer in reversed(layers):
-        if layer.role == "dense" and layer.output_grad_rms and math.isfinite(layer.output_grad_rms):
-            return layer.output_grad_rms
-    return None
+def _stack_growth(layers: list[LayerStats], min_stack: int) -> dict[str, float]:
+    """Output-gradient RMS of each layer of a stack over that of the stack's last layer."""
+    stacks: dict[tuple[str, int], list[LayerStats]] = {}
+    for layer in layers:
+        og = layer.output_grad_rms
+        if layer.role == "dense" and og is not None and math.isfinite(og) and og > 0:
+            stacks.setdefault((layer.type_name, layer.params), []).append(layer)
+    growth = {}
+    for stack in stacks.values():
+        if len(stack) >= min_stack:
+            last = stack[-1].output_grad_rms or 0.0
+            for layer in stack:
+                growth[layer.name] = (layer.output_grad_rms or 0.0) / last
+    return growth
 
 
 def _classify(layer: LayerStats, upstream: float | None, reference: float | None,
-              last_grad: float | None, t: Thresholds) -> LayerVerdict:
+              growth: float | None, t: Thresholds) -> LayerVerdict:
     if not layer.trainable:
         return LayerVerdict(Status.FROZEN, "no parameter requires grad")
     if not layer.received:
@@ -116,13 +139,14 @@ def _classify(layer: LayerStats, upstream: float | None, reference: float | None
     gtw = layer.grad_to_weight
     if gtw is not None and gtw > t.explode_grad_to_weight:
         return LayerVerdict(Status.EXPLODING, f"grad/weight {gtw:.3g} > {t.explode_grad_to_weight:g}")
-    if (layer.role == "dense" and last_grad and layer.output_grad_rms
-            and layer.output_grad_rms > t.explode_relative * last_grad
-            and gtw is not None and reference is not None and gtw > reference / t.explode_relative):
-        growth = layer.output_grad_rms / last_grad
+    if growth is not None and growth > t.explode_relative:
         return LayerVerdict(Status.EXPLODING,
-                            f"output gradient {growth:.3g}x the last layer's (> {t.explode_relative:g})")
-    if layer.grad_rms is not None and layer.grad_rms < t.vanish_grad_rms:
+                            f"the gradient at its output is {growth:.3g}x that at the last layer of its "
+                            f"stack of identical {layer.type_name} layers (> {t.explode_relative:g})")
+    through_time = _through_time(layer, t)
+    if through_time is not None:
+        return through_time
+    if gtw is None and layer.grad_rms is not None and layer.grad_rms < t.vanish_grad_rms:
         return LayerVerdict(Status.VANISHING,
                             f"gradient RMS {layer.grad_rms:.3g} < {t.vanish_grad_rms:g}")
     if gtw is not None and gtw < t.vanish_grad_to_weight:
@@ -133,9 +157,6 @@ def _classify(layer: LayerStats, upstream: float | None, reference: float | None
                             f"grad/weight {gtw:.3g} is {gtw / reference:.2g} of the best layer's "
                             f"{reference:.3g} (< {t.vanish_relative:g}), and no layer before it "
                             "learns faster")
-    through_time = _through_time(layer, t)
-    if through_time is not None:
-        return through_time
     return LayerVerdict(Status.HEALTHY, "")
 
 
@@ -143,9 +164,13 @@ def _through_time(layer: LayerStats, t: Thresholds) -> LayerVerdict | None:
     steps = [s for s in layer.step_grad_rms if math.isfinite(s)]
     if len(steps) < 2 or max(steps) <= 0:
         return None
-    first, peak = steps[0], max(steps)
-    if first < t.vanish_relative * peak:
+    first, last, peak = steps[0], steps[-1], max(steps)
+    if last > 0 and first > t.explode_relative * last:
+        return LayerVerdict(Status.EXPLODING,
+                            f"the gradient at the first time step is {first / last:.3g}x that at the last "
+                            f"(> {t.explode_relative:g}) over {len(steps)} steps")
+    if layer.type_name in VANILLA_RECURRENT and first < t.vanish_relative * peak:
         return LayerVerdict(Status.VANISHING,
-                            f"gradient at the first time step is {first / peak:.2g} of its peak "
+                            f"the gradient at the first time step is {first / peak:.2g} of its peak "
                             f"(< {t.vanish_relative:g}) over {len(steps)} steps")
     return None

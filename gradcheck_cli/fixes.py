@@ -150,11 +150,11 @@ def _vanishing_fixes(recs: dict[R, Recommendation], vanishing: list[LayerStats],
     if saturating:
         fractions = [float(x.activation.get("saturated_fraction") or 0.0) for x in saturating]
         func = saturating[0].activation.get("function")
+        bound = "sigmoid' <= 0.25: each layer divides the gradient by >= 4" if func == "Sigmoid" \
+            else f"{max(fractions):.0%} of outputs sit in the flat region where the derivative is ~0"
         recs[R.SWAP_ACTIVATION] = _rec(
             R.SWAP_ACTIVATION, _names(saturating),
-            f"{len(vanishing)} layers vanish behind {len(saturating)} {func} activations "
-            f"(derivative <= {'0.25' if func == 'Sigmoid' else '1'}, up to "
-            f"{max(fractions):.0%} of outputs in the flat region)",
+            f"{len(vanishing)} layers vanish behind {len(saturating)} {func} activations ({bound})",
             "nn.ReLU()  # or nn.GELU(), in place of nn.Sigmoid()/nn.Tanh() in hidden layers")
     recurrent = [x for x in vanishing if x.type_name in RECURRENT_VANILLA]
     if recurrent:
