@@ -61,7 +61,8 @@ def scan(
     lr: Annotated[float, typer.Option(help="Learning rate for --steps.")] = 0.01,
     input_shape: Annotated[str | None, typer.Option(
         help="Per-sample input shape when the model file has no make_batch, e.g. 3x32x32.")] = None,
-    output_format: Annotated[str, typer.Option("--format", help="table or json (json: stdout holds only the JSON).")] = "table",
+    output_format: Annotated[str, typer.Option(
+        "--format", help="table or json (json: stdout holds only the JSON).")] = "table",
     fail_on: Annotated[str, typer.Option(
         help="Comma-separated statuses/finding kinds that make the exit code 1, or 'any'/'none'.")]
         = ",".join(DEFAULT_FAIL_ON),

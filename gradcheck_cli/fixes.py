@@ -111,7 +111,8 @@ def _explosion_fixes(recs: dict[R, Recommendation], exploding: list[LayerStats],
 def _init_fixes(recs: dict[R, Recommendation], flagged: list[LayerStats],
                 layers: Sequence[LayerStats]) -> None:
     """He/Xavier init where the weight std is far from the variance-preserving std."""
-    he, xavier = [], []
+    he: list[tuple[LayerStats, float]] = []
+    xavier: list[tuple[LayerStats, float]] = []
     for layer in flagged:
         if layer.weight_std is None or not layer.fan_in:
             continue

@@ -384,7 +384,7 @@ def _finish_layer(layer: _LayerAcc, li: int, params: list[nn.Parameter], receive
             torch.stack([torch.linalg.vector_norm(p.detach(), dtype=torch.float32) for p in own])))
     out_sq = float(torch.stack(layer.out_sq).sum()) if layer.out_sq else None
     grad_sq = float(torch.stack(layer.grad_sq).sum()) if layer.grad_sq else None
-    steps = ()
+    steps: tuple[float, ...] = ()
     if layer.step_sq:
         lengths = {t.shape[0] for t in layer.step_sq}
         if len(lengths) == 1:
