@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .probe import LayerProbe
+from .measurements import LayerProbe
 
 # Weights whose RMS is below this are "zero" (zero-initialised heads, LoRA B): a gradient/weight
 # ratio would be meaningless there.

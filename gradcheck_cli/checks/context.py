@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from ..classify import LayerVerdict, Thresholds
-from ..report import Number, Status
+from ..report import Finding, FindingKind, Number, Severity, Status
 from ..stats import LayerStats
 
 
@@ -42,3 +42,11 @@ def layer_evidence(layer: LayerStats) -> dict[str, Number]:
         if finite:
             evidence["peak_step_grad_rms"] = max(finite)
     return evidence
+
+
+def status_findings(context: CheckContext, status: Status, kind: FindingKind, severity: Severity,
+                    phrase: str) -> list[Finding]:
+    """One finding per layer classified `status`, its message the rule that fired."""
+    return [Finding(kind, layer.name, severity,
+                    f"{layer.name} ({layer.type_name}) {phrase}: {verdict.reason}", layer_evidence(layer))
+            for layer, verdict in context.layers_with(status)]

@@ -10,13 +10,9 @@ Severity: error (training diverges or overflows to inf/NaN).
 from __future__ import annotations
 
 from ..report import Finding, FindingKind, Severity, Status
-from .context import CheckContext, layer_evidence
+from .context import CheckContext, status_findings
 
 
 def check(context: CheckContext) -> list[Finding]:
-    return [
-        Finding(FindingKind.EXPLODING, layer.name, Severity.ERROR,
-                f"{layer.name} ({layer.type_name}) has an exploding gradient: {verdict.reason}",
-                layer_evidence(layer))
-        for layer, verdict in context.layers_with(Status.EXPLODING)
-    ]
+    return status_findings(context, Status.EXPLODING, FindingKind.EXPLODING, Severity.ERROR,
+                           "has an exploding gradient")

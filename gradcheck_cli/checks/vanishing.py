@@ -12,13 +12,9 @@ Severity: warning (training is slow or stuck in these layers, it does not crash)
 from __future__ import annotations
 
 from ..report import Finding, FindingKind, Severity, Status
-from .context import CheckContext, layer_evidence
+from .context import CheckContext, status_findings
 
 
 def check(context: CheckContext) -> list[Finding]:
-    return [
-        Finding(FindingKind.VANISHING, layer.name, Severity.WARNING,
-                f"{layer.name} ({layer.type_name}) barely receives gradient: {verdict.reason}",
-                layer_evidence(layer))
-        for layer, verdict in context.layers_with(Status.VANISHING)
-    ]
+    return status_findings(context, Status.VANISHING, FindingKind.VANISHING, Severity.WARNING,
+                           "barely receives gradient")
