@@ -33,7 +33,7 @@ def scan(target: str | Target, config: ScanConfig | None = None,
     thresholds = thresholds or Thresholds()
     resolved = resolve_target(target) if isinstance(target, str) else target
     model = resolved.build_model()
-    make_batch = resolved.make_batch or synthetic_batch_maker(model, config.input_shape)
+    make_batch = resolved.make_batch or synthetic_batch_maker(model, config.input_shape, source=resolved.name)
     probe = run_probe(model, make_batch, resolved.loss_fn, config)
 
     layers = compute_stats(probe.layers)
@@ -49,7 +49,7 @@ def scan(target: str | Target, config: ScanConfig | None = None,
         target=resolved.name,
         tool_version=__version__,
         config=config.as_dict(),
-        loss=LossInfo(probe.loss_kind, probe.losses + probe.step_losses),
+        loss=LossInfo(probe.loss_kind, probe.loss_trace),
         verdict=model_verdict,
         layers=tuple(
             LayerReport(

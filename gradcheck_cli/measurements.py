@@ -45,3 +45,5 @@ class ProbeResult:
     """First module in execution order whose output turned non-finite (None: forward was finite)."""
     has_normalization: bool
     step_losses: tuple[float, ...] = ()
+    loss_trace: tuple[float, ...] = ()
+    """Every loss in the order computed: a probe batch, the steps after it, the next batch, ..."""

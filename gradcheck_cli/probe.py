@@ -96,6 +96,7 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
 
     losses: list[float] = []
     step_losses: list[float] = []
+    trace: list[float] = []
     grad_norm_rows: list[list[float]] = []
     nonfinite_counts = [0] * len(layers)
     received = [False] * len(layers)
@@ -122,6 +123,7 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
         flags = torch.stack(state["nonfinite"]) if state["nonfinite"] else torch.zeros(0)
         host = torch.cat([loss.detach().float().reshape(1), sq, flags.float().to(sq.device)]).tolist()
         losses.append(host[0])
+        trace.append(host[0])
         row = [math.sqrt(v) if v == v and v != math.inf else v for v in host[1:1 + len(layers)]]
         grad_norm_rows.append(row)
         if first_nonfinite is None:
@@ -135,8 +137,10 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
                 nonfinite_counts[li] += _count_nonfinite(layers[li], trainable_idx, grads)
 
         if optimizer is not None and batch_index < config.batches - 1:
-            step_losses.extend(_take_steps(model, inputs, target, loss_fn, trainable, optimizer,
-                                           config.steps, state))
+            stepped = _take_steps(model, inputs, target, loss_fn, trainable, optimizer, config.steps, state,
+                                  grads)
+            step_losses.extend(stepped)
+            trace.extend(stepped)
 
     trainable_set = set(trainable_idx)
     return ProbeResult(
@@ -151,6 +155,7 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
         first_nonfinite_module=first_nonfinite,
         has_normalization=any(isinstance(m, NORMALIZATION_TYPES) for m in model.modules()),
         step_losses=tuple(step_losses),
+        loss_trace=tuple(trace),
     )
 
 
@@ -393,19 +398,24 @@ def _make_optimizer(config: ScanConfig, params: list[nn.Parameter]) -> torch.opt
 
 def _take_steps(model: nn.Module, inputs: Any, target: Any, loss_fn: Any,
                 params: list[nn.Parameter], optimizer: torch.optim.Optimizer, steps: int,
-                state: dict[str, Any]) -> list[float]:
-    """Optimizer steps on the current batch; hooks are inactive so they do not count as probes."""
+                state: dict[str, Any], grads: tuple[torch.Tensor | None, ...]) -> list[float]:
+    """`steps` optimizer steps on the current batch, the first with the probe's own gradients.
+
+    Returns the loss after each step but the last (the next probe batch measures that one); hooks
+    are inactive so these passes do not count as probes.
+    """
     losses = []
-    for _ in range(steps):
-        state["active"] = False
-        loss, _ = _forward_loss(model, inputs, target, loss_fn, state)
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
+    state["active"] = False
+    for step in range(steps):
         for p, g in zip(params, grads):
             p.grad = g
         optimizer.step()
         for p in params:
             p.grad = None
-        losses.append(float(loss.detach()))
+        if step < steps - 1:
+            loss, _ = _forward_loss(model, inputs, target, loss_fn, state)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            losses.append(float(loss.detach()))
     return losses
 
 

@@ -84,9 +84,13 @@ def test_steps_really_changed_the_weights_during_the_probe() -> None:
     model = _prepared_model()
     result = run_probe(model, lambda n: (torch.randn(n, 4), torch.randint(0, 2, (n,))), None,
                        ScanConfig(batches=2, batch_size=6, steps=3, lr=0.5))
-    assert len(result.step_losses) == 3
+    # the first step uses the probe's gradients; the loss is recorded after each step but the last
+    assert len(result.step_losses) == 2
+    assert len(result.loss_trace) == 2 + 2
+    assert result.loss_trace[0] == result.losses[0] and result.loss_trace[-1] == result.losses[1]
     # with lr 0.5 on the same batch the loss must move: the steps did act on the weights
-    assert result.step_losses[0] != result.step_losses[-1]
+    assert result.step_losses[0] != result.losses[0]
+    assert result.step_losses[0] != result.step_losses[1]
 
 
 def test_model_comes_back_when_the_scan_fails_half_way() -> None:
