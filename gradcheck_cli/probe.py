@@ -24,6 +24,7 @@ from .errors import UserError
 from .losses import compute_loss
 from .measurements import LayerProbe, ProbeResult
 from .restore import restore_snapshot, take_snapshot
+from .stats import layer_role
 
 # Activation modules whose outputs tell about saturation (flat region) or dead units.
 # Flat regions from DOMAIN.md: sigmoid outside ~[0.02, 0.98]; tanh with |y| > ~0.96.
@@ -56,10 +57,6 @@ class _ActAcc:
     producer: str | None = None
     saturated: list[torch.Tensor] = field(default_factory=list)
     fired: torch.Tensor | None = None
-
-
-NORMALIZATION_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
-                       nn.modules.normalization.RMSNorm if hasattr(nn, "RMSNorm") else nn.LayerNorm)
 
 
 def run_probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any,
@@ -153,7 +150,7 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
         loss_kind=loss_kind,
         nonfinite_input=nonfinite_input,
         first_nonfinite_module=first_nonfinite,
-        has_normalization=any(isinstance(m, NORMALIZATION_TYPES) for m in model.modules()),
+        has_normalization=any(layer_role(type(m).__name__, 1) == "normalization" for m in model.modules()),
         step_losses=tuple(step_losses),
         loss_trace=tuple(trace),
     )
