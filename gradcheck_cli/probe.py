@@ -138,6 +138,9 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
                                   grads)
             step_losses.extend(stepped)
             trace.extend(stepped)
+        # Free this batch's gradients and graph before the next backward: holding them would
+        # add a full copy of the gradients to the peak memory.
+        del grads, sq, loss
 
     trainable_set = set(trainable_idx)
     return ProbeResult(
