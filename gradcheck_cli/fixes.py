@@ -59,10 +59,10 @@ def recommend(findings: Sequence[Finding], layers: Sequence[LayerStats],
         origin = next((f.evidence.get("origin") for f in findings
                        if f.kind == FindingKind.NONFINITE and f.evidence.get("origin")), None)
         names = (str(origin),) if origin else _names(kinds[FindingKind.NONFINITE])
-        where = f"the output of '{origin}' is the first to turn NaN/Inf" if origin else \
-            f"{len(kinds[FindingKind.NONFINITE])} layers have NaN/Inf gradients"
+        where = f"the output of '{origin}' is the first to turn NaN/Inf while the inputs were finite" \
+            if origin else f"{len(kinds[FindingKind.NONFINITE])} layers get NaN/Inf gradients from finite inputs"
         recs[R.GUARD_NONFINITE] = _rec(
-            R.GUARD_NONFINITE, names, where + " while the inputs were finite",
+            R.GUARD_NONFINITE, names, where,
             "x = torch.log(x.clamp_min(1e-6))        # instead of torch.log(x)\n"
             "x = torch.sqrt(x.clamp_min(0) + 1e-12)  # instead of torch.sqrt(x)\n"
             "y = a / (b + 1e-8)                      # instead of a / b\n"
@@ -76,8 +76,10 @@ def recommend(findings: Sequence[Finding], layers: Sequence[LayerStats],
         _init_fixes(recs, exploding + vanishing, layers)
     if vanishing:
         _vanishing_fixes(recs, vanishing, layers, has_normalization)
-    if exploding and not has_normalization and _dense_count(exploding) >= 3:
-        _normalization_fix(recs, exploding, "grow")
+    if exploding and _dense_count(exploding) >= 3:
+        if not has_normalization:
+            _normalization_fix(recs, exploding, "grow")
+        _skip_fix(recs, exploding, "grow")
     return [recs[rid] for rid in RANK if rid in recs]
 
 
@@ -168,13 +170,18 @@ def _vanishing_fixes(recs: dict[R, Recommendation], vanishing: list[LayerStats],
             "# or nn.GRU(...): the cell state gives the gradient a path with factor ~1")
     if not has_normalization and _dense_count(vanishing) >= 3:
         _normalization_fix(recs, vanishing, "decay")
-        ratios = [x.grad_to_weight for x in vanishing if x.grad_to_weight]
-        recs[R.ADD_SKIP] = _rec(
-            R.ADD_SKIP, _names(vanishing),
-            f"{_dense_count(vanishing)} stacked layers vanish (grad/weight down to "
-            f"{min(ratios) if ratios else 0:.3g}); a residual path y = x + F(x) keeps a factor-1 route",
-            "class Residual(nn.Module):\n    def __init__(self, block):\n        super().__init__()\n"
-            "        self.block = block\n    def forward(self, x):\n        return x + self.block(x)")
+        _skip_fix(recs, vanishing, "decay")
+
+
+def _skip_fix(recs: dict[R, Recommendation], flagged: list[LayerStats], trend: str) -> None:
+    ratios = [x.grad_to_weight for x in flagged if x.grad_to_weight]
+    extreme = (min(ratios) if trend == "decay" else max(ratios)) if ratios else 0.0
+    recs[R.ADD_SKIP] = _rec(
+        R.ADD_SKIP, _names(flagged),
+        f"gradients {trend} through {_dense_count(flagged)} stacked layers (grad/weight reaches "
+        f"{extreme:.3g}); a residual path y = x + F(x) gives the gradient a route with factor 1",
+        "class Residual(nn.Module):\n    def __init__(self, block):\n        super().__init__()\n"
+        "        self.block = block\n    def forward(self, x):\n        return x + self.block(x)")
 
 
 def _normalization_fix(recs: dict[R, Recommendation], flagged: list[LayerStats], trend: str) -> None:

@@ -1,0 +1,85 @@
+"""The recommendation catalogue: every fix is justified by a finding and quotes derived numbers."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from gradcheck_cli.checks import CHECKS
+from gradcheck_cli.fixes import RANK, TITLES, recommend
+from gradcheck_cli.report import Finding, FindingKind, RecommendationId, Severity
+from gradcheck_cli.stats import LayerStats
+
+
+def _layer(name: str, *, gtw: float = 0.5, function: str = "ReLU", fan_in: int = 64,
+           weight_std: float = math.sqrt(2 / 64), type_name: str = "Linear") -> LayerStats:
+    return LayerStats(
+        name=name, type_name=type_name, index=0, params=4096, role="dense", fan_in=fan_in,
+        weight_std=weight_std, trainable=True, received=True, grad_norm=gtw * 8.0, weight_norm=8.0,
+        grad_to_weight=gtw, grad_rms=gtw / 8, nonfinite_grads=0, output_rms=1.0, output_grad_rms=1e-3,
+        output_nonfinite=False, activation={"function": function} if function else {})
+
+
+def _finding(kind: FindingKind, layer: str | None) -> Finding:
+    return Finding(kind, layer, Severity.ERROR, "m", {})
+
+
+def test_every_recommendation_id_has_a_title_and_a_rank() -> None:
+    assert set(TITLES) == set(RecommendationId)
+    assert sorted(RANK, key=lambda r: r.value) == sorted(RecommendationId, key=lambda r: r.value)
+
+
+def test_registered_checks_are_known_finding_kinds() -> None:
+    assert {FindingKind.VANISHING, FindingKind.EXPLODING, FindingKind.NONFINITE,
+            FindingKind.NONFINITE_INPUT} <= set(CHECKS)
+
+
+def test_no_finding_no_recommendation() -> None:
+    assert recommend([], [_layer("a"), _layer("b")], has_normalization=False) == []
+
+
+def test_oversized_relu_init_gets_he_init_clip_and_lr_with_derived_numbers() -> None:
+    big = [_layer(f"l{i}", gtw=5e4, weight_std=1.0) for i in range(3)]
+    healthy = _layer("head", gtw=0.5, function="")
+    recs = recommend([_finding(FindingKind.EXPLODING, x.name) for x in big], [*big, healthy], False)
+    by_id = {r.id: r for r in recs}
+    assert [r.id for r in recs][:2] == [RecommendationId.CLIP_GRADIENTS, RecommendationId.LOWER_LR]
+    assert RecommendationId.HE_INIT in by_id and RecommendationId.XAVIER_INIT not in by_id
+    assert by_id[RecommendationId.HE_INIT].layers == ("l0", "l1", "l2")
+    # max_norm: twice the total norm of the healthy layers (4.0), one significant digit
+    assert "max_norm=8" in by_id[RecommendationId.CLIP_GRADIENTS].code
+    # lr bringing the largest update ratio (lr * 5e4) to 1e-3
+    assert "lr=2e-08" in by_id[RecommendationId.LOWER_LR].code
+
+
+def test_sigmoid_vanishing_gets_swap_activation_and_tiny_tanh_init_gets_xavier() -> None:
+    sig = [_layer(f"s{i}", gtw=1e-9, function="Sigmoid") for i in range(3)]
+    recs = recommend([_finding(FindingKind.VANISHING, x.name) for x in sig], sig, False)
+    assert RecommendationId.SWAP_ACTIVATION in [r.id for r in recs]
+    tiny = [_layer(f"t{i}", gtw=1e-9, function="Tanh", weight_std=0.01) for i in range(3)]
+    tiny = [replace(x, activation={"function": "Tanh", "saturated_fraction": 0.0}) for x in tiny]
+    ids = [r.id for r in recommend([_finding(FindingKind.VANISHING, x.name) for x in tiny], tiny, False)]
+    assert RecommendationId.XAVIER_INIT in ids
+    assert RecommendationId.SWAP_ACTIVATION not in ids  # unsaturated tanh is not the cause
+
+
+def test_normalization_is_not_recommended_to_a_normalized_model() -> None:
+    stack = [_layer(f"l{i}", gtw=1e-9) for i in range(4)]
+    findings = [_finding(FindingKind.VANISHING, x.name) for x in stack]
+    assert RecommendationId.ADD_NORMALIZATION in [r.id for r in recommend(findings, stack, False)]
+    assert RecommendationId.ADD_NORMALIZATION not in [r.id for r in recommend(findings, stack, True)]
+
+
+def test_vanilla_rnn_gets_gated_rnn() -> None:
+    rnn = replace(_layer("rnn", function="", type_name="RNN"), step_grad_rms=(1e-9, 1e-3, 1.0))
+    recs = recommend([_finding(FindingKind.VANISHING, "rnn")], [rnn], False)
+    gated = [r for r in recs if r.id == RecommendationId.GATED_RNN]
+    assert gated and gated[0].layers == ("rnn",) and "1e-09" in gated[0].why
+
+
+def test_nan_input_gets_check_inputs_and_unsafe_op_gets_guard() -> None:
+    recs = recommend([_finding(FindingKind.NONFINITE_INPUT, None)], [_layer("a")], False)
+    assert [r.id for r in recs] == [RecommendationId.CHECK_INPUTS]
+    origin = Finding(FindingKind.NONFINITE, "a", Severity.ERROR, "m", {"origin": "log"})
+    recs = recommend([origin], [_layer("a")], False)
+    assert [r.id for r in recs] == [RecommendationId.GUARD_NONFINITE] and recs[0].layers == ("log",)
