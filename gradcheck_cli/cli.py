@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 from typing import Annotated, Any
 
 import typer
@@ -70,6 +71,9 @@ def scan(
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for errors.")] = False,
 ) -> None:
     """Scan a model: probe batches with hooks, classify every layer, recommend fixes."""
+    # torch warns at import when the optional numpy is absent; gradcheck never needs numpy, and a
+    # warning on stderr would read like a problem with the user's model.
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     try:
         fmt = _choice(output_format, FORMATS, "--format")
         fail_words = _parse_fail_on(fail_on)

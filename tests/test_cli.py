@@ -61,6 +61,7 @@ def test_json_output_is_alone_on_stdout_and_follows_the_schema(tmp_path: Path) -
     result = runner.invoke(app, ["scan", str(_write(tmp_path, HEALTHY_FILE)), "--format", "json"])
     assert result.exit_code == 0
     doc = json.loads(result.stdout)  # stdout holds only the JSON document
+    assert result.stderr == ""
     assert set(doc) == {"schema", "tool", "target", "config", "loss", "verdict", "layers",
                         "findings", "recommendations"}
     assert doc["schema"] == "gradcheck/report@1"
