@@ -37,7 +37,7 @@ def scan(target: str | Target, config: ScanConfig | None = None,
     probe = run_probe(model, make_batch, resolved.loss_fn, config)
 
     layers = compute_stats(probe.layers)
-    verdicts = classify_layers(layers, thresholds, probe.has_normalization)
+    verdicts = classify_layers(layers, thresholds)
     statuses = [v.status for v in verdicts]
     context = CheckContext(layers, verdicts, thresholds, probe.losses, probe.nonfinite_input,
                            probe.first_nonfinite_module)

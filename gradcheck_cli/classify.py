@@ -77,8 +77,7 @@ class LayerVerdict:
     """Which rule fired, in words with the measured numbers (empty when healthy)."""
 
 
-def classify_layers(layers: list[LayerStats], thresholds: Thresholds,
-                    has_normalization: bool = False) -> list[LayerVerdict]:
+def classify_layers(layers: list[LayerStats], thresholds: Thresholds) -> list[LayerVerdict]:
     """Layers must be in execution order (as compute_stats returns them)."""
     reference = _best_dense_ratio(layers)
     growth = _stack_growth(layers, thresholds.min_stack)
