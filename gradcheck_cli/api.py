@@ -22,8 +22,6 @@ def scan(target: str | Target, config: ScanConfig | None = None,
     `target` is a TARGET string (model.py, model.py:NAME, pkg.module:attr, builtin:NAME) or a
     Target; `options` override fields of ScanConfig (batches=5, device="cuda", ...).
     """
-    import torch  # noqa: F401  (imported here so `import gradcheck_cli` stays light)
-
     from .batches import synthetic_batch_maker
     from .probe import run_probe
     from .stats import compute_stats

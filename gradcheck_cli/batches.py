@@ -14,15 +14,11 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .text import with_article as _a
 
 _EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
 _TOKENS_PER_SAMPLE = 16
 """Sequence length of the synthetic tokens inferred for a model that starts with an Embedding."""
-
-
-def _a(name: str) -> str:
-    """'a list', 'an int': the type name with its article."""
-    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 def parse_input_shape(text: str) -> tuple[int, ...]:

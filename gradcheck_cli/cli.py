@@ -18,6 +18,7 @@ from . import __version__
 from .config import DEFAULT_FAIL_ON, OPTIMIZERS, ScanConfig
 from .errors import UserError
 from .report import FindingKind, Report, Status
+from .text import exception_text
 
 app = typer.Typer(
     name="gradcheck",
@@ -94,7 +95,7 @@ def scan(
         typer.echo("gradcheck: interrupted", err=True)
         raise typer.Exit(130) from None
     except Exception as exc:  # the user's code failed somewhere we did not anticipate
-        _fail(f"scanning {target} failed: {type(exc).__name__}: {_first_line(exc)} "
+        _fail(f"scanning {target} failed: {exception_text(exc)} "
               "(run with --debug for the traceback)", exc, debug)
 
     from .render import OutputFormat, render
@@ -158,11 +159,6 @@ def _terminal_width() -> int:
     if columns and columns.isdigit():
         return int(columns)
     return shutil.get_terminal_size((100, 24)).columns if sys.stdout.isatty() else 100
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else ""
 
 
 def _fail(message: str, exc: BaseException, debug: bool) -> Any:

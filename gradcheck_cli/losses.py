@@ -17,15 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError
+from .text import exception_text as _exc_text
+from .text import with_article as _a
 
 LOSS_KINDS = ("loss_fn", "model_loss", "cross_entropy", "mse", "mean_square")
 _IGNORE_INDEX = -100
 """F.cross_entropy's default ignore_index: targets equal to it are skipped, not out of range."""
-
-
-def _a(name: str) -> str:
-    """'a list', 'an int': the type name with its article."""
-    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 def _shape(tensor: torch.Tensor) -> str:
@@ -96,13 +93,6 @@ def primary_tensor(output: Any) -> torch.Tensor:
                         "return a tensor (or a tuple/dict/object with one, e.g. .logits), "
                         "or define loss_fn(output, target) in the model file")
     return found
-
-
-def _exc_text(exc: BaseException) -> str:
-    message = " ".join(str(exc).split())
-    if len(message) > 300:
-        message = message[:297] + "..."
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 def _loss_fn_location(loss_fn: Any, exc: BaseException) -> str:

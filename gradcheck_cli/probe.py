@@ -25,6 +25,7 @@ from .losses import compute_loss
 from .measurements import LayerProbe, ProbeResult
 from .restore import restore_snapshot, take_snapshot
 from .stats import layer_role
+from .text import exception_text
 
 # Activation modules whose outputs tell about saturation (flat region) or dead units.
 # Flat regions from DOMAIN.md: sigmoid outside ~[0.02, 0.98]; tanh with |y| > ~0.96.
@@ -88,7 +89,7 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
     layers = [_LayerAcc(name, module, idxs) for name, module, idxs in owners]
     acts: dict[nn.Module, _ActAcc] = {}
     state: dict[str, Any] = {"active": True, "calls": 0, "last_layer": None, "stack": [],
-                             "nonfinite": [], "records": [], "leaves": []}
+                             "nonfinite": [], "records": [], "leaves": [], "last_measured": (None, None)}
     _register_hooks(model, layers, acts, state, handles)
 
     losses: list[float] = []
@@ -141,6 +142,7 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
         # Free this batch's gradients and graph before the next backward: holding them would
         # add a full copy of the gradients to the peak memory.
         del grads, sq, loss
+        state["last_measured"] = (None, None)
 
     trainable_set = set(trainable_idx)
     return ProbeResult(
@@ -239,9 +241,15 @@ def _post_hook(name: str, acc: _LayerAcc | None, act: _ActAcc | None,
         out = _first_float_tensor(output)
         if out is None:
             return
-        sq = torch.linalg.vector_norm(out.detach(), dtype=torch.float32).square()
-        state["nonfinite"].append(~torch.isfinite(sq))
-        state["records"].append(name or "(root)")
+        last_out, last_sq = state["last_measured"]
+        if out is last_out:
+            # A container returning its last child's tensor: the child measured it already.
+            sq = last_sq
+        else:
+            sq = torch.linalg.vector_norm(out.detach(), dtype=torch.float32).square()
+            state["last_measured"] = (out, sq)
+            state["nonfinite"].append(~torch.isfinite(sq))
+            state["records"].append(name or "(root)")
         if acc is not None:
             acc.out_sq.append(sq)
             acc.out_n += out.numel()
@@ -303,7 +311,7 @@ def _forward_loss(model: nn.Module, inputs: Any, target: Any, loss_fn: Any,
     except Exception as exc:  # the user's forward failed: say where and with which inputs
         where = state["stack"][-1] if state["stack"] else type(model).__name__
         raise UserError(f"the model failed on the probe batch in module '{where}': "
-                        f"{type(exc).__name__}: {_one_line(exc)} (inputs: {_shapes(inputs)}); "
+                        f"{exception_text(exc)} (inputs: {_shapes(inputs)}); "
                         "check --input-shape or make_batch") from exc
     return compute_loss(output, target, loss_fn)
 
@@ -417,11 +425,6 @@ def _take_steps(model: nn.Module, inputs: Any, target: Any, loss_fn: Any,
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             losses.append(float(loss.detach()))
     return losses
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _shapes(obj: Any) -> str:

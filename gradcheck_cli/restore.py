@@ -31,7 +31,7 @@ class ModelSnapshot:
 def take_snapshot(model: nn.Module, *, copy_params: bool) -> ModelSnapshot:
     """Record the model's state. copy_params: clone weight values (needed only when steps change them)."""
     params = []
-    for p in _unique_params(model):
+    for p in model.parameters():  # each tied parameter once
         value = p.detach().clone() if copy_params else None
         params.append((p, p.data, value, p.grad, p.requires_grad))
     buffers = []
@@ -58,17 +58,6 @@ def restore_snapshot(snapshot: ModelSnapshot) -> None:
     for module, training in snapshot.training:
         module.training = training
     _set_rng_state(snapshot.rng)
-
-
-def _unique_params(model: nn.Module) -> list[nn.Parameter]:
-    seen: set[int] = set()
-    unique = []
-    for module in model.modules():
-        for p in module._parameters.values():
-            if p is not None and id(p) not in seen:
-                seen.add(id(p))
-                unique.append(p)
-    return unique
 
 
 def _rng_state() -> dict[str, Any]:

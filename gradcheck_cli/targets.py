@@ -20,6 +20,8 @@ from types import FrameType, ModuleType
 from typing import Any
 
 from .errors import UserError
+from .text import exception_text as _exc_text
+from .text import with_article as _a
 
 
 @dataclass(frozen=True)
@@ -48,11 +50,6 @@ _LOOKED_FOR = ("build_model(), get_model(), a module-level nn.Module instance `m
                "single nn.Module subclass defined in the file that constructs without arguments")
 _counter = itertools.count()
 _PACKAGE_DIR = os.path.dirname(os.path.realpath(__file__))
-
-
-def _a(name: str) -> str:
-    """'a list', 'an int': the type name with its article."""
-    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 def resolve_target(spec: str) -> Target:
@@ -225,18 +222,6 @@ class _Source:
                 sys.modules.pop(name, None)
 
 
-def _exc_text(exc: BaseException) -> str:
-    """'ValueError: message' on one line."""
-    if isinstance(exc, SyntaxError):
-        message = exc.msg or ""
-    else:
-        message = str(exc)
-    message = " ".join(message.split())
-    if len(message) > 300:
-        message = message[:297] + "..."
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-
-
 def _import_file(src: _Source) -> ModuleType:
     assert src.main_file and src.module_name
     spec = importlib.util.spec_from_file_location(src.module_name, src.main_file)
@@ -373,22 +358,27 @@ def _checked_call(factory: Callable[[], Any], label: str, src: _Source) -> Calla
     module_cls = _module_type()
 
     def build_model() -> Any:
-        try:
-            with src.on_path():
-                model = factory()
-        except UserError:
-            raise
-        except (Exception, SystemExit) as exc:
-            where = src.where(exc)
-            at = f" (at {where})" if where else ""
-            raise UserError(f"{label} raised {_exc_text(exc)}{at}; fix it "
-                            "(--debug shows the traceback)") from exc
+        model = _call_user(src, label, "fix it", factory)
         if not isinstance(model, module_cls):
             raise UserError(f"{label} returned {_kind(model)}, not an nn.Module; "
                             "return the model itself, e.g. `return Net()`")
         return model
 
     return build_model
+
+
+def _call_user(src: _Source, label: str, fix: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args) with the user's folder on sys.path; its failure becomes a one-line UserError."""
+    try:
+        with src.on_path():
+            return fn(*args)
+    except UserError:
+        raise
+    except (Exception, SystemExit) as exc:
+        where = src.where(exc)
+        at = f" (at {where})" if where else ""
+        raise UserError(f"{label} raised {_exc_text(exc)}{at}; {fix} "
+                        "(--debug shows the traceback)") from exc
 
 
 def _discover(module: ModuleType, src: _Source) -> Callable[[], Any]:
@@ -446,16 +436,7 @@ def _optional_make_batch(module: ModuleType, src: _Source) -> Callable[[int], An
     label = f"{src.shown}:make_batch"
 
     def make_batch(batch_size: int) -> Any:
-        try:
-            with src.on_path():
-                return fn(batch_size)
-        except UserError:
-            raise
-        except (Exception, SystemExit) as exc:
-            where = src.where(exc)
-            at = f" (at {where})" if where else ""
-            raise UserError(f"{label}({batch_size}) raised {_exc_text(exc)}{at}; fix make_batch "
-                            "(--debug shows the traceback)") from exc
+        return _call_user(src, f"{label}({batch_size})", "fix make_batch", fn, batch_size)
 
     make_batch.__wrapped__ = fn  # type: ignore[attr-defined]
     return make_batch
