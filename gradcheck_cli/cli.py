@@ -17,7 +17,7 @@ import typer
 from . import __version__
 from .config import DEFAULT_FAIL_ON, OPTIMIZERS, ScanConfig
 from .errors import UserError
-from .report import FindingKind, Report, Status
+from .gate import fails, parse_fail_on
 from .text import exception_text
 
 app = typer.Typer(
@@ -33,7 +33,6 @@ list_app = typer.Typer(help="List built-in models.", no_args_is_help=True)
 app.add_typer(list_app, name="list")
 
 FORMATS = ("table", "json")
-FAIL_ON_WORDS = ("any", "none")
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
 
@@ -106,7 +105,7 @@ def scan(
         color = _use_color(no_color)
         width = _terminal_width()
         sys.stdout.write(render(report, OutputFormat.TABLE, width=width, color=color))
-    raise typer.Exit(EXIT_FINDINGS if fails(report, fail_words) else EXIT_OK)
+    raise typer.Exit(EXIT_FINDINGS if fails(report) else EXIT_OK)
 
 
 @list_app.command("builtins")
@@ -119,25 +118,11 @@ def list_builtins() -> None:
         typer.echo(f"builtin:{b.name:<{width}}  {b.verdict:<9}  {b.summary}")
 
 
-def fails(report: Report, fail_on: tuple[str, ...]) -> bool:
-    """Whether any finding (or the verdict) matches --fail-on."""
-    if "none" in fail_on:
-        return False
-    if "any" in fail_on:
-        return bool(report.findings)
-    if report.verdict.value in fail_on:
-        return True
-    return any(f.kind.value in fail_on for f in report.findings)
-
-
 def _parse_fail_on(text: str) -> tuple[str, ...]:
-    valid = {s.value for s in Status} | {k.value for k in FindingKind} | set(FAIL_ON_WORDS)
-    words = tuple(w.strip().lower() for w in text.split(",") if w.strip())
-    for word in words:
-        if word not in valid:
-            raise UserError(f"unknown --fail-on value '{word}'; use statuses or finding kinds: "
-                            f"{', '.join(sorted(valid))}")
-    return words
+    try:
+        return parse_fail_on(text.split(","))
+    except ValueError as exc:
+        raise UserError(f"--fail-on: {exc}") from None
 
 
 def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
