@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .checks import CheckContext, run_checks
@@ -14,13 +14,18 @@ from .fixes import recommend
 from .report import LayerReport, LossInfo, Report, Status
 from .targets import Target, resolve_target
 
+if TYPE_CHECKING:
+    from .probe import StageCallback
+
 
 def scan(target: str | Target, config: ScanConfig | None = None,
-         thresholds: Thresholds | None = None, **options: Any) -> Report:
+         thresholds: Thresholds | None = None, on_stage: StageCallback | None = None,
+         **options: Any) -> Report:
     """Scan a model and return its Report; the model comes back exactly as it was.
 
     `target` is a TARGET string (model.py, model.py:NAME, pkg.module:attr, builtin:NAME) or a
-    Target; `options` override fields of ScanConfig (batches=5, device="cuda", ...).
+    Target; `options` override fields of ScanConfig (batches=5, device="cuda", ...). `on_stage`
+    is told each stage as it starts (see probe.StageCallback).
     """
     from .batches import synthetic_batch_maker
     from .probe import run_probe
@@ -29,10 +34,14 @@ def scan(target: str | Target, config: ScanConfig | None = None,
     config = replace(config or ScanConfig(), **options)
     _validate(config)
     thresholds = thresholds or Thresholds()
+    stage = on_stage or (lambda name, batch, batches: None)
+    stage("loading the target", 0, config.batches)
     resolved = resolve_target(target) if isinstance(target, str) else target
+    stage("building the model", 0, config.batches)
     model = resolved.build_model()
     make_batch = resolved.make_batch or synthetic_batch_maker(model, config.input_shape, source=resolved.name)
-    probe = run_probe(model, make_batch, resolved.loss_fn, config)
+    probe = run_probe(model, make_batch, resolved.loss_fn, config, on_stage)
+    stage("analysing the measurements", 0, config.batches)
 
     layers = compute_stats(probe.layers)
     verdicts = classify_layers(layers, thresholds)

@@ -60,21 +60,32 @@ class _ActAcc:
     fired: torch.Tensor | None = None
 
 
+StageCallback = Callable[[str, int, int], None]
+"""on_stage(stage, batch, batches): called as each stage starts; `batch` counts from 1 (0 outside
+the batch loop). Used by the CLI for the progress bar and to name the stage a timeout stopped."""
+
+
+def _no_stage(stage: str, batch: int, batches: int) -> None:
+    return None
+
+
 def run_probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any,
-              config: ScanConfig) -> ProbeResult:
+              config: ScanConfig, on_stage: StageCallback | None = None) -> ProbeResult:
     """Probe `model` with config.batches batches; the model comes back exactly as it was."""
+    stage = on_stage or _no_stage
     snapshot = take_snapshot(model, copy_params=config.steps > 0)
     handles: list[Any] = []
     try:
-        return _probe(model, make_batch, loss_fn, config, handles)
+        return _probe(model, make_batch, loss_fn, config, handles, stage)
     finally:
         for handle in handles:
             handle.remove()
+        stage("restoring the model", 0, config.batches)
         restore_snapshot(snapshot)
 
 
 def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, config: ScanConfig,
-           handles: list[Any]) -> ProbeResult:
+           handles: list[Any], stage: StageCallback) -> ProbeResult:
     device = torch.device(config.device)
     model.to(device)
     model.train()
@@ -104,12 +115,15 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
     optimizer = _make_optimizer(config, trainable) if config.steps > 0 else None
 
     for batch_index in range(config.batches):
+        stage("making the batch", batch_index + 1, config.batches)
         torch.manual_seed(config.seed + batch_index)
         inputs, target = split_batch(make_batch(config.batch_size))
         inputs, target = move_to(inputs, device), move_to(target, device)
         nonfinite_input = nonfinite_input or batch_has_nonfinite(inputs, target)
         state["active"], state["nonfinite"], state["leaves"] = True, [], []
+        stage("forward pass", batch_index + 1, config.batches)
         loss, loss_kind = _forward_loss(model, inputs, target, loss_fn, state)
+        stage("backward pass", batch_index + 1, config.batches)
         grads = torch.autograd.grad(loss, trainable + state["leaves"], allow_unused=True)
         grads = grads[:len(trainable)]
         state["active"] = False
@@ -135,6 +149,7 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
                 nonfinite_counts[li] += _count_nonfinite(layers[li], trainable_idx, grads)
 
         if optimizer is not None and batch_index < config.batches - 1:
+            stage("optimizer steps", batch_index + 1, config.batches)
             stepped = _take_steps(model, inputs, target, loss_fn, trainable, optimizer, config.steps, state,
                                   grads)
             step_losses.extend(stepped)
