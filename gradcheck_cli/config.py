@@ -24,6 +24,10 @@ class ScanConfig:
     input_shape: tuple[int, ...] | None = None
     """Per-sample input shape, used when the target has no make_batch."""
     fail_on: tuple[str, ...] = field(default=DEFAULT_FAIL_ON)
+    checkpoint: str | None = None
+    """A .pt/.pth/.safetensors state_dict loaded into the built model before the probe."""
+    timeout: float | None = None
+    """Seconds one scan may take; None: no limit."""
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)

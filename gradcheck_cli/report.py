@@ -179,3 +179,18 @@ def _num(value: Number) -> Number:
             return "NaN"
         return "Infinity" if value > 0 else "-Infinity"
     return value
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """One scan of a run: its report, or the one-line error that stopped it (exit code 2).
+
+    `gradcheck scan` produces one; `gradcheck run RECIPE` one per scan of the recipe, and a scan
+    that fails does not stop the others.
+    """
+
+    name: str
+    """The scan's name in the recipe, or the TARGET for `gradcheck scan`."""
+    target: str
+    report: Report | None
+    error: str | None = None
