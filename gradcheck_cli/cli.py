@@ -18,6 +18,8 @@ from . import __version__
 from .config import DEFAULT_FAIL_ON, OPTIMIZERS, ScanConfig
 from .errors import UserError
 from .gate import fails, parse_fail_on
+from .report import ScanResult
+from .settings import SETTINGS, Layer, Resolved
 from .text import exception_text
 
 app = typer.Typer(
@@ -29,11 +31,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-list_app = typer.Typer(help="List built-in models.", no_args_is_help=True)
+list_app = typer.Typer(help="List built-in models, finding kinds (checks) and recommendation ids (fixes).",
+                       no_args_is_help=True)
 app.add_typer(list_app, name="list")
 
 FORMATS = ("table", "json")
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+_D = ScanConfig()  # the built-in defaults shown in --help (options default to None: "not given")
 
 
 def _version(value: bool) -> None:
@@ -53,41 +57,63 @@ def root(
 @app.command()
 def scan(
     target: Annotated[str, typer.Argument(help="model.py, model.py:NAME, pkg.module:attr or builtin:NAME")],
-    batches: Annotated[int, typer.Option(help="Number of probe batches.")] = 3,
-    batch_size: Annotated[int, typer.Option(help="Samples per probe batch.")] = 16,
-    seed: Annotated[int, typer.Option(help="Seed for the batches and dropout.")] = 0,
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
-    steps: Annotated[int, typer.Option(help="Optimizer steps between probe batches (weights are restored).")] = 0,
-    optimizer: Annotated[str, typer.Option(help=f"Optimizer for --steps: {', '.join(OPTIMIZERS)}.")] = "sgd",
-    lr: Annotated[float, typer.Option(help="Learning rate for --steps.")] = 0.01,
+    batches: Annotated[int | None, typer.Option(
+        help=f"Number of probe batches. [default: {_D.batches}]", show_default=False)] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help=f"Samples per probe batch. [default: {_D.batch_size}]", show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option(
+        help=f"Seed for the batches and dropout. [default: {_D.seed}]", show_default=False)] = None,
+    device: Annotated[str | None, typer.Option(
+        help=f"cpu, cuda or cuda:N. [default: {_D.device}]", show_default=False)] = None,
+    steps: Annotated[int | None, typer.Option(
+        help=f"Optimizer steps between probe batches (weights are restored). [default: {_D.steps}]",
+        show_default=False)] = None,
+    optimizer: Annotated[str | None, typer.Option(
+        help=f"Optimizer for --steps: {', '.join(OPTIMIZERS)}. [default: {_D.optimizer}]",
+        show_default=False)] = None,
+    lr: Annotated[float | None, typer.Option(
+        help=f"Learning rate for --steps. [default: {_D.lr}]", show_default=False)] = None,
     input_shape: Annotated[str | None, typer.Option(
         help="Per-sample input shape when the model file has no make_batch, e.g. 3x32x32.")] = None,
+    checkpoint: Annotated[str | None, typer.Option(
+        help="Load weights before the scan: a .pt/.pth state_dict (read with weights_only=True) or "
+             ".safetensors file.", show_default=False)] = None,
+    timeout: Annotated[float | None, typer.Option(
+        help="Stop the scan after this many seconds (exit 2, naming the running stage).",
+        show_default=False)] = None,
     output_format: Annotated[str, typer.Option(
         "--format", help="table or json (json: stdout holds only the JSON).")] = "table",
-    fail_on: Annotated[str, typer.Option(
-        help="Comma-separated statuses/finding kinds that make the exit code 1, or 'any'/'none'.")]
-        = ",".join(DEFAULT_FAIL_ON),
+    fail_on: Annotated[str | None, typer.Option(
+        help="Comma-separated statuses/finding kinds that make the exit code 1, or 'any'/'none'. "
+             f"[default: {','.join(DEFAULT_FAIL_ON)}]", show_default=False)] = None,
     no_color: Annotated[bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too).")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for errors.")] = False,
+    show_config: Annotated[bool, typer.Option(
+        "--show-config", help="Print the resolved settings and where each came from, then exit.")] = False,
 ) -> None:
-    """Scan a model: probe batches with hooks, classify every layer, recommend fixes."""
+    """Scan a model: probe batches with hooks, classify every layer, recommend fixes.
+
+    Settings resolve command line > [tool.gradcheck] in the nearest pyproject.toml > built-in defaults.
+    """
     # torch warns at import when the optional numpy is absent; gradcheck never needs numpy, and a
     # warning on stderr would read like a problem with the user's model.
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     try:
         fmt = _choice(output_format, FORMATS, "--format")
-        fail_words = _parse_fail_on(fail_on)
-        from .batches import parse_input_shape
-
-        config = ScanConfig(
+        resolved = _resolve_settings(_command_line_layer(
             batches=batches, batch_size=batch_size, seed=seed, device=device, steps=steps,
-            optimizer=optimizer.lower(), lr=lr,
-            input_shape=parse_input_shape(input_shape) if input_shape else None,
-            fail_on=fail_words,
-        )
+            optimizer=optimizer, lr=lr, input_shape=input_shape, fail_on=fail_on,
+            checkpoint=checkpoint, timeout=timeout))
+        if show_config:
+            from .settings import show_config_text
+
+            typer.echo(show_config_text(f"scan {target}", resolved), nl=False)
+            raise typer.Exit(EXIT_OK)
         from .api import scan as run_scan
 
-        report = run_scan(target, config)
+        report = run_scan(target, resolved.scan_config(), resolved.thresholds())
+    except typer.Exit:
+        raise
     except UserError as exc:
         _fail(str(exc), exc, debug)
     except KeyboardInterrupt:
@@ -108,6 +134,91 @@ def scan(
     raise typer.Exit(EXIT_FINDINGS if fails(report) else EXIT_OK)
 
 
+@app.command()
+def run(
+    recipe: Annotated[str, typer.Argument(help="A YAML recipe; see recipes/ and the README's Recipes section.")],
+    batches: Annotated[int | None, typer.Option(
+        help="Probe batches, for every scan (overrides the recipe).", show_default=False)] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Samples per probe batch, for every scan.", show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed, for every scan.", show_default=False)] = None,
+    device: Annotated[str | None, typer.Option(
+        help="cpu, cuda or cuda:N, for every scan.", show_default=False)] = None,
+    steps: Annotated[int | None, typer.Option(
+        help="Optimizer steps between probe batches, for every scan.", show_default=False)] = None,
+    optimizer: Annotated[str | None, typer.Option(
+        help=f"Optimizer for steps ({', '.join(OPTIMIZERS)}), for every scan.", show_default=False)] = None,
+    lr: Annotated[float | None, typer.Option(
+        help="Learning rate for steps, for every scan.", show_default=False)] = None,
+    output_format: Annotated[str, typer.Option(
+        "--format", help="table or json (json: stdout holds only the gradcheck/run@1 JSON).")] = "table",
+    fail_on: Annotated[str | None, typer.Option(
+        help="Comma-separated statuses/finding kinds that make the exit code 1, or 'any'/'none', "
+             "for every scan.", show_default=False)] = None,
+    no_color: Annotated[bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too).")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for errors.")] = False,
+    show_config: Annotated[bool, typer.Option(
+        "--show-config", help="Print every scan's resolved settings and where each came from, then exit.")]
+        = False,
+) -> None:
+    """Run the scans a YAML recipe lists: one combined report, the exit code of the worst scan.
+
+    Settings resolve command line > recipe scan > recipe defaults > [tool.gradcheck] in the nearest
+    pyproject.toml > built-in defaults. A scan that fails (exit 2) does not stop the others.
+    """
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # see scan()
+    try:
+        fmt = _choice(output_format, FORMATS, "--format")
+        command_line = _command_line_layer(
+            batches=batches, batch_size=batch_size, seed=seed, device=device, steps=steps,
+            optimizer=optimizer, lr=lr, input_shape=None, fail_on=fail_on)
+        from .pyproject import pyproject_layer
+        from .recipes import load_recipe
+        from .settings import resolve
+
+        project, _ = pyproject_layer()
+        plan = [(scan, resolve(project, scan.defaults, scan.overrides, command_line))
+                for scan in load_recipe(recipe).scans]
+    except UserError as exc:
+        _fail(str(exc), exc, debug)
+    if show_config:
+        from .settings import show_config_text
+
+        typer.echo("\n".join(show_config_text(f"scan {scan.name} ({scan.target})", settings)
+                             for scan, settings in plan), nl=False)
+        raise typer.Exit(EXIT_OK)
+    try:
+        results = [_run_recipe_scan(scan.name, scan.target, settings, debug) for scan, settings in plan]
+    except KeyboardInterrupt:
+        typer.echo("gradcheck: interrupted", err=True)
+        raise typer.Exit(130) from None
+
+    from .render import OutputFormat, render
+
+    color = _use_color(no_color) if fmt == "table" else False
+    sys.stdout.write(render(results, OutputFormat(fmt), combined=True, width=_terminal_width(), color=color))
+    worst = max(EXIT_USAGE if r.report is None else EXIT_FINDINGS if fails(r.report) else EXIT_OK
+                for r in results)
+    raise typer.Exit(worst)
+
+
+def _run_recipe_scan(name: str, target: str, settings: Resolved, debug: bool) -> ScanResult:
+    """One scan of a recipe; its failure becomes the result's error instead of ending the run."""
+    from .api import scan as run_scan
+
+    cause: BaseException
+    try:
+        return ScanResult(name, target, run_scan(target, settings.scan_config(), settings.thresholds()))
+    except UserError as exc:
+        error, cause = str(exc), exc
+    except Exception as exc:  # the user's code failed somewhere we did not anticipate
+        error, cause = f"scanning {target} failed: {exception_text(exc)} (run with --debug for the traceback)", exc
+    if debug:
+        traceback.print_exception(cause)
+    typer.echo(f"gradcheck: error: scan '{name}': {error}", err=True)
+    return ScanResult(name, target, None, error)
+
+
 @list_app.command("builtins")
 def list_builtins() -> None:
     """The built-in demonstration models, with their documented verdicts."""
@@ -116,6 +227,70 @@ def list_builtins() -> None:
     width = max(len(b.name) for b in BUILTINS)
     for b in BUILTINS:
         typer.echo(f"builtin:{b.name:<{width}}  {b.verdict:<9}  {b.summary}")
+
+
+@list_app.command("checks")
+def list_checks() -> None:
+    """The finding kinds (stable ids), with what each means; `gradcheck explain ID` for more."""
+    from .checks import CHECKS
+    from .render.explain import render_check_list
+
+    sys.stdout.write(render_check_list(frozenset(CHECKS)))
+
+
+@list_app.command("fixes")
+def list_fixes() -> None:
+    """The recommendation ids, with what each changes; `gradcheck explain ID` for more."""
+    from .render.explain import render_fix_list
+
+    sys.stdout.write(render_fix_list())
+
+
+@app.command()
+def explain(
+    entry_id: Annotated[str, typer.Argument(
+        metavar="ID", help="A finding kind (gradcheck list checks) or recommendation id (gradcheck list fixes).")],
+) -> None:
+    """Explain a finding kind or recommendation: mechanism, what is measured, thresholds, fix, references."""
+    from .catalog import get
+    from .checks import CHECKS
+    from .render.explain import render_explain
+
+    try:
+        entry = get(entry_id)
+    except UserError as exc:
+        _fail(str(exc), exc, debug=False)
+    sys.stdout.write(render_explain(entry, frozenset(CHECKS), width=min(_terminal_width(), 100)))
+
+
+def _command_line_layer(**given: Any) -> Layer:
+    """The options given on the command line (None: not given), validated like recipe keys."""
+    from .settings import SettingError, Sourced, parse_option
+
+    keys = {"optimizer": "optimizer.name", "lr": "optimizer.lr"}
+    layer: Layer = {}
+    for name, value in given.items():
+        if value is None:
+            continue
+        key = keys.get(name, name)
+        if key == "input_shape":
+            from .batches import parse_input_shape  # the command line's own '3x32x32' syntax
+
+            value = parse_input_shape(value)
+        try:
+            layer[key] = Sourced(parse_option(key, value), f"command line ({SETTINGS[key].option})")
+        except SettingError as exc:
+            raise UserError(exc.message) from None
+    return layer
+
+
+def _resolve_settings(command_line: Layer) -> Resolved:
+    """`gradcheck scan`: command line > nearest pyproject.toml [tool.gradcheck] > built-in defaults."""
+    from .pyproject import pyproject_layer
+    from .settings import resolve
+
+    project, _ = pyproject_layer()
+    return resolve(project, command_line)
 
 
 def _parse_fail_on(text: str) -> tuple[str, ...]:
