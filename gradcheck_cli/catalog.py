@@ -1,13 +1,21 @@
 """The catalogue of finding kinds and recommendation ids: what each means, for humans.
 
 One entry per stable id. `gradcheck explain ID`, `gradcheck list checks|fixes` and the SARIF
-rules all read from here, so the wording lives in one place. No torch here.
+rules all read from here, so the wording lives in one place. No torch here: the numbers the
+classifier uses are formatted from `classify.Thresholds` (torch-free) so the text cannot drift.
+
+Text conventions (renderers rely on them, SARIF shows them as they are): paragraphs are separated
+by a blank line; a line starting with "- " starts a list item; a paragraph whose lines all start
+with four spaces is code and is printed verbatim.
 """
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
+from .classify import Thresholds
+from .errors import UserError
 from .report import FindingKind, RecommendationId
 
 
@@ -29,69 +37,671 @@ class Entry:
     references: tuple[str, ...] = ()
 
 
+def _num(value: float) -> str:
+    """1e-3 as "1e-3", 1000 as "1e3", 70 as "70": the way the papers and DOMAIN.md write them."""
+    if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e3):
+        mantissa, exponent = f"{value:.0e}".split("e")
+        return f"{mantissa}e{int(exponent)}"
+    return f"{value:g}"
+
+
+T = Thresholds()
 K = FindingKind
 R = RecommendationId
 
+# The references, written once. Each entry cites the ones its text relies on.
+GLOROT_2010 = ("Glorot & Bengio 2010, Understanding the difficulty of training deep feedforward "
+               "neural networks (AISTATS)")
+HE_2015 = "He, Zhang, Ren & Sun 2015, Delving deep into rectifiers (ICCV): He init, PReLU"
+IOFFE_2015 = "Ioffe & Szegedy 2015, Batch normalization (ICML)"
+BA_2016 = "Ba, Kiros & Hinton 2016, Layer normalization (arXiv:1607.06450)"
+HE_2016 = "He, Zhang, Ren & Sun 2016, Deep residual learning for image recognition (CVPR)"
+HOCHREITER_1997 = "Hochreiter & Schmidhuber 1997, Long short-term memory (Neural Computation)"
+CHO_2014 = "Cho et al. 2014, Learning phrase representations using RNN encoder-decoder (EMNLP): GRU"
+PASCANU_2013 = ("Pascanu, Mikolov & Bengio 2013, On the difficulty of training recurrent neural "
+                "networks (ICML): spectral-radius conditions, gradient clipping")
+BENGIO_1994 = ("Bengio, Simard & Frasconi 1994, Learning long-term dependencies with gradient "
+               "descent is difficult (IEEE TNN)")
+SAXE_2014 = ("Saxe, McClelland & Ganguli 2014, Exact solutions to the nonlinear dynamics of learning "
+             "in deep linear networks (ICLR)")
+PENNINGTON_2017 = ("Pennington, Schoenholz & Ganguli 2017, Resurrecting the sigmoid in deep learning "
+                   "through dynamical isometry (NeurIPS)")
+LECUN_1998 = "LeCun, Bottou, Orr & Mueller 1998, Efficient BackProp (Neural Networks: Tricks of the Trade)"
+AUTOTRAINER = ("Zhang, Zhai, Ma, Shen, Tao & Wang 2021, AUTOTRAINER: an automatic DNN training problem "
+               "detection and repair system (ICSE): gradient-ratio rules < 1e-3 vanishing, > 70 exploding")
+DEEPCHECKER = ("Ben Braiek & Khomh 2023, Testing feedforward neural networks training programs "
+               "(ACM TOSEM, arXiv:2204.00694): TheDeepChecker's update-ratio bounds")
+SAGEMAKER = ("Rauschmayr et al. 2021, Amazon SageMaker Debugger: a system for real-time insights into "
+             "machine learning model training (MLSys): vanishing_gradient rule")
+YANG_2019 = "Yang, Pennington, Rao, Sohl-Dickstein & Schoenholz 2019, A mean field theory of batch normalization (ICLR)"
+CS231N = ("Karpathy, CS231n notes, Neural networks part 3: ratio of weight updates to weight "
+          "magnitudes, healthy around 1e-3")
+MAAS_2013 = ("Maas, Hannun & Ng 2013, Rectifier nonlinearities improve neural network acoustic models "
+             "(ICML workshop): LeakyReLU")
+CLEVERT_2016 = "Clevert, Unterthiner & Hochreiter 2016, Fast and accurate deep network learning by ELUs (ICLR)"
+LU_2020 = "Lu, Shin, Su & Karniadakis 2020, Dying ReLU and initialization: theory and numerical examples (CiCP)"
+HENDRYCKS_2016 = "Hendrycks & Gimpel 2016, Gaussian error linear units (GELUs) (arXiv:1606.08415)"
+MICIKEVICIUS_2018 = "Micikevicius et al. 2018, Mixed precision training (ICLR): loss scaling"
+IEEE_754 = "IEEE 754-2008: binary16 smallest normal 2^-14 ~ 6.1e-5, smallest subnormal 2^-24 ~ 6.0e-8"
+LOSHCHILOV_2019 = "Loshchilov & Hutter 2019, Decoupled weight decay regularization (ICLR): AdamW"
+KROGH_1992 = "Krogh & Hertz 1992, A simple weight decay can improve generalization (NeurIPS)"
+GOODFELLOW_2016 = "Goodfellow, Bengio & Courville 2016, Deep Learning, ch. 4.1 (overflow and underflow) and 8.2"
+PYTORCH_INIT = ("PyTorch nn.Linear/nn.Conv default init: kaiming_uniform_(a=sqrt(5)), i.e. "
+                "U(-1/sqrt(fan_in), 1/sqrt(fan_in)), std 1/sqrt(3 fan_in)")
+PYTORCH_AMP = "PyTorch documentation, Automatic mixed precision: torch.amp.GradScaler"
+
+NOT_YET_MEASURED = "Not yet measured by this version: no check emits this finding."
+NOT_YET_RECOMMENDED = "Not yet recommended by this version: no rule emits this recommendation."
+
+# The through-time rules of classify.py, quoted by several entries.
+_RNN_VANISH = (
+    f"- first time step vs peak: a vanilla nn.RNN whose first step receives less than "
+    f"{_num(T.vanish_relative)} of the peak per-step gradient vanishes through time (the 1e-3 ratio of "
+    "AUTOTRAINER, applied along time as Pascanu et al. 2013 describe the decay).")
+_RNN_EXPLODE = (
+    f"- first vs last step: any recurrent layer whose first step receives more than "
+    f"{_num(T.explode_relative)}x the gradient of the last step explodes through time (AUTOTRAINER's "
+    "70, along time).")
+_RNN_GATED = (
+    "- LSTM/GRU are never called vanishing through time: at init their forget gates decay the gradient "
+    "by design (forget bias 0 gives a factor ~0.5 per step) and learn to keep it.")
+
 FINDINGS: dict[FindingKind, Entry] = {
-    K.VANISHING: Entry(K.VANISHING.value, "Vanishing gradient",
-                       "The layer receives too little gradient to learn at the pace of the rest of the model."),
-    K.EXPLODING: Entry(K.EXPLODING.value, "Exploding gradient",
-                       "The layer's gradient is so large that one optimizer step would wreck its weights."),
-    K.NONFINITE: Entry(K.NONFINITE.value, "NaN/Inf in the forward or backward pass",
-                       "An operation produced NaN or Inf, so the loss or the gradients are not finite."),
-    K.VANISHING_THROUGH_TIME: Entry(K.VANISHING_THROUGH_TIME.value, "Vanishing through time",
-                                    "Early time steps of a recurrent layer receive almost no gradient, "
-                                    "so it cannot learn long-range dependencies."),
-    K.EXPLODING_THROUGH_TIME: Entry(K.EXPLODING_THROUGH_TIME.value, "Exploding through time",
-                                    "The gradient grows step after step back through a recurrent layer."),
-    K.SATURATED_ACTIVATION: Entry(K.SATURATED_ACTIVATION.value, "Saturated activation",
-                                  "Most units of a sigmoid/tanh-like activation sit in the flat region, "
-                                  "where the derivative is nearly zero."),
-    K.DEAD_RELU: Entry(K.DEAD_RELU.value, "Dead ReLU units",
-                       "Units that never fire on any probe sample pass exactly zero gradient."),
-    K.INIT_SCALE: Entry(K.INIT_SCALE.value, "Mis-scaled initialisation",
-                        "The weight std is far from the std that preserves signal variance for the layer's "
-                        "fan-in and activation."),
-    K.DIVERGENCE: Entry(K.DIVERGENCE.value, "Divergence over optimizer steps",
-                        "The loss rises step over step or turns NaN/Inf during the probe's optimizer steps."),
-    K.NONFINITE_INPUT: Entry(K.NONFINITE_INPUT.value, "NaN/Inf in the input batch",
-                             "The batch or its target already holds NaN/Inf before the model runs."),
-    K.FP16_UNDERFLOW: Entry(K.FP16_UNDERFLOW.value, "fp16 gradient underflow",
-                            "Many gradient elements are below fp16's smallest normal number and would flush "
-                            "to zero without loss scaling."),
+    K.VANISHING: Entry(
+        K.VANISHING.value, "Vanishing gradient",
+        "The layer receives too little gradient to learn at the pace of the rest of the model.",
+        mechanism=(
+            "Backpropagation multiplies the local Jacobians of the layers between the loss and this "
+            "layer, each of the form diag(f'(a)) W. When these factors are typically smaller than 1 in "
+            "norm, the gradient shrinks geometrically towards the input and the early layers stop "
+            "learning while the last ones still do.\n\n"
+            "Common causes: saturating activations (sigmoid'(x) <= 0.25 everywhere, so every sigmoid "
+            "layer divides the gradient by at least 4); weights initialised too small (e.g. N(0, 0.01)); "
+            "depth without a short path (no residual connection); a vanilla RNN, whose recurrence "
+            "multiplies the same W_hh once per time step."),
+        measured=(
+            "Per layer (a module that owns parameters), averaged over the probe batches: grad_norm (L2 "
+            "norm of the layer's own parameter gradients), weight_norm, grad_to_weight = grad_norm / "
+            "weight_norm (times the learning rate, the relative change one SGD step makes), grad_rms (the "
+            "typical gradient element), the RMS of the output and of the gradient arriving at the output, "
+            "and for recurrent layers the gradient reaching every time step of the input.\n\n"
+            "Evidence keys: grad_norm, weight_norm, grad_to_weight, grad_rms, output_grad_rms, "
+            "activation_rms; first_step_grad_rms, last_step_grad_rms, peak_step_grad_rms for recurrent "
+            "layers."),
+        thresholds=(
+            f"- relative: grad/weight below {_num(T.vanish_relative)} of the best dense layer's, with no "
+            "dense layer before it learning faster (AUTOTRAINER's first/last gradient ratio < 1e-3, "
+            "applied to every layer against the best one).\n"
+            f"- absolute: grad/weight below {_num(T.vanish_grad_to_weight)}: even at lr = 1 the weights "
+            "would move by less than 1e-7 per step, three decades under TheDeepChecker's lower bound of "
+            "1e-4 on the update ratio.\n"
+            f"- zero weights (no ratio exists): gradient RMS below {_num(T.vanish_grad_rms)} (SageMaker "
+            "Debugger's vanishing_gradient rule).\n"
+            f"{_RNN_VANISH}\n\n"
+            "Normalization affine parameters and embedding tables are judged by the absolute rules only: "
+            "their grad/weight is not comparable with a weight matrix's."),
+        fix=(
+            "Find the cause among the findings and recommendations of the same scan: swap saturating "
+            "activations for ReLU/GELU (swap-activation), re-initialise with the variance-preserving "
+            "std (he-init, xavier-init), add normalization or residual connections to deep plain stacks "
+            "(add-normalization, add-skip), use LSTM/GRU instead of a vanilla RNN (gated-rnn)."),
+        references=(GLOROT_2010, BENGIO_1994, AUTOTRAINER, DEEPCHECKER, SAGEMAKER, PASCANU_2013),
+    ),
+    K.EXPLODING: Entry(
+        K.EXPLODING.value, "Exploding gradient",
+        "The layer's gradient is so large that one optimizer step would wreck its weights.",
+        mechanism=(
+            "The same product of layer Jacobians diag(f'(a)) W as for vanishing gradients, with the "
+            "factors typically larger than 1 in norm: the gradient grows geometrically towards the input. "
+            "Vanishing and exploding are the same phenomenon with the gain on different sides of 1.\n\n"
+            "Common causes: weights initialised too large (e.g. N(0, 1): activations and gradients grow "
+            "by ~sqrt(fan_in x gain) per layer); a deep plain stack (even with BatchNorm, which explodes "
+            "at init without residual connections, Yang et al. 2019); a learning rate that makes the "
+            "weights grow; a recurrence whose W_hh has spectral radius above 1. Left alone, the values "
+            "overflow to inf, then turn NaN."),
+        measured=(
+            "The same per-layer quantities as for vanishing gradients: grad_norm, weight_norm, "
+            "grad_to_weight, grad_rms, and the RMS of the gradient arriving at each layer's output "
+            "(output_grad_rms), which is compared along a stack of identical layers.\n\n"
+            "Evidence keys: grad_norm, weight_norm, grad_to_weight, grad_rms, output_grad_rms, "
+            "activation_rms; first_step_grad_rms, last_step_grad_rms, peak_step_grad_rms for recurrent "
+            "layers."),
+        thresholds=(
+            f"- absolute: grad/weight above {_num(T.explode_grad_to_weight)}: even a learning rate of 1e-4 "
+            "changes the weights by more than 10% in one step, beyond TheDeepChecker's upper bound on the "
+            "update ratio (log10 <= -1). Healthy models measure 1e-3..5 here.\n"
+            f"- growth through a stack: in a stack of at least {T.min_stack} identical dense layers (same "
+            f"type and size), a gradient at a layer's output more than {_num(T.explode_relative)}x that at "
+            "the stack's last layer (AUTOTRAINER's > 70 gradient ratio).\n"
+            f"{_RNN_EXPLODE}"),
+        fix=(
+            "Stop a single step from wrecking the weights with gradient clipping (clip-gradients) and a "
+            "lower learning rate (lower-lr); remove the cause with the variance-preserving init (he-init, "
+            "xavier-init) and, for deep plain stacks, normalization and residual connections "
+            "(add-normalization, add-skip)."),
+        references=(GLOROT_2010, HE_2015, PASCANU_2013, YANG_2019, AUTOTRAINER, DEEPCHECKER),
+    ),
+    K.NONFINITE: Entry(
+        K.NONFINITE.value, "NaN/Inf in the forward or backward pass",
+        "An operation produced NaN or Inf, so the loss or the gradients are not finite.",
+        mechanism=(
+            "NaN during training is almost always a consequence, not a cause. It comes from one of two "
+            "places: an overflow after activations or gradients exploded (float32 overflows above ~3.4e38; "
+            "exp(x) already overflows for x > 88.7), or one numerically unsafe operation: log, sqrt or "
+            "division of zero or negative values, exp overflow, softmax of inf, log(softmax(x)) instead "
+            "of log_softmax. Once one element is NaN, every operation that touches it spreads it, so a "
+            "NaN loss says little about where it started."),
+        measured=(
+            "Per layer, the count of NaN/Inf gradient elements summed over the probe batches, the loss of "
+            "every batch, and the origin: the first module, in execution order, whose output turned "
+            "non-finite while its inputs were finite (forward hooks).\n\n"
+            "Evidence keys: nonfinite_grads, params, origin, nonfinite_losses."),
+        thresholds=(
+            "- any NaN/Inf gradient element, or a NaN/Inf loss on any probe batch, is an error: there is "
+            "no tolerance, since IEEE 754 NaN propagates through every later operation and one NaN step "
+            "destroys the weights it touches."),
+        fix=(
+            "Go to the origin module. If it applies an unsafe operation, guard it (guard-nonfinite): "
+            "clamp before log/sqrt, add eps to divisors, use log1p, logsumexp, log_softmax and "
+            "F.cross_entropy on logits. If the values overflowed after growing layer by layer, fix the "
+            "explosion first (clip-gradients, lower-lr, he-init/xavier-init). torch.autograd."
+            "detect_anomaly() shows the backward operation that produced the first NaN."),
+        references=(GOODFELLOW_2016, PASCANU_2013),
+    ),
+    K.VANISHING_THROUGH_TIME: Entry(
+        K.VANISHING_THROUGH_TIME.value, "Vanishing through time",
+        "Early time steps of a recurrent layer receive almost no gradient, so it cannot learn "
+        "long-range dependencies.",
+        mechanism=(
+            "A vanilla RNN computes h_t = f(W_hh h_(t-1) + W_xh x_t). The gradient that the loss at step T "
+            "sends back to step k is a product of T - k factors W_hh^T diag(f'(a_t)): the same matrix, "
+            "once per step, so depth is the sequence length. If the largest singular value of W_hh is "
+            "below 1/gamma, where gamma bounds |f'| (gamma = 1 for tanh, 1/4 for sigmoid), every factor "
+            "shrinks the gradient and the contribution of step k vanishes exponentially in T - k "
+            "(a sufficient condition, Pascanu et al. 2013). The layer then learns only from the last few "
+            "steps (Bengio et al. 1994)."),
+        measured=(
+            "The gradient with respect to the recurrent layer's input at every time step, through the "
+            "recurrence (not only each step's direct share), as an RMS per step averaged over the probe "
+            "batches: its value at the first and the last step and its peak; the effective horizon (how "
+            "many steps back from the loss the per-step gradient stays above 1e-3 of its value at the "
+            "loss); and the largest singular value of each W_hh against the bound 1/gamma.\n\n"
+            "Evidence keys: first_step_grad_rms, last_step_grad_rms, peak_step_grad_rms."),
+        thresholds=(
+            f"{_RNN_VANISH}\n"
+            f"{_RNN_GATED}\n"
+            "- W_hh's largest singular value below 1/gamma (1 for tanh) is the supporting evidence: "
+            "Pascanu et al. 2013's sufficient condition for vanishing."),
+        fix=(
+            "Use a gated cell, nn.LSTM or nn.GRU, instead of nn.RNN (gated-rnn): the cell state gives the "
+            "gradient a path whose factor is the forget gate, learned near 1. An orthogonal W_hh init "
+            "(nn.init.orthogonal_) keeps the singular values at 1 at the start of training (Saxe et al. "
+            "2014)."),
+        references=(PASCANU_2013, BENGIO_1994, HOCHREITER_1997, CHO_2014, SAXE_2014),
+    ),
+    K.EXPLODING_THROUGH_TIME: Entry(
+        K.EXPLODING_THROUGH_TIME.value, "Exploding through time",
+        "The gradient grows step after step back through a recurrent layer.",
+        mechanism=(
+            "The gradient sent back through a recurrent layer is multiplied by W_hh^T diag(f'(a_t)) once "
+            "per time step. If W_hh's largest singular value exceeds 1/gamma (gamma bounds |f'|: 1 for "
+            "tanh), the product can grow exponentially with the distance to the loss: a necessary "
+            "condition for explosion (Pascanu et al. 2013). A single long sequence then produces a step "
+            "large enough to throw the weights off a cliff of the loss surface."),
+        measured=(
+            "The gradient with respect to the recurrent layer's input at every time step, through the "
+            "recurrence, as an RMS per step averaged over the probe batches, compared between the first "
+            "and the last step; and the largest singular value of each W_hh against 1/gamma.\n\n"
+            "Evidence keys: first_step_grad_rms, last_step_grad_rms, peak_step_grad_rms."),
+        thresholds=(
+            f"{_RNN_EXPLODE}\n"
+            "- W_hh's largest singular value above 1/gamma (1 for tanh) is the supporting evidence: "
+            "Pascanu et al. 2013's necessary condition for explosion."),
+        fix=(
+            "Clip the gradient norm (clip-gradients), the remedy Pascanu et al. 2013 propose: the step keeps "
+            "its direction and a bounded length. A gated cell (LSTM/GRU) and an orthogonal W_hh init keep "
+            "the per-step factor near 1."),
+        references=(PASCANU_2013, BENGIO_1994, HOCHREITER_1997, SAXE_2014),
+    ),
+    K.SATURATED_ACTIVATION: Entry(
+        K.SATURATED_ACTIVATION.value, "Saturated activation",
+        "Most units of a sigmoid/tanh-like activation sit in the flat region, where the derivative is "
+        "nearly zero.",
+        mechanism=(
+            "sigmoid'(x) = s(1 - s) is at most 0.25 and tanh'(x) = 1 - tanh(x)^2 at most 1; both tend to 0 "
+            "in the tails. A unit whose pre-activation is large in magnitude sits in the flat region and "
+            "passes almost no gradient back, to its weights or to the layers before it. Large "
+            "pre-activations come from weights or inputs that are too large; Glorot & Bengio 2010 saw the "
+            "top sigmoid layer of a deep net saturate at 0 early in training, which stalled learning."),
+        measured=(
+            "For every sigmoid, tanh, hardtanh, softsign (and hardsigmoid) module that follows a layer, "
+            "the share of outputs in the flat region, per unit over all probe batches: sigmoid outside "
+            "[0.02, 0.98] (derivative below ~0.02), tanh and softsign with |y| > 0.96 (tanh' below ~0.08), "
+            "hardtanh/hardsigmoid at their clamps (derivative exactly 0).\n\n"
+            "Evidence keys: saturated_fraction, function."),
+        thresholds=(
+            "- the finding fires when most units (more than half) of the activation are saturated: then "
+            "most of the layer's gradient paths carry a derivative near 0 (flat regions from DOMAIN.md, "
+            "after Glorot & Bengio 2010)."),
+        fix=(
+            "Use ReLU, GELU or another non-saturating activation in hidden layers (swap-activation). Where "
+            "the sigmoid/tanh must stay (gates, bounded outputs), bring the pre-activations back into the "
+            "steep region: Xavier init with the tanh gain (xavier-init), or a normalization layer before "
+            "the activation."),
+        references=(GLOROT_2010, LECUN_1998, PENNINGTON_2017, IOFFE_2015),
+    ),
+    K.DEAD_RELU: Entry(
+        K.DEAD_RELU.value, "Dead ReLU units",
+        "Units that never fire on any probe sample pass exactly zero gradient.",
+        mechanism=(
+            "ReLU's derivative is 0 for negative pre-activations. A unit whose pre-activation is negative "
+            "for every input never fires: its output is 0, the gradient to its incoming weights and bias "
+            "is exactly 0, so nothing ever moves it back and it stays dead. Causes: a large negative bias, "
+            "one large learning-rate step that pushed the weights, a poor init (Lu et al. 2020). A whole "
+            "dead layer passes exactly zero gradient to everything before it."),
+        measured=(
+            "For every ReLU-family activation that follows a layer, per unit (a feature for (B, F) and "
+            "(B, T, F) outputs, a channel for (B, C, H, W)), whether it fired (output > 0) on any sample of "
+            "any probe batch; dead_fraction is the share of units that never did.\n\n"
+            "Evidence keys: dead_fraction, function."),
+        thresholds=(
+            "- the finding fires on a whole dead layer (every unit dead) or when a majority (more than "
+            "half) of the units never fire over the probe batches: a unit that fires on no sample of "
+            "several batches receives no gradient from them either (DOMAIN.md)."),
+        fix=(
+            "Use an activation with a non-zero slope for negative inputs, LeakyReLU, ELU or PReLU "
+            "(swap-activation), re-initialise with He init and a zero bias (he-init), and check the "
+            "learning rate: a step that kills units is too large."),
+        references=(HE_2015, MAAS_2013, CLEVERT_2016, LU_2020),
+    ),
+    K.INIT_SCALE: Entry(
+        K.INIT_SCALE.value, "Mis-scaled initialisation",
+        "The weight std is far from the std that preserves signal variance for the layer's fan-in and "
+        "activation.",
+        mechanism=(
+            "A layer y = W x with zero-mean weights of variance s^2 multiplies the variance of its input "
+            "by fan_in s^2 (times the activation's gain). The signal keeps its scale through depth only "
+            "when s = gain / sqrt(fan_in): LeCun 1/sqrt(fan_in) for linear and SELU layers, Xavier/Glorot "
+            "sqrt(2/(fan_in + fan_out)) for tanh/sigmoid (a compromise between the forward and the backward "
+            "pass), He sqrt(2/fan_in) for ReLU, which zeroes half of its inputs. PyTorch's default for "
+            "nn.Linear and nn.Conv is std 1/sqrt(3 fan_in), 0.41x He's. Too small a std makes activations "
+            "and gradients shrink layer by layer (uniformly tiny gradients); too large makes them grow by "
+            "~sqrt(fan_in x gain) per layer, up to overflow."),
+        measured=(
+            "For each layer's main weight: its std against the variance-preserving std for its fan-in and "
+            "the activation that follows it (He for the ReLU family, LeCun/Xavier otherwise), and the drift "
+            "of the activation RMS and of the output-gradient RMS from layer to layer.\n\n"
+            "Evidence keys: weight_std, fan_in, activation_rms, output_grad_rms."),
+        thresholds=(
+            "- a weight std off by more than 2x from the variance-preserving std: the signal scale then "
+            "changes by >= 2x per layer, compounding with depth (He et al. 2015 derive the std; the 2x "
+            "band is gradcheck's margin around it, matching the band fixes.py uses for he-init and "
+            "xavier-init)."),
+        fix=(
+            "Re-initialise with the exact variance-preserving std: nn.init.kaiming_normal_(w, "
+            "nonlinearity='relu') for ReLU-family layers (he-init), nn.init.xavier_uniform_(w, "
+            "gain=nn.init.calculate_gain('tanh')) for tanh/sigmoid/linear layers (xavier-init), with zero "
+            "biases."),
+        references=(LECUN_1998, GLOROT_2010, HE_2015, PYTORCH_INIT, SAXE_2014),
+    ),
+    K.DIVERGENCE: Entry(
+        K.DIVERGENCE.value, "Divergence over optimizer steps",
+        "The loss rises step over step or turns NaN/Inf during the probe's optimizer steps.",
+        mechanism=(
+            "Gradient descent with a learning rate above ~2 / (the largest curvature of the loss) overshoots "
+            "the minimum along the steepest direction: each step lands further away, the loss grows "
+            "geometrically, then overflows to inf/NaN. The practical sign is the update/weight ratio "
+            "(how much one step changes each weight, relatively): healthy around 1e-3, far above it the "
+            "steps are too large."),
+        measured=(
+            "With --steps N (N optimizer steps between the probe batches, weights restored afterwards): "
+            "the loss at every step and, per layer, the update/weight ratio: lr |g| / |w| for SGD, the "
+            "actual change |w_after - w_before| / |w_before| for Adam/AdamW (whose step does not scale with "
+            "|g|). Without --steps this finding cannot fire.\n\n"
+            "Evidence keys: the per-step losses and the largest update/weight ratio."),
+        thresholds=(
+            "- the loss rises steadily over the optimizer steps, or turns NaN/Inf during them (DOMAIN.md: "
+            "'loss grows step over step, then inf/NaN').\n"
+            "- the update/weight ratio is compared with the healthy ~1e-3 (CS231n; TheDeepChecker bounds "
+            "log10 of the ratio between -4 and -1)."),
+        fix=(
+            "Lower the learning rate (lower-lr) to one that brings the largest update/weight ratio near "
+            "1e-3, or add warmup and a decay schedule; clip the gradient norm (clip-gradients) so one "
+            "large gradient cannot throw the weights away."),
+        references=(CS231N, DEEPCHECKER, PASCANU_2013, GOODFELLOW_2016),
+    ),
+    K.NONFINITE_INPUT: Entry(
+        K.NONFINITE_INPUT.value, "NaN/Inf in the input batch",
+        "The batch or its target already holds NaN/Inf before the model runs.",
+        mechanism=(
+            "Data with missing values, a division by zero or a log of 0 in preprocessing, or corrupted "
+            "records puts NaN/Inf into the batch. Every module that touches it produces NaN, so every "
+            "NaN downstream is the data's fault, not the model's."),
+        measured=(
+            "Every floating-point tensor of the inputs and of the target of each probe batch is checked "
+            "with isfinite before the model runs.\n\n"
+            "Evidence keys: nonfinite_input (1 when any batch held NaN/Inf)."),
+        thresholds=("- a single NaN/Inf element in an input or target tensor: no tolerance (IEEE 754 NaN "
+                    "propagates through every operation)."),
+        fix=(
+            "Clean the data (check-inputs): find where the loader or the preprocessing produces NaN/Inf, "
+            "drop or impute those samples, normalise features, and assert torch.isfinite on every batch "
+            "while developing."),
+        references=(GOODFELLOW_2016,),
+    ),
+    K.FP16_UNDERFLOW: Entry(
+        K.FP16_UNDERFLOW.value, "fp16 gradient underflow",
+        "Many gradient elements are below fp16's smallest normal number and would flush to zero without "
+        "loss scaling.",
+        mechanism=(
+            "float16 represents normal numbers down to 2^-14 ~ 6.1e-5 and subnormals down to 2^-24 ~ 6.0e-8; "
+            "anything smaller becomes 0. Gradients of small magnitude, common in the early layers and for "
+            "activation gradients, lose precision below the normal range and vanish below the subnormal "
+            "range when a model trains in fp16 (Micikevicius et al. 2018 found a large share of the "
+            "activation gradients of an SSD detector below 2^-24). Loss scaling multiplies the loss, and "
+            "so every gradient, by a large factor before backward and divides it out before the step."),
+        measured=(
+            f"{NOT_YET_MEASURED} What it will measure: the share of gradient elements below fp16's "
+            "smallest normal (~6.1e-5) and smallest subnormal (~6.0e-8)."),
+        thresholds=(
+            "- not yet applied. The limits are fixed by the format (IEEE 754 binary16): 2^-14 ~ 6.1e-5 "
+            "(smallest normal) and 2^-24 ~ 6.0e-8 (smallest subnormal)."),
+        fix=(
+            "Scale the loss (loss-scaling): torch.amp.GradScaler with torch.autocast, or train in bfloat16, "
+            "which has float32's exponent range."),
+        references=(MICIKEVICIUS_2018, IEEE_754, PYTORCH_AMP),
+    ),
 }
 
 FIXES: dict[RecommendationId, Entry] = {
-    R.SWAP_ACTIVATION: Entry(R.SWAP_ACTIVATION.value, "Swap the activation",
-                             "Use ReLU/GELU instead of saturating activations; LeakyReLU/ELU/PReLU for dead ReLUs."),
-    R.HE_INIT: Entry(R.HE_INIT.value, "He (Kaiming) init",
-                     "Re-initialise ReLU-family layers with std sqrt(2/fan_in)."),
-    R.XAVIER_INIT: Entry(R.XAVIER_INIT.value, "Xavier (Glorot) init",
-                         "Re-initialise tanh/sigmoid/linear layers with std sqrt(2/(fan_in+fan_out))."),
-    R.ADD_NORMALIZATION: Entry(R.ADD_NORMALIZATION.value, "Add normalization",
-                               "BatchNorm after conv/linear layers; LayerNorm in sequence models."),
-    R.ADD_SKIP: Entry(R.ADD_SKIP.value, "Add skip connections",
-                      "Residual blocks y = x + F(x) give the gradient a path with factor 1."),
-    R.GATED_RNN: Entry(R.GATED_RNN.value, "Use LSTM/GRU",
-                       "Gated recurrent layers keep gradient flowing across many time steps."),
-    R.CLIP_GRADIENTS: Entry(R.CLIP_GRADIENTS.value, "Clip gradients",
-                            "torch.nn.utils.clip_grad_norm_ with a max_norm taken from measured healthy norms."),
-    R.LOWER_LR: Entry(R.LOWER_LR.value, "Lower the learning rate",
-                      "A learning rate that brings the largest update/weight ratio near 1e-3."),
-    R.WEIGHT_DECAY: Entry(R.WEIGHT_DECAY.value, "Weight decay",
-                          "An L2 penalty (AdamW weight_decay) keeps weights from growing until gradients explode."),
-    R.GUARD_NONFINITE: Entry(R.GUARD_NONFINITE.value, "Guard the unsafe operation",
-                             "clamp, eps, log1p, logsumexp or a stable loss where NaN/Inf first appears."),
-    R.CHECK_INPUTS: Entry(R.CHECK_INPUTS.value, "Check the inputs",
-                          "Clean or normalise data whose batches or targets hold NaN/Inf."),
-    R.LOSS_SCALING: Entry(R.LOSS_SCALING.value, "Loss scaling",
-                          "torch.amp.GradScaler (or bf16) so fp16 gradients do not underflow."),
+    R.SWAP_ACTIVATION: Entry(
+        R.SWAP_ACTIVATION.value, "Swap the activation",
+        "Use ReLU/GELU instead of saturating activations; LeakyReLU/ELU/PReLU for dead ReLUs.",
+        mechanism=(
+            "ReLU's derivative is exactly 1 for positive inputs, so it passes the gradient unchanged where "
+            "sigmoid divides it by at least 4 and a saturated tanh by much more; GELU and SiLU are smooth "
+            "variants with the same behaviour for large inputs. LeakyReLU, ELU and PReLU keep a non-zero "
+            "slope for negative inputs, so a unit that stopped firing still receives gradient and can "
+            "recover."),
+        measured=(
+            "Recommended when vanishing layers sit behind saturating activations: every sigmoid, or a "
+            "tanh-like activation (tanh, hardtanh, softsign, hardsigmoid) with most outputs in the flat "
+            "region. The reason quotes how many layers vanish behind how many activations and sigmoid's "
+            "derivative bound or the measured saturated share."),
+        thresholds=(
+            "- sigmoid: always, since sigmoid' <= 0.25 divides the gradient by >= 4 per layer (Glorot & "
+            "Bengio 2010).\n"
+            "- tanh-like: saturated_fraction above 0.5 (sigmoid outside [0.02, 0.98], tanh beyond ±0.96; "
+            "DOMAIN.md)."),
+        fix=(
+            "Replace the activation in hidden layers:\n\n"
+            "    nn.ReLU()   # or nn.GELU(), in place of nn.Sigmoid()/nn.Tanh()\n"
+            "    nn.LeakyReLU(0.01)   # or nn.ELU(), nn.PReLU(), in place of nn.ReLU() when units die\n\n"
+            "Keep sigmoid/tanh where the output must be bounded (gates, probabilities)."),
+        references=(GLOROT_2010, HE_2015, MAAS_2013, CLEVERT_2016, HENDRYCKS_2016),
+    ),
+    R.HE_INIT: Entry(
+        R.HE_INIT.value, "He (Kaiming) init",
+        "Re-initialise ReLU-family layers with std sqrt(2/fan_in).",
+        mechanism=(
+            "A ReLU zeroes half of its inputs, halving the variance of the signal; weights with variance "
+            "2/fan_in double it back, so activations keep their scale in the forward pass and gradients in "
+            "the backward pass, at any depth (He et al. 2015)."),
+        measured=(
+            "Recommended for vanishing or exploding layers followed by a ReLU-family activation whose "
+            "weight std is far from sqrt(2/fan_in). The reason quotes the measured weight std, the fan-in "
+            "and the target std."),
+        thresholds=(
+            "- weight std outside (0.5, 2) times sqrt(2/fan_in): off by more than 2x, the signal scale "
+            "changes >= 2x per layer, compounding with depth."),
+        fix=(
+            "    for m in model.modules():\n"
+            "        if isinstance(m, (nn.Linear, nn.Conv2d)):\n"
+            "            nn.init.kaiming_normal_(m.weight, nonlinearity=\"relu\")\n"
+            "            nn.init.zeros_(m.bias)"),
+        references=(HE_2015, PYTORCH_INIT),
+    ),
+    R.XAVIER_INIT: Entry(
+        R.XAVIER_INIT.value, "Xavier (Glorot) init",
+        "Re-initialise tanh/sigmoid/linear layers with std sqrt(2/(fan_in+fan_out)).",
+        mechanism=(
+            "For activations that are linear around 0 (tanh, and sigmoid up to its 1/4 slope), keeping the "
+            "variance of activations needs Var(W) = 1/fan_in and keeping that of gradients 1/fan_out; "
+            "Glorot & Bengio 2010 take the compromise 2/(fan_in + fan_out), times the activation's gain "
+            "(5/3 for tanh)."),
+        measured=(
+            "Recommended for vanishing or exploding layers that are not followed by a ReLU-family "
+            "activation and whose weight std is far from the variance-preserving std, which gradcheck "
+            "takes as LeCun's 1/sqrt(fan_in) (equal to Xavier's when fan_in = fan_out). The reason quotes "
+            "the measured weight std, the fan-in and the target std."),
+        thresholds=(
+            "- weight std outside (0.5, 2) times 1/sqrt(fan_in): off by more than 2x, the signal scale "
+            "changes >= 2x per layer, compounding with depth (LeCun et al. 1998)."),
+        fix=(
+            "    for m in model.modules():\n"
+            "        if isinstance(m, (nn.Linear, nn.Conv2d)):\n"
+            "            nn.init.xavier_uniform_(m.weight, gain=nn.init.calculate_gain(\"tanh\"))\n"
+            "            nn.init.zeros_(m.bias)"),
+        references=(GLOROT_2010, LECUN_1998),
+    ),
+    R.ADD_NORMALIZATION: Entry(
+        R.ADD_NORMALIZATION.value, "Add normalization",
+        "BatchNorm after conv/linear layers; LayerNorm in sequence models.",
+        mechanism=(
+            "A normalization layer re-centres and re-scales every layer's activations, over the batch "
+            "(BatchNorm, Ioffe & Szegedy 2015) or over the features of each sample (LayerNorm, Ba et al. "
+            "2016), so their scale cannot drift layer by layer and the Jacobians stay near unit gain."),
+        measured=(
+            "Recommended when three or more dense layers vanish or explode and the model has no "
+            "normalization layer. The snippet uses LayerNorm when a flagged layer is recurrent or "
+            "attention, BatchNorm2d for convolutions, BatchNorm1d otherwise."),
+        thresholds=(
+            "- at least 3 flagged dense layers: one layer can be a local problem, a run of them is a trend "
+            "through depth (DOMAIN.md: 'a steady geometric decay or growth')."),
+        fix=(
+            "    nn.Sequential(layer, nn.BatchNorm1d(features), activation)   # after each flagged layer\n"
+            "    # nn.BatchNorm2d(channels) after convolutions, nn.LayerNorm(features) in sequence models\n\n"
+            "A deep plain stack with BatchNorm still explodes at init (Yang et al. 2019): add residual "
+            "connections too (add-skip)."),
+        references=(IOFFE_2015, BA_2016, YANG_2019),
+    ),
+    R.ADD_SKIP: Entry(
+        R.ADD_SKIP.value, "Add skip connections",
+        "Residual blocks y = x + F(x) give the gradient a path with factor 1.",
+        mechanism=(
+            "In a residual block y = x + F(x) the Jacobian is I + dF/dx, so the gradient always has an "
+            "identity path around F whatever the depth, and it neither vanishes nor explodes through the "
+            "stack of blocks (He et al. 2016)."),
+        measured=(
+            "Recommended when three or more dense layers vanish (in a model without normalization) or "
+            "explode. The reason quotes the number of stacked layers and the extreme grad/weight ratio "
+            "among them."),
+        thresholds=(
+            "- at least 3 flagged dense layers, as for add-normalization: a trend through depth, not a "
+            "single layer."),
+        fix=(
+            "    class Residual(nn.Module):\n"
+            "        def __init__(self, block):\n"
+            "            super().__init__()\n"
+            "            self.block = block\n"
+            "        def forward(self, x):\n"
+            "            return x + self.block(x)"),
+        references=(HE_2016, YANG_2019),
+    ),
+    R.GATED_RNN: Entry(
+        R.GATED_RNN.value, "Use LSTM/GRU",
+        "Gated recurrent layers keep gradient flowing across many time steps.",
+        mechanism=(
+            "An LSTM carries a cell state c_t = f_t * c_(t-1) + i_t * g_t: along it, the gradient is "
+            "multiplied by the forget gate f_t, which the network learns to hold near 1, instead of by "
+            "W_hh and tanh' at every step (Hochreiter & Schmidhuber 1997). A GRU's update gate plays the "
+            "same role (Cho et al. 2014)."),
+        measured=(
+            "Recommended for vanilla nn.RNN / nn.RNNCell layers flagged vanishing through time. The reason "
+            "quotes the ratio of the gradient reaching the first time step to its peak."),
+        thresholds=(
+            f"- the first time step receives less than {_num(T.vanish_relative)} of the peak per-step "
+            "gradient (Pascanu et al. 2013; AUTOTRAINER's 1e-3 ratio along time)."),
+        fix=(
+            "    self.rnn = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True)\n"
+            "    # or nn.GRU(...): the cell state gives the gradient a path with factor ~1"),
+        references=(HOCHREITER_1997, CHO_2014, PASCANU_2013, BENGIO_1994),
+    ),
+    R.CLIP_GRADIENTS: Entry(
+        R.CLIP_GRADIENTS.value, "Clip gradients",
+        "torch.nn.utils.clip_grad_norm_ with a max_norm taken from measured healthy norms.",
+        mechanism=(
+            "When the total gradient norm exceeds max_norm, the whole gradient is rescaled to max_norm: the "
+            "step keeps its direction but its length is bounded, so one exploding batch or sequence cannot "
+            "throw the weights away (Pascanu et al. 2013). It treats the symptom; the cause may still need "
+            "an init or architecture fix."),
+        measured=(
+            "Recommended for exploding layers. max_norm is twice the total norm of the layers that are not "
+            "exploding (grad/weight <= 1), rounded to one significant digit, so healthy steps pass "
+            "untouched; when no layer is healthy to calibrate on, the common default 1.0. The reason "
+            "quotes the largest measured gradient norm."),
+        thresholds=(
+            "- max_norm = 2 x sqrt(sum of the squared grad_norm of the non-exploding layers); 1.0 without "
+            "any. Pascanu et al. 2013 recommend a threshold from the average norm over updates; the 2x "
+            "leaves room for batch-to-batch variation."),
+        fix=(
+            "    loss.backward()\n"
+            "    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=MAX_NORM)\n"
+            "    optimizer.step()"),
+        references=(PASCANU_2013, GOODFELLOW_2016),
+    ),
+    R.LOWER_LR: Entry(
+        R.LOWER_LR.value, "Lower the learning rate",
+        "A learning rate that brings the largest update/weight ratio near 1e-3.",
+        mechanism=(
+            "With SGD one step changes a layer's weights by lr x grad_norm, i.e. by lr x grad/weight "
+            "relative to their norm. A healthy ratio is around 1e-3: far above it the steps overshoot and "
+            "training diverges."),
+        measured=(
+            "Recommended for exploding layers (the largest grad/weight ratio among them sets the new "
+            "learning rate), and for divergence over optimizer steps. The reason quotes the measured ratio "
+            "and the learning rate that brings it to ~1e-3."),
+        thresholds=(
+            "- lr = 1e-3 / (largest grad/weight), rounded to one significant digit: the update/weight ratio "
+            "then sits at the healthy ~1e-3 (CS231n; inside TheDeepChecker's bounds, log10 between -4 and "
+            "-1)."),
+        fix=(
+            "    optimizer = torch.optim.SGD(model.parameters(), lr=NEW_LR)\n"
+            "    # or Adam with warmup:\n"
+            "    scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, 0.01, total_iters=1000)"),
+        references=(CS231N, DEEPCHECKER),
+    ),
+    R.WEIGHT_DECAY: Entry(
+        R.WEIGHT_DECAY.value, "Weight decay",
+        "An L2 penalty (AdamW weight_decay) keeps weights from growing until gradients explode.",
+        mechanism=(
+            "Weight decay shrinks every weight by a factor (1 - lr x lambda) each step, so the weight norm "
+            "cannot grow without bound; with growing weights the layer Jacobians grow too, until the "
+            "gradients explode (Krogh & Hertz 1992). With Adam, decoupled decay (AdamW) applies it as "
+            "intended (Loshchilov & Hutter 2019)."),
+        measured=(
+            f"{NOT_YET_RECOMMENDED} It is meant for exploding gradients whose cause is weights that "
+            "grow over training, which needs the weight norm over optimizer steps (--steps)."),
+        thresholds=("- not yet applied: the rule will compare the weight norm before and after the probe's "
+                    "optimizer steps."),
+        fix=(
+            "    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)"),
+        references=(KROGH_1992, LOSHCHILOV_2019),
+    ),
+    R.GUARD_NONFINITE: Entry(
+        R.GUARD_NONFINITE.value, "Guard the unsafe operation",
+        "clamp, eps, log1p, logsumexp or a stable loss where NaN/Inf first appears.",
+        mechanism=(
+            "log, sqrt and division are undefined or infinite at zero and for negative values, and exp "
+            "overflows float32 above x ~ 88.7. Clamping the argument into the valid range, adding a small "
+            "eps, or using the fused stable form (log_softmax, logsumexp, F.cross_entropy on logits, "
+            "log1p) removes the NaN/Inf at its source."),
+        measured=(
+            "Recommended for nonfinite findings when the batch itself was finite. It names the origin "
+            "module, the first whose output turned non-finite while its inputs were finite; without one, "
+            "the layers whose gradients are NaN/Inf."),
+        thresholds=("- any NaN/Inf that does not come from the input batch (IEEE 754: one NaN spreads to "
+                    "everything it touches)."),
+        fix=(
+            "    x = torch.log(x.clamp_min(1e-6))        # instead of torch.log(x)\n"
+            "    x = torch.sqrt(x.clamp_min(0) + 1e-12)  # instead of torch.sqrt(x)\n"
+            "    y = a / (b + 1e-8)                      # instead of a / b\n"
+            "    loss = F.cross_entropy(logits, target)  # instead of log(softmax(...))"),
+        references=(GOODFELLOW_2016,),
+    ),
+    R.CHECK_INPUTS: Entry(
+        R.CHECK_INPUTS.value, "Check the inputs",
+        "Clean or normalise data whose batches or targets hold NaN/Inf.",
+        mechanism=(
+            "A NaN in the data turns every activation, the loss and every gradient it reaches into NaN; no "
+            "change to the model helps. The fix belongs in the loader or the preprocessing."),
+        measured="Recommended for a nonfinite-input finding: a probe batch or its target held NaN/Inf.",
+        thresholds="- a single NaN/Inf element in an input or target tensor.",
+        fix=(
+            "    assert torch.isfinite(inputs).all() and torch.isfinite(target).all()\n"
+            "    inputs = torch.nan_to_num(inputs)  # or drop the bad samples / fix the loader"),
+        references=(GOODFELLOW_2016,),
+    ),
+    R.LOSS_SCALING: Entry(
+        R.LOSS_SCALING.value, "Loss scaling",
+        "torch.amp.GradScaler (or bf16) so fp16 gradients do not underflow.",
+        mechanism=(
+            "Multiplying the loss by a factor S multiplies every gradient by S, shifting small gradients "
+            "into fp16's representable range; the optimizer step divides by S again. GradScaler picks S "
+            "dynamically, lowering it when an overflow appears (Micikevicius et al. 2018). bfloat16 has "
+            "float32's exponent range and needs no scaling."),
+        measured=(
+            f"{NOT_YET_RECOMMENDED} It is meant for fp16-underflow findings, which this version does not "
+            "measure yet."),
+        thresholds=("- not yet applied: fp16's smallest normal 2^-14 ~ 6.1e-5 and smallest subnormal "
+                    "2^-24 ~ 6.0e-8 (IEEE 754 binary16) will set them."),
+        fix=(
+            "    scaler = torch.amp.GradScaler(\"cuda\")\n"
+            "    with torch.autocast(\"cuda\", dtype=torch.float16):\n"
+            "        loss = loss_fn(model(inputs), target)\n"
+            "    scaler.scale(loss).backward()\n"
+            "    scaler.step(optimizer)\n"
+            "    scaler.update()"),
+        references=(MICIKEVICIUS_2018, PYTORCH_AMP, IEEE_754),
+    ),
 }
+
+RELATED: dict[FindingKind, tuple[RecommendationId, ...]] = {
+    K.VANISHING: (R.SWAP_ACTIVATION, R.HE_INIT, R.XAVIER_INIT, R.GATED_RNN, R.ADD_NORMALIZATION,
+                  R.ADD_SKIP),
+    K.EXPLODING: (R.CLIP_GRADIENTS, R.LOWER_LR, R.HE_INIT, R.XAVIER_INIT, R.ADD_NORMALIZATION,
+                  R.ADD_SKIP, R.WEIGHT_DECAY),
+    K.NONFINITE: (R.GUARD_NONFINITE, R.CLIP_GRADIENTS, R.LOWER_LR),
+    K.VANISHING_THROUGH_TIME: (R.GATED_RNN,),
+    K.EXPLODING_THROUGH_TIME: (R.CLIP_GRADIENTS, R.GATED_RNN),
+    K.SATURATED_ACTIVATION: (R.SWAP_ACTIVATION, R.XAVIER_INIT, R.ADD_NORMALIZATION),
+    K.DEAD_RELU: (R.SWAP_ACTIVATION, R.HE_INIT, R.LOWER_LR),
+    K.INIT_SCALE: (R.HE_INIT, R.XAVIER_INIT),
+    K.DIVERGENCE: (R.LOWER_LR, R.CLIP_GRADIENTS),
+    K.NONFINITE_INPUT: (R.CHECK_INPUTS,),
+    K.FP16_UNDERFLOW: (R.LOSS_SCALING,),
+}
+"""Which recommendations each finding kind can justify (DOMAIN.md "Fixes, and when each is the
+right one"). `gradcheck explain` derives both directions from this table; a test checks that
+fixes.recommend never emits a recommendation for a finding kind not listed here."""
+
+
+def related_fixes(kind: FindingKind) -> tuple[RecommendationId, ...]:
+    return RELATED[kind]
+
+
+def justifying_findings(rid: RecommendationId) -> tuple[FindingKind, ...]:
+    """The finding kinds that can justify `rid`, in FindingKind order."""
+    return tuple(kind for kind in FindingKind if rid in RELATED[kind])
+
+
+def _normalise(entry_id: str) -> str:
+    return entry_id.strip().lower().replace("_", "-")
 
 
 def lookup(entry_id: str) -> Entry | None:
-    """The entry for a finding kind or recommendation id (case-insensitive), or None."""
-    wanted = entry_id.strip().lower()
+    """The entry for a finding kind or recommendation id (case-insensitive, _ or -), or None."""
+    wanted = _normalise(entry_id)
     for entry in (*FINDINGS.values(), *FIXES.values()):
         if entry.id == wanted:
             return entry
@@ -100,3 +710,20 @@ def lookup(entry_id: str) -> Entry | None:
 
 def all_ids() -> list[str]:
     return [e.id for e in (*FINDINGS.values(), *FIXES.values())]
+
+
+def get(entry_id: str) -> Entry:
+    """The entry for `entry_id`; a UserError with a did-you-mean and where to find the ids."""
+    entry = lookup(entry_id)
+    if entry is not None:
+        return entry
+    close = suggest(entry_id)
+    hint = f" (did you mean '{close}'?)" if close else ""
+    raise UserError(f"unknown finding kind or recommendation id '{entry_id}'{hint}; "
+                    "see `gradcheck list checks` and `gradcheck list fixes` for the ids")
+
+
+def suggest(entry_id: str) -> str | None:
+    """The closest known id to a mistyped one, or None."""
+    close = difflib.get_close_matches(_normalise(entry_id), all_ids(), n=1, cutoff=0.6)
+    return close[0] if close else None

@@ -10,17 +10,21 @@ import os
 import sys
 import traceback
 import warnings
-from typing import Annotated, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from . import __version__
 from .config import DEFAULT_FAIL_ON, OPTIMIZERS, ScanConfig
 from .errors import UserError
-from .gate import fails, parse_fail_on
+from .gate import parse_fail_on
 from .report import ScanResult
 from .settings import SETTINGS, Layer, Resolved
 from .text import exception_text
+
+if TYPE_CHECKING:
+    from .probe import StageCallback  # probe imports torch: for the type checker only
 
 app = typer.Typer(
     name="gradcheck",
@@ -35,9 +39,27 @@ list_app = typer.Typer(help="List built-in models, finding kinds (checks) and re
                        no_args_is_help=True)
 app.add_typer(list_app, name="list")
 
-FORMATS = ("table", "json")
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 _D = ScanConfig()  # the built-in defaults shown in --help (options default to None: "not given")
+
+# The reporting options `scan` and `run` share; cli_output.emit acts on them.
+FormatOption = Annotated[str, typer.Option(
+    "--format", help="table, json, markdown, sarif, junit or github. Machine formats are alone on stdout; "
+                     "github writes workflow-command annotations to stderr.")]
+OutputOption = Annotated[Path | None, typer.Option(
+    "--output", "-o", help="Write the report to FILE (atomically: never a truncated file) instead of stdout.",
+    dir_okay=False, show_default=False)]
+BaselineOption = Annotated[Path | None, typer.Option(
+    "--baseline", help="Accept the findings listed in FILE (kind + layer) and fail only on new ones.",
+    dir_okay=False, show_default=False)]
+WriteBaselineOption = Annotated[Path | None, typer.Option(
+    "--write-baseline", help="Write every finding of this run to FILE, for a later --baseline.",
+    dir_okay=False, show_default=False)]
+ExitZeroOption = Annotated[bool, typer.Option(
+    "--exit-zero", help="Exit 0 even when findings fail the gate (errors still exit 2).")]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Print every stage of every scan on stderr.")]
+QuietOption = Annotated[bool, typer.Option(
+    "--quiet", "-q", help="No progress bar and no messages on stderr, except errors.")]
 
 
 def _version(value: bool) -> None:
@@ -81,11 +103,16 @@ def scan(
     timeout: Annotated[float | None, typer.Option(
         help="Stop the scan after this many seconds (exit 2, naming the running stage).",
         show_default=False)] = None,
-    output_format: Annotated[str, typer.Option(
-        "--format", help="table or json (json: stdout holds only the JSON).")] = "table",
+    output_format: FormatOption = "table",
+    output: OutputOption = None,
     fail_on: Annotated[str | None, typer.Option(
         help="Comma-separated statuses/finding kinds that make the exit code 1, or 'any'/'none'. "
              f"[default: {','.join(DEFAULT_FAIL_ON)}]", show_default=False)] = None,
+    baseline: BaselineOption = None,
+    write_baseline: WriteBaselineOption = None,
+    exit_zero: ExitZeroOption = False,
+    verbose: VerboseOption = False,
+    quiet: QuietOption = False,
     no_color: Annotated[bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too).")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for errors.")] = False,
     show_config: Annotated[bool, typer.Option(
@@ -99,7 +126,12 @@ def scan(
     # warning on stderr would read like a problem with the user's model.
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     try:
-        fmt = _choice(output_format, FORMATS, "--format")
+        from .cli_output import OutputOptions, emit, load_baseline, parse_format
+        from .cli_progress import ScanProgress
+
+        options = OutputOptions(fmt=parse_format(output_format), output=output, known=load_baseline(baseline),
+                                write_baseline=write_baseline, exit_zero=exit_zero, quiet=quiet,
+                                no_color=no_color)
         resolved = _resolve_settings(_command_line_layer(
             batches=batches, batch_size=batch_size, seed=seed, device=device, steps=steps,
             optimizer=optimizer, lr=lr, input_shape=input_shape, fail_on=fail_on,
@@ -111,7 +143,10 @@ def scan(
             raise typer.Exit(EXIT_OK)
         from .api import scan as run_scan
 
-        report = run_scan(target, resolved.scan_config(), resolved.thresholds())
+        with ScanProgress(quiet=quiet, verbose=verbose) as progress:
+            progress.start_scan(target)
+            report = run_scan(target, resolved.scan_config(), resolved.thresholds(), on_stage=progress.on_stage)
+        code = emit([ScanResult(target, target, report)], options)
     except typer.Exit:
         raise
     except UserError as exc:
@@ -122,16 +157,7 @@ def scan(
     except Exception as exc:  # the user's code failed somewhere we did not anticipate
         _fail(f"scanning {target} failed: {exception_text(exc)} "
               "(run with --debug for the traceback)", exc, debug)
-
-    from .render import OutputFormat, render
-
-    if fmt == "json":
-        sys.stdout.write(render(report, OutputFormat.JSON))
-    else:
-        color = _use_color(no_color)
-        width = _terminal_width()
-        sys.stdout.write(render(report, OutputFormat.TABLE, width=width, color=color))
-    raise typer.Exit(EXIT_FINDINGS if fails(report) else EXIT_OK)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -150,11 +176,16 @@ def run(
         help=f"Optimizer for steps ({', '.join(OPTIMIZERS)}), for every scan.", show_default=False)] = None,
     lr: Annotated[float | None, typer.Option(
         help="Learning rate for steps, for every scan.", show_default=False)] = None,
-    output_format: Annotated[str, typer.Option(
-        "--format", help="table or json (json: stdout holds only the gradcheck/run@1 JSON).")] = "table",
+    output_format: FormatOption = "table",
+    output: OutputOption = None,
     fail_on: Annotated[str | None, typer.Option(
         help="Comma-separated statuses/finding kinds that make the exit code 1, or 'any'/'none', "
              "for every scan.", show_default=False)] = None,
+    baseline: BaselineOption = None,
+    write_baseline: WriteBaselineOption = None,
+    exit_zero: ExitZeroOption = False,
+    verbose: VerboseOption = False,
+    quiet: QuietOption = False,
     no_color: Annotated[bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too).")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for errors.")] = False,
     show_config: Annotated[bool, typer.Option(
@@ -168,7 +199,12 @@ def run(
     """
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # see scan()
     try:
-        fmt = _choice(output_format, FORMATS, "--format")
+        from .cli_output import OutputOptions, emit, load_baseline, parse_format
+        from .cli_progress import ScanProgress
+
+        options = OutputOptions(fmt=parse_format(output_format), output=output, known=load_baseline(baseline),
+                                write_baseline=write_baseline, exit_zero=exit_zero, quiet=quiet,
+                                no_color=no_color)
         command_line = _command_line_layer(
             batches=batches, batch_size=batch_size, seed=seed, device=device, steps=steps,
             optimizer=optimizer, lr=lr, input_shape=None, fail_on=fail_on)
@@ -188,27 +224,30 @@ def run(
                              for scan, settings in plan), nl=False)
         raise typer.Exit(EXIT_OK)
     try:
-        results = [_run_recipe_scan(scan.name, scan.target, settings, debug) for scan, settings in plan]
+        results = []
+        with ScanProgress(scans=len(plan), quiet=quiet, verbose=verbose) as progress:
+            for scan, settings in plan:
+                progress.start_scan(scan.name)
+                results.append(_run_recipe_scan(scan.name, scan.target, settings, debug, progress.on_stage))
     except KeyboardInterrupt:
         typer.echo("gradcheck: interrupted", err=True)
         raise typer.Exit(130) from None
-
-    from .render import OutputFormat, render
-
-    color = _use_color(no_color) if fmt == "table" else False
-    sys.stdout.write(render(results, OutputFormat(fmt), combined=True, width=_terminal_width(), color=color))
-    worst = max(EXIT_USAGE if r.report is None else EXIT_FINDINGS if fails(r.report) else EXIT_OK
-                for r in results)
-    raise typer.Exit(worst)
+    try:
+        code = emit(results, options, combined=True)
+    except UserError as exc:
+        _fail(str(exc), exc, debug)
+    raise typer.Exit(code)
 
 
-def _run_recipe_scan(name: str, target: str, settings: Resolved, debug: bool) -> ScanResult:
+def _run_recipe_scan(name: str, target: str, settings: Resolved, debug: bool,
+                     on_stage: StageCallback | None = None) -> ScanResult:
     """One scan of a recipe; its failure becomes the result's error instead of ending the run."""
     from .api import scan as run_scan
 
     cause: BaseException
     try:
-        return ScanResult(name, target, run_scan(target, settings.scan_config(), settings.thresholds()))
+        return ScanResult(name, target, run_scan(target, settings.scan_config(), settings.thresholds(),
+                                                 on_stage=on_stage))
     except UserError as exc:
         error, cause = str(exc), exc
     except Exception as exc:  # the user's code failed somewhere we did not anticipate
@@ -304,12 +343,6 @@ def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
     if value.lower() not in choices:
         raise UserError(f"invalid {option} '{value}'; choose one of: {', '.join(choices)}")
     return value.lower()
-
-
-def _use_color(no_color: bool) -> bool:
-    if no_color or os.environ.get("NO_COLOR"):
-        return False
-    return sys.stdout.isatty()
 
 
 def _terminal_width() -> int:

@@ -1,0 +1,276 @@
+"""`gradcheck explain ID`, `gradcheck list checks|fixes` and the catalogue they read.
+
+The catalogue must cover every stable id with every field, quote the classifier's real thresholds,
+and agree with fixes.recommend on which findings justify which recommendation.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gradcheck_cli import catalog
+from gradcheck_cli.catalog import FINDINGS, FIXES, NOT_YET_MEASURED, NOT_YET_RECOMMENDED, Entry
+from gradcheck_cli.checks import CHECKS
+from gradcheck_cli.classify import Thresholds
+from gradcheck_cli.cli import app
+from gradcheck_cli.fixes import recommend
+from gradcheck_cli.render.explain import SECTIONS, render_explain
+from gradcheck_cli.report import Finding, FindingKind, RecommendationId, Severity
+from gradcheck_cli.stats import LayerStats
+
+runner = CliRunner()
+ALL_IDS = [k.value for k in FindingKind] + [r.value for r in RecommendationId]
+TEXT_FIELDS = ("title", "summary", "mechanism", "measured", "thresholds", "fix")
+
+
+# --------------------------------------------------------------------------- the catalogue
+
+def test_every_stable_id_has_exactly_one_entry() -> None:
+    assert set(FINDINGS) == set(FindingKind)
+    assert set(FIXES) == set(RecommendationId)
+    for key, entry in (*FINDINGS.items(), *FIXES.items()):
+        assert entry.id == key.value
+    assert sorted(catalog.all_ids()) == sorted(ALL_IDS)
+
+
+@pytest.mark.parametrize("entry_id", ALL_IDS)
+def test_every_field_is_filled(entry_id: str) -> None:
+    entry = catalog.lookup(entry_id)
+    assert entry is not None
+    for name in TEXT_FIELDS:
+        value = getattr(entry, name)
+        assert value.strip(), f"{entry_id}.{name} is empty"
+        assert "TODO" not in value
+    assert entry.references and all(ref.strip() for ref in entry.references)
+    # Every entry field is rendered: a new Entry field would need a place in the output.
+    assert {f.name for f in fields(Entry)} == {"id", "references", *TEXT_FIELDS}
+
+
+def test_every_classifier_threshold_is_quoted_with_its_value() -> None:
+    """A threshold added to classify.Thresholds must be documented in some finding's text."""
+    text = " ".join(e.thresholds for e in FINDINGS.values())
+    for f in fields(Thresholds):
+        value = getattr(Thresholds(), f.name)
+        assert catalog._num(value) in text, f"Thresholds.{f.name} = {value} is not in the catalogue"
+
+
+def test_thresholds_follow_the_classifier_not_a_copy() -> None:
+    t = Thresholds()
+    vanishing = FINDINGS[FindingKind.VANISHING].thresholds
+    exploding = FINDINGS[FindingKind.EXPLODING].thresholds
+    assert f"below {catalog._num(t.vanish_grad_to_weight)}" in vanishing
+    assert f"above {catalog._num(t.explode_grad_to_weight)}" in exploding
+    assert f"at least {t.min_stack} identical" in exploding
+
+
+@pytest.mark.parametrize(("value", "text"), [(1e-3, "1e-3"), (1e-7, "1e-7"), (1e3, "1e3"),
+                                              (70.0, "70"), (0.5, "0.5"), (4, "4")])
+def test_numbers_are_written_as_the_papers_write_them(value: float, text: str) -> None:
+    assert catalog._num(value) == text
+
+
+def test_not_yet_measured_text_goes_stale_loudly() -> None:
+    """An entry that says 'not yet measured' must lose that sentence when a check lands (the
+    other direction is rendered from CHECKS by explain and list, see below)."""
+    for kind, entry in FINDINGS.items():
+        if NOT_YET_MEASURED in entry.measured:
+            assert kind not in CHECKS, f"{kind.value} has a check now: update its catalogue entry"
+
+
+def test_lookup_accepts_case_and_underscores() -> None:
+    assert catalog.lookup("Dead_ReLU") is FINDINGS[FindingKind.DEAD_RELU]
+    assert catalog.lookup(" he-init ") is FIXES[RecommendationId.HE_INIT]
+    assert catalog.lookup("nope") is None
+
+
+def test_every_recommendation_is_justified_by_some_finding_kind() -> None:
+    for rid in RecommendationId:
+        assert catalog.justifying_findings(rid), rid
+    for kind in FindingKind:
+        assert catalog.related_fixes(kind), kind
+
+
+# --------------------------------------------------------------------------- agreement with fixes.py
+
+def _layer(name: str, *, gtw: float, function: str, weight_std: float, type_name: str = "Linear",
+           saturated: float | None = None, steps: tuple[float, ...] = ()) -> LayerStats:
+    activation: dict[str, object] = {"function": function}
+    if saturated is not None:
+        activation["saturated_fraction"] = saturated
+    return LayerStats(
+        name=name, type_name=type_name, index=0, params=4096, role="dense", fan_in=64,
+        weight_std=weight_std, trainable=True, received=True, grad_norm=gtw * 8.0, weight_norm=8.0,
+        grad_to_weight=gtw, grad_rms=gtw / 8, nonfinite_grads=0, output_rms=1.0,
+        output_grad_rms=1e-3, output_nonfinite=False, activation=activation, step_grad_rms=steps)
+
+
+def _scenarios() -> list[tuple[FindingKind, list[LayerStats], dict[str, object]]]:
+    he = math.sqrt(2 / 64)
+    relu_big = [_layer(f"l{i}", gtw=5e3, function="ReLU", weight_std=10 * he) for i in range(4)]
+    sig_small = [_layer(f"s{i}", gtw=1e-9, function="Sigmoid", weight_std=0.01) for i in range(4)]
+    tanh_sat = [_layer(f"t{i}", gtw=1e-9, function="Tanh", weight_std=1.0, saturated=0.9)
+                for i in range(4)]
+    rnn = [_layer("rnn", gtw=1e-9, function="", weight_std=0.1, type_name="RNN",
+                  steps=(1e-9, 1e-4, 1e-2))]
+    rnn_exploding = [_layer("rnn", gtw=0.5, function="", weight_std=1.0, type_name="RNN",
+                            steps=(1e2, 1.0, 1e-1))]
+    ok = _layer("head", gtw=0.5, function="ReLU", weight_std=he)
+    return [
+        (FindingKind.EXPLODING, [*relu_big, ok], {}),
+        (FindingKind.VANISHING, [*sig_small, ok], {}),
+        (FindingKind.VANISHING, [*tanh_sat, ok], {}),
+        (FindingKind.VANISHING_THROUGH_TIME, [*rnn, ok], {}),
+        (FindingKind.EXPLODING_THROUGH_TIME, [*rnn_exploding, ok], {}),
+        (FindingKind.NONFINITE, [ok], {"origin": "head"}),
+        (FindingKind.NONFINITE_INPUT, [ok], {}),
+    ]
+
+
+def test_fixes_only_recommend_what_the_catalogue_says_the_finding_justifies() -> None:
+    emitted: set[RecommendationId] = set()
+    for kind, layers, evidence in _scenarios():
+        flagged = layers[:-1] if len(layers) > 1 else [None]
+        findings = [Finding(kind, x.name if x else None, Severity.ERROR, "m", dict(evidence))  # type: ignore[arg-type]
+                    for x in flagged]
+        recs = recommend(findings, layers, has_normalization=False)
+        assert recs, kind
+        for rec in recs:
+            assert kind in catalog.justifying_findings(rec.id), (kind, rec.id)
+            emitted.add(rec.id)
+    # The catalogue's "not yet recommended" notes are honest: nothing marked so was emitted, and
+    # every recommendation not marked so is emitted by one of these scenarios.
+    unmarked = {rid for rid, e in FIXES.items() if NOT_YET_RECOMMENDED not in e.measured}
+    assert emitted == unmarked
+
+
+def test_every_builtin_scan_recommends_only_what_its_findings_justify() -> None:
+    from gradcheck_cli import scan
+    from gradcheck_cli.zoo import BUILTINS
+
+    for builtin in BUILTINS:
+        report = scan(f"builtin:{builtin.name}")
+        kinds = {f.kind for f in report.findings}
+        for rec in report.recommendations:
+            assert kinds & set(catalog.justifying_findings(rec.id)), (builtin.name, rec.id, kinds)
+
+
+# --------------------------------------------------------------------------- the commands
+
+@pytest.mark.parametrize("entry_id", ALL_IDS)
+def test_explain_prints_every_section(entry_id: str) -> None:
+    result = runner.invoke(app, ["explain", entry_id])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    entry = catalog.lookup(entry_id)
+    assert entry is not None
+    assert out.startswith(f"{entry_id}: {entry.title}\n")
+    for heading, _ in SECTIONS:
+        assert f"\n{heading}\n" in out
+    assert "\nReferences\n" in out
+    related = "Recommendations it can justify" if entry_id in {k.value for k in FindingKind} \
+        else "Justified by the findings"
+    assert f"\n{related}\n" in out
+    assert result.stderr == ""
+
+
+def test_explain_lists_related_ids_both_ways() -> None:
+    vanishing = runner.invoke(app, ["explain", "vanishing-through-time"]).stdout
+    related = vanishing.split("Recommendations it can justify\n")[1].split("\n\n")[0]
+    assert [line.split()[0] for line in related.splitlines()] == ["gated-rnn"]
+    gated = runner.invoke(app, ["explain", "gated-rnn"]).stdout
+    justified = gated.split("Justified by the findings\n")[1].split("\n\n")[0]
+    assert "vanishing-through-time" in justified.split()
+    assert "fp16-underflow" not in justified
+
+
+def test_explain_keeps_code_verbatim_and_wraps_prose() -> None:
+    text = render_explain(FIXES[RecommendationId.HE_INIT], frozenset(CHECKS), width=60)
+    assert '            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")' in text
+    prose = [line for line in text.splitlines() if "kaiming_normal_" not in line]
+    assert max(len(line) for line in prose) <= 60
+
+
+def test_explain_says_when_a_kind_is_not_measured_yet() -> None:
+    unmeasured = [k for k in FindingKind if k not in CHECKS]
+    for kind in unmeasured:
+        assert "not yet measured by this version" in runner.invoke(app, ["explain", kind.value]).stdout
+    for kind in CHECKS:
+        assert "not yet measured" not in runner.invoke(app, ["explain", kind.value]).stdout
+
+
+def test_unknown_id_exits_2_with_one_line_and_a_suggestion() -> None:
+    result = runner.invoke(app, ["explain", "vanshing"])
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("gradcheck: error: unknown finding kind or recommendation id 'vanshing'")
+    assert "did you mean 'vanishing'?" in lines[0]
+    assert "gradcheck list checks" in lines[0]
+    assert result.stdout == ""
+
+
+def test_unknown_id_without_a_close_match_still_points_to_the_lists() -> None:
+    result = runner.invoke(app, ["explain", "zzzz"])
+    assert result.exit_code == 2
+    assert "did you mean" not in result.stderr
+    assert "gradcheck list fixes" in result.stderr
+
+
+@pytest.mark.parametrize(("command", "ids"), [
+    ("checks", [k.value for k in FindingKind]),
+    ("fixes", [r.value for r in RecommendationId]),
+])
+def test_list_prints_every_id_exactly_once_aligned(command: str, ids: list[str]) -> None:
+    result = runner.invoke(app, ["list", command])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ids
+    words = result.stdout.split()
+    for entry_id in ids:
+        assert words.count(entry_id) == 1, entry_id
+    # Aligned: every title starts in the same column.
+    titles = FINDINGS if command == "checks" else FIXES
+    columns = {line.index(titles[key].title) for key, line in zip(titles, lines)}
+    assert len(columns) == 1
+
+
+def test_list_notes_unmeasured_kinds_and_unemitted_fixes() -> None:
+    checks = runner.invoke(app, ["list", "checks"]).stdout.splitlines()
+    for line in checks:
+        kind = FindingKind(line.split()[0])
+        assert ("not yet measured" in line) == (kind not in CHECKS)
+    fixes = runner.invoke(app, ["list", "fixes"]).stdout.splitlines()
+    for line in fixes:
+        entry = FIXES[RecommendationId(line.split()[0])]
+        assert ("not yet recommended" in line) == (NOT_YET_RECOMMENDED in entry.measured)
+
+
+def test_list_builtins_still_works() -> None:
+    result = runner.invoke(app, ["list", "builtins"])
+    assert result.exit_code == 0
+    assert "builtin:" in result.stdout
+
+
+@pytest.mark.parametrize("args", [["explain", "vanishing"], ["list", "checks"], ["list", "fixes"]])
+def test_explain_and_list_do_not_import_torch(args: list[str]) -> None:
+    code = (
+        "import sys\n"
+        "from gradcheck_cli.cli import app\n"
+        "try:\n"
+        f"    app({args!r})\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 0, exc.code\n"
+        "print('torch' in sys.modules, file=sys.stderr)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stderr.strip().splitlines()[-1] == "False", out.stderr
+    assert out.stdout.strip()
+
