@@ -25,29 +25,57 @@ def scan(target: str | Target, config: ScanConfig | None = None,
 
     `target` is a TARGET string (model.py, model.py:NAME, pkg.module:attr, builtin:NAME) or a
     Target; `options` override fields of ScanConfig (batches=5, device="cuda", ...). `on_stage`
-    is told each stage as it starts (see probe.StageCallback).
+    is told each stage as it starts (see probe.StageCallback). `config.timeout` and running out of
+    memory end the scan with a UserError naming the stage (guards.py).
     """
-    from .batches import synthetic_batch_maker
-    from .probe import run_probe
-    from .stats import compute_stats
+    from .guards import ScanTimeout, StageClock, is_out_of_memory, out_of_memory_error, time_limit, timeout_error
 
     config = replace(config or ScanConfig(), **options)
     _validate(config)
-    thresholds = thresholds or Thresholds()
-    stage = on_stage or (lambda name, batch, batches: None)
+    name = target if isinstance(target, str) else target.name
+    # The clock names the running stage for a --timeout or an out-of-memory message.
+    clock = StageClock(config.timeout, on_stage)
+    try:
+        with time_limit(clock):
+            return _scan(target, config, thresholds or Thresholds(), clock)
+    except ScanTimeout as exc:
+        raise timeout_error(name, config.timeout or 0.0, exc.where) from None
+    except Exception as exc:
+        cause = exc.__cause__ if isinstance(exc, UserError) else exc  # user code errors arrive wrapped
+        if cause is not None and is_out_of_memory(cause):
+            raise out_of_memory_error(cause, name, clock.where, config.batch_size) from exc
+        raise
+
+
+def _scan(target: str | Target, config: ScanConfig, thresholds: Thresholds, stage: StageCallback) -> Report:
+    from .batches import synthetic_batch_maker
+    from .checkpoint import apply_state_dict, read_checkpoint
+    from .guards import recursion_room
+    from .probe import run_probe
+    from .scannable import check_scannable, unwrap_model
+    from .stats import compute_stats
+
     stage("loading the target", 0, config.batches)
+    # A bad checkpoint stops the scan before the user's model code runs.
+    checkpoint = read_checkpoint(config.checkpoint) if config.checkpoint else None
     resolved = resolve_target(target) if isinstance(target, str) else target
     stage("building the model", 0, config.batches)
-    model = resolved.build_model()
+    model = unwrap_model(resolved.build_model())  # torch.compile / DataParallel / DDP: the module inside
+    check_scannable(model, resolved.name)
+    if checkpoint is not None and config.checkpoint:
+        apply_state_dict(model, checkpoint, config.checkpoint)
     make_batch = resolved.make_batch or synthetic_batch_maker(model, config.input_shape, source=resolved.name)
-    probe = run_probe(model, make_batch, resolved.loss_fn, config, on_stage)
+    with recursion_room(model):
+        probe = run_probe(model, make_batch, resolved.loss_fn, config, stage)
     stage("analysing the measurements", 0, config.batches)
 
     layers = compute_stats(probe.layers)
     verdicts = classify_layers(layers, thresholds)
     statuses = [v.status for v in verdicts]
     context = CheckContext(layers, verdicts, thresholds, probe.losses, probe.nonfinite_input,
-                           probe.first_nonfinite_module)
+                           probe.first_nonfinite_module, nonfinite_origin=probe.nonfinite_origin,
+                           loss_trace=probe.loss_trace, steps=config.steps, optimizer=config.optimizer,
+                           lr=config.lr, first_grad_norm=probe.first_grad_norm)
     findings = run_checks(context)
     model_verdict = verdict(statuses)
     if model_verdict != Status.NONFINITE and any(f.kind.value.startswith("nonfinite") for f in findings):
@@ -62,7 +90,8 @@ def scan(target: str | Target, config: ScanConfig | None = None,
             LayerReport(
                 name=s.name, type=s.type_name, index=s.index, params=s.params, status=v.status,
                 grad_norm=s.grad_norm, weight_norm=s.weight_norm, grad_to_weight=s.grad_to_weight,
-                nonfinite_grads=s.nonfinite_grads, activation=s.activation)
+                nonfinite_grads=s.nonfinite_grads, activation=s.activation,
+                update_to_weight=s.update_to_weight)
             for s, v in zip(layers, verdicts)),
         findings=tuple(findings),
         recommendations=tuple(recommend(findings, layers, probe.has_normalization)),
@@ -82,6 +111,8 @@ def _validate(config: ScanConfig) -> None:
         raise UserError(f"unknown --optimizer '{config.optimizer}'; use one of {', '.join(OPTIMIZERS)}")
     if not config.lr > 0:
         raise UserError(f"--lr must be positive (got {config.lr})")
+    if config.timeout is not None and not config.timeout > 0:
+        raise UserError(f"--timeout must be a positive number of seconds (got {config.timeout})")
     _validate_device(config.device)
 
 
