@@ -106,3 +106,57 @@ def test_model_comes_back_when_the_scan_fails_half_way() -> None:
     with pytest.raises(UserError, match="fc"):
         run_probe(model, make_batch, None, ScanConfig(batches=3, batch_size=6, steps=1))
     _assert_same(before, model)
+
+
+@pytest.mark.parametrize("fail_on_call", [2, 3], ids=["during-the-steps", "batch-2-after-steps"])
+def test_model_comes_back_when_adam_steps_fail_half_way(fail_on_call: int) -> None:
+    # steps=2: call 1 is batch 1, call 2 the forward of the second step, call 3 batch 2; by the
+    # time it fails Adam has changed the weights (and holds moment buffers) at least once.
+    model = _prepared_model()
+    before = _state(model)
+    calls = {"n": 0}
+    forward = model.forward
+
+    def failing_forward(x: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == fail_on_call:
+            raise ValueError("boom")
+        return forward(x)
+
+    model.forward = failing_forward  # type: ignore[method-assign]
+    with pytest.raises(UserError, match="boom"):
+        run_probe(model, lambda n: (torch.randn(n, 4), torch.randint(0, 2, (n,))), None,
+                  ScanConfig(batches=3, batch_size=6, steps=2, optimizer="adam", lr=0.5))
+    del model.forward
+    assert calls["n"] == fail_on_call
+    _assert_same(before, model)
+
+
+class _FailsInBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[no-untyped-def, override]
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def, override]
+        raise RuntimeError("backward failed")
+
+
+def test_model_comes_back_when_the_backward_pass_fails() -> None:
+    model = _prepared_model()
+    before = _state(model)
+    calls = {"n": 0}
+    forward = model.forward
+
+    def forward_then_failing_backward(x: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        out = forward(x)
+        return _FailsInBackward.apply(out) if calls["n"] == 2 else out
+
+    model.forward = forward_then_failing_backward  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="backward failed"):
+        run_probe(model, lambda n: (torch.randn(n, 4), torch.randint(0, 2, (n,))), None,
+                  ScanConfig(batches=3, batch_size=6, steps=1, optimizer="adam", lr=0.5))
+    del model.forward
+    assert calls["n"] == 2
+    _assert_same(before, model)
