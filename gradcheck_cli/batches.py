@@ -158,6 +158,10 @@ def call_model(model: nn.Module, inputs: Any) -> Any:
 def move_to(obj: Any, device: torch.device | str) -> Any:
     """`obj` with every tensor in it (nested tuples, lists, dicts) moved to `device`."""
     if isinstance(obj, torch.Tensor):
+        if obj.is_meta and torch.device(device).type != "meta":  # .to() would raise deep in torch
+            raise UserError(f"the batch holds a tensor of shape {tuple(obj.shape)} on the meta "
+                            "device, which has no data; return real tensors from make_batch "
+                            "(e.g. torch.randn(batch_size, ...))")
         return obj.to(device)
     if isinstance(obj, tuple):
         items = [move_to(item, device) for item in obj]

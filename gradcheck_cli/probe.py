@@ -21,11 +21,11 @@ from torch import nn
 from .batches import batch_has_nonfinite, call_model, move_to, split_batch
 from .config import ScanConfig
 from .errors import UserError
+from .forward_error import forward_failure
 from .losses import compute_loss
 from .measurements import LayerProbe, ProbeResult
 from .restore import restore_snapshot, take_snapshot
 from .stats import layer_role
-from .text import exception_text
 
 # Activation modules whose outputs tell about saturation (flat region) or dead units.
 # Flat regions from DOMAIN.md: sigmoid outside ~[0.02, 0.98]; tanh with |y| > ~0.96.
@@ -324,10 +324,7 @@ def _forward_loss(model: nn.Module, inputs: Any, target: Any, loss_fn: Any,
     except UserError:
         raise
     except Exception as exc:  # the user's forward failed: say where and with which inputs
-        where = state["stack"][-1] if state["stack"] else type(model).__name__
-        raise UserError(f"the model failed on the probe batch in module '{where}': "
-                        f"{exception_text(exc)} (inputs: {_shapes(inputs)}); "
-                        "check --input-shape or make_batch") from exc
+        raise forward_failure(model, inputs, exc, state["stack"]) from exc
     return compute_loss(output, target, loss_fn)
 
 
@@ -440,13 +437,3 @@ def _take_steps(model: nn.Module, inputs: Any, target: Any, loss_fn: Any,
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             losses.append(float(loss.detach()))
     return losses
-
-
-def _shapes(obj: Any) -> str:
-    if isinstance(obj, torch.Tensor):
-        return "(" + ", ".join(str(s) for s in obj.shape) + ")"
-    if isinstance(obj, (tuple, list)):
-        return "[" + ", ".join(_shapes(o) for o in obj) + "]"
-    if isinstance(obj, dict):
-        return "{" + ", ".join(f"{k}: {_shapes(v)}" for k, v in obj.items()) + "}"
-    return type(obj).__name__

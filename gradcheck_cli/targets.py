@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import traceback
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType, ModuleType
@@ -45,7 +46,7 @@ class Target:
 
 _FORMS = ("a model file (model.py or model.py:NAME), an importable module attribute "
           "(pkg.module:attr) or a built-in model (builtin:NAME; see `gradcheck list builtins`)")
-_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\Z")  # \Z: "$" would accept a final newline
 _LOOKED_FOR = ("build_model(), get_model(), a module-level nn.Module instance `model`, or a "
                "single nn.Module subclass defined in the file that constructs without arguments")
 _counter = itertools.count()
@@ -61,6 +62,12 @@ def resolve_target(spec: str) -> Target:
     spec = spec.strip()
     if not spec:
         raise UserError(f"no target given: pass {_FORMS}")
+    # A newline or other control character would break the one-line message (and is never part
+    # of a path a user meant to type); repr() shows it.
+    control = next((c for c in spec if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    if control is not None:
+        raise UserError(f"target {spec[:200]!r} contains the control character {control!r}; "
+                        f"pass {_FORMS}")
     if spec.startswith("builtin:"):
         builtin = spec[len("builtin:"):].strip()
         if not builtin:

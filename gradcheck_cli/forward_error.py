@@ -1,0 +1,98 @@
+"""The user's forward raised: one line saying in which module, at which line, with which inputs, and
+the likely fix (a dtype or device mismatch, a batch that does not fit, or a bug in the forward).
+
+probe.py knows which module was running (its pre-hooks push module names on a stack that the
+post-hooks pop, so after an exception the top is the innermost module that did not finish); this
+module turns that and the exception into the UserError.
+"""
+
+from __future__ import annotations
+
+import os
+import sysconfig
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import UserError
+from .text import exception_text
+
+_LIBRARY_DIRS = tuple(os.path.realpath(p) + os.sep for p in {
+    os.path.dirname(torch.__file__),
+    os.path.dirname(os.path.abspath(__file__)),
+    *(sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")),
+})
+"""Code that is not the user's: torch, gradcheck, the standard library and installed packages."""
+
+
+def forward_failure(model: nn.Module, inputs: Any, exc: BaseException, stack: list[str]) -> UserError:
+    """The UserError for `exc` raised by model(inputs); `stack`: the probe's module-name stack."""
+    name = stack[-1] if stack else "(root)"
+    module = dict(model.named_modules()).get("" if name == "(root)" else name, model)
+    line = _user_line(exc)
+    at = f" at {line}" if line else ""
+    return UserError(f"the model failed on the probe batch in module '{name}' "
+                     f"({type(module).__name__}){at}: {exception_text(exc)} "
+                     f"(inputs: {describe_inputs(inputs)}); {_fix(model, inputs, exc, line)}")
+
+
+def describe_inputs(obj: Any) -> str:
+    """'(16, 8) float32', '[(16, 8) float32, (16,) int64]', '{ids: (16, 12) int64}'."""
+    if isinstance(obj, torch.Tensor):
+        return "(" + ", ".join(str(s) for s in obj.shape) + ") " + str(obj.dtype).removeprefix("torch.")
+    if isinstance(obj, (tuple, list)):
+        return "[" + ", ".join(describe_inputs(o) for o in obj) + "]"
+    if isinstance(obj, Mapping):
+        return "{" + ", ".join(f"{k}: {describe_inputs(v)}" for k, v in obj.items()) + "}"
+    return type(obj).__name__
+
+
+def _user_line(exc: BaseException) -> str | None:
+    """'model.py:11': the deepest traceback line outside torch, gradcheck and installed packages."""
+    found = None
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        filename = frame.f_code.co_filename
+        if filename.startswith("<"):
+            continue
+        real = os.path.realpath(filename)
+        if not real.startswith(_LIBRARY_DIRS):
+            rel = os.path.relpath(real)
+            found = f"{real if rel.startswith('..') else rel}:{lineno}"
+    return found
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [t for item in obj for t in _tensors(item)]
+    if isinstance(obj, Mapping):
+        return [t for item in obj.values() for t in _tensors(item)]
+    return []
+
+
+def _fix(model: nn.Module, inputs: Any, exc: BaseException, line: str | None) -> str:
+    message = str(exc).lower()
+    weights = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    dtypes = {t.dtype for t in _tensors(inputs)}
+    short = {d: str(d).removeprefix("torch.") for d in (*dtypes, weights) if d is not None}
+    if weights is not None and "type" in message:
+        integers = sorted(short[d] for d in dtypes if not (d.is_floating_point or d.is_complex))
+        if integers:
+            return (f"the inputs are {', '.join(integers)} but the model computes in "
+                    f"{short[weights]}: return float tensors from make_batch (x.float()), or start "
+                    "the model with an nn.Embedding if they are token ids")
+        floats = sorted(short[d] for d in dtypes if d.is_floating_point and d != weights)
+        if floats:
+            return (f"the inputs are {', '.join(floats)} but the model's weights are "
+                    f"{short[weights]}: return {short[weights]} tensors from make_batch "
+                    f"(x.to({weights})), or convert the model in build_model")
+    if "cuda" in message or "device" in message:
+        return ("the model puts a tensor on a fixed device: create tensors on the input's device "
+                "(torch.zeros(..., device=x.device)), or pass --device to match")
+    if line:
+        return f"fix the forward at {line}, or the batch (make_batch / --input-shape) if it does not fit"
+    return "check that the batch fits the model: --input-shape, or what make_batch returns"
