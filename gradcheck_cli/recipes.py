@@ -190,6 +190,8 @@ def _load_yaml(text: str, shown_path: str) -> tuple[yaml.Node | None, Any]:
         problem = " ".join(str(exc.problem or exc.context or "syntax error").split())
         context = " ".join(str(exc.context).split()) if exc.context and exc.problem else ""
         detail = f"{problem} ({context})" if context else problem
+        if isinstance(exc, yaml.constructor.ConstructorError):
+            detail += "; a recipe holds plain values only (it is read with yaml.safe_load)"
         raise RecipeError(f"{shown_path}:{line}: invalid YAML: {detail}") from None
     except yaml.YAMLError as exc:  # ReaderError (control characters) and others without a mark
         position = getattr(exc, "position", None)
