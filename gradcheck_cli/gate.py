@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .report import Finding, FindingKind, Report, Status
+from .report import Finding, FindingKind, Report, ScanResult, Status
 
 FAIL_ON_WORDS = ("any", "none")
 
@@ -60,3 +60,15 @@ def fails(report: Report, known: frozenset[str] = frozenset()) -> bool:
     """Whether the report fails its gate. A non-finite or exploding verdict always has a finding
     of its family, so the findings decide."""
     return bool(failing_findings(report, known))
+
+
+def scan_exit_code(result: ScanResult, known: frozenset[str] = frozenset()) -> int:
+    """One scan's exit code: 2 when it errored, 1 when it fails its gate, else 0."""
+    if result.report is None:
+        return 2
+    return 1 if fails(result.report, known) else 0
+
+
+def run_exit_code(results: Iterable[ScanResult], known: frozenset[str] = frozenset()) -> int:
+    """The exit code of several scans: the worst of theirs (0 for none)."""
+    return max((scan_exit_code(result, known) for result in results), default=0)

@@ -19,6 +19,7 @@ from gradcheck_cli.report import (
     Recommendation,
     RecommendationId,
     Report,
+    ScanResult,
     Severity,
     Status,
 )
@@ -435,16 +436,21 @@ def test_json_writes_nonfinite_numbers_as_strings() -> None:
 @pytest.mark.parametrize("fmt", list(OutputFormat))
 @pytest.mark.parametrize("kind", sorted(REPORTS))
 def test_every_output_format_renders(fmt: OutputFormat, kind: str) -> None:
-    text = render(REPORTS[kind](), fmt, width=80)
+    report = REPORTS[kind]()
+    text = render([ScanResult(kind, kind, report)], fmt, width=80)
     assert isinstance(text, str)
+    if fmt is OutputFormat.GITHUB and not report.findings:
+        assert text == ""  # annotations only: a clean scan has nothing to annotate
+        return
     assert text.strip()
     assert text.endswith("\n")
 
 
 def test_render_dispatches_to_the_format_renderers() -> None:
     report = vanishing_report()
-    assert render(report, OutputFormat.JSON) == render_json(report)
-    assert render(report, OutputFormat.TABLE, width=90, color=True) == render_table(
+    results = [ScanResult("v", report.target, report)]
+    assert render(results, OutputFormat.JSON) == render_json(report)
+    assert render(results, OutputFormat.TABLE, width=90, color=True) == render_table(
         report, width=90, color=True
     )
     assert OutputFormat("table") is OutputFormat.TABLE

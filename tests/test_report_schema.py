@@ -8,7 +8,7 @@ import pytest
 
 from gradcheck_cli import scan
 from gradcheck_cli.render import OutputFormat, render
-from gradcheck_cli.report import FindingKind, RecommendationId, Severity, Status
+from gradcheck_cli.report import FindingKind, RecommendationId, ScanResult, Severity, Status
 from gradcheck_cli.zoo import BUILTINS
 
 NUMBER = (int, float)
@@ -25,7 +25,8 @@ def _is_number(value: object, *, nullable: bool = False) -> bool:
 
 @pytest.mark.parametrize("builtin", BUILTINS, ids=lambda b: b.name)
 def test_json_document_follows_the_schema(builtin) -> None:  # type: ignore[no-untyped-def]
-    doc = json.loads(render(scan(f"builtin:{builtin.name}"), OutputFormat.JSON))
+    target = f"builtin:{builtin.name}"
+    doc = json.loads(render([ScanResult(target, target, scan(target))], OutputFormat.JSON))
     assert doc["schema"] == "gradcheck/report@1"
     assert doc["target"] == f"builtin:{builtin.name}"
     assert {"batches", "batch_size", "seed", "device", "steps"} <= set(doc["config"])
