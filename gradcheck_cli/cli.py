@@ -176,6 +176,9 @@ def run(
         help=f"Optimizer for steps ({', '.join(OPTIMIZERS)}), for every scan.", show_default=False)] = None,
     lr: Annotated[float | None, typer.Option(
         help="Learning rate for steps, for every scan.", show_default=False)] = None,
+    timeout: Annotated[float | None, typer.Option(
+        help="Stop a scan after this many seconds (that scan errors, the others run), for every scan.",
+        show_default=False)] = None,
     output_format: FormatOption = "table",
     output: OutputOption = None,
     fail_on: Annotated[str | None, typer.Option(
@@ -207,7 +210,7 @@ def run(
                                 no_color=no_color)
         command_line = _command_line_layer(
             batches=batches, batch_size=batch_size, seed=seed, device=device, steps=steps,
-            optimizer=optimizer, lr=lr, input_shape=None, fail_on=fail_on)
+            optimizer=optimizer, lr=lr, input_shape=None, fail_on=fail_on, timeout=timeout)
         from .pyproject import pyproject_layer
         from .recipes import load_recipe
         from .settings import resolve

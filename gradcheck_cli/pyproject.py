@@ -61,8 +61,9 @@ def _read_table(path: Path) -> dict[str, Any] | None:
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read {_shown_path(path)}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{_shown_path(path)}: invalid TOML: {exc}; gradcheck reads its "
-                        f"{TABLE} table") from None
+        at_line = re.search(r"at line (\d+)", str(exc))
+        where = f"{_shown_path(path)}:{at_line.group(1)}" if at_line else _shown_path(path)
+        raise UserError(f"{where}: invalid TOML: {exc}; gradcheck reads its {TABLE} table") from None
     tool = data.get("tool")
     table = tool.get("gradcheck") if isinstance(tool, dict) else None
     if table is None:
