@@ -24,6 +24,7 @@ from .settings import SETTINGS, Layer, Resolved
 from .text import exception_text
 
 if TYPE_CHECKING:
+    from .cli_output import OutputOptions  # imports the renderers: loaded by the commands that report
     from .probe import StageCallback  # probe imports torch: for the type checker only
 
 app = typer.Typer(
@@ -126,7 +127,7 @@ def scan(
     # warning on stderr would read like a problem with the user's model.
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     try:
-        from .cli_output import OutputOptions, emit, load_baseline, parse_format
+        from .cli_output import OutputOptions, load_baseline, parse_format
         from .cli_progress import ScanProgress
 
         options = OutputOptions(fmt=parse_format(output_format), output=output, known=load_baseline(baseline),
@@ -146,7 +147,6 @@ def scan(
         with ScanProgress(quiet=quiet, verbose=verbose) as progress:
             progress.start_scan(target)
             report = run_scan(target, resolved.scan_config(), resolved.thresholds(), on_stage=progress.on_stage)
-        code = emit([ScanResult(target, target, report)], options)
     except typer.Exit:
         raise
     except UserError as exc:
@@ -157,7 +157,7 @@ def scan(
     except Exception as exc:  # the user's code failed somewhere we did not anticipate
         _fail(f"scanning {target} failed: {exception_text(exc)} "
               "(run with --debug for the traceback)", exc, debug)
-    raise typer.Exit(code)
+    raise typer.Exit(_emit([ScanResult(target, target, report)], options, False, debug))
 
 
 @app.command()
@@ -202,7 +202,7 @@ def run(
     """
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # see scan()
     try:
-        from .cli_output import OutputOptions, emit, load_baseline, parse_format
+        from .cli_output import OutputOptions, load_baseline, parse_format
         from .cli_progress import ScanProgress
 
         options = OutputOptions(fmt=parse_format(output_format), output=output, known=load_baseline(baseline),
@@ -235,11 +235,20 @@ def run(
     except KeyboardInterrupt:
         typer.echo("gradcheck: interrupted", err=True)
         raise typer.Exit(130) from None
+    raise typer.Exit(_emit(results, options, True, debug))
+
+
+def _emit(results: list[ScanResult], options: OutputOptions, combined: bool, debug: bool) -> int:
+    """cli_output.emit, with its failures (an unwritable --output, a renderer bug) as one line."""
+    from .cli_output import emit
+
     try:
-        code = emit(results, options, combined=True)
+        return emit(results, options, combined=combined)
     except UserError as exc:
         _fail(str(exc), exc, debug)
-    raise typer.Exit(code)
+    except Exception as exc:
+        _fail(f"writing the report failed: {exception_text(exc)} (run with --debug for the traceback)", exc, debug)
+    return EXIT_USAGE  # not reached: _fail exits
 
 
 def _run_recipe_scan(name: str, target: str, settings: Resolved, debug: bool,
