@@ -18,7 +18,6 @@ import typer
 from . import __version__
 from .config import DEFAULT_FAIL_ON, OPTIMIZERS, ScanConfig
 from .errors import UserError
-from .gate import parse_fail_on
 from .report import ScanResult
 from .settings import SETTINGS, Layer, Resolved
 from .text import exception_text
@@ -342,13 +341,6 @@ def _resolve_settings(command_line: Layer) -> Resolved:
 
     project, _ = pyproject_layer()
     return resolve(project, command_line)
-
-
-def _parse_fail_on(text: str) -> tuple[str, ...]:
-    try:
-        return parse_fail_on(text.split(","))
-    except ValueError as exc:
-        raise UserError(f"--fail-on: {exc}") from None
 
 
 def _choice(value: str, choices: tuple[str, ...], option: str) -> str:

@@ -215,6 +215,7 @@ def test_valid_recipe_resolves_targets_against_its_folder(tmp_path: Path, monkey
             target: models/mlp.py:build_model
             input_shape: 3x8
             batches: 1
+            checkpoint: weights/mlp.pt
           - name: builtin
             target: builtin:lstm
           - name: module
@@ -234,6 +235,7 @@ def test_valid_recipe_resolves_targets_against_its_folder(tmp_path: Path, monkey
     config = first.scan_config()
     assert (config.batches, config.optimizer, config.lr, config.input_shape) == (1, "adam", 1e-3, (3, 8))
     assert first.thresholds().min_stack == 6
+    assert Path(config.checkpoint or "").resolve() == (folder / "weights" / "mlp.pt").resolve()
     assert first.values["batches"].source == f"recipe {recipe}:10"
     assert first.values["optimizer.lr"].source == f"recipe {recipe}:4"
     assert first.values["seed"].source == "built-in default"
