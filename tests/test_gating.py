@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,40 @@ def test_interrupted_write_removes_its_temporary(tmp_path: Path, monkeypatch: py
     with pytest.raises(KeyboardInterrupt):
         write_atomic(target, "{}\n")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- a recipe run: one report in every format ---------------------------------------------------
+
+THREE_SCANS = """\
+version: 1
+defaults: {batches: 1, batch_size: 8}
+scans:
+  - {name: healthy, target: "builtin:relu-he"}
+  - {name: exploding, target: "builtin:relu-normal-init"}
+  - {name: broken, target: broken.py}
+"""
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "markdown", "sarif", "junit", "github"])
+def test_a_three_scan_recipe_gives_one_report_in_every_format(fmt: str, tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text("import torch\nmodel = nn.Linear(2, 2)\n")
+    recipe = tmp_path / "three.yaml"
+    recipe.write_text(THREE_SCANS)
+    out = tmp_path / f"report.{fmt}"
+    result = runner.invoke(app, ["run", str(recipe), "--format", fmt, "--output", str(out), "--no-color"])
+    assert result.exit_code == 2  # the worst scan: one could not run
+    assert result.stdout == ""
+    text = out.read_text()
+    if fmt == "json":
+        assert [s["exit_code"] for s in json.loads(text)["scans"]] == [0, 1, 2]
+    elif fmt == "sarif":
+        assert json.loads(text)["runs"][0]["invocations"][0]["executionSuccessful"] is False
+    elif fmt == "junit":
+        assert [s.get("name") for s in ET.fromstring(text).findall("testsuite")] == ["healthy", "exploding",
+                                                                                   "broken"]
+    elif fmt == "markdown":
+        assert text.startswith("## gradcheck: 3 scans — 1 passed, 1 failed, 1 errored")
+    elif fmt == "github":
+        assert "::error title=gradcheck%3A scan broken failed" in text
+    else:
+        assert text.splitlines()[-1] == "overall: 3 scans: 1 passed, 1 failed, 1 errored"
