@@ -3,8 +3,10 @@ annotations on stderr and appends the Markdown summary to $GITHUB_STEP_SUMMARY b
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import yaml
 from typer.testing import CliRunner
 
 from gradcheck_cli.cli import app
@@ -72,3 +74,29 @@ def test_machine_formats_are_left_alone_under_actions(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert result.stderr == ""
     assert not summary.exists()
+
+
+# --- the CI recipes in the README and the pre-commit hook parse -----------------------------------
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_pre_commit_hook_runs_a_recipe_without_file_names() -> None:
+    [hook] = yaml.safe_load((ROOT / ".pre-commit-hooks.yaml").read_text())
+    assert hook["id"] == "gradcheck" and hook["language"] == "python"
+    assert hook["entry"] == "gradcheck run"
+    assert hook["pass_filenames"] is False
+
+
+def test_readme_ci_snippets_are_valid_yaml() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## CI\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
+    assert len(blocks) >= 4  # workflow, pre-commit (repo and local), GitLab job
+    documents = [yaml.safe_load(block) for block in blocks]
+    workflow = documents[0]
+    steps = workflow["jobs"]["gradcheck"]["steps"]
+    assert any("download.pytorch.org/whl/cpu" in step.get("run", "") for step in steps)
+    gitlab = documents[-1]["gradcheck"]
+    assert gitlab["artifacts"]["reports"]["junit"] == "gradcheck-junit.xml"
+    assert any("--format junit --output gradcheck-junit.xml" in line for line in gitlab["script"])
