@@ -15,8 +15,9 @@ from gradcheck_cli.render.github import render_github
 from gradcheck_cli.render.json import render_json, render_run_json
 from gradcheck_cli.render.junit import render_junit
 from gradcheck_cli.render.markdown import render_markdown
+from gradcheck_cli.render.run_table import render_results_table
 from gradcheck_cli.render.sarif import render_sarif
-from gradcheck_cli.render.table import format_number, render_results_table, render_table
+from gradcheck_cli.render.table import format_number, render_table
 from gradcheck_cli.report import ScanResult
 
 __all__ = ["MACHINE_FORMATS", "OutputFormat", "format_number", "render", "render_json",

@@ -25,14 +25,13 @@ from rich.padding import Padding
 from rich.table import Column, Table
 from rich.text import Text
 
-from gradcheck_cli.gate import fingerprint, scan_exit_code
+from gradcheck_cli.gate import fingerprint
 from gradcheck_cli.report import (
     VERDICT_ORDER,
     Finding,
     LayerReport,
     Recommendation,
     Report,
-    ScanResult,
     Severity,
     Status,
 )
@@ -101,55 +100,17 @@ def render_table(report: Report, *, width: int, color: bool,
     Findings whose fingerprint is in ``known`` (a baseline) are marked "baselined".
     """
     buffer = io.StringIO()
-    console = _console(buffer, width, color)
-    _print_report(console, report, width, known)
-    return _strip_trailing_blanks(buffer.getvalue())
+    console = make_console(buffer, width, color)
+    print_report(console, report, width, known)
+    return strip_trailing_blanks(buffer.getvalue())
 
 
-def render_results_table(results: Sequence[ScanResult], *, width: int, color: bool,
-                         known: frozenset[str] = frozenset()) -> str:
-    """Several scans (a recipe run): a titled table per scan, an errored scan as its error
-    line, then one overall line counting passed, failed and errored scans."""
-    buffer = io.StringIO()
-    console = _console(buffer, width, color)
-    codes = []
-    for number, result in enumerate(results, start=1):
-        code = scan_exit_code(result, known)
-        codes.append(code)
-        if number > 1:
-            console.print()
-        title = Text(f"scan {number}/{len(results)}: ", style="bold")
-        title.append(result.name, style="bold")
-        if result.target != result.name:
-            title.append(f" ({result.target})")
-        console.rule(title, align="left", style="dim")
-        if result.report is None:
-            line = Text("error: ", style="bold red")
-            line.append(result.error or "the scan failed")
-            console.print(line)
-        else:
-            _print_report(console, result.report, width, known)
-    console.print()
-    console.print(_overall_line(codes))
-    return _strip_trailing_blanks(buffer.getvalue())
-
-
-def _overall_line(codes: Sequence[int]) -> Text:
-    plural = "scan" if len(codes) == 1 else "scans"
-    line = Text(f"overall: {len(codes)} {plural}: ", style="bold")
-    parts = [(codes.count(0), "passed", "green"), (codes.count(1), "failed", "red"),
-             (codes.count(2), "errored", "bold red")]
-    line.append_text(Text(", ").join(Text(f"{n} {word}", style=style if n else "")
-                                     for n, word, style in parts))
-    return line
-
-
-def _strip_trailing_blanks(text: str) -> str:
+def strip_trailing_blanks(text: str) -> str:
     # Rich pads cells to the column width; trailing blanks would only burden golden files.
     return "".join(line.rstrip() + "\n" for line in text.splitlines())
 
 
-def _console(buffer: io.StringIO, width: int, color: bool) -> Console:
+def make_console(buffer: io.StringIO, width: int, color: bool) -> Console:
     return Console(
         file=buffer,
         width=width,
@@ -164,7 +125,7 @@ def _console(buffer: io.StringIO, width: int, color: bool) -> Console:
     )
 
 
-def _print_report(console: Console, report: Report, width: int, known: frozenset[str]) -> None:
+def print_report(console: Console, report: Report, width: int, known: frozenset[str]) -> None:
     scale = _BarScale.of(report.layers)
     layout = _plan(report.layers, width)
 
