@@ -32,10 +32,14 @@ depth, or one that is uniformly far too small or too large.
   other shapes. It holds with normalization too: a deep plain BatchNorm stack explodes at init
   (Yang et al. 2019), while residual BatchNorm networks measure a growth below 5.
 * Recurrent layers: the gradient reaching each time step of the layer's input (through the
-  recurrence, not only each step's direct share). Vanilla RNNs whose first step receives less than
-  `vanish_relative` of the peak vanish through time; any recurrent layer whose first step receives
-  more than `explode_relative` times the last step's explodes through time (Pascanu, Mikolov &
-  Bengio 2013). Gated cells (LSTM/GRU) are not called vanishing: their forget gates decay the
+  recurrence, not only each step's direct share), ordered from the far end of the sequence to the
+  end nearest the loss (recurrence.oriented_steps: the first step for a unidirectional layer; for
+  a bidirectional one, the end opposite to where the output gradient enters). Vanilla RNNs whose
+  far end receives less than `vanish_relative` of the peak vanish through time; any recurrent
+  layer whose far end receives more than `explode_relative` times the near end's explodes through
+  time (Pascanu, Mikolov & Bengio 2013). These rules come first for recurrent layers (the
+  recurrence is the cause, whatever the grad/weight ratio says), and mark the verdict
+  `through_time`. Gated cells (LSTM/GRU) are not called vanishing: their forget gates decay the
   gradient at init (forget bias 0 gives a factor ~0.5 per step) and learn to keep it; they are the fix.
 
 Normalization affine parameters and embedding tables are judged only by the absolute rules and
@@ -48,6 +52,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .recurrence import near_end, oriented_steps
 from .report import VERDICT_ORDER, Status
 from .stats import LayerStats
 
@@ -75,6 +80,9 @@ class LayerVerdict:
     status: Status
     reason: str
     """Which rule fired, in words with the measured numbers (empty when healthy)."""
+    through_time: bool = False
+    """The status comes from the gradient through time of a recurrent layer (the finding is
+    vanishing-through-time / exploding-through-time instead of vanishing / exploding)."""
 
 
 def classify_layers(layers: list[LayerStats], thresholds: Thresholds) -> list[LayerVerdict]:
@@ -135,6 +143,9 @@ def _classify(layer: LayerStats, upstream: float | None, reference: float | None
         return LayerVerdict(Status.UNUSED, "requires grad but received no gradient")
     if layer.nonfinite_grads or layer.grad_norm is None or not math.isfinite(layer.grad_norm):
         return LayerVerdict(Status.NONFINITE, f"{layer.nonfinite_grads} gradient elements are NaN/Inf")
+    through_time = _through_time(layer, t)
+    if through_time is not None:
+        return through_time
     gtw = layer.grad_to_weight
     if gtw is not None and gtw > t.explode_grad_to_weight:
         return LayerVerdict(Status.EXPLODING, f"grad/weight {gtw:.3g} > {t.explode_grad_to_weight:g}")
@@ -142,9 +153,6 @@ def _classify(layer: LayerStats, upstream: float | None, reference: float | None
         return LayerVerdict(Status.EXPLODING,
                             f"the gradient at its output is {growth:.3g}x that at the last layer of its "
                             f"stack of identical {layer.type_name} layers (> {t.explode_relative:g})")
-    through_time = _through_time(layer, t)
-    if through_time is not None:
-        return through_time
     if gtw is None and layer.grad_rms is not None and layer.grad_rms < t.vanish_grad_rms:
         return LayerVerdict(Status.VANISHING,
                             f"gradient RMS {layer.grad_rms:.3g} < {t.vanish_grad_rms:g}")
@@ -160,16 +168,19 @@ def _classify(layer: LayerStats, upstream: float | None, reference: float | None
 
 
 def _through_time(layer: LayerStats, t: Thresholds) -> LayerVerdict | None:
-    steps = [s for s in layer.step_grad_rms if math.isfinite(s)]
-    if len(steps) < 2 or max(steps) <= 0:
+    steps = oriented_steps(layer.step_grad_rms, layer.step_entry_grad_rms, layer.bidirectional)
+    finite = [s for s in steps if math.isfinite(s)]
+    if len(finite) < 2 or len(finite) != len(steps) or max(finite) <= 0:
         return None
-    first, last, peak = steps[0], steps[-1], max(steps)
-    if last > 0 and first > t.explode_relative * last:
+    far, near, peak = steps[0], steps[-1], max(steps)
+    ends = ("first", "last") if near_end(layer.step_entry_grad_rms, layer.bidirectional) == "last" \
+        else ("last", "first")
+    if near > 0 and far > t.explode_relative * near:
         return LayerVerdict(Status.EXPLODING,
-                            f"the gradient at the first time step is {first / last:.3g}x that at the last "
-                            f"(> {t.explode_relative:g}) over {len(steps)} steps")
-    if layer.type_name in VANILLA_RECURRENT and first < t.vanish_relative * peak:
+                            f"the gradient at the {ends[0]} time step is {far / near:.3g}x that at the "
+                            f"{ends[1]} (> {t.explode_relative:g}) over {len(steps)} steps", through_time=True)
+    if layer.type_name in VANILLA_RECURRENT and far < t.vanish_relative * peak:
         return LayerVerdict(Status.VANISHING,
-                            f"the gradient at the first time step is {first / peak:.2g} of its peak "
-                            f"(< {t.vanish_relative:g}) over {len(steps)} steps")
+                            f"the gradient at the {ends[0]} time step is {far / peak:.2g} of its peak "
+                            f"(< {t.vanish_relative:g}) over {len(steps)} steps", through_time=True)
     return None

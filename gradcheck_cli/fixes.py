@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from .recurrence import effective_horizon, oriented_steps
 from .report import Finding, FindingKind, Recommendation, RecommendationId
 from .stats import LayerStats
 
@@ -76,6 +77,8 @@ def recommend(findings: Sequence[Finding], layers: Sequence[LayerStats],
         _init_fixes(recs, exploding + vanishing, layers)
     if vanishing:
         _vanishing_fixes(recs, vanishing, layers, has_normalization)
+    _through_time_fixes(recs, kinds.get(FindingKind.VANISHING_THROUGH_TIME, []),
+                        kinds.get(FindingKind.EXPLODING_THROUGH_TIME, []), exploding, layers)
     if exploding and _dense_count(exploding) >= 3:
         if not has_normalization:
             _normalization_fix(recs, exploding, "grow")
@@ -85,19 +88,8 @@ def recommend(findings: Sequence[Finding], layers: Sequence[LayerStats],
 
 def _explosion_fixes(recs: dict[R, Recommendation], exploding: list[LayerStats],
                      layers: Sequence[LayerStats]) -> None:
-    healthy = [x.grad_norm for x in layers if x not in exploding and x.grad_norm is not None
-               and x.grad_to_weight is not None and x.grad_to_weight <= 1.0]
     worst = max(exploding, key=lambda x: x.grad_norm or 0.0)
-    if healthy:
-        max_norm = _round_sig(math.sqrt(sum(g * g for g in healthy)) * 2)
-        basis = f"twice the total norm {max_norm / 2:.3g} of the layers that are not exploding"
-    else:
-        max_norm, basis = 1.0, "no layer is healthy to calibrate on, so the common default 1.0"
-    recs[R.CLIP_GRADIENTS] = _rec(
-        R.CLIP_GRADIENTS, _names(exploding),
-        f"gradient norms reach {worst.grad_norm:.3g} in {worst.name}; max_norm={max_norm:g} is {basis}",
-        f"loss.backward()\ntorch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={max_norm:g})\n"
-        "optimizer.step()")
+    _clip_fix(recs, exploding, layers, f"gradient norms reach {worst.grad_norm:.3g} in {worst.name}")
     ratios = [x.grad_to_weight for x in exploding if x.grad_to_weight]
     if ratios:
         peak = max(ratios)
@@ -108,6 +100,47 @@ def _explosion_fixes(recs: dict[R, Recommendation], exploding: list[LayerStats],
             f"lr={lr:g} brings the largest update/weight ratio to the healthy ~1e-3",
             f"optimizer = torch.optim.SGD(model.parameters(), lr={lr:g})\n"
             "# or Adam with warmup: torch.optim.lr_scheduler.LinearLR(optimizer, 0.01, total_iters=1000)")
+
+
+def _clip_fix(recs: dict[R, Recommendation], flagged: list[LayerStats], layers: Sequence[LayerStats],
+              what: str) -> None:
+    """clip-gradients for `flagged`, max_norm calibrated on the measured norms of the other layers."""
+    healthy = [x.grad_norm for x in layers if x not in flagged and x.grad_norm is not None
+               and x.grad_to_weight is not None and x.grad_to_weight <= 1.0]
+    if healthy:
+        max_norm = _round_sig(math.sqrt(sum(g * g for g in healthy)) * 2)
+        basis = f"twice the total norm {max_norm / 2:.3g} of the layers that are not exploding"
+    else:
+        max_norm, basis = 1.0, "no layer is healthy to calibrate on, so the common default 1.0"
+    recs[R.CLIP_GRADIENTS] = _rec(
+        R.CLIP_GRADIENTS, _names(flagged), f"{what}; max_norm={max_norm:g} is {basis}",
+        f"loss.backward()\ntorch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={max_norm:g})\n"
+        "optimizer.step()")
+
+
+def _through_time_fixes(recs: dict[R, Recommendation], vanishing: list[LayerStats],
+                        exploding: list[LayerStats], generic_exploding: list[LayerStats],
+                        layers: Sequence[LayerStats]) -> None:
+    """gated-rnn for a vanilla RNN vanishing through time; clip-gradients for one exploding through
+    time (Pascanu et al. 2013: clipping bounds the step however large the product of Jacobians)."""
+    recurrent = [x for x in vanishing if x.type_name in RECURRENT_VANILLA]
+    if recurrent:
+        x = recurrent[0]
+        steps = oriented_steps(x.step_grad_rms, x.step_entry_grad_rms, x.bidirectional)
+        horizon = effective_horizon(steps)
+        reach = f", below 1e-3 of its value at the loss {horizon} steps back" if horizon else ""
+        recs[R.GATED_RNN] = _rec(
+            R.GATED_RNN, _names(recurrent),
+            f"the gradient reaching the far end of {x.name}'s {len(steps)}-step sequence is "
+            f"{_far_over_peak(steps):.2g} of its peak{reach}: the recurrence shrinks it at every step",
+            "self.rnn = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True)\n"
+            "# or nn.GRU(...): the cell state gives the gradient a path with factor ~1")
+    if exploding:
+        x = exploding[0]
+        steps = oriented_steps(x.step_grad_rms, x.step_entry_grad_rms, x.bidirectional)
+        growth = steps[0] / steps[-1] if steps and steps[-1] > 0 else math.inf
+        _clip_fix(recs, [*generic_exploding, *exploding], layers,
+                  f"the gradient grows {growth:.3g}x back through the {len(steps)} steps of {x.name}")
 
 
 def _init_fixes(recs: dict[R, Recommendation], flagged: list[LayerStats],
@@ -159,15 +192,6 @@ def _vanishing_fixes(recs: dict[R, Recommendation], vanishing: list[LayerStats],
             R.SWAP_ACTIVATION, _names(saturating),
             f"{len(vanishing)} layers vanish behind {len(saturating)} {func} activations ({bound})",
             "nn.ReLU()  # or nn.GELU(), in place of nn.Sigmoid()/nn.Tanh() in hidden layers")
-    recurrent = [x for x in vanishing if x.type_name in RECURRENT_VANILLA]
-    if recurrent:
-        x = recurrent[0]
-        recs[R.GATED_RNN] = _rec(
-            R.GATED_RNN, _names(recurrent),
-            f"the gradient reaching the first time step of {x.name} is "
-            f"{_first_over_peak(x):.2g} of its peak: the recurrence shrinks it at every step",
-            "self.rnn = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True)\n"
-            "# or nn.GRU(...): the cell state gives the gradient a path with factor ~1")
     if not has_normalization and _dense_count(vanishing) >= 3:
         _normalization_fix(recs, vanishing, "decay")
         _skip_fix(recs, vanishing, "decay")
@@ -196,9 +220,9 @@ def _normalization_fix(recs: dict[R, Recommendation], flagged: list[LayerStats],
         f"nn.Sequential(layer, {norm}, activation)  # after each flagged layer")
 
 
-def _first_over_peak(layer: LayerStats) -> float:
-    steps = [s for s in layer.step_grad_rms if math.isfinite(s)]
-    return steps[0] / max(steps) if steps and max(steps) > 0 else 0.0
+def _far_over_peak(steps: Sequence[float]) -> float:
+    finite = [s for s in steps if math.isfinite(s)]
+    return steps[0] / max(finite) if finite and max(finite) > 0 else 0.0
 
 
 def _dense_count(layers: list[LayerStats]) -> int:

@@ -7,6 +7,23 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class RecurrentWeight:
+    """Spectrum of one recurrent weight matrix (or gate block), from the weights (recurrence.py)."""
+
+    name: str
+    """The parameter, e.g. "weight_hh_l0" or "weight_hh_l1_reverse"."""
+    block: str
+    """"all" (nn.RNN), "cell" (the tanh candidate block of an LSTM/GRU) or "gates" (the largest
+    over its sigmoid gate blocks)."""
+    spectral_radius: float | None
+    """Largest |eigenvalue| (None for a non-square block, as with LSTM proj_size)."""
+    largest_singular_value: float
+    bound: float
+    """1/gamma, gamma the bound on the activation's derivative (tanh, relu: 1; sigmoid: 4):
+    below it the gradient must vanish through time (Pascanu et al. 2013)."""
+
+
+@dataclass(frozen=True)
 class LayerProbe:
     """Raw measurements of one layer (a module owning parameters directly)."""
 
@@ -33,6 +50,11 @@ class LayerProbe:
     """Statistics of the parameter-free activation module fed by this layer, if any."""
     step_grad_rms: tuple[float, ...] = ()
     """Recurrent layers: RMS of the gradient w.r.t. the input at each time step (first → last)."""
+    step_entry_grad_rms: tuple[float, ...] = ()
+    """Recurrent layers: RMS of the gradient w.r.t. the output sequence at each time step, i.e.
+    the share each step gets directly from the loss (tells a bidirectional layer's near end)."""
+    bidirectional: bool = False
+    recurrent_weights: tuple[RecurrentWeight, ...] = ()
 
 
 @dataclass(frozen=True)

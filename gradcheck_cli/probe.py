@@ -24,6 +24,7 @@ from .errors import UserError
 from .forward_error import forward_failure
 from .losses import compute_loss
 from .measurements import LayerProbe, ProbeResult
+from .recurrence import recurrent_weights
 from .restore import restore_snapshot, take_snapshot
 from .stats import layer_role
 
@@ -48,7 +49,10 @@ class _LayerAcc:
     out_n: int = 0
     grad_sq: list[torch.Tensor] = field(default_factory=list)
     grad_n: int = 0
-    step_sq: list[torch.Tensor] = field(default_factory=list)
+    step_rms: list[torch.Tensor] = field(default_factory=list)
+    entry_rms: list[torch.Tensor] = field(default_factory=list)
+    time_dims: tuple[int, int] | None = None
+    """Recurrent layers whose input is watched: the (batch, feature) dims to average over."""
 
 
 @dataclass
@@ -240,11 +244,33 @@ def _watch_steps(module: nn.Module, acc: _LayerAcc, args: tuple[Any, ...],
     leaves.append(leaf)
     x = x + leaf
     time_dims = (0, 2) if module.batch_first else (1, 2)
+    acc.time_dims = time_dims
 
     def grad_hook(g: torch.Tensor) -> None:
-        acc.step_sq.append(g.detach().float().pow(2).mean(dim=time_dims))
+        acc.step_rms.append(_per_step_rms(g, time_dims))
     x.register_hook(grad_hook)
     return (x, *args[1:])
+
+
+def _watch_entries(acc: _LayerAcc, out: torch.Tensor) -> None:
+    """Per-step gradient w.r.t. a recurrent layer's output sequence: each step's direct share of
+    the loss (where the gradient enters), which tells a bidirectional layer's near end."""
+    dims = acc.time_dims
+    if dims is None or out.dim() != 3:
+        return
+
+    def hook(g: torch.Tensor) -> None:
+        acc.entry_rms.append(_per_step_rms(g, dims))
+    out.register_hook(hook)
+
+
+def _per_step_rms(g: torch.Tensor, dims: tuple[int, int]) -> torch.Tensor:
+    """RMS over (batch, features) per step, scaled by the step's max |g| first: the far steps of a
+    vanishing RNN hold ~1e-37, whose square would underflow float32 to 0."""
+    g = g.detach().float()
+    scale = g.abs().amax(dim=dims, keepdim=True)
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return (g / safe).pow(2).mean(dim=dims).sqrt() * scale.flatten()
 
 
 def _post_hook(name: str, acc: _LayerAcc | None, act: _ActAcc | None,
@@ -271,6 +297,7 @@ def _post_hook(name: str, acc: _LayerAcc | None, act: _ActAcc | None,
             state["last_layer"] = acc.name
             if out.requires_grad:
                 out.register_hook(_grad_hook(acc, out.numel()))
+                _watch_entries(acc, out)
         if act is not None:
             _record_activation(act, out.detach(), state["last_layer"])
     return hook
@@ -369,11 +396,7 @@ def _finish_layer(layer: _LayerAcc, li: int, params: list[nn.Parameter], receive
             torch.stack([torch.linalg.vector_norm(p.detach(), dtype=torch.float32) for p in own])))
     out_sq = float(torch.stack(layer.out_sq).sum()) if layer.out_sq else None
     grad_sq = float(torch.stack(layer.grad_sq).sum()) if layer.grad_sq else None
-    steps: tuple[float, ...] = ()
-    if layer.step_sq:
-        lengths = {t.shape[0] for t in layer.step_sq}
-        if len(lengths) == 1:
-            steps = tuple(math.sqrt(v) for v in torch.stack(layer.step_sq).mean(0).tolist())
+    steps, entries = _step_rms(layer.step_rms), _step_rms(layer.entry_rms)
     activation: dict[str, Any] = {}
     for act in acts.values():
         if act.producer == layer.name:
@@ -402,7 +425,18 @@ def _finish_layer(layer: _LayerAcc, li: int, params: list[nn.Parameter], receive
         output_nonfinite=out_sq is not None and not math.isfinite(out_sq),
         activation=activation,
         step_grad_rms=steps,
+        step_entry_grad_rms=entries,
+        bidirectional=bool(getattr(layer.module, "bidirectional", False)),
+        recurrent_weights=recurrent_weights(layer.module) if isinstance(layer.module, RECURRENT) else (),
     )
+
+
+def _step_rms(per_call: list[torch.Tensor]) -> tuple[float, ...]:
+    """Per-step RMS over all calls (root of the mean square, in float64 on the host so that tiny
+    values survive squaring); () when the calls' lengths differ."""
+    if not per_call or len({t.shape[0] for t in per_call}) != 1:
+        return ()
+    return tuple(torch.stack(per_call).cpu().double().pow(2).mean(0).sqrt().tolist())
 
 
 def _fan_in(weight: torch.Tensor | None) -> int | None:

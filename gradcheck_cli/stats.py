@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .measurements import LayerProbe
+from .measurements import LayerProbe, RecurrentWeight
 
 # Weights whose RMS is below this are "zero" (zero-initialised heads, LoRA B): a gradient/weight
 # ratio would be meaningless there.
@@ -38,6 +38,9 @@ class LayerStats:
     output_nonfinite: bool
     activation: dict[str, Any] = field(default_factory=dict)
     step_grad_rms: tuple[float, ...] = ()
+    step_entry_grad_rms: tuple[float, ...] = ()
+    bidirectional: bool = False
+    recurrent_weights: tuple[RecurrentWeight, ...] = ()
 
 
 def layer_role(type_name: str, param_dims: int) -> str:
@@ -75,5 +78,6 @@ def _layer_stats(lp: LayerProbe, index: int) -> LayerStats:
         grad_to_weight=gtw, grad_rms=grad_rms, nonfinite_grads=lp.nonfinite_grads,
         output_rms=lp.output_rms, output_grad_rms=lp.output_grad_rms,
         output_nonfinite=lp.output_nonfinite, activation=activation,
-        step_grad_rms=lp.step_grad_rms,
+        step_grad_rms=lp.step_grad_rms, step_entry_grad_rms=lp.step_entry_grad_rms,
+        bidirectional=lp.bidirectional, recurrent_weights=lp.recurrent_weights,
     )

@@ -65,16 +65,34 @@ def test_sigmoid_vanishing_gets_swap_activation_and_tiny_tanh_init_gets_xavier()
 
 def test_normalization_is_not_recommended_to_a_normalized_model() -> None:
     stack = [_layer(f"l{i}", gtw=1e-9) for i in range(4)]
-    findings = [_finding(FindingKind.VANISHING, x.name) for x in stack]
+    run = {"stack_signal": "gradient", "stack_trend": "decay", "stack_gain_per_layer": 0.1,
+           "stack_total": 1e-3, "stack_layers": 4, "stack_first": "l0", "stack_last": "l3",
+           "stack_normalized": 0, "stack_residual": 0, "stack_plain": 1}
+    findings = [Finding(FindingKind.VANISHING, x.name, Severity.WARNING, "m", dict(run)) for x in stack]
     assert RecommendationId.ADD_NORMALIZATION in [r.id for r in recommend(findings, stack, False)]
     assert RecommendationId.ADD_NORMALIZATION not in [r.id for r in recommend(findings, stack, True)]
+    # Without a measured geometric run (stack_* evidence) neither structural fix is offered.
+    bare = [_finding(FindingKind.VANISHING, x.name) for x in stack]
+    ids = [r.id for r in recommend(bare, stack, False)]
+    assert RecommendationId.ADD_NORMALIZATION not in ids and RecommendationId.ADD_SKIP not in ids
 
 
 def test_vanilla_rnn_gets_gated_rnn() -> None:
     rnn = replace(_layer("rnn", function="", type_name="RNN"), step_grad_rms=(1e-9, 1e-3, 1.0))
-    recs = recommend([_finding(FindingKind.VANISHING, "rnn")], [rnn], False)
+    recs = recommend([_finding(FindingKind.VANISHING_THROUGH_TIME, "rnn")], [rnn], False)
     gated = [r for r in recs if r.id == RecommendationId.GATED_RNN]
     assert gated and gated[0].layers == ("rnn",) and "1e-09" in gated[0].why
+    # An RNN vanishing for another reason (e.g. a tiny init) is not told to become an LSTM.
+    recs = recommend([_finding(FindingKind.VANISHING, "rnn")], [rnn], False)
+    assert RecommendationId.GATED_RNN not in [r.id for r in recs]
+
+
+def test_rnn_exploding_through_time_gets_clip_gradients_with_a_max_norm() -> None:
+    rnn = replace(_layer("rnn", gtw=30.0, function="", type_name="RNN"), step_grad_rms=(5e3, 10.0, 1.0))
+    head = _layer("head", gtw=0.5, function="")  # grad norm 4.0
+    recs = recommend([_finding(FindingKind.EXPLODING_THROUGH_TIME, "rnn")], [rnn, head], False)
+    clip = next(r for r in recs if r.id == RecommendationId.CLIP_GRADIENTS)
+    assert clip.layers == ("rnn",) and "max_norm=8" in clip.code and "5e+03x" in clip.why
 
 
 def test_nan_input_gets_check_inputs_and_unsafe_op_gets_guard() -> None:

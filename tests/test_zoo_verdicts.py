@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gradcheck_cli import scan
-from gradcheck_cli.report import FindingKind, RecommendationId
+from gradcheck_cli.gate import STATUS_FAMILY
+from gradcheck_cli.report import RecommendationId
 from gradcheck_cli.zoo import BUILTINS
 
 # What each broken built-in must be told to change (DOMAIN.md's fix for its cause).
@@ -28,6 +29,7 @@ def test_builtin_verdict(builtin, seed: int) -> None:  # type: ignore[no-untyped
         assert report.findings == ()
         assert report.recommendations == ()
     else:
-        assert any(f.kind == FindingKind(builtin.verdict) for f in report.findings)
+        # The verdict's family: rnn-long's finding is vanishing-through-time (gate.STATUS_FAMILY).
+        assert any(f.kind in STATUS_FAMILY[builtin.verdict] for f in report.findings)
         assert builtin.name in EXPECTED_FIX, "document the fix this built-in demonstrates"
         assert EXPECTED_FIX[builtin.name] in [r.id for r in report.recommendations]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..report import Finding, FindingKind
-from . import exploding, nonfinite, nonfinite_input, vanishing
+from . import exploding, nonfinite, nonfinite_input, through_time, vanishing
 from .context import CheckContext
 
 CHECKS: dict[FindingKind, Callable[[CheckContext], list[Finding]]] = {
@@ -17,6 +17,8 @@ CHECKS: dict[FindingKind, Callable[[CheckContext], list[Finding]]] = {
     FindingKind.NONFINITE: nonfinite.check,
     FindingKind.EXPLODING: exploding.check,
     FindingKind.VANISHING: vanishing.check,
+    FindingKind.EXPLODING_THROUGH_TIME: through_time.check_exploding,
+    FindingKind.VANISHING_THROUGH_TIME: through_time.check_vanishing,
 }
 
 

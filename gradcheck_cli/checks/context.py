@@ -46,7 +46,11 @@ def layer_evidence(layer: LayerStats) -> dict[str, Number]:
 
 def status_findings(context: CheckContext, status: Status, kind: FindingKind, severity: Severity,
                     phrase: str) -> list[Finding]:
-    """One finding per layer classified `status`, its message the rule that fired."""
+    """One finding per layer classified `status`, its message the rule that fired.
+
+    Layers whose status comes from the gradient through time are left to checks/through_time.py,
+    which reports them as vanishing-through-time / exploding-through-time instead.
+    """
     return [Finding(kind, layer.name, severity,
                     f"{layer.name} ({layer.type_name}) {phrase}: {verdict.reason}", layer_evidence(layer))
-            for layer, verdict in context.layers_with(status)]
+            for layer, verdict in context.layers_with(status) if not verdict.through_time]

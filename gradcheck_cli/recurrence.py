@@ -1,0 +1,119 @@
+"""Recurrent layers: spectra of the recurrent weights and the shape of the gradient through time.
+
+No hooks here. `recurrent_weights` reads an nn.RNN/LSTM/GRU's weights (torch is imported inside
+it, so importing this module stays torch-free); the other helpers are pure functions of the
+per-step gradient profile that probe.py measured.
+
+Pascanu, Mikolov & Bengio 2013 (section 3.2, "On the difficulty of training recurrent neural
+networks"): the gradient from step T back to step t is multiplied by the product of the Jacobians
+diag(f'(a_k)) W_hh^T, k = t+1..T. With |f'| <= gamma, its norm is at most
+(gamma * sigma_max(W_hh))^(T - t): sigma_max(W_hh) < 1/gamma is sufficient for vanishing, and
+sigma_max(W_hh) > 1/gamma (or a spectral radius > 1/gamma for a linear recurrence) is necessary
+for exploding. gamma is 1 for tanh and ReLU, 1/4 for sigmoid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from .measurements import RecurrentWeight
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# 1/gamma, the largest singular value at which Pascanu's bound stops guaranteeing vanishing.
+ACTIVATION_BOUND = {"tanh": 1.0, "relu": 1.0, "sigmoid": 4.0}
+
+HORIZON_FRACTION = 1e-3
+"""The effective horizon ends where the per-step gradient is below this fraction of its value at
+the step nearest the loss (the same 1e-3 as the vanishing rules, after AUTOTRAINER)."""
+
+# PyTorch stacks the gate blocks of weight_hh along dim 0 in these orders (torch.nn.LSTM/GRU docs).
+# The candidate block ("g" of the LSTM, "n" of the GRU) goes through tanh; the gates through sigmoid.
+GATE_ORDER = {"LSTM": ("i", "f", "g", "o"), "GRU": ("r", "z", "n")}
+CANDIDATE = {"LSTM": "g", "GRU": "n"}
+
+
+def recurrent_weights(module: nn.Module) -> tuple[RecurrentWeight, ...]:
+    """Spectral radius and largest singular value of every weight_hh_l{k}[_reverse].
+
+    nn.RNN: the whole matrix, with the bound 1/gamma of its nonlinearity (tanh, relu: 1).
+    nn.LSTM / nn.GRU: W_hh stacks one H x H block per gate. The candidate block (tanh, bound 1)
+    is the one that carries h_{t-1} into the new state as in a vanilla RNN; the sigmoid gate
+    blocks (bound 4) are summarised by the largest of their values. For gated cells these numbers
+    are context, not a verdict: the cell state's own path c_t = f_t * c_{t-1} + ... is scaled by
+    the forget gate's value, which the weights alone do not give (Hochreiter & Schmidhuber 1997).
+    An LSTM with proj_size has non-square blocks: their spectral radius is None.
+    """
+    kind = type(module).__name__
+    gates = GATE_ORDER.get(kind)
+    out: list[RecurrentWeight] = []
+    for name, param in module.named_parameters(recurse=False):
+        if not name.startswith("weight_hh"):
+            continue
+        w = param.detach().double().cpu()
+        if gates is None:
+            bound = ACTIVATION_BOUND.get(str(getattr(module, "nonlinearity", "tanh")), 1.0)
+            out.append(_spectrum(name, "all", [w], bound))
+            continue
+        blocks = dict(zip(gates, w.chunk(len(gates), dim=0)))
+        candidate = CANDIDATE[kind]
+        out.append(_spectrum(name, "cell", [blocks[candidate]], ACTIVATION_BOUND["tanh"]))
+        out.append(_spectrum(name, "gates", [b for g, b in blocks.items() if g != candidate],
+                             ACTIVATION_BOUND["sigmoid"]))
+    return tuple(out)
+
+
+def _spectrum(name: str, block: str, mats: list[torch.Tensor], bound: float) -> RecurrentWeight:
+    """The largest spectral radius and singular value over `mats` (float64, on the CPU)."""
+    import torch
+
+    radii = [float(torch.linalg.eigvals(m).abs().max()) for m in mats if m.shape[0] == m.shape[1]]
+    sigmas = [float(torch.linalg.matrix_norm(m, ord=2)) for m in mats]
+    return RecurrentWeight(name=name, block=block, spectral_radius=max(radii) if radii else None,
+                           largest_singular_value=max(sigmas), bound=bound)
+
+
+def near_end(entry: Sequence[float], bidirectional: bool) -> str:
+    """Which end of the sequence ("first" or "last" step) is nearest the loss.
+
+    A unidirectional layer carries gradient only backwards in time, so the last step is nearest
+    the loss and the first step is the far end. A bidirectional layer's fused kernel sums both
+    directions at every input step, so the input-gradient profile alone cannot say which end the
+    gradient came in at: `entry`, the gradient arriving at the layer's output per step (each
+    step's direct share of the loss), tells. When more of it arrives at the first step than at the
+    last (the loss reads the reverse direction's final output, out[:, 0]), the reverse direction
+    carries the gradient from the first step towards the last, and the first step is the near end.
+    Otherwise (out[:, -1], equal shares as with pooling, or a loss that reads only h_n, which the
+    output gradient does not see) the forward direction's orientation is kept.
+    """
+    if bidirectional and len(entry) >= 2 and entry[0] > entry[-1]:
+        return "first"
+    return "last"
+
+
+def oriented_steps(steps: Sequence[float], entry: Sequence[float], bidirectional: bool) -> tuple[float, ...]:
+    """The per-step gradient ordered from the far end of the sequence to the near end (see near_end)."""
+    if near_end(entry, bidirectional) == "first" and len(entry) == len(steps):
+        return tuple(reversed(steps))
+    return tuple(steps)
+
+
+def effective_horizon(oriented: Sequence[float], fraction: float = HORIZON_FRACTION) -> int | None:
+    """Steps back from the step nearest the loss until the gradient is below `fraction` of its value there.
+
+    None when it never falls that low within the sequence (the whole sequence is within reach),
+    or when no gradient arrives at the near end at all.
+    """
+    if len(oriented) < 2:
+        return None
+    near = oriented[-1]
+    if not (math.isfinite(near) and near > 0):
+        return None
+    for back, value in enumerate(reversed(oriented[:-1]), start=1):
+        if value < fraction * near:
+            return back
+    return None
