@@ -15,7 +15,9 @@ import difflib
 from dataclasses import dataclass
 
 from .classify import Thresholds
+from .checks import divergence as _divergence
 from .errors import UserError
+from .recurrence import HORIZON_FRACTION
 from .report import FindingKind, RecommendationId
 
 
@@ -95,13 +97,37 @@ NOT_YET_RECOMMENDED = "Not yet recommended by this version: no rule emits this r
 
 # The through-time rules of classify.py, quoted by several entries.
 _RNN_VANISH = (
-    f"- first time step vs peak: a vanilla nn.RNN whose first step receives less than "
+    f"- far end vs peak: a vanilla nn.RNN whose far end of the sequence receives less than "
     f"{_num(T.vanish_relative)} of the peak per-step gradient vanishes through time (the 1e-3 ratio of "
     "AUTOTRAINER, applied along time as Pascanu et al. 2013 describe the decay).")
 _RNN_EXPLODE = (
-    f"- first vs last step: any recurrent layer whose first step receives more than "
-    f"{_num(T.explode_relative)}x the gradient of the last step explodes through time (AUTOTRAINER's "
+    f"- far end vs near end: any recurrent layer (RNN, LSTM, GRU) whose far end receives more than "
+    f"{_num(T.explode_relative)}x the gradient at the near end explodes through time (AUTOTRAINER's "
     "70, along time).")
+_RNN_ENDS = (
+    "The near end is the step nearest the loss: the last step of a unidirectional layer; for a "
+    "bidirectional layer, the end where more of the output gradient enters. The far end is the other "
+    "one.")
+_THROUGH_TIME_MEASURED = (
+    "For nn.RNN, nn.LSTM and nn.GRU layers (any num_layers, batch_first or not, bidirectional): the "
+    "gradient with respect to the layer's input at every time step, which includes what flows back "
+    "through the recurrence (the gradient at the fused layer's output holds only each step's direct "
+    "share and would miss it), as an RMS per step averaged over the probe batches. From it: the "
+    "gradient at the far and near ends of the sequence, their ratio and the geometric per-step "
+    "factor; the effective horizon, the number of steps back from the near end until the gradient "
+    f"falls below {_num(HORIZON_FRACTION)} of its value there ('all' when it never does); and, for "
+    "every weight_hh, its spectral radius and largest singular value against Pascanu's bound "
+    "1/gamma (gamma bounds |f'|: 1 for tanh and relu, 1/4 for the sigmoid gates, so their bound is "
+    "4). For LSTM/GRU the candidate block and the largest gate block are reported.\n\n"
+    "Evidence keys: steps, bidirectional, near_end, far_end_step_grad_rms, near_end_step_grad_rms, "
+    "far_over_near, per_step_factor, effective_horizon, first_step_grad_rms, last_step_grad_rms, "
+    "peak_step_grad_rms, grad_norm, weight_norm, grad_to_weight, grad_rms, output_grad_rms, "
+    "activation_rms, "
+    "max_largest_singular_value, max_spectral_radius, recurrent_bound, and per weight_hh "
+    "<name>.spectral_radius, <name>.largest_singular_value, <name>.bound.")
+_THROUGH_TIME_ELSEWHERE = (
+    "A recurrent layer whose status comes from the gradient through time is reported as "
+    "vanishing-through-time or exploding-through-time instead (see gradcheck explain).")
 _RNN_GATED = (
     "- LSTM/GRU are never called vanishing through time: at init their forget gates decay the gradient "
     "by design (forget bias 0 gives a factor ~0.5 per step) and learn to keep it.")
@@ -117,17 +143,15 @@ FINDINGS: dict[FindingKind, Entry] = {
             "learning while the last ones still do.\n\n"
             "Common causes: saturating activations (sigmoid'(x) <= 0.25 everywhere, so every sigmoid "
             "layer divides the gradient by at least 4); weights initialised too small (e.g. N(0, 0.01)); "
-            "depth without a short path (no residual connection); a vanilla RNN, whose recurrence "
-            "multiplies the same W_hh once per time step."),
+            "depth without a short path (no residual connection)."),
         measured=(
             "Per layer (a module that owns parameters), averaged over the probe batches: grad_norm (L2 "
             "norm of the layer's own parameter gradients), weight_norm, grad_to_weight = grad_norm / "
             "weight_norm (times the learning rate, the relative change one SGD step makes), grad_rms (the "
-            "typical gradient element), the RMS of the output and of the gradient arriving at the output, "
-            "and for recurrent layers the gradient reaching every time step of the input.\n\n"
+            "typical gradient element), and the RMS of the output and of the gradient arriving at the "
+            "output.\n\n"
             "Evidence keys: grad_norm, weight_norm, grad_to_weight, grad_rms, output_grad_rms, "
-            "activation_rms; first_step_grad_rms, last_step_grad_rms, peak_step_grad_rms for recurrent "
-            "layers."),
+            "activation_rms."),
         thresholds=(
             f"- relative: grad/weight below {_num(T.vanish_relative)} of the best dense layer's, with no "
             "dense layer before it learning faster (AUTOTRAINER's first/last gradient ratio < 1e-3, "
@@ -136,16 +160,15 @@ FINDINGS: dict[FindingKind, Entry] = {
             "would move by less than 1e-7 per step, three decades under TheDeepChecker's lower bound of "
             "1e-4 on the update ratio.\n"
             f"- zero weights (no ratio exists): gradient RMS below {_num(T.vanish_grad_rms)} (SageMaker "
-            "Debugger's vanishing_gradient rule).\n"
-            f"{_RNN_VANISH}\n\n"
+            "Debugger's vanishing_gradient rule).\n\n"
             "Normalization affine parameters and embedding tables are judged by the absolute rules only: "
-            "their grad/weight is not comparable with a weight matrix's."),
+            f"their grad/weight is not comparable with a weight matrix's. {_THROUGH_TIME_ELSEWHERE}"),
         fix=(
             "Find the cause among the findings and recommendations of the same scan: swap saturating "
             "activations for ReLU/GELU (swap-activation), re-initialise with the variance-preserving "
             "std (he-init, xavier-init), add normalization or residual connections to deep plain stacks "
-            "(add-normalization, add-skip), use LSTM/GRU instead of a vanilla RNN (gated-rnn)."),
-        references=(GLOROT_2010, BENGIO_1994, AUTOTRAINER, DEEPCHECKER, SAGEMAKER, PASCANU_2013),
+            "(add-normalization, add-skip)."),
+        references=(GLOROT_2010, AUTOTRAINER, DEEPCHECKER, SAGEMAKER, SAXE_2014),
     ),
     K.EXPLODING: Entry(
         K.EXPLODING.value, "Exploding gradient",
@@ -157,29 +180,27 @@ FINDINGS: dict[FindingKind, Entry] = {
             "Common causes: weights initialised too large (e.g. N(0, 1): activations and gradients grow "
             "by ~sqrt(fan_in x gain) per layer); a deep plain stack (even with BatchNorm, which explodes "
             "at init without residual connections, Yang et al. 2019); a learning rate that makes the "
-            "weights grow; a recurrence whose W_hh has spectral radius above 1. Left alone, the values "
-            "overflow to inf, then turn NaN."),
+            "weights grow. Left alone, the values overflow to inf, then turn NaN."),
         measured=(
             "The same per-layer quantities as for vanishing gradients: grad_norm, weight_norm, "
             "grad_to_weight, grad_rms, and the RMS of the gradient arriving at each layer's output "
             "(output_grad_rms), which is compared along a stack of identical layers.\n\n"
             "Evidence keys: grad_norm, weight_norm, grad_to_weight, grad_rms, output_grad_rms, "
-            "activation_rms; first_step_grad_rms, last_step_grad_rms, peak_step_grad_rms for recurrent "
-            "layers."),
+            "activation_rms."),
         thresholds=(
             f"- absolute: grad/weight above {_num(T.explode_grad_to_weight)}: even a learning rate of 1e-4 "
             "changes the weights by more than 10% in one step, beyond TheDeepChecker's upper bound on the "
             "update ratio (log10 <= -1). Healthy models measure 1e-3..5 here.\n"
             f"- growth through a stack: in a stack of at least {T.min_stack} identical dense layers (same "
             f"type and size), a gradient at a layer's output more than {_num(T.explode_relative)}x that at "
-            "the stack's last layer (AUTOTRAINER's > 70 gradient ratio).\n"
-            f"{_RNN_EXPLODE}"),
+            "the stack's last layer (AUTOTRAINER's > 70 gradient ratio).\n\n"
+            f"{_THROUGH_TIME_ELSEWHERE}"),
         fix=(
             "Stop a single step from wrecking the weights with gradient clipping (clip-gradients) and a "
             "lower learning rate (lower-lr); remove the cause with the variance-preserving init (he-init, "
             "xavier-init) and, for deep plain stacks, normalization and residual connections "
             "(add-normalization, add-skip)."),
-        references=(GLOROT_2010, HE_2015, PASCANU_2013, YANG_2019, AUTOTRAINER, DEEPCHECKER),
+        references=(GLOROT_2010, HE_2015, YANG_2019, AUTOTRAINER, DEEPCHECKER),
     ),
     K.NONFINITE: Entry(
         K.NONFINITE.value, "NaN/Inf in the forward or backward pass",
@@ -220,18 +241,13 @@ FINDINGS: dict[FindingKind, Entry] = {
             "shrinks the gradient and the contribution of step k vanishes exponentially in T - k "
             "(a sufficient condition, Pascanu et al. 2013). The layer then learns only from the last few "
             "steps (Bengio et al. 1994)."),
-        measured=(
-            "The gradient with respect to the recurrent layer's input at every time step, through the "
-            "recurrence (not only each step's direct share), as an RMS per step averaged over the probe "
-            "batches: its value at the first and the last step and its peak; the effective horizon (how "
-            "many steps back from the loss the per-step gradient stays above 1e-3 of its value at the "
-            "loss); and the largest singular value of each W_hh against the bound 1/gamma.\n\n"
-            "Evidence keys: first_step_grad_rms, last_step_grad_rms, peak_step_grad_rms."),
+        measured=_THROUGH_TIME_MEASURED,
         thresholds=(
             f"{_RNN_VANISH}\n"
             f"{_RNN_GATED}\n"
-            "- W_hh's largest singular value below 1/gamma (1 for tanh) is the supporting evidence: "
-            "Pascanu et al. 2013's sufficient condition for vanishing."),
+            "- W_hh's largest singular value below 1/gamma is reported as supporting evidence, not a rule: "
+            "Pascanu et al. 2013's sufficient condition for vanishing.\n\n"
+            f"{_RNN_ENDS}"),
         fix=(
             "Use a gated cell, nn.LSTM or nn.GRU, instead of nn.RNN (gated-rnn): the cell state gives the "
             "gradient a path whose factor is the forget gate, learned near 1. An orthogonal W_hh init "
@@ -248,15 +264,13 @@ FINDINGS: dict[FindingKind, Entry] = {
             "tanh), the product can grow exponentially with the distance to the loss: a necessary "
             "condition for explosion (Pascanu et al. 2013). A single long sequence then produces a step "
             "large enough to throw the weights off a cliff of the loss surface."),
-        measured=(
-            "The gradient with respect to the recurrent layer's input at every time step, through the "
-            "recurrence, as an RMS per step averaged over the probe batches, compared between the first "
-            "and the last step; and the largest singular value of each W_hh against 1/gamma.\n\n"
-            "Evidence keys: first_step_grad_rms, last_step_grad_rms, peak_step_grad_rms."),
+        measured=_THROUGH_TIME_MEASURED,
         thresholds=(
             f"{_RNN_EXPLODE}\n"
-            "- W_hh's largest singular value above 1/gamma (1 for tanh) is the supporting evidence: "
-            "Pascanu et al. 2013's necessary condition for explosion."),
+            "- W_hh's largest singular value above 1/gamma is reported as supporting evidence, not a rule: "
+            "Pascanu et al. 2013's necessary condition for explosion. For LSTM/GRU the forget gate, not "
+            "W_hh, sets the gain along the cell state.\n\n"
+            f"{_RNN_ENDS}"),
         fix=(
             "Clip the gradient norm (clip-gradients), the remedy Pascanu et al. 2013 propose: the step keeps "
             "its direction and a bounded length. A gated cell (LSTM/GRU) and an orthogonal W_hh init keep "
@@ -348,26 +362,37 @@ FINDINGS: dict[FindingKind, Entry] = {
         K.DIVERGENCE.value, "Divergence over optimizer steps",
         "The loss rises step over step or turns NaN/Inf during the probe's optimizer steps.",
         mechanism=(
-            "Gradient descent with a learning rate above ~2 / (the largest curvature of the loss) overshoots "
-            "the minimum along the steepest direction: each step lands further away, the loss grows "
-            "geometrically, then overflows to inf/NaN. The practical sign is the update/weight ratio "
-            "(how much one step changes each weight, relatively): healthy around 1e-3, far above it the "
-            "steps are too large."),
+            "Gradient descent with a learning rate above the stability limit 2/L (L the local curvature "
+            "of the loss) overshoots the minimum along the steepest direction: each step lands further "
+            "away, the loss grows geometrically, then overflows to inf/NaN. Below that limit a step "
+            "lowers the loss of the batch it was taken on (the descent lemma), so a healthy run falls or "
+            "wobbles. The practical sign is the update/weight ratio, how much one step changes the "
+            "weights relative to their norm: healthy around 1e-3, far above it the steps are too large."),
         measured=(
-            "With --steps N (N optimizer steps between the probe batches, weights restored afterwards): "
-            "the loss at every step and, per layer, the update/weight ratio: lr |g| / |w| for SGD, the "
-            "actual change |w_after - w_before| / |w_before| for Adam/AdamW (whose step does not scale with "
-            "|g|). Without --steps this finding cannot fire.\n\n"
-            "Evidence keys: the per-step losses and the largest update/weight ratio."),
+            "With --steps N (N optimizer steps on each probe batch; the weights are restored afterwards): "
+            "the chronological loss trace (each probe batch, then the losses after the steps taken on "
+            "it), the total gradient norm before any step, and the update/weight ratio |dw|/|w| of the "
+            "first step at the initial weights: lr |g|/|w| for SGD, the measured change for Adam/AdamW "
+            "(whose step does not scale with |g|). Without --steps this finding cannot fire. The finding "
+            "concerns the whole run (layer null).\n\n"
+            "Evidence keys: losses, first_loss, last_loss, rises, first_nonfinite_at, optimizer, lr, "
+            "steps, max_update_to_weight, max_update_layer, suggested_lr, initial_grad_norm."),
         thresholds=(
-            "- the loss rises steadily over the optimizer steps, or turns NaN/Inf during them (DOMAIN.md: "
-            "'loss grows step over step, then inf/NaN').\n"
-            "- the update/weight ratio is compared with the healthy ~1e-3 (CS231n; TheDeepChecker bounds "
-            "log10 of the ratio between -4 and -1)."),
+            "- the loss turns NaN/Inf during the steps after being finite at the first probe batch (a "
+            "NaN already at the start is the nonfinite finding's); or\n"
+            f"- the loss rises at each of the last {_divergence.RISES} transitions of the trace (all of "
+            f"them if it is shorter) and ends more than {_num(_divergence.GROWTH)}x its starting value: one "
+            "rise is batch-to-batch noise, several in a row are not, and the doubling keeps the small "
+            "oscillations of a learning rate near the limit (which still trains) from counting "
+            "(DOMAIN.md: 'loss grows step over step, then inf/NaN').\n"
+            f"- the suggested learning rate brings the largest update/weight ratio to "
+            f"{_num(_divergence.HEALTHY_UPDATE)}: lr x {_num(_divergence.HEALTHY_UPDATE)} / ratio, one "
+            "significant figure (CS231n's ~1e-3; TheDeepChecker bounds log10 of the ratio between -4 "
+            "and -1); lr / 10 without a usable ratio (DOMAIN.md's 'a learning rate 10x lower')."),
         fix=(
-            "Lower the learning rate (lower-lr) to one that brings the largest update/weight ratio near "
-            "1e-3, or add warmup and a decay schedule; clip the gradient norm (clip-gradients) so one "
-            "large gradient cannot throw the weights away."),
+            "Lower the learning rate (lower-lr) to the suggested one, or add warmup and a decay schedule; "
+            "clip the gradient norm (clip-gradients) so one large gradient cannot throw the weights "
+            "away."),
         references=(CS231N, DEEPCHECKER, PASCANU_2013, GOODFELLOW_2016),
     ),
     K.NONFINITE_INPUT: Entry(
@@ -667,8 +692,7 @@ FIXES: dict[RecommendationId, Entry] = {
 }
 
 RELATED: dict[FindingKind, tuple[RecommendationId, ...]] = {
-    K.VANISHING: (R.SWAP_ACTIVATION, R.HE_INIT, R.XAVIER_INIT, R.GATED_RNN, R.ADD_NORMALIZATION,
-                  R.ADD_SKIP),
+    K.VANISHING: (R.SWAP_ACTIVATION, R.HE_INIT, R.XAVIER_INIT, R.ADD_NORMALIZATION, R.ADD_SKIP),
     K.EXPLODING: (R.CLIP_GRADIENTS, R.LOWER_LR, R.HE_INIT, R.XAVIER_INIT, R.ADD_NORMALIZATION,
                   R.ADD_SKIP, R.WEIGHT_DECAY),
     K.NONFINITE: (R.GUARD_NONFINITE, R.CLIP_GRADIENTS, R.LOWER_LR),

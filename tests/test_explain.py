@@ -150,7 +150,9 @@ def test_fixes_only_recommend_what_the_catalogue_says_the_finding_justifies() ->
     assert emitted == unmarked
 
 
-def test_every_builtin_scan_recommends_only_what_its_findings_justify() -> None:
+def test_every_builtin_scan_agrees_with_the_catalogue() -> None:
+    """Real scans: each recommendation is justified by a finding the catalogue links to it, and
+    every evidence key a finding carries is named in its kind's "What gradcheck measures"."""
     from gradcheck_cli import scan
     from gradcheck_cli.zoo import BUILTINS
 
@@ -159,6 +161,12 @@ def test_every_builtin_scan_recommends_only_what_its_findings_justify() -> None:
         kinds = {f.kind for f in report.findings}
         for rec in report.recommendations:
             assert kinds & set(catalog.justifying_findings(rec.id)), (builtin.name, rec.id, kinds)
+        for finding in report.findings:
+            measured = FINDINGS[finding.kind].measured
+            for key in finding.evidence:
+                # Per-weight keys ("weight_hh_l0.bound") are documented as "<name>.bound".
+                documented = f"<name>.{key.split('.', 1)[1]}" if "." in key else key
+                assert documented in measured, (finding.kind.value, key)
 
 
 # --------------------------------------------------------------------------- the commands
