@@ -68,3 +68,7 @@ def check_scannable(model: nn.Module, source: str) -> None:
             if buffers else "no parameters or buffers"
         raise UserError(f"{source}: {type(model).__name__} has no parameters, {held}: no gradient "
                         "to check, nothing to check; scan a model with trainable weights")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UserError(f"{source}: {type(model).__name__} has no trainable parameters (all have "
+                        "requires_grad=False), so no gradient flows: nothing to check; unfreeze "
+                        "what you train (e.g. model.requires_grad_(True)) in build_model")
