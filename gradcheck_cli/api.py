@@ -75,7 +75,9 @@ def _scan(target: str | Target, config: ScanConfig, thresholds: Thresholds, stag
     context = CheckContext(layers, verdicts, thresholds, probe.losses, probe.nonfinite_input,
                            probe.first_nonfinite_module, nonfinite_origin=probe.nonfinite_origin,
                            loss_trace=probe.loss_trace, steps=config.steps, optimizer=config.optimizer,
-                           lr=config.lr, first_grad_norm=probe.first_grad_norm)
+                           lr=config.lr, first_grad_norm=probe.first_grad_norm,
+                           first_step_update=probe.first_step_update,
+                           residual_modules=probe.residual_modules)
     findings = run_checks(context)
     model_verdict = verdict(statuses)
     if model_verdict != Status.NONFINITE and any(f.kind.value.startswith("nonfinite") for f in findings):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from .cause_fixes import activation_fix, init_fixes, structure_fixes
 from .recurrence import effective_horizon, oriented_steps
 from .report import Finding, FindingKind, Recommendation, RecommendationId
 from .stats import LayerStats
@@ -36,8 +37,6 @@ TITLES = {
 }
 
 SATURATING = {"Sigmoid", "Tanh", "Hardtanh", "Softsign", "Hardsigmoid"}
-RECTIFIERS = {"ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "CELU", "SELU", "GELU",
-              "SiLU", "Mish", "Softplus", "Hardswish"}
 RECURRENT_VANILLA = {"RNN", "RNNCell"}
 
 
@@ -57,32 +56,23 @@ def recommend(findings: Sequence[Finding], layers: Sequence[LayerStats],
             "assert torch.isfinite(inputs).all() and torch.isfinite(target).all()\n"
             "inputs = torch.nan_to_num(inputs)  # or drop the bad samples / fix the loader")
     elif FindingKind.NONFINITE in kinds:
-        origin = next((f.evidence.get("origin") for f in findings
-                       if f.kind == FindingKind.NONFINITE and f.evidence.get("origin")), None)
-        names = (str(origin),) if origin else _names(kinds[FindingKind.NONFINITE])
-        where = f"the output of '{origin}' is the first to turn NaN/Inf while the inputs were finite" \
-            if origin else f"{len(kinds[FindingKind.NONFINITE])} layers get NaN/Inf gradients from finite inputs"
-        recs[R.GUARD_NONFINITE] = _rec(
-            R.GUARD_NONFINITE, names, where,
-            "x = torch.log(x.clamp_min(1e-6))        # instead of torch.log(x)\n"
-            "x = torch.sqrt(x.clamp_min(0) + 1e-12)  # instead of torch.sqrt(x)\n"
-            "y = a / (b + 1e-8)                      # instead of a / b\n"
-            "loss = F.cross_entropy(logits, target)  # instead of log(softmax(...))")
+        _nonfinite_fixes(recs, findings, kinds[FindingKind.NONFINITE], layers)
 
     exploding = kinds.get(FindingKind.EXPLODING, [])
     vanishing = kinds.get(FindingKind.VANISHING, [])
     if exploding:
         _explosion_fixes(recs, exploding, layers)
-    if exploding or vanishing:
-        _init_fixes(recs, exploding + vanishing, layers)
+    _init_fixes(recs, exploding + vanishing, layers, findings)
     if vanishing:
         _vanishing_fixes(recs, vanishing, layers, has_normalization)
+    _activation_fixes(recs, findings)
     _through_time_fixes(recs, kinds.get(FindingKind.VANISHING_THROUGH_TIME, []),
                         kinds.get(FindingKind.EXPLODING_THROUGH_TIME, []), exploding, layers)
-    if exploding and _dense_count(exploding) >= 3:
-        if not has_normalization:
-            _normalization_fix(recs, exploding, "grow")
-        _skip_fix(recs, exploding, "grow")
+    for fix in structure_fixes(findings, layers, has_normalization):
+        recs[fix.id] = _rec(fix.id, fix.layers, fix.why, fix.code)
+    divergence = next((f for f in findings if f.kind == FindingKind.DIVERGENCE), None)
+    if divergence is not None:
+        _divergence_fixes(recs, divergence)
     return [recs[rid] for rid in RANK if rid in recs]
 
 
@@ -144,35 +134,25 @@ def _through_time_fixes(recs: dict[R, Recommendation], vanishing: list[LayerStat
 
 
 def _init_fixes(recs: dict[R, Recommendation], flagged: list[LayerStats],
-                layers: Sequence[LayerStats]) -> None:
-    """He/Xavier init where the weight std is far from the variance-preserving std."""
-    he: list[tuple[LayerStats, float]] = []
-    xavier: list[tuple[LayerStats, float]] = []
-    for layer in flagged:
-        if layer.weight_std is None or not layer.fan_in:
-            continue
-        follower = str(layer.activation.get("function", ""))
-        if follower in RECTIFIERS:
-            target, bucket = math.sqrt(2.0 / layer.fan_in), he
-        else:
-            target, bucket = math.sqrt(1.0 / layer.fan_in), xavier
-        # Off by more than 2x in std: the signal scale changes >= 2x per layer, compounding.
-        if not (0.5 < layer.weight_std / target < 2.0):
-            bucket.append((layer, target))
-    for rid, bucket, snippet in (
-        (R.HE_INIT, he, "for m in model.modules():\n    if isinstance(m, (nn.Linear, nn.Conv2d)):\n"
-                        "        nn.init.kaiming_normal_(m.weight, nonlinearity=\"relu\")\n"
-                        "        nn.init.zeros_(m.bias)"),
-        (R.XAVIER_INIT, xavier, "for m in model.modules():\n    if isinstance(m, (nn.Linear, nn.Conv2d)):\n"
-                                "        nn.init.xavier_uniform_(m.weight, gain=nn.init.calculate_gain(\"tanh\"))\n"
-                                "        nn.init.zeros_(m.bias)"),
-    ):
-        if bucket:
-            layer, target = bucket[0]
-            recs[rid] = _rec(rid, _names([x for x, _ in bucket]),
-                             f"weight std of {layer.name} is {layer.weight_std:.3g}, the "
-                             f"variance-preserving std for fan_in {layer.fan_in} is {target:.3g}",
-                             snippet)
+                layers: Sequence[LayerStats], findings: Sequence[Finding] = ()) -> None:
+    """He/Xavier init with the exact std: init-scale findings, flagged layers whose weight std is
+    outside the accepted band, and the init causes of dead/saturated units (cause_fixes.py)."""
+    for fix in init_fixes(findings, flagged, layers):
+        recs[fix.id] = _rec(fix.id, fix.layers, fix.why, fix.code)
+
+
+def _activation_fixes(recs: dict[R, Recommendation], findings: Sequence[Finding]) -> None:
+    """swap-activation for saturated or dead units, merged with the sigmoid-depth one if present."""
+    fix = activation_fix(findings)
+    if fix is None:
+        return
+    old = recs.get(R.SWAP_ACTIVATION)
+    if old is None:
+        recs[R.SWAP_ACTIVATION] = _rec(fix.id, fix.layers, fix.why, fix.code)
+    else:
+        recs[R.SWAP_ACTIVATION] = _rec(fix.id, tuple(dict.fromkeys(old.layers + fix.layers)),
+                                       f"{old.why}; {fix.why}",
+                                       "\n".join(dict.fromkeys(old.code.splitlines() + fix.code.splitlines())))
 
 
 def _vanishing_fixes(recs: dict[R, Recommendation], vanishing: list[LayerStats],
@@ -192,41 +172,11 @@ def _vanishing_fixes(recs: dict[R, Recommendation], vanishing: list[LayerStats],
             R.SWAP_ACTIVATION, _names(saturating),
             f"{len(vanishing)} layers vanish behind {len(saturating)} {func} activations ({bound})",
             "nn.ReLU()  # or nn.GELU(), in place of nn.Sigmoid()/nn.Tanh() in hidden layers")
-    if not has_normalization and _dense_count(vanishing) >= 3:
-        _normalization_fix(recs, vanishing, "decay")
-        _skip_fix(recs, vanishing, "decay")
-
-
-def _skip_fix(recs: dict[R, Recommendation], flagged: list[LayerStats], trend: str) -> None:
-    ratios = [x.grad_to_weight for x in flagged if x.grad_to_weight]
-    extreme = (min(ratios) if trend == "decay" else max(ratios)) if ratios else 0.0
-    recs[R.ADD_SKIP] = _rec(
-        R.ADD_SKIP, _names(flagged),
-        f"gradients {trend} through {_dense_count(flagged)} stacked layers (grad/weight reaches "
-        f"{extreme:.3g}); a residual path y = x + F(x) gives the gradient a route with factor 1",
-        "class Residual(nn.Module):\n    def __init__(self, block):\n        super().__init__()\n"
-        "        self.block = block\n    def forward(self, x):\n        return x + self.block(x)")
-
-
-def _normalization_fix(recs: dict[R, Recommendation], flagged: list[LayerStats], trend: str) -> None:
-    convs = any("Conv" in x.type_name for x in flagged)
-    sequence = any(x.type_name in {"RNN", "LSTM", "GRU", "MultiheadAttention"} for x in flagged)
-    norm = "nn.LayerNorm(features)" if sequence else (
-        "nn.BatchNorm2d(channels)" if convs else "nn.BatchNorm1d(features)")
-    recs[R.ADD_NORMALIZATION] = _rec(
-        R.ADD_NORMALIZATION, _names(flagged),
-        f"gradients {trend} through {_dense_count(flagged)} stacked layers and the model has no "
-        "normalization layer to re-centre the activation scale",
-        f"nn.Sequential(layer, {norm}, activation)  # after each flagged layer")
 
 
 def _far_over_peak(steps: Sequence[float]) -> float:
     finite = [s for s in steps if math.isfinite(s)]
     return steps[0] / max(finite) if finite and max(finite) > 0 else 0.0
-
-
-def _dense_count(layers: list[LayerStats]) -> int:
-    return sum(1 for x in layers if x.role == "dense")
 
 
 def _names(layers: Sequence[LayerStats]) -> tuple[str, ...]:
@@ -241,3 +191,95 @@ def _round_sig(value: float) -> float:
     if value <= 0 or not math.isfinite(value):
         return 1.0
     return float(f"{value:.1g}")
+
+
+# --- non-finite values and divergence -----------------------------------------------------------
+
+_GUARDS = (
+    (("log",), "x = torch.log(x.clamp_min(1e-6))  # instead of torch.log(x)\n"
+               "# a learned positive quantity: F.softplus(raw) + 1e-6, or predict its log"),
+    (("sqrt", "rsqrt"), "d = torch.sqrt(u + 1e-12)  # instead of torch.sqrt(u): finite slope at 0\n"
+                        "# distances: torch.cdist(a, b), or mask the diagonal before the sqrt"),
+    (("div", "true_divide", "floor_divide", "reciprocal", "remainder", "fmod"),
+     "y = a / b.clamp_min(1e-8)  # instead of a / b (for counts: b.clamp(min=1))"),
+    (("exp", "expm1"), "y = torch.exp(x.clamp(max=80.0))  # float32 exp overflows above ~88.7\n"
+                       "# or stay in log space: torch.logsumexp, F.log_softmax, "
+                       "F.poisson_nll_loss(log_input=True)"),
+    (("pow", "float_power"), "y = x.clamp_min(1e-12) ** p  # a fractional or negative power needs x > 0"),
+)
+_GENERIC_GUARD = ("x = torch.log(x.clamp_min(1e-6))        # instead of torch.log(x)\n"
+                  "x = torch.sqrt(x.clamp_min(0) + 1e-12)  # instead of torch.sqrt(x)\n"
+                  "y = a / (b + 1e-8)                      # instead of a / b\n"
+                  "loss = F.cross_entropy(logits, target)  # instead of log(softmax(...))")
+
+
+def _nonfinite_fixes(recs: dict[R, Recommendation], findings: Sequence[Finding],
+                     flagged: list[LayerStats], layers: Sequence[LayerStats]) -> None:
+    """The fix follows the cause (checks/nonfinite.py): guard-nonfinite names the unsafe op and its
+    module; an overflow is the end of a growth, so clip-gradients, lower-lr and the init fixes."""
+    evidence = next(f.evidence for f in findings if f.kind == FindingKind.NONFINITE)
+    origin, op, cause = evidence.get("origin"), str(evidence.get("op") or ""), evidence.get("cause")
+    magnitude = evidence.get("input_max_abs")
+    where = "the loss" if origin == "(loss)" else f"'{origin}'"
+    if evidence.get("after") and evidence.get("after") != origin and origin != "(loss)":
+        where += f" (right after '{evidence.get('after')}')"
+    if cause in ("overflow", "weights"):
+        what = (f"`{op}` in {where} overflowed to {_produced(evidence.get('produced'))}: "
+                f"its inputs had already reached {_number(magnitude)}") if cause == "overflow" else \
+            f"the weights of {where} are already NaN/Inf"
+        dense = [x for x in layers if x.role == "dense"]
+        _clip_fix(recs, flagged or dense, layers, what)
+        recs[R.LOWER_LR] = _rec(
+            R.LOWER_LR, _names(flagged or dense),
+            f"{what}; smaller steps keep the weights, and so the activations, from growing out of range",
+            "optimizer = torch.optim.SGD(model.parameters(), lr=lr / 10)  # a learning rate 10x lower\n"
+            "# or warmup: torch.optim.lr_scheduler.LinearLR(optimizer, 0.01, total_iters=1000)")
+        if cause == "overflow":  # weights made NaN by steps say nothing about the init
+            _init_fixes(recs, dense, layers)
+        return
+    if origin is None:
+        why = f"{len(flagged)} layers get NaN/Inf gradients; no single op could be named"
+    elif evidence.get("direction") == "backward":
+        why = (f"the backward of `{op}` in {where} is the first to return NaN/Inf gradients from a "
+               "finite incoming gradient: its derivative is infinite at these inputs")
+    else:
+        why = (f"`{op}` in {where} is the first op to output {_produced(evidence.get('produced'))} "
+               f"from finite inputs (max |x| {_number(magnitude)})")
+    code = next((snippet for ops, snippet in _GUARDS if op.rstrip("_") in ops
+                 or op.startswith(ops[0])), _GENERIC_GUARD)
+    recs[R.GUARD_NONFINITE] = _rec(R.GUARD_NONFINITE, (str(origin),) if origin else _names(flagged),
+                                   why, code)
+
+
+def _divergence_fixes(recs: dict[R, Recommendation], divergence: Finding) -> None:
+    """lower-lr with the learning rate that brings the first step's largest update/weight ratio to
+    ~1e-3 (checks/divergence.py), and clip-gradients at the norm measured before any step."""
+    ev = divergence.evidence
+    lr, suggested, ratio = ev.get("lr"), ev.get("suggested_lr"), ev.get("max_update_to_weight")
+    optimizer = str(ev.get("optimizer") or "sgd")
+    name = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}.get(optimizer, optimizer)
+    basis = (f"the first step changed {ev.get('max_update_layer')}'s weights by {_number(ratio)} of "
+             f"their norm; lr {_number(lr)} x 1e-3 / {_number(ratio)} brings that near the healthy 1e-3"
+             if isinstance(ratio, float) and math.isfinite(ratio) and ratio > 0
+             else "no step ratio to calibrate on, so 10x lower")
+    recs[R.LOWER_LR] = _rec(
+        R.LOWER_LR, (), f"the loss diverges at lr {_number(lr)}: {basis}",
+        f"optimizer = torch.optim.{name}(model.parameters(), lr={suggested:g})\n"
+        "# then warm up to it: torch.optim.lr_scheduler.LinearLR(optimizer, 0.01, total_iters=1000)")
+    norm = ev.get("initial_grad_norm")
+    if isinstance(norm, float) and math.isfinite(norm) and norm > 0:
+        max_norm = _round_sig(norm)
+        recs[R.CLIP_GRADIENTS] = _rec(
+            R.CLIP_GRADIENTS, (),
+            f"the total gradient norm before any step was {_number(norm)}; clipping at max_norm="
+            f"{max_norm:g} bounds every step to that size however the loss grows (Pascanu et al. 2013)",
+            f"loss.backward()\ntorch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={max_norm:g})\n"
+            "optimizer.step()")
+
+
+def _produced(value: object) -> str:
+    return {"nan": "NaN", "inf": "Inf"}.get(str(value), "NaN/Inf")
+
+
+def _number(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, (int, float)) else str(value)

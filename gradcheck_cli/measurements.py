@@ -47,7 +47,11 @@ class LayerProbe:
     output_grad_rms: float | None
     output_nonfinite: bool
     activation: dict[str, Any] = field(default_factory=dict)
-    """Statistics of the parameter-free activation module fed by this layer, if any."""
+    """Statistics of the activation fed by this layer, if any (activation_watch.py)."""
+    fan_out: int | None = None
+    """Fan-out of that weight as torch.nn.init computes it (dim 0 times the kernel size)."""
+    bias_mean: float | None = None
+    """Mean of the layer's `bias` parameter (None without one): a large negative one kills ReLUs."""
     step_grad_rms: tuple[float, ...] = ()
     """Recurrent layers: RMS of the gradient w.r.t. the input at each time step (first → last)."""
     step_entry_grad_rms: tuple[float, ...] = ()
@@ -55,6 +59,33 @@ class LayerProbe:
     the share each step gets directly from the loss (tells a bidirectional layer's near end)."""
     bidirectional: bool = False
     recurrent_weights: tuple[RecurrentWeight, ...] = ()
+    update_to_weight: float | None = None
+    """With --steps: the largest, over the optimizer steps, relative change of the layer's weights
+    per step, |Δw| / |w| (lr * |g| / |w| for SGD; measured around optimizer.step() otherwise)."""
+
+
+@dataclass(frozen=True)
+class NonfiniteOrigin:
+    """The op where the first NaN/Inf appeared (nonfinite_origin.py), in plain numbers."""
+
+    direction: str
+    """forward: the op's output was the first non-finite value; backward: the forward was clean
+    and the op's backward was the first to return a non-finite gradient from a finite one;
+    weights: the layer's own weights were already non-finite (op "weights")."""
+    module: str
+    """Innermost module running the op; "(loss)" when it ran in the loss, outside the model."""
+    module_type: str
+    op: str
+    """The torch function as the user called it: log, div, sqrt, exp, linear, ..."""
+    after: str | None
+    """The module that finished just before the op (usually the producer of its input)."""
+    input_max_abs: float
+    """Largest |value| among the op's inputs (forward) or of the gradient it received (backward)."""
+    dtype: str
+    dtype_max: float
+    """Largest finite value of that dtype (3.4e38 for float32)."""
+    produced: str
+    """nan | inf | nan+inf"""
 
 
 @dataclass(frozen=True)
@@ -66,6 +97,16 @@ class ProbeResult:
     first_nonfinite_module: str | None
     """First module in execution order whose output turned non-finite (None: forward was finite)."""
     has_normalization: bool
+    residual_modules: tuple[str, ...] = ()
+    """Modules whose input was added to a result computed inside them (y = x + F(x))."""
     step_losses: tuple[float, ...] = ()
     loss_trace: tuple[float, ...] = ()
     """Every loss in the order computed: a probe batch, the steps after it, the next batch, ..."""
+    nonfinite_origin: NonfiniteOrigin | None = None
+    """Where the first NaN/Inf was born, from a replay of the first failing batch (None: none seen,
+    the batch itself held NaN/Inf, or the replay did not reproduce it)."""
+    first_grad_norm: float | None = None
+    """Total L2 norm of the trainable gradients on the first probe batch (before any step)."""
+    first_step_update: tuple[str, float] | None = None
+    """With --steps: the layer whose weights the first optimizer step (at the initial weights)
+    changed most, and that update/weight ratio |Δw| / |w|."""

@@ -12,28 +12,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
+from .activation_watch import KNOWN as ACTIVATIONS
+from .activation_watch import ActivationSite, FunctionalWatch, new_site
 from .batches import batch_has_nonfinite, call_model, move_to, split_batch
 from .config import ScanConfig
 from .errors import UserError
 from .forward_error import forward_failure
 from .losses import compute_loss
-from .measurements import LayerProbe, ProbeResult
+from .measurements import LayerProbe, NonfiniteOrigin, ProbeResult
+from .nonfinite_origin import OriginWatch, rng_state, set_rng_state
 from .recurrence import recurrent_weights
 from .restore import restore_snapshot, take_snapshot
 from .stats import layer_role
 
-# Activation modules whose outputs tell about saturation (flat region) or dead units.
-# Flat regions from DOMAIN.md: sigmoid outside ~[0.02, 0.98]; tanh with |y| > ~0.96.
-SATURATING = {"Sigmoid": (0.02, 0.98), "Tanh": (-0.96, 0.96), "Hardtanh": (-0.999, 0.999),
-              "Softsign": (-0.96, 0.96), "Hardsigmoid": (0.001, 0.999)}
-RECTIFIERS = {"ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "CELU", "SELU", "GELU",
-              "SiLU", "Mish", "Softplus", "Hardswish"}
 RECURRENT = (nn.RNN, nn.LSTM, nn.GRU)
 
 
@@ -57,11 +55,12 @@ class _LayerAcc:
 
 @dataclass
 class _ActAcc:
+    """A parameter-free activation module (activation_watch.KNOWN); its statistics go to one
+    ActivationSite per layer that feeds it."""
+
     name: str
     type_name: str
-    producer: str | None = None
-    saturated: list[torch.Tensor] = field(default_factory=list)
-    fired: torch.Tensor | None = None
+    module: nn.Module
 
 
 StageCallback = Callable[[str, int, int], None]
@@ -82,9 +81,10 @@ def run_probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any,
     try:
         return _probe(model, make_batch, loss_fn, config, handles, stage)
     finally:
+        # Announced first: a --timeout clock never interrupts what follows (guards.py).
+        stage("restoring the model", 0, config.batches)
         for handle in handles:
             handle.remove()
-        stage("restoring the model", 0, config.batches)
         restore_snapshot(snapshot)
 
 
@@ -104,7 +104,9 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
     layers = [_LayerAcc(name, module, idxs) for name, module, idxs in owners]
     acts: dict[nn.Module, _ActAcc] = {}
     state: dict[str, Any] = {"active": True, "calls": 0, "last_layer": None, "stack": [],
-                             "nonfinite": [], "records": [], "leaves": [], "last_measured": (None, None)}
+                             "nonfinite": [], "records": [], "leaves": [], "last_measured": (None, None),
+                             "inputs": [], "sites": {}, "residual_in": set(),
+                             "layer_types": {acc.name: type(acc.module).__name__ for acc in layers}}
     _register_hooks(model, layers, acts, state, handles)
 
     losses: list[float] = []
@@ -114,17 +116,23 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
     nonfinite_counts = [0] * len(layers)
     received = [False] * len(layers)
     nonfinite_input = False
-    first_nonfinite: str | None = None
+    origin: NonfiniteOrigin | None = None
+    origin_pending = True  # replay only the first failing batch
     loss_kind = ""
     optimizer = _make_optimizer(config, trainable) if config.steps > 0 else None
+    layer_of_param = {pi: li for li, layer in enumerate(layers) for pi in layer.param_indices}
+    step_owner = torch.tensor([layer_of_param[pi] for pi in trainable_idx], device=device)
+    update_rows: list[torch.Tensor] = []
 
     for batch_index in range(config.batches):
         stage("making the batch", batch_index + 1, config.batches)
         torch.manual_seed(config.seed + batch_index)
         inputs, target = split_batch(make_batch(config.batch_size))
         inputs, target = move_to(inputs, device), move_to(target, device)
-        nonfinite_input = nonfinite_input or batch_has_nonfinite(inputs, target)
+        bad_input = batch_has_nonfinite(inputs, target)
+        nonfinite_input = nonfinite_input or bad_input
         state["active"], state["nonfinite"], state["leaves"] = True, [], []
+        rng = rng_state(device)  # so that a replay of this batch sees the same dropout masks
         stage("forward pass", batch_index + 1, config.batches)
         loss, loss_kind = _forward_loss(model, inputs, target, loss_fn, state)
         stage("backward pass", batch_index + 1, config.batches)
@@ -142,12 +150,14 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
         trace.append(host[0])
         row = [math.sqrt(v) if v == v and v != math.inf else v for v in host[1:1 + len(layers)]]
         grad_norm_rows.append(row)
-        if first_nonfinite is None:
-            for name, flag in zip(state["records"], host[1 + len(layers):]):
-                if flag:
-                    first_nonfinite = name
-                    break
         state["records"] = []
+        forward_bad = any(host[1 + len(layers):]) or not math.isfinite(host[0])
+        if origin_pending and not bad_input and (forward_bad or not all(map(math.isfinite, row))):
+            # Data that already holds NaN/Inf is its own origin (nonfinite-input).
+            origin_pending = False
+            stage("finding where the NaN/Inf starts", batch_index + 1, config.batches)
+            origin = _nonfinite_weights(layers, params) or _replay_origin(
+                model, inputs, target, loss_fn, state, trainable, rng, device, forward_bad)
         for li, norm in enumerate(row):
             if not math.isfinite(norm):
                 nonfinite_counts[li] += _count_nonfinite(layers[li], trainable_idx, grads)
@@ -155,7 +165,7 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
         if optimizer is not None and batch_index < config.batches - 1:
             stage("optimizer steps", batch_index + 1, config.batches)
             stepped = _take_steps(model, inputs, target, loss_fn, trainable, optimizer, config.steps, state,
-                                  grads)
+                                  grads, step_owner, len(layers), update_rows)
             step_losses.extend(stepped)
             trace.extend(stepped)
         # Free this batch's gradients and graph before the next backward: holding them would
@@ -164,20 +174,77 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
         state["last_measured"] = (None, None)
 
     trainable_set = set(trainable_idx)
+    updates = _max_update_ratios(update_rows, len(layers))
     return ProbeResult(
-        layers=tuple(_finish_layer(layer, li, params,
-                                   received[li] if set(layer.param_indices) & trainable_set else None,
-                                   grad_norm_rows,
-                                   nonfinite_counts[li], acts)
+        layers=tuple(replace(_finish_layer(layer, li, params,
+                                           received[li] if set(layer.param_indices) & trainable_set else None,
+                                           grad_norm_rows,
+                                           nonfinite_counts[li], state["sites"]), update_to_weight=updates[li])
                      for li, layer in enumerate(layers)),
         losses=tuple(losses),
         loss_kind=loss_kind,
         nonfinite_input=nonfinite_input,
-        first_nonfinite_module=first_nonfinite,
-        has_normalization=any(layer_role(type(m).__name__, 1) == "normalization" for m in model.modules()),
+        first_nonfinite_module=origin.module if origin is not None and origin.direction == "forward" else None,
+        # The root is left out: its class name is the user's ("ReluNormalInitMLP" is no norm layer).
+        has_normalization=any(layer_role(type(m).__name__, 1) == "normalization"
+                              for m in model.modules() if m is not model),
+        residual_modules=tuple(sorted(state["residual_in"])),
         step_losses=tuple(step_losses),
         loss_trace=tuple(trace),
+        nonfinite_origin=origin,
+        first_grad_norm=math.sqrt(sum(v * v for v in grad_norm_rows[0])) if grad_norm_rows else None,
+        first_step_update=_largest_first_update(update_rows, [layer.name for layer in layers]),
     )
+
+
+def _nonfinite_weights(layers: list[_LayerAcc], params: list[nn.Parameter]) -> NonfiniteOrigin | None:
+    """The first layer, in execution order, whose own weights are NaN/Inf (after diverged optimizer
+    steps, or from a checkpoint): every op reading them is non-finite, so no op is the origin."""
+    for layer in sorted(layers, key=lambda acc: (acc.order < 0, acc.order)):
+        own = [params[pi].detach() for pi in layer.param_indices]
+        if all(bool(torch.isfinite(p).all()) for p in own):
+            continue
+        nan = any(bool(torch.isnan(p).any()) for p in own)
+        inf = any(bool(torch.isinf(p).any()) for p in own)
+        return NonfiniteOrigin(
+            direction="weights", module=layer.name, module_type=type(layer.module).__name__,
+            op="weights", after=None, input_max_abs=math.inf, dtype=str(own[0].dtype).replace("torch.", ""),
+            dtype_max=float(torch.finfo(own[0].dtype).max) if own[0].is_floating_point() else math.inf,
+            produced="nan+inf" if nan and inf else ("nan" if nan else "inf"))
+    return None
+
+
+def _replay_origin(model: nn.Module, inputs: Any, target: Any, loss_fn: Any, state: dict[str, Any],
+                   trainable: list[nn.Parameter], rng: Any, device: torch.device,
+                   forward_bad: bool) -> NonfiniteOrigin | None:
+    """Run a failing batch again under OriginWatch (nonfinite_origin.py) to name the op where the
+    first NaN/Inf appears: in the forward when its outputs or loss were non-finite, else in the
+    backward (node hooks, removed in `finally`). The probe's own hooks stay inactive."""
+    types = {name or "(root)": type(m).__name__ for name, m in model.named_modules()}
+
+    def where() -> tuple[str, str, str | None]:
+        module = state["stack"][-1] if state["stack"] else "(loss)"
+        return module, types.get(module, "loss"), state.get("finished")
+
+    node_handles: list[Any] = []
+
+    def on_node(node: Any, op: str, location: tuple[str, str, str | None]) -> None:
+        node_handles.append(node.register_hook(watch.backward_hook(op, location)))
+
+    watch = OriginWatch(where, None if forward_bad else on_node)
+    state["active"], state["finished"] = False, None
+    set_rng_state(rng, device)
+    try:
+        with watch:
+            loss, _ = _forward_loss(model, inputs, target, loss_fn, state)
+        if forward_bad:
+            return watch.forward_origin
+        if loss.requires_grad:
+            torch.autograd.grad(loss, trainable, allow_unused=True)
+        return watch.backward_origin
+    finally:
+        for handle in node_handles:
+            handle.remove()
 
 
 def _own_params(model: nn.Module) -> tuple[list[nn.Parameter], list[tuple[str, nn.Module, list[int]]]]:
@@ -208,8 +275,9 @@ def _register_hooks(model: nn.Module, layers: list[_LayerAcc], acts: dict[nn.Mod
     for name, module in model.named_modules():
         acc = layer_of.get(id(module))
         type_name = type(module).__name__
-        if acc is None and (type_name in SATURATING or type_name in RECTIFIERS):
-            acts[module] = _ActAcc(name, type_name)
+        if acc is None and type_name in ACTIVATIONS:
+            acts[module] = _ActAcc(name, type_name, module)
+            state.setdefault("act_names", set()).add(name or "(root)")
         handles.append(module.register_forward_pre_hook(_pre_hook(name, acc, state)))
         handles.append(module.register_forward_hook(_post_hook(name, acc, acts.get(module), state)))
 
@@ -217,6 +285,7 @@ def _register_hooks(model: nn.Module, layers: list[_LayerAcc], acts: dict[nn.Mod
 def _pre_hook(name: str, acc: _LayerAcc | None, state: dict[str, Any]) -> Callable[..., Any]:
     def hook(module: nn.Module, args: tuple[Any, ...]) -> Any:
         state["stack"].append(name or "(root)")
+        state["inputs"].append((name or "(root)", args[0] if args else None))
         if acc is None or not state["active"]:
             return None
         if acc.order < 0:
@@ -277,6 +346,9 @@ def _post_hook(name: str, acc: _LayerAcc | None, act: _ActAcc | None,
                state: dict[str, Any]) -> Callable[..., Any]:
     def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         state["stack"].pop()
+        if state["inputs"]:
+            state["inputs"].pop()
+        state["finished"] = name or "(root)"  # the replay names the module an op came after
         if not state["active"]:
             return
         out = _first_float_tensor(output)
@@ -299,7 +371,7 @@ def _post_hook(name: str, acc: _LayerAcc | None, act: _ActAcc | None,
                 out.register_hook(_grad_hook(acc, out.numel()))
                 _watch_entries(acc, out)
         if act is not None:
-            _record_activation(act, out.detach(), state["last_layer"])
+            _record_activation(act, out.detach(), state)
     return hook
 
 
@@ -310,20 +382,27 @@ def _grad_hook(acc: _LayerAcc, numel: int) -> Callable[[torch.Tensor], None]:
     return hook
 
 
-def _record_activation(act: _ActAcc, out: torch.Tensor, producer: str | None) -> None:
-    if act.producer is None:
-        act.producer = producer
-    if act.type_name in SATURATING:
-        low, high = SATURATING[act.type_name]
-        act.saturated.append(((out < low) | (out > high)).float().mean())
-    else:
-        # A unit (feature for (B, F) and (B, T, F); channel for (B, C, H, W)) is dead when it
-        # never fires on any probe sample.
-        unit_dim = out.dim() - 1 if out.dim() == 3 else min(1, out.dim() - 1)
-        other = [d for d in range(out.dim()) if d != unit_dim]
-        fired = (out > 0).any(dim=other) if other else out > 0
-        act.fired = fired if act.fired is None or act.fired.shape != fired.shape \
-            else act.fired | fired
+def _record_activation(act: _ActAcc, out: torch.Tensor, state: dict[str, Any]) -> None:
+    """Per-unit saturation / dead-unit counts of a module activation, per producing layer."""
+    producer = state["last_layer"]
+    if producer is None:
+        return  # an activation of the raw input: no layer to report it on
+    key = (act.name or "(root)", act.type_name, producer)
+    site = state["sites"].get(key)
+    if site is None:
+        site = state["sites"][key] = new_site(act.name or "(root)", act.type_name, producer, act.module)
+    site.record(out, state["layer_types"].get(producer))
+
+
+def _functional_watch(state: dict[str, Any]) -> FunctionalWatch:
+    """Functional activations and residual adds of one probe forward (activation_watch.py)."""
+    def where() -> tuple[str, str | None, str | None, bool]:
+        module = state["stack"][-1] if state["stack"] else "(root)"
+        producer = state["last_layer"]
+        return (module, producer, state["layer_types"].get(producer),
+                module in state.get("act_names", ()))
+    return FunctionalWatch(where, lambda: state["inputs"], lambda: state["leaves"], state["sites"],
+                           state["residual_in"])
 
 
 def _first_float_tensor(output: Any) -> torch.Tensor | None:
@@ -344,9 +423,9 @@ def _first_float_tensor(output: Any) -> torch.Tensor | None:
 
 def _forward_loss(model: nn.Module, inputs: Any, target: Any, loss_fn: Any,
                   state: dict[str, Any]) -> tuple[torch.Tensor, str]:
-    state["stack"] = []
+    state["stack"], state["inputs"], state["last_layer"] = [], [], None
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), _functional_watch(state) if state["active"] else nullcontext():
             output = call_model(model, inputs)
     except UserError:
         raise
@@ -388,7 +467,7 @@ def _count_nonfinite(layer: _LayerAcc, trainable_idx: list[int],
 
 def _finish_layer(layer: _LayerAcc, li: int, params: list[nn.Parameter], received: bool | None,
                   grad_norm_rows: list[list[float]], nonfinite: int,
-                  acts: dict[nn.Module, _ActAcc]) -> LayerProbe:
+                  sites: dict[tuple[str, str, str], ActivationSite]) -> LayerProbe:
     own = [params[pi] for pi in layer.param_indices]
     main_weight = max((p for p in own if p.dim() >= 2), key=lambda p: p.numel(), default=None)
     with torch.no_grad():
@@ -397,15 +476,10 @@ def _finish_layer(layer: _LayerAcc, li: int, params: list[nn.Parameter], receive
     out_sq = float(torch.stack(layer.out_sq).sum()) if layer.out_sq else None
     grad_sq = float(torch.stack(layer.grad_sq).sum()) if layer.grad_sq else None
     steps, entries = _step_rms(layer.step_rms), _step_rms(layer.entry_rms)
-    activation: dict[str, Any] = {}
-    for act in acts.values():
-        if act.producer == layer.name:
-            activation["function"] = act.type_name
-            if act.saturated:
-                activation["saturated_fraction"] = float(torch.stack(act.saturated).mean())
-            if act.fired is not None:
-                activation["dead_fraction"] = float(1.0 - act.fired.float().mean())
-            break
+    # The first activation (in call order) that this layer feeds.
+    site = next((site for site in sites.values() if site.producer == layer.name), None)
+    activation: dict[str, Any] = site.summary() if site is not None else {}
+    bias = layer.module._parameters.get("bias")
     got_grad = received is True
     return LayerProbe(
         name=layer.name,
@@ -413,6 +487,8 @@ def _finish_layer(layer: _LayerAcc, li: int, params: list[nn.Parameter], receive
         params=sum(p.numel() for p in own),
         param_dim=max(p.dim() for p in own),
         fan_in=_fan_in(main_weight),
+        fan_out=_fan_out(main_weight),
+        bias_mean=float(bias.detach().float().mean()) if bias is not None and bias.numel() else None,
         weight_std=float(main_weight.detach().float().std()) if main_weight is not None else None,
         trainable=received is not None,
         order=layer.order,
@@ -439,6 +515,13 @@ def _step_rms(per_call: list[torch.Tensor]) -> tuple[float, ...]:
     return tuple(torch.stack(per_call).cpu().double().pow(2).mean(0).sqrt().tolist())
 
 
+def _fan_out(weight: torch.Tensor | None) -> int | None:
+    """As torch.nn.init computes it: dim 0 times the kernel size."""
+    if weight is None:
+        return None
+    return int(weight.shape[0] * math.prod(weight.shape[2:]))
+
+
 def _fan_in(weight: torch.Tensor | None) -> int | None:
     if weight is None:
         return None
@@ -452,18 +535,34 @@ def _make_optimizer(config: ScanConfig, params: list[nn.Parameter]) -> torch.opt
 
 def _take_steps(model: nn.Module, inputs: Any, target: Any, loss_fn: Any,
                 params: list[nn.Parameter], optimizer: torch.optim.Optimizer, steps: int,
-                state: dict[str, Any], grads: tuple[torch.Tensor | None, ...]) -> list[float]:
+                state: dict[str, Any], grads: tuple[torch.Tensor | None, ...],
+                owner: torch.Tensor, n_layers: int, update_rows: list[torch.Tensor]) -> list[float]:
     """`steps` optimizer steps on the current batch, the first with the probe's own gradients.
 
     Returns the loss after each step but the last (the next probe batch measures that one); hooks
-    are inactive so these passes do not count as probes.
+    are inactive so these passes do not count as probes. Appends to `update_rows` one device
+    tensor per step: each layer's update/weight ratio |Δw| / |w| (`owner` maps each parameter to
+    its layer). Plain SGD moves the weights by exactly lr * g, so there it is lr * |g| / |w|, with
+    no copy; adaptive optimizers rescale g per element, so the change is measured around step().
     """
     losses = []
     state["active"] = False
+    plain_sgd = isinstance(optimizer, torch.optim.SGD)
+    lr = float(optimizer.param_groups[0]["lr"])
     for step in range(steps):
         for p, g in zip(params, grads):
             p.grad = g
-        optimizer.step()
+        weights = [p.detach() for p in params]
+        weight_sq = _group_sq(weights, owner, n_layers)
+        if plain_sgd:
+            given = [(k, g) for k, g in enumerate(grads) if g is not None]
+            change_sq = _group_sq([g for _, g in given], owner[[k for k, _ in given]], n_layers) * lr * lr
+            optimizer.step()
+        else:
+            before = [w.clone() for w in weights]
+            optimizer.step()
+            change_sq = _group_sq(torch._foreach_sub(weights, before), owner, n_layers)
+        update_rows.append(torch.where(weight_sq > 0, change_sq / weight_sq, torch.nan).sqrt())
         for p in params:
             p.grad = None
         if step < steps - 1:
@@ -471,3 +570,38 @@ def _take_steps(model: nn.Module, inputs: Any, target: Any, loss_fn: Any,
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             losses.append(float(loss.detach()))
     return losses
+
+
+def _group_sq(tensors: list[torch.Tensor], owner: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """Squared L2 norm per layer of per-parameter tensors (owner[k]: the layer of tensors[k])."""
+    per_layer = torch.zeros(n_layers, device=owner.device)
+    if tensors:
+        norms = torch.stack([n.float().to(owner.device) for n in torch._foreach_norm(tensors)])
+        per_layer.index_add_(0, owner, norms.square())
+    return per_layer
+
+
+def _largest_first_update(rows: list[torch.Tensor], names: list[str]) -> tuple[str, float] | None:
+    """The first step's largest layer update/weight ratio and its layer (the lower-lr basis)."""
+    if not rows:
+        return None
+    first = [(v, name) for v, name in zip(rows[0].tolist(), names) if not math.isnan(v)]
+    if not first:
+        return None
+    ratio, name = max(first)
+    return name, ratio
+
+
+def _max_update_ratios(rows: list[torch.Tensor], n_layers: int) -> list[float | None]:
+    """Per layer, the largest update/weight ratio over the steps (None without steps or weights).
+
+    The largest, not the mean: one step that moves the weights by 100% is what wrecks a layer.
+    """
+    if not rows:
+        return [None] * n_layers
+    columns = torch.stack(rows).T.tolist()
+    result: list[float | None] = []
+    for column in columns:
+        seen = [v for v in column if not math.isnan(v)]
+        result.append(max(seen) if seen else None)
+    return result

@@ -38,9 +38,13 @@ class LayerStats:
     output_nonfinite: bool
     activation: dict[str, Any] = field(default_factory=dict)
     step_grad_rms: tuple[float, ...] = ()
+    fan_out: int | None = None
+    bias_mean: float | None = None
     step_entry_grad_rms: tuple[float, ...] = ()
     bidirectional: bool = False
     recurrent_weights: tuple[RecurrentWeight, ...] = ()
+    update_to_weight: float | None = None
+    """With --steps: the largest relative weight change per optimizer step, |Δw| / |w|."""
 
 
 def layer_role(type_name: str, param_dims: int) -> str:
@@ -78,6 +82,8 @@ def _layer_stats(lp: LayerProbe, index: int) -> LayerStats:
         grad_to_weight=gtw, grad_rms=grad_rms, nonfinite_grads=lp.nonfinite_grads,
         output_rms=lp.output_rms, output_grad_rms=lp.output_grad_rms,
         output_nonfinite=lp.output_nonfinite, activation=activation,
+        fan_out=lp.fan_out, bias_mean=lp.bias_mean,
         step_grad_rms=lp.step_grad_rms, step_entry_grad_rms=lp.step_entry_grad_rms,
         bidirectional=lp.bidirectional, recurrent_weights=lp.recurrent_weights,
+        update_to_weight=lp.update_to_weight,
     )

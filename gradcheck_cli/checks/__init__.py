@@ -9,16 +9,30 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..report import Finding, FindingKind
-from . import exploding, nonfinite, nonfinite_input, through_time, vanishing
+from . import (
+    dead_relu,
+    divergence,
+    exploding,
+    init_scale,
+    nonfinite,
+    nonfinite_input,
+    saturated_activation,
+    through_time,
+    vanishing,
+)
 from .context import CheckContext
 
 CHECKS: dict[FindingKind, Callable[[CheckContext], list[Finding]]] = {
     FindingKind.NONFINITE_INPUT: nonfinite_input.check,
     FindingKind.NONFINITE: nonfinite.check,
+    FindingKind.DIVERGENCE: divergence.check,
     FindingKind.EXPLODING: exploding.check,
     FindingKind.VANISHING: vanishing.check,
     FindingKind.EXPLODING_THROUGH_TIME: through_time.check_exploding,
     FindingKind.VANISHING_THROUGH_TIME: through_time.check_vanishing,
+    FindingKind.INIT_SCALE: init_scale.check,
+    FindingKind.SATURATED_ACTIVATION: saturated_activation.check,
+    FindingKind.DEAD_RELU: dead_relu.check,
 }
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 from ..classify import LayerVerdict, Thresholds
+from ..depth import Trend, find_trends, trend_evidence, trend_of
+from ..measurements import NonfiniteOrigin
 from ..report import Finding, FindingKind, Number, Severity, Status
 from ..stats import LayerStats
 
@@ -18,6 +21,29 @@ class CheckContext:
     losses: tuple[float, ...]
     nonfinite_input: bool
     first_nonfinite_module: str | None
+    nonfinite_origin: NonfiniteOrigin | None = None
+    """Where the first NaN/Inf appeared (op, module, direction, input magnitude), from the replay."""
+    loss_trace: tuple[float, ...] = ()
+    """Every loss in the order computed, optimizer steps included (--steps)."""
+    steps: int = 0
+    optimizer: str = "sgd"
+    lr: float = 0.0
+    first_grad_norm: float | None = None
+    """Total gradient norm on the first probe batch, before any optimizer step."""
+    first_step_update: tuple[str, float] | None = None
+    """The layer the first optimizer step changed most, and its update/weight ratio."""
+    residual_modules: tuple[str, ...] = ()
+    """Modules whose input the probe saw added to their result (a residual path, depth.py)."""
+
+    @cached_property
+    def trends(self) -> list[Trend]:
+        """Geometric decay/growth runs of the gradient and activation scale (depth.py)."""
+        return find_trends(self.layers)
+
+    def structure_evidence(self, layer: str, direction: str | None) -> dict[str, Number]:
+        """The geometric run through `layer` as stack_* evidence ({} when there is none)."""
+        trend = trend_of(layer, self.trends, direction)
+        return trend_evidence(trend, self.residual_modules) if trend is not None else {}
 
     def layers_with(self, status: Status) -> list[tuple[LayerStats, LayerVerdict]]:
         return [(layer, v) for layer, v in zip(self.layers, self.verdicts) if v.status == status]
@@ -49,8 +75,11 @@ def status_findings(context: CheckContext, status: Status, kind: FindingKind, se
     """One finding per layer classified `status`, its message the rule that fired.
 
     Layers whose status comes from the gradient through time are left to checks/through_time.py,
-    which reports them as vanishing-through-time / exploding-through-time instead.
+    which reports them as vanishing-through-time / exploding-through-time instead. A geometric
+    decay (vanishing) or growth (exploding) through the layer's stack adds stack_* evidence.
     """
+    direction = {Status.VANISHING: "decay", Status.EXPLODING: "growth"}.get(status)
     return [Finding(kind, layer.name, severity,
-                    f"{layer.name} ({layer.type_name}) {phrase}: {verdict.reason}", layer_evidence(layer))
+                    f"{layer.name} ({layer.type_name}) {phrase}: {verdict.reason}",
+                    {**layer_evidence(layer), **context.structure_evidence(layer.name, direction)})
             for layer, verdict in context.layers_with(status) if not verdict.through_time]

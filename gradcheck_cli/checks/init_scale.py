@@ -1,0 +1,82 @@
+"""init-scale: a layer's weight std is far from the std that preserves the signal's variance,
+and the probe measured the consequence.
+
+Detects, per dense layer (nn.Linear, nn.Conv*; embeddings, normalization and recurrent layers are
+left to their own checks), the measured std of its weight against the variance-preserving std for
+its fan-in and the activation that follows it (init_std.py: He sqrt(2 / fan_in) for the ReLU
+family, He et al. 2015; Xavier sqrt(2 / (fan_in + fan_out)) for tanh, sigmoid or none, Glorot &
+Bengio 2010; LeCun sqrt(1 / fan_in) for SELU). PyTorch's default init, std 1 / sqrt(3 fan_in), is
+accepted too, so the accepted band is [min(target, default) / 2, max(target, default) * 2]; every
+standard init lies inside it (init_std.MARGIN). A std outside the band is a finding only with
+evidence that it matters (DOMAIN.md: too small, "activations shrink layer by layer; gradients are
+uniformly tiny"; too large, "activations and gradients grow by ~sqrt(fan_in * gain) per layer"):
+
+* the layer lies in a geometric run (depth.py: 4+ dense layers, every step the same way, >= 1.2x
+  per layer and >= 10x overall) of the activation scale (forward) or of the output-gradient scale
+  (backward) in the direction the mismatch predicts: decay for too small, growth for too large; or
+* the std is more than `GROSS` (10) times above the band (20x the larger of the two stds): no
+  activation can absorb that. Too-small weights need the measured decay, because a deliberately
+  small last layer or residual branch (GPT-2's 0.02 std, zero-init heads) is a sane design.
+
+Measured on the healthy corpus and built-ins (tests/test_init_scale.py): the only dense layers
+outside the band are the GPT-2-style decoder's (0.28 to 0.56 of the band's low end) and they show
+no geometric run (residual stream, LayerNorm), so nothing fires there.
+Evidence: weight_std, target_std, scheme (he / xavier / lecun), default_std, band_low, band_high,
+std_ratio (weight_std / target_std), fan_in, fan_out, follower (the activation), direction
+("too small" / "too large"), and the stack_* evidence of the run. Severity: warning.
+Fixes: he-init (ReLU family) or xavier-init (tanh / sigmoid / linear) with the exact std.
+"""
+
+from __future__ import annotations
+
+from ..depth import describe
+from ..init_std import init_target
+from ..report import Finding, FindingKind, Number, Severity
+from ..stats import ZERO_WEIGHT_RMS
+from .context import CheckContext
+
+GROSS = 10.0
+CHECKED_TYPES = ("Linear", "Conv")
+SCHEME_NAMES = {"he": "He", "xavier": "Xavier", "lecun": "LeCun"}
+
+
+def check(context: CheckContext) -> list[Finding]:
+    findings = []
+    for layer in context.layers:
+        if (layer.role != "dense" or not layer.fan_in or layer.weight_std is None
+                or layer.weight_std <= ZERO_WEIGHT_RMS or not layer.received
+                or not any(t in layer.type_name for t in CHECKED_TYPES)):
+            continue
+        follower = layer.activation.get("function")
+        target = init_target(layer.fan_in, layer.fan_out, str(follower) if follower else None)
+        mismatch = target.mismatch(layer.weight_std)
+        if mismatch == 1.0:
+            continue
+        too_small = mismatch < 1.0
+        structure = context.structure_evidence(layer.name, "decay" if too_small else "growth")
+        if not structure and not (mismatch > GROSS):
+            continue
+        ratio = layer.weight_std / target.std
+        direction = "too small" if too_small else "too large"
+        evidence: dict[str, Number] = {
+            "weight_std": layer.weight_std, "target_std": target.std, "scheme": target.scheme,
+            "default_std": target.default_std, "band_low": target.low, "band_high": target.high,
+            "std_ratio": ratio, "fan_in": layer.fan_in, "fan_out": layer.fan_out,
+            "follower": str(follower) if follower else "none", "direction": direction, **structure}
+        if layer.output_rms is not None:
+            evidence["activation_rms"] = layer.output_rms
+        if layer.output_grad_rms is not None:
+            evidence["output_grad_rms"] = layer.output_grad_rms
+        consequence = _consequence(structure, layer.weight_std / target.high)
+        findings.append(Finding(
+            FindingKind.INIT_SCALE, layer.name, Severity.WARNING,
+            f"{layer.name} ({layer.type_name}) init is {direction}: weight std {layer.weight_std:.3g} is "
+            f"{ratio:.3g}x the {SCHEME_NAMES[target.scheme]} std {target.std:.3g} for fan_in "
+            f"{layer.fan_in} followed by {follower or 'no activation'}; {consequence}", evidence))
+    return findings
+
+
+def _consequence(structure: dict[str, Number], over_band: float) -> str:
+    if structure:
+        return describe(dict(structure))
+    return f"{over_band:.3g}x above the largest sane std, more than any activation can absorb"
