@@ -561,7 +561,7 @@ def _take_steps(model: nn.Module, inputs: Any, target: Any, loss_fn: Any,
         else:
             before = [w.clone() for w in weights]
             optimizer.step()
-            change_sq = _group_sq(torch._foreach_sub(weights, before), owner, n_layers)
+            change_sq = _group_sq(list(torch._foreach_sub(weights, before)), owner, n_layers)
         update_rows.append(torch.where(weight_sq > 0, change_sq / weight_sq, torch.nan).sqrt())
         for p in params:
             p.grad = None

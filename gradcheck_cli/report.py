@@ -87,6 +87,10 @@ class LayerReport:
     """Gradient elements that were NaN or Inf, summed over probe batches."""
     activation: dict[str, Number] = field(default_factory=dict)
     """Forward statistics of the layer's output: rms, output_grad_rms, dead/saturated fractions."""
+    update_to_weight: float | None = None
+    """With --steps: the largest relative weight change of one optimizer step, |Δw| / |w|
+    (lr * |g| / |w| for SGD, measured around optimizer.step() for Adam/AdamW; healthy ~1e-3).
+    None without --steps."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +173,7 @@ def _layer_dict(layer: LayerReport) -> dict[str, Any]:
         "grad_to_weight": _num(layer.grad_to_weight),
         "nonfinite_grads": layer.nonfinite_grads,
         "activation": {k: _num(v) for k, v in layer.activation.items()},
+        "update_to_weight": _num(layer.update_to_weight),
     }
 
 

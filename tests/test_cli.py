@@ -73,7 +73,9 @@ def test_json_output_is_alone_on_stdout_and_follows_the_schema(tmp_path: Path) -
     assert [layer["name"] for layer in doc["layers"]] == ["0", "2"]
     for layer in doc["layers"]:
         assert set(layer) == {"name", "type", "index", "params", "status", "grad_norm",
-                              "weight_norm", "grad_to_weight", "nonfinite_grads", "activation"}
+                              "weight_norm", "grad_to_weight", "nonfinite_grads", "activation",
+                              "update_to_weight"}
+        assert layer["update_to_weight"] is None  # no --steps
     assert doc["findings"] == [] and doc["recommendations"] == []
 
 

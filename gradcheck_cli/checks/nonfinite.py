@@ -1,10 +1,37 @@
-"""nonfinite: NaN or Inf in a layer's gradient (or in the loss).
+"""nonfinite: NaN or Inf in a layer's gradient (or in the loss), with where it was born and why.
 
-Detects: any gradient element that is NaN/Inf, and a non-finite loss. The finding names the first
-module, in execution order, whose output turned non-finite (the forward origin) when there is one.
-NaN is usually a consequence of explosion or of one unsafe op (log/sqrt/div of non-positive values,
-exp overflow), DOMAIN.md.
-Evidence: nonfinite_grads (elements, summed over batches), the forward origin, the loss values.
+Detects: any gradient element that is NaN/Inf, and a non-finite loss. NaN is usually a consequence
+of explosion or of one unsafe op, not a cause (DOMAIN.md), so the finding names the origin, found
+by a diagnostic replay of the first failing batch (nonfinite_origin.py; never run on a healthy
+model):
+* forward: the first op, in execution order, whose output is NaN/Inf while all its inputs were
+  finite, and the innermost module running it. That module's inputs were finite (every earlier op
+  was) and its output is not: it is the first module in execution order whose output turns
+  non-finite from finite inputs. "(loss)" when the op ran in the loss, outside the model.
+* backward, when the forward (module outputs and loss) was clean: the first autograd node, in
+  backward order, that returned a NaN/Inf gradient from a finite incoming gradient (sqrt or pow at
+  0, log at 0, a custom backward), with the op and module that created it in the forward.
+
+Cause (evidence `cause`), from the op and the magnitude of its inputs:
+* "overflow": the op's inputs already reached sqrt(dtype max) (1.8e19 in float32, 256 in float16):
+  from there one product overflows the range, so the NaN/Inf is the end of a growth (explosion,
+  an unbounded activation scale, huge raw inputs), not a flaw of the op. Also every NaN/Inf made
+  by an op that is not numerically unsafe (linear, matmul, add, mul, sum, ...): such arithmetic can
+  only leave the range by overflowing it. (IEEE 754 binary32/binary16 ranges.)
+* "unsafe-op": an op of UNSAFE_OPS (log, sqrt, div, pow, exp, ...: DOMAIN.md, "numerically unsafe
+  ops": log/sqrt/div of non-positive values, exp overflow, 0/0) whose inputs were moderate.
+* "backward": the forward was clean and an UNSAFE_OPS op's derivative was infinite or undefined
+  at a finite input (d sqrt(u)/du at u = 0, d log(u)/du at 0, ...).
+* "weights": the failing batch met weights that were already NaN/Inf (after diverged --steps, or
+  from a checkpoint); origin is the first such layer in execution order, and no op is to blame.
+Fixes follow the cause (fixes.py): guard-nonfinite for unsafe-op and backward; clip-gradients,
+lower-lr and the init fixes for overflow and weights (divergence, when found, sets lower-lr).
+
+Evidence: nonfinite_grads (elements, summed over batches), params, nonfinite_losses, and from the
+origin: origin (module), origin_type, op, direction, cause, after (the module that finished just
+before the op), input_max_abs (largest |input| of the op, or of the gradient it received),
+produced (nan | inf | nan+inf). Without an origin (the batch held NaN/Inf: see nonfinite-input;
+or the replay did not reproduce it) origin is null and cause "unknown".
 Severity: error.
 """
 
@@ -12,19 +39,68 @@ from __future__ import annotations
 
 import math
 
+from ..measurements import NonfiniteOrigin
 from ..report import Finding, FindingKind, Number, Severity, Status
 from .context import CheckContext
 
+UNSAFE_OPS = frozenset({
+    "log", "log_", "log2", "log10", "log1p", "sqrt", "sqrt_", "rsqrt", "div", "div_", "true_divide",
+    "floor_divide", "reciprocal", "reciprocal_", "remainder", "fmod", "pow", "pow_", "float_power",
+    "exp", "exp_", "exp2", "expm1", "acos", "asin", "atanh", "acosh", "logit", "xlogy", "lgamma",
+    "digamma", "polygamma", "erfinv", "tan", "cosh", "sinh", "norm", "cdist", "dist",
+    "binary_cross_entropy", "kl_div", "poisson_nll_loss", "gaussian_nll_loss",
+})
+"""Ops that map some finite inputs to NaN/Inf (a non-positive log/sqrt argument, a zero divisor,
+an exp beyond ~88.7 in float32, a probability outside [0, 1]) or whose derivative is unbounded."""
+
+
+def classify_cause(origin: NonfiniteOrigin) -> str:
+    """overflow | unsafe-op | backward | weights (see the module docstring)."""
+    if origin.direction == "weights":
+        return "weights"
+    if origin.input_max_abs >= math.sqrt(origin.dtype_max) or origin.op not in UNSAFE_OPS:
+        return "overflow"
+    return "unsafe-op" if origin.direction == "forward" else "backward"
+
+
+def origin_evidence(origin: NonfiniteOrigin | None) -> dict[str, Number]:
+    if origin is None:
+        return {"origin": None, "cause": "unknown"}
+    return {"origin": origin.module, "origin_type": origin.module_type, "op": origin.op,
+            "direction": origin.direction, "cause": classify_cause(origin), "after": origin.after,
+            "input_max_abs": origin.input_max_abs, "produced": origin.produced}
+
+
+def describe_origin(origin: NonfiniteOrigin) -> str:
+    """`log` in (root) (LogFilterbankClassifier, after 'frontend') turned finite inputs ... into NaN."""
+    where = "the loss" if origin.module == "(loss)" else f"{origin.module} ({origin.module_type})"
+    after = f", after '{origin.after}'" if origin.after and origin.module != origin.after else ""
+    cause = classify_cause(origin)
+    if cause == "weights":
+        return (f"the weights of {where} are already {_produced(origin.produced)} (diverged optimizer "
+                "steps, or a corrupt checkpoint): every op that reads them is non-finite")
+    if origin.direction == "backward":
+        what = (f"the backward of `{origin.op}` in {where}{after} is the first to return "
+                f"{_produced(origin.produced)} gradients (the incoming gradient was finite, "
+                f"max |g| {origin.input_max_abs:.3g})")
+    else:
+        what = (f"`{origin.op}` in {where}{after} is the first op to output {_produced(origin.produced)} "
+                f"from finite inputs (max |x| {origin.input_max_abs:.3g})")
+    why = {"overflow": f"overflow: the values had already grown out of the {origin.dtype} range",
+           "unsafe-op": "a numerically unsafe op",
+           "backward": "its derivative is infinite at these inputs"}[cause]
+    return f"{what}: {why}"
+
 
 def check(context: CheckContext) -> list[Finding]:
-    origin = context.first_nonfinite_module
+    origin = context.nonfinite_origin
     bad_losses = sum(1 for v in context.losses if not math.isfinite(v))
-    where = f"; the first module whose output turned non-finite is '{origin}'" if origin else ""
+    where = f"; {describe_origin(origin)}" if origin else ""
+    shared: dict[str, Number] = {"nonfinite_losses": bad_losses, **origin_evidence(origin)}
     findings = []
     for layer, _ in context.layers_with(Status.NONFINITE):
         evidence: dict[str, Number] = {"nonfinite_grads": layer.nonfinite_grads,
-                                       "params": layer.params, "origin": origin,
-                                       "nonfinite_losses": bad_losses}
+                                       "params": layer.params, **shared}
         findings.append(Finding(
             FindingKind.NONFINITE, layer.name, Severity.ERROR,
             f"{layer.name} ({layer.type_name}) has {layer.nonfinite_grads} NaN/Inf gradient "
@@ -32,6 +108,9 @@ def check(context: CheckContext) -> list[Finding]:
     if bad_losses and not findings:
         findings.append(Finding(
             FindingKind.NONFINITE, None, Severity.ERROR,
-            f"the loss is NaN/Inf on {bad_losses} of {len(context.losses)} batches{where}",
-            {"nonfinite_losses": bad_losses, "origin": origin}))
+            f"the loss is NaN/Inf on {bad_losses} of {len(context.losses)} batches{where}", shared))
     return findings
+
+
+def _produced(produced: str) -> str:
+    return {"nan": "NaN", "inf": "Inf"}.get(produced, "NaN/Inf")
