@@ -14,8 +14,13 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from .classify import Thresholds
+from . import depth, init_std
+from .checks import dead_relu as _dead_relu
 from .checks import divergence as _divergence
+from .checks import init_scale as _init_scale
+from .checks import nonfinite as _nonfinite
+from .checks import saturated_activation as _saturated
+from .classify import Thresholds
 from .errors import UserError
 from .recurrence import HORIZON_FRACTION
 from .report import FindingKind, RecommendationId
@@ -86,6 +91,8 @@ HENDRYCKS_2016 = "Hendrycks & Gimpel 2016, Gaussian error linear units (GELUs) (
 MICIKEVICIUS_2018 = "Micikevicius et al. 2018, Mixed precision training (ICLR): loss scaling"
 IEEE_754 = "IEEE 754-2008: binary16 smallest normal 2^-14 ~ 6.1e-5, smallest subnormal 2^-24 ~ 6.0e-8"
 LOSHCHILOV_2019 = "Loshchilov & Hutter 2019, Decoupled weight decay regularization (ICLR): AdamW"
+KLAMBAUER_2017 = ("Klambauer, Unterthiner, Mayr & Hochreiter 2017, Self-normalizing neural networks (NeurIPS): "
+                  "SELU, LeCun init")
 KROGH_1992 = "Krogh & Hertz 1992, A simple weight decay can improve generalization (NeurIPS)"
 GOODFELLOW_2016 = "Goodfellow, Bengio & Courville 2016, Deep Learning, ch. 4.1 (overflow and underflow) and 8.2"
 PYTORCH_INIT = ("PyTorch nn.Linear/nn.Conv default init: kaiming_uniform_(a=sqrt(5)), i.e. "
@@ -128,6 +135,28 @@ _THROUGH_TIME_MEASURED = (
 _THROUGH_TIME_ELSEWHERE = (
     "A recurrent layer whose status comes from the gradient through time is reported as "
     "vanishing-through-time or exploding-through-time instead (see gradcheck explain).")
+_STACK_MEASURED = (
+    "When the layer lies in a geometric run of the signal scale (depth.py), the finding also carries "
+    f"the run: {depth.MIN_LAYERS} or more consecutive dense layers through which the RMS of the "
+    "gradient arriving at each output (followed from the output towards the input) or the RMS of the "
+    "outputs (followed from the input towards the output) changes the same way at every step. Its "
+    "evidence keys: stack_signal, stack_trend, stack_gain_per_layer, stack_total, stack_layers, "
+    "stack_first, stack_last, stack_normalized, stack_residual, stack_plain.")
+_STACK_THRESHOLD = (
+    f"- geometric run (the evidence behind add-normalization and add-skip): at least "
+    f"{depth.MIN_LAYERS} dense layers (the classifier's min_stack), at least "
+    f"{_num(depth.MIN_GAIN)}x per layer on geometric average and {_num(depth.MIN_TOTAL)}x (one decade) "
+    "over the run. A healthy stack's per-layer factors alternate around 1, and 1.2 per layer catches "
+    "the slow growth of a deep plain BatchNorm stack (Yang et al. 2019) once it has compounded to a "
+    "decade.")
+_INIT_BAND = (
+    "the accepted band runs from min(target, default) / "
+    f"{_num(init_std.MARGIN)} to max(target, default) x {_num(init_std.MARGIN)}, where target is the "
+    "variance-preserving std for the activation that follows (He sqrt(2/fan_in) for the ReLU family, "
+    "LeCun sqrt(1/fan_in) for SELU, Xavier sqrt(2/(fan_in + fan_out)) for tanh, sigmoid or none) and "
+    "default is PyTorch's default-init std 1/sqrt(3 fan_in), which trains too. A std off by 2x "
+    "scales the signal 2x per layer, 2^depth overall; every standard init lies inside the band.")
+_NONFINITE_UNSAFE = ", ".join(sorted(op for op in _nonfinite.UNSAFE_OPS if not op.endswith("_")))
 _RNN_GATED = (
     "- LSTM/GRU are never called vanishing through time: at init their forget gates decay the gradient "
     "by design (forget bias 0 gives a factor ~0.5 per step) and learn to keep it.")
@@ -151,7 +180,7 @@ FINDINGS: dict[FindingKind, Entry] = {
             "typical gradient element), and the RMS of the output and of the gradient arriving at the "
             "output.\n\n"
             "Evidence keys: grad_norm, weight_norm, grad_to_weight, grad_rms, output_grad_rms, "
-            "activation_rms."),
+            f"activation_rms.\n\n{_STACK_MEASURED}"),
         thresholds=(
             f"- relative: grad/weight below {_num(T.vanish_relative)} of the best dense layer's, with no "
             "dense layer before it learning faster (AUTOTRAINER's first/last gradient ratio < 1e-3, "
@@ -160,7 +189,8 @@ FINDINGS: dict[FindingKind, Entry] = {
             "would move by less than 1e-7 per step, three decades under TheDeepChecker's lower bound of "
             "1e-4 on the update ratio.\n"
             f"- zero weights (no ratio exists): gradient RMS below {_num(T.vanish_grad_rms)} (SageMaker "
-            "Debugger's vanishing_gradient rule).\n\n"
+            "Debugger's vanishing_gradient rule).\n"
+            f"{_STACK_THRESHOLD}\n\n"
             "Normalization affine parameters and embedding tables are judged by the absolute rules only: "
             f"their grad/weight is not comparable with a weight matrix's. {_THROUGH_TIME_ELSEWHERE}"),
         fix=(
@@ -168,7 +198,7 @@ FINDINGS: dict[FindingKind, Entry] = {
             "activations for ReLU/GELU (swap-activation), re-initialise with the variance-preserving "
             "std (he-init, xavier-init), add normalization or residual connections to deep plain stacks "
             "(add-normalization, add-skip)."),
-        references=(GLOROT_2010, AUTOTRAINER, DEEPCHECKER, SAGEMAKER, SAXE_2014),
+        references=(GLOROT_2010, AUTOTRAINER, DEEPCHECKER, SAGEMAKER, YANG_2019, SAXE_2014),
     ),
     K.EXPLODING: Entry(
         K.EXPLODING.value, "Exploding gradient",
@@ -186,14 +216,15 @@ FINDINGS: dict[FindingKind, Entry] = {
             "grad_to_weight, grad_rms, and the RMS of the gradient arriving at each layer's output "
             "(output_grad_rms), which is compared along a stack of identical layers.\n\n"
             "Evidence keys: grad_norm, weight_norm, grad_to_weight, grad_rms, output_grad_rms, "
-            "activation_rms."),
+            f"activation_rms.\n\n{_STACK_MEASURED}"),
         thresholds=(
             f"- absolute: grad/weight above {_num(T.explode_grad_to_weight)}: even a learning rate of 1e-4 "
             "changes the weights by more than 10% in one step, beyond TheDeepChecker's upper bound on the "
             "update ratio (log10 <= -1). Healthy models measure 1e-3..5 here.\n"
             f"- growth through a stack: in a stack of at least {T.min_stack} identical dense layers (same "
             f"type and size), a gradient at a layer's output more than {_num(T.explode_relative)}x that at "
-            "the stack's last layer (AUTOTRAINER's > 70 gradient ratio).\n\n"
+            "the stack's last layer (AUTOTRAINER's > 70 gradient ratio).\n"
+            f"{_STACK_THRESHOLD}\n\n"
             f"{_THROUGH_TIME_ELSEWHERE}"),
         fix=(
             "Stop a single step from wrecking the weights with gradient clipping (clip-gradients) and a "
@@ -207,26 +238,44 @@ FINDINGS: dict[FindingKind, Entry] = {
         "An operation produced NaN or Inf, so the loss or the gradients are not finite.",
         mechanism=(
             "NaN during training is almost always a consequence, not a cause. It comes from one of two "
-            "places: an overflow after activations or gradients exploded (float32 overflows above ~3.4e38; "
-            "exp(x) already overflows for x > 88.7), or one numerically unsafe operation: log, sqrt or "
-            "division of zero or negative values, exp overflow, softmax of inf, log(softmax(x)) instead "
-            "of log_softmax. Once one element is NaN, every operation that touches it spreads it, so a "
-            "NaN loss says little about where it started."),
+            "places: an overflow after activations or gradients grew out of range (float32 overflows "
+            "above ~3.4e38; exp(x) already overflows for x > 88.7), or one numerically unsafe operation: "
+            "log, sqrt or division of zero or negative values, exp overflow, 0/0, a derivative that is "
+            "infinite at the input (sqrt at 0). Once one element is NaN, every operation that touches it "
+            "spreads it, so a NaN loss says little about where it started."),
         measured=(
-            "Per layer, the count of NaN/Inf gradient elements summed over the probe batches, the loss of "
-            "every batch, and the origin: the first module, in execution order, whose output turned "
-            "non-finite while its inputs were finite (forward hooks).\n\n"
-            "Evidence keys: nonfinite_grads, params, origin, nonfinite_losses."),
+            "Per layer, the count of NaN/Inf gradient elements summed over the probe batches, and the "
+            "loss of every batch. When a batch fails, it is replayed once (same weights, same RNG "
+            "state; never on a healthy model) with every torch function watched, to find the origin:\n"
+            "- forward: the first op whose output holds NaN/Inf while all its inputs were finite, named "
+            "as written (log, div, exp, linear), with the innermost module running it ('(loss)' when it "
+            "ran in the loss) and the module that finished just before it;\n"
+            "- backward, when the forward was clean: the first autograd node, in backward order, that "
+            "returned a NaN/Inf gradient from a finite incoming gradient;\n"
+            "- weights: the first layer whose weights are already NaN/Inf (after diverged --steps, or "
+            "from a checkpoint).\n\n"
+            "Evidence keys: nonfinite_grads, params, nonfinite_losses, origin, origin_type, op, direction, "
+            "cause, after, input_max_abs (the largest |input| of the op, or of the gradient it received), "
+            "produced (nan, inf or nan+inf). Without an origin (the batch held NaN/Inf, or the replay did "
+            "not reproduce it) origin is null and cause 'unknown'."),
         thresholds=(
             "- any NaN/Inf gradient element, or a NaN/Inf loss on any probe batch, is an error: there is "
             "no tolerance, since IEEE 754 NaN propagates through every later operation and one NaN step "
-            "destroys the weights it touches."),
+            "destroys the weights it touches.\n"
+            "- cause 'overflow': the op's inputs had already reached sqrt(dtype max) (1.8e19 in float32, "
+            "256 in float16), from where one product leaves the range; or the op is plain arithmetic "
+            "(linear, matmul, add, mul, sum, ...), which can only leave the range by overflowing "
+            "(IEEE 754 binary32/binary16 ranges).\n"
+            "- cause 'unsafe-op' (forward) or 'backward': a numerically unsafe op with moderate inputs, "
+            f"one of {_NONFINITE_UNSAFE} (and their in-place forms).\n"
+            "- cause 'weights': the weights themselves were already NaN/Inf."),
         fix=(
-            "Go to the origin module. If it applies an unsafe operation, guard it (guard-nonfinite): "
-            "clamp before log/sqrt, add eps to divisors, use log1p, logsumexp, log_softmax and "
-            "F.cross_entropy on logits. If the values overflowed after growing layer by layer, fix the "
-            "explosion first (clip-gradients, lower-lr, he-init/xavier-init). torch.autograd."
-            "detect_anomaly() shows the backward operation that produced the first NaN."),
+            "The fix follows the cause. For 'unsafe-op' and 'backward', guard that op in the origin module "
+            "(guard-nonfinite): clamp before log/sqrt, add eps to divisors, use log1p, logsumexp, "
+            "log_softmax and F.cross_entropy on logits. For 'overflow' and 'weights' the NaN is the end of "
+            "a growth: clip the gradients, lower the learning rate and fix the init (clip-gradients, "
+            "lower-lr, he-init, xavier-init). torch.autograd.detect_anomaly() shows the backward "
+            "operation that produced the first NaN."),
         references=(GOODFELLOW_2016, PASCANU_2013),
     ),
     K.VANISHING_THROUGH_TIME: Entry(
@@ -288,20 +337,29 @@ FINDINGS: dict[FindingKind, Entry] = {
             "pre-activations come from weights or inputs that are too large; Glorot & Bengio 2010 saw the "
             "top sigmoid layer of a deep net saturate at 0 early in training, which stalled learning."),
         measured=(
-            "For every sigmoid, tanh, hardtanh, softsign (and hardsigmoid) module that follows a layer, "
-            "the share of outputs in the flat region, per unit over all probe batches: sigmoid outside "
-            "[0.02, 0.98] (derivative below ~0.02), tanh and softsign with |y| > 0.96 (tanh' below ~0.08), "
-            "hardtanh/hardsigmoid at their clamps (derivative exactly 0).\n\n"
-            "Evidence keys: saturated_fraction, function."),
+            "For every sigmoid-like activation fed by a layer (nn.Sigmoid, nn.Tanh, nn.Hardtanh, "
+            "nn.Softsign, nn.Hardsigmoid, and the functional calls torch.sigmoid, torch.tanh, x.sigmoid(), "
+            "F.hardtanh, F.softsign, ... seen during the forward), per unit (a feature, or a channel of a "
+            "conv output), the share of its outputs in the flat region over every sample, position and "
+            "probe batch. Flat region, from the output y: sigmoid outside [0.02, 0.98] and tanh |y| > 0.96 "
+            "(DOMAIN.md; there the derivative is below ~8% of its peak: 0.0196 vs 0.25, 0.078 vs 1), "
+            "softsign |y| > 0.72 (the same 8% level), hardtanh and hardsigmoid at their clamp values "
+            "(derivative exactly 0). Reported on the layer that feeds the activation; when that layer's "
+            "weight std is above the accepted init band (init_std.py), also its weight std and the "
+            "Xavier std.\n\n"
+            "Evidence keys: function, activation_module, saturated_units (share of units), "
+            "saturated_fraction (share of all outputs), units, outputs_per_unit, activation_rms, "
+            "weight_std, target_std."),
         thresholds=(
-            "- the finding fires when most units (more than half) of the activation are saturated: then "
-            "most of the layer's gradient paths carry a derivative near 0 (flat regions from DOMAIN.md, "
-            "after Glorot & Bengio 2010)."),
+            "- a unit is saturated when more than half of its outputs lie in the flat region.\n"
+            f"- the finding fires when more than {_num(_saturated.MOST_UNITS)} of the units are saturated: "
+            "then most of the layer's gradient paths carry a derivative near 0 (flat regions from "
+            "DOMAIN.md, after Glorot & Bengio 2010)."),
         fix=(
             "Use ReLU, GELU or another non-saturating activation in hidden layers (swap-activation). Where "
             "the sigmoid/tanh must stay (gates, bounded outputs), bring the pre-activations back into the "
-            "steep region: Xavier init with the tanh gain (xavier-init), or a normalization layer before "
-            "the activation."),
+            "steep region: Xavier init (xavier-init, recommended when the weights are above the band), or "
+            "a normalization layer before the activation."),
         references=(GLOROT_2010, LECUN_1998, PENNINGTON_2017, IOFFE_2015),
     ),
     K.DEAD_RELU: Entry(
@@ -314,18 +372,28 @@ FINDINGS: dict[FindingKind, Entry] = {
             "one large learning-rate step that pushed the weights, a poor init (Lu et al. 2020). A whole "
             "dead layer passes exactly zero gradient to everything before it."),
         measured=(
-            "For every ReLU-family activation that follows a layer, per unit (a feature for (B, F) and "
-            "(B, T, F) outputs, a channel for (B, C, H, W)), whether it fired (output > 0) on any sample of "
-            "any probe batch; dead_fraction is the share of units that never did.\n\n"
-            "Evidence keys: dead_fraction, function."),
+            "For every activation whose gradient is exactly 0 where its output is 0 (nn.ReLU, nn.ReLU6, "
+            "nn.Hardswish, and F.relu / torch.relu / x.relu() called in a forward) fed by a layer: per "
+            "unit (a feature, or a channel of a conv output), whether it produced a non-zero output on any "
+            "sample and position of any probe batch. LeakyReLU, ELU, GELU, SiLU, ... always pass some "
+            "gradient and are not checked. Reported on the layer that feeds the activation, with its bias "
+            "mean and the pre-activation RMS.\n\n"
+            "Evidence keys: function, activation_module, dead_fraction, dead_units, units, "
+            "outputs_per_unit, activation_rms, bias_mean, negative_bias (1 when the bias alone keeps the "
+            "units off)."),
         thresholds=(
-            "- the finding fires on a whole dead layer (every unit dead) or when a majority (more than "
-            "half) of the units never fire over the probe batches: a unit that fires on no sample of "
-            "several batches receives no gradient from them either (DOMAIN.md)."),
+            f"- the finding fires when more than {_num(_dead_relu.MAJORITY)} of the units never fire over "
+            "the probe batches: at PyTorch's default init a bias-dominated layer has about half of its "
+            "units dead by symmetry (a healthy corpus autoencoder measures 48%), so only a majority counts. "
+            "Severity error when the whole layer is dead (nothing before it can learn), warning "
+            "otherwise.\n"
+            f"- negative bias: a bias mean below -{_num(_dead_relu.BIAS_SHARE)} x the pre-activation RMS, "
+            "i.e. the bias alone pushes most units below zero; then he-init with a zero bias is "
+            "recommended too."),
         fix=(
             "Use an activation with a non-zero slope for negative inputs, LeakyReLU, ELU or PReLU "
-            "(swap-activation), re-initialise with He init and a zero bias (he-init), and check the "
-            "learning rate: a step that kills units is too large."),
+            "(swap-activation); when a negative bias keeps the units off, re-initialise with He init and "
+            "a zero bias (he-init); and check the learning rate: a step that kills units is too large."),
         references=(HE_2015, MAAS_2013, CLEVERT_2016, LU_2020),
     ),
     K.INIT_SCALE: Entry(
@@ -337,25 +405,31 @@ FINDINGS: dict[FindingKind, Entry] = {
             "by fan_in s^2 (times the activation's gain). The signal keeps its scale through depth only "
             "when s = gain / sqrt(fan_in): LeCun 1/sqrt(fan_in) for linear and SELU layers, Xavier/Glorot "
             "sqrt(2/(fan_in + fan_out)) for tanh/sigmoid (a compromise between the forward and the backward "
-            "pass), He sqrt(2/fan_in) for ReLU, which zeroes half of its inputs. PyTorch's default for "
-            "nn.Linear and nn.Conv is std 1/sqrt(3 fan_in), 0.41x He's. Too small a std makes activations "
-            "and gradients shrink layer by layer (uniformly tiny gradients); too large makes them grow by "
-            "~sqrt(fan_in x gain) per layer, up to overflow."),
+            "pass), He sqrt(2/fan_in) for ReLU, which zeroes half of its inputs. Too small a std makes "
+            "activations and gradients shrink layer by layer (uniformly tiny gradients); too large makes "
+            "them grow by ~sqrt(fan_in x gain) per layer, up to overflow."),
         measured=(
-            "For each layer's main weight: its std against the variance-preserving std for its fan-in and "
-            "the activation that follows it (He for the ReLU family, LeCun/Xavier otherwise), and the drift "
-            "of the activation RMS and of the output-gradient RMS from layer to layer.\n\n"
-            "Evidence keys: weight_std, fan_in, activation_rms, output_grad_rms."),
+            "For every dense nn.Linear / nn.Conv layer that received gradient: the std of its weight "
+            "against the variance-preserving std for its fan-in, fan-out and the activation that follows "
+            "it, and whether the probe measured the consequence: a geometric run of the activation scale "
+            "(forward) or of the output-gradient scale (backward) through the layer, in the direction the "
+            "mismatch predicts (decay for too small, growth for too large). Embeddings, normalization and "
+            f"recurrent layers are left to their own checks.\n\n{_STACK_MEASURED}\n\n"
+            "Evidence keys: weight_std, target_std, scheme (he, xavier or lecun), default_std, band_low, "
+            "band_high, std_ratio (weight_std / target_std), fan_in, fan_out, follower (the activation), "
+            "direction ('too small' or 'too large'), activation_rms, output_grad_rms, and the stack_* keys."),
         thresholds=(
-            "- a weight std off by more than 2x from the variance-preserving std: the signal scale then "
-            "changes by >= 2x per layer, compounding with depth (He et al. 2015 derive the std; the 2x "
-            "band is gradcheck's margin around it, matching the band fixes.py uses for he-init and "
-            "xavier-init)."),
+            f"- outside the band: {_INIT_BAND}\n"
+            "- and the mismatch matters: the layer lies in a geometric run in the predicted direction; or "
+            f"its std is more than {_num(_init_scale.GROSS)}x above the band, which no activation can "
+            "absorb. A std below the band always needs the measured decay, because a deliberately small "
+            "last layer or residual branch (GPT-2's 0.02 std, zero-init heads) is a sane design.\n"
+            f"{_STACK_THRESHOLD}"),
         fix=(
-            "Re-initialise with the exact variance-preserving std: nn.init.kaiming_normal_(w, "
-            "nonlinearity='relu') for ReLU-family layers (he-init), nn.init.xavier_uniform_(w, "
-            "gain=nn.init.calculate_gain('tanh')) for tanh/sigmoid/linear layers (xavier-init), with zero "
-            "biases."),
+            "Re-initialise with the exact variance-preserving std: He for ReLU-family layers (he-init), "
+            "Xavier for tanh/sigmoid/linear layers and LeCun for SELU (xavier-init), with zero biases; "
+            "the recommendation gives the std of every layer. Where the run persists in a deep plain "
+            "stack, add normalization or residual connections (add-normalization, add-skip)."),
         references=(LECUN_1998, GLOROT_2010, HE_2015, PYTORCH_INIT, SAXE_2014),
     ),
     K.DIVERGENCE: Entry(
@@ -449,14 +523,15 @@ FIXES: dict[RecommendationId, Entry] = {
             "slope for negative inputs, so a unit that stopped firing still receives gradient and can "
             "recover."),
         measured=(
-            "Recommended when vanishing layers sit behind saturating activations: every sigmoid, or a "
-            "tanh-like activation (tanh, hardtanh, softsign, hardsigmoid) with most outputs in the flat "
-            "region. The reason quotes how many layers vanish behind how many activations and sigmoid's "
-            "derivative bound or the measured saturated share."),
+            "Recommended for saturated-activation findings (a ReLU-family activation instead of the "
+            "sigmoid/tanh), for dead-relu findings (LeakyReLU, ELU or PReLU instead of the ReLU), and for "
+            "vanishing layers behind saturating activations. The reason quotes how many activations "
+            "saturate or have dead units and the worst measured share."),
         thresholds=(
-            "- sigmoid: always, since sigmoid' <= 0.25 divides the gradient by >= 4 per layer (Glorot & "
-            "Bengio 2010).\n"
-            "- tanh-like: saturated_fraction above 0.5 (sigmoid outside [0.02, 0.98], tanh beyond ±0.96; "
+            "- the thresholds of saturated-activation and dead-relu (see gradcheck explain).\n"
+            "- behind vanishing layers: every sigmoid, since sigmoid' <= 0.25 divides the gradient by >= 4 "
+            "per layer (Glorot & Bengio 2010); a tanh-like activation when more than 0.5 of its outputs "
+            "sit in the flat region (sigmoid outside [0.02, 0.98], tanh beyond 0.96 in magnitude; "
             "DOMAIN.md)."),
         fix=(
             "Replace the activation in hidden layers:\n\n"
@@ -473,17 +548,20 @@ FIXES: dict[RecommendationId, Entry] = {
             "2/fan_in double it back, so activations keep their scale in the forward pass and gradients in "
             "the backward pass, at any depth (He et al. 2015)."),
         measured=(
-            "Recommended for vanishing or exploding layers followed by a ReLU-family activation whose "
-            "weight std is far from sqrt(2/fan_in). The reason quotes the measured weight std, the fan-in "
-            "and the target std."),
-        thresholds=(
-            "- weight std outside (0.5, 2) times sqrt(2/fan_in): off by more than 2x, the signal scale "
-            "changes >= 2x per layer, compounding with depth."),
+            "For layers followed by a ReLU-family activation. Recommended for init-scale findings (with "
+            "the exact target std they measured), for vanishing or exploding layers whose weight std is "
+            "outside the accepted band, for dead-relu findings whose negative bias keeps the units off "
+            "(He init with a zero bias), and for the dense layers outside the band when a NaN/Inf came "
+            "from an overflow. The reason quotes the measured weight std, its ratio to the target and the "
+            "target std; the snippet sets every listed layer's std exactly."),
+        thresholds=(f"- target sqrt(2/fan_in); {_INIT_BAND}"),
         fix=(
-            "    for m in model.modules():\n"
-            "        if isinstance(m, (nn.Linear, nn.Conv2d)):\n"
-            "            nn.init.kaiming_normal_(m.weight, nonlinearity=\"relu\")\n"
-            "            nn.init.zeros_(m.bias)"),
+            "    # std = sqrt(2 / fan_in) for each layer; the recommendation lists every layer's value\n"
+            "    for name, std in {\"0\": 0.177, \"2\": 0.125}.items():\n"
+            "        layer = model.get_submodule(name)\n"
+            "        nn.init.normal_(layer.weight, mean=0.0, std=std)  # = kaiming_normal_(nonlinearity=\"relu\")\n"
+            "        if layer.bias is not None:\n"
+            "            nn.init.zeros_(layer.bias)"),
         references=(HE_2015, PYTORCH_INIT),
     ),
     R.XAVIER_INIT: Entry(
@@ -492,22 +570,26 @@ FIXES: dict[RecommendationId, Entry] = {
         mechanism=(
             "For activations that are linear around 0 (tanh, and sigmoid up to its 1/4 slope), keeping the "
             "variance of activations needs Var(W) = 1/fan_in and keeping that of gradients 1/fan_out; "
-            "Glorot & Bengio 2010 take the compromise 2/(fan_in + fan_out), times the activation's gain "
-            "(5/3 for tanh)."),
+            "Glorot & Bengio 2010 take the compromise 2/(fan_in + fan_out). SELU layers get LeCun's "
+            "1/fan_in (Klambauer et al. 2017), which this recommendation covers too."),
         measured=(
-            "Recommended for vanishing or exploding layers that are not followed by a ReLU-family "
-            "activation and whose weight std is far from the variance-preserving std, which gradcheck "
-            "takes as LeCun's 1/sqrt(fan_in) (equal to Xavier's when fan_in = fan_out). The reason quotes "
-            "the measured weight std, the fan-in and the target std."),
-        thresholds=(
-            "- weight std outside (0.5, 2) times 1/sqrt(fan_in): off by more than 2x, the signal scale "
-            "changes >= 2x per layer, compounding with depth (LeCun et al. 1998)."),
+            "For layers followed by tanh, sigmoid, softsign, hardtanh, SELU or no activation. Recommended "
+            "for init-scale findings (with the exact target std they measured), for vanishing or exploding "
+            "layers whose weight std is outside the accepted band, for saturated-activation findings whose "
+            "feeding layer's weights are above the band (the init drives the units into saturation), and "
+            "for the dense layers outside the band when a NaN/Inf came from an overflow. The reason "
+            "quotes the measured weight std, its ratio to the target and the target std; the snippet sets "
+            "every listed layer's std exactly."),
+        thresholds=(f"- target sqrt(2/(fan_in + fan_out)) (sqrt(1/fan_in) for SELU, or when the fan-out "
+                    f"is unknown); {_INIT_BAND}"),
         fix=(
-            "    for m in model.modules():\n"
-            "        if isinstance(m, (nn.Linear, nn.Conv2d)):\n"
-            "            nn.init.xavier_uniform_(m.weight, gain=nn.init.calculate_gain(\"tanh\"))\n"
-            "            nn.init.zeros_(m.bias)"),
-        references=(GLOROT_2010, LECUN_1998),
+            "    # std = sqrt(2 / (fan_in + fan_out)) for each layer; the recommendation lists every value\n"
+            "    for name, std in {\"0\": 0.125, \"2\": 0.125}.items():\n"
+            "        layer = model.get_submodule(name)\n"
+            "        nn.init.normal_(layer.weight, mean=0.0, std=std)  # = nn.init.xavier_normal_\n"
+            "        if layer.bias is not None:\n"
+            "            nn.init.zeros_(layer.bias)"),
+        references=(GLOROT_2010, LECUN_1998, KLAMBAUER_2017),
     ),
     R.ADD_NORMALIZATION: Entry(
         R.ADD_NORMALIZATION.value, "Add normalization",
@@ -517,14 +599,14 @@ FIXES: dict[RecommendationId, Entry] = {
             "(BatchNorm, Ioffe & Szegedy 2015) or over the features of each sample (LayerNorm, Ba et al. "
             "2016), so their scale cannot drift layer by layer and the Jacobians stay near unit gain."),
         measured=(
-            "Recommended when three or more dense layers vanish or explode and the model has no "
-            "normalization layer. The snippet uses LayerNorm when a flagged layer is recurrent or "
-            "attention, BatchNorm2d for convolutions, BatchNorm1d otherwise."),
-        thresholds=(
-            "- at least 3 flagged dense layers: one layer can be a local problem, a run of them is a trend "
-            "through depth (DOMAIN.md: 'a steady geometric decay or growth')."),
+            "Recommended when a vanishing, exploding or init-scale finding carries a geometric run of the "
+            "gradient or activation scale through a stack (its stack_* evidence), no normalization layer "
+            "runs inside the run, and the model has none. The snippet uses LayerNorm for sequence models "
+            "(recurrent, attention, embedding, transformer layers), BatchNorm1d/2d/3d for convolutions, "
+            "BatchNorm1d for MLPs. The reason describes the run: its per-layer factor, total and layers."),
+        thresholds=f"{_STACK_THRESHOLD}",
         fix=(
-            "    nn.Sequential(layer, nn.BatchNorm1d(features), activation)   # after each flagged layer\n"
+            "    nn.Sequential(layer, nn.BatchNorm1d(features), activation)   # after each layer of the stack\n"
             "    # nn.BatchNorm2d(channels) after convolutions, nn.LayerNorm(features) in sequence models\n\n"
             "A deep plain stack with BatchNorm still explodes at init (Yang et al. 2019): add residual "
             "connections too (add-skip)."),
@@ -538,12 +620,12 @@ FIXES: dict[RecommendationId, Entry] = {
             "identity path around F whatever the depth, and it neither vanishes nor explodes through the "
             "stack of blocks (He et al. 2016)."),
         measured=(
-            "Recommended when three or more dense layers vanish (in a model without normalization) or "
-            "explode. The reason quotes the number of stacked layers and the extreme grad/weight ratio "
-            "among them."),
-        thresholds=(
-            "- at least 3 flagged dense layers, as for add-normalization: a trend through depth, not a "
-            "single layer."),
+            "Recommended when a vanishing, exploding or init-scale finding carries a geometric run through "
+            "a stack (its stack_* evidence) and the probe saw no residual add in the model (the input of a "
+            "running module added to a result computed inside it). A residual stack resets the scale at "
+            "every block, so it shows no geometric run and gets no such recommendation. The reason "
+            "describes the run."),
+        thresholds=f"{_STACK_THRESHOLD}",
         fix=(
             "    class Residual(nn.Module):\n"
             "        def __init__(self, block):\n"
@@ -562,11 +644,12 @@ FIXES: dict[RecommendationId, Entry] = {
             "W_hh and tanh' at every step (Hochreiter & Schmidhuber 1997). A GRU's update gate plays the "
             "same role (Cho et al. 2014)."),
         measured=(
-            "Recommended for vanilla nn.RNN / nn.RNNCell layers flagged vanishing through time. The reason "
-            "quotes the ratio of the gradient reaching the first time step to its peak."),
+            "Recommended for vanilla nn.RNN / nn.RNNCell layers with a vanishing-through-time finding. The "
+            "reason quotes the ratio of the gradient reaching the far end of the sequence to its peak, "
+            "and the effective horizon."),
         thresholds=(
-            f"- the first time step receives less than {_num(T.vanish_relative)} of the peak per-step "
-            "gradient (Pascanu et al. 2013; AUTOTRAINER's 1e-3 ratio along time)."),
+            f"- the far end receives less than {_num(T.vanish_relative)} of the peak per-step gradient "
+            "(Pascanu et al. 2013; AUTOTRAINER's 1e-3 ratio along time)."),
         fix=(
             "    self.rnn = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True)\n"
             "    # or nn.GRU(...): the cell state gives the gradient a path with factor ~1"),
@@ -581,14 +664,17 @@ FIXES: dict[RecommendationId, Entry] = {
             "throw the weights away (Pascanu et al. 2013). It treats the symptom; the cause may still need "
             "an init or architecture fix."),
         measured=(
-            "Recommended for exploding layers. max_norm is twice the total norm of the layers that are not "
-            "exploding (grad/weight <= 1), rounded to one significant digit, so healthy steps pass "
-            "untouched; when no layer is healthy to calibrate on, the common default 1.0. The reason "
-            "quotes the largest measured gradient norm."),
+            "Recommended for exploding and exploding-through-time findings, for NaN/Inf that came from an "
+            "overflow (or weights already NaN/Inf), and for divergence over optimizer steps. The reason "
+            "quotes the measured norm or growth and how max_norm was derived."),
         thresholds=(
-            "- max_norm = 2 x sqrt(sum of the squared grad_norm of the non-exploding layers); 1.0 without "
-            "any. Pascanu et al. 2013 recommend a threshold from the average norm over updates; the 2x "
-            "leaves room for batch-to-batch variation."),
+            "- exploding layers and overflow: max_norm = 2 x the total norm (square root of the sum of "
+            "squared grad_norm) of the layers that are not flagged and have grad/weight <= 1, rounded to "
+            "one significant digit, so healthy steps pass untouched; 1.0, the common default, when no "
+            "layer is healthy to calibrate on. Pascanu et al. 2013 take the threshold from the average "
+            "norm over updates; the 2x leaves room for batch-to-batch variation.\n"
+            "- divergence: max_norm = the total gradient norm before any optimizer step, rounded to one "
+            "significant digit: every step stays that size however the loss grows."),
         fix=(
             "    loss.backward()\n"
             "    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=MAX_NORM)\n"
@@ -600,19 +686,23 @@ FIXES: dict[RecommendationId, Entry] = {
         "A learning rate that brings the largest update/weight ratio near 1e-3.",
         mechanism=(
             "With SGD one step changes a layer's weights by lr x grad_norm, i.e. by lr x grad/weight "
-            "relative to their norm. A healthy ratio is around 1e-3: far above it the steps overshoot and "
-            "training diverges."),
+            "relative to their norm. A healthy ratio is around 1e-3: far above it the steps overshoot, "
+            "the loss rises and the weights grow until the values overflow."),
         measured=(
-            "Recommended for exploding layers (the largest grad/weight ratio among them sets the new "
-            "learning rate), and for divergence over optimizer steps. The reason quotes the measured ratio "
-            "and the learning rate that brings it to ~1e-3."),
+            "Recommended for exploding layers, for divergence over optimizer steps, and for NaN/Inf that "
+            "came from an overflow (or weights already NaN/Inf). The reason quotes the measured ratio and "
+            "the learning rate that brings it to ~1e-3."),
         thresholds=(
-            "- lr = 1e-3 / (largest grad/weight), rounded to one significant digit: the update/weight ratio "
-            "then sits at the healthy ~1e-3 (CS231n; inside TheDeepChecker's bounds, log10 between -4 and "
-            "-1)."),
+            "- exploding layers: lr = 1e-3 / (largest grad/weight), rounded to one significant digit: the "
+            "SGD update/weight ratio then sits at the healthy ~1e-3 (CS231n; inside TheDeepChecker's "
+            "bounds, log10 between -4 and -1).\n"
+            f"- divergence: lr x {_num(_divergence.HEALTHY_UPDATE)} / (the largest update/weight ratio of the "
+            "first step), one significant digit; lr / 10 without a usable ratio (DOMAIN.md: 'a learning "
+            "rate 10x lower').\n"
+            "- overflow: lr / 10."),
         fix=(
             "    optimizer = torch.optim.SGD(model.parameters(), lr=NEW_LR)\n"
-            "    # or Adam with warmup:\n"
+            "    # then warm up to it:\n"
             "    scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, 0.01, total_iters=1000)"),
         references=(CS231N, DEEPCHECKER),
     ),
@@ -637,20 +727,24 @@ FIXES: dict[RecommendationId, Entry] = {
         R.GUARD_NONFINITE.value, "Guard the unsafe operation",
         "clamp, eps, log1p, logsumexp or a stable loss where NaN/Inf first appears.",
         mechanism=(
-            "log, sqrt and division are undefined or infinite at zero and for negative values, and exp "
-            "overflows float32 above x ~ 88.7. Clamping the argument into the valid range, adding a small "
-            "eps, or using the fused stable form (log_softmax, logsumexp, F.cross_entropy on logits, "
-            "log1p) removes the NaN/Inf at its source."),
+            "log, sqrt and division are undefined or infinite at zero and for negative values, sqrt's "
+            "derivative is infinite at 0, and exp overflows float32 above x ~ 88.7. Clamping the argument "
+            "into the valid range, adding a small eps, or using the fused stable form (log_softmax, "
+            "logsumexp, F.cross_entropy on logits, log1p) removes the NaN/Inf at its source."),
         measured=(
-            "Recommended for nonfinite findings when the batch itself was finite. It names the origin "
-            "module, the first whose output turned non-finite while its inputs were finite; without one, "
-            "the layers whose gradients are NaN/Inf."),
-        thresholds=("- any NaN/Inf that does not come from the input batch (IEEE 754: one NaN spreads to "
-                    "everything it touches)."),
+            "Recommended for a nonfinite finding whose cause is an unsafe op in the forward or its "
+            "derivative in the backward (or whose origin could not be named), when the batch itself was "
+            "finite. It names the origin module and the op, and the snippet is chosen for that op (log, "
+            "sqrt/rsqrt, division, exp, pow; a general one otherwise)."),
+        thresholds=(
+            "- the nonfinite finding's cause is 'unsafe-op' or 'backward': the op's inputs were below "
+            "sqrt(dtype max), so the op, not an earlier growth, produced the NaN/Inf (see gradcheck "
+            "explain nonfinite)."),
         fix=(
             "    x = torch.log(x.clamp_min(1e-6))        # instead of torch.log(x)\n"
             "    x = torch.sqrt(x.clamp_min(0) + 1e-12)  # instead of torch.sqrt(x)\n"
-            "    y = a / (b + 1e-8)                      # instead of a / b\n"
+            "    y = a / b.clamp_min(1e-8)               # instead of a / b\n"
+            "    y = torch.exp(x.clamp(max=80.0))        # float32 exp overflows above ~88.7\n"
             "    loss = F.cross_entropy(logits, target)  # instead of log(softmax(...))"),
         references=(GOODFELLOW_2016,),
     ),
@@ -695,12 +789,12 @@ RELATED: dict[FindingKind, tuple[RecommendationId, ...]] = {
     K.VANISHING: (R.SWAP_ACTIVATION, R.HE_INIT, R.XAVIER_INIT, R.ADD_NORMALIZATION, R.ADD_SKIP),
     K.EXPLODING: (R.CLIP_GRADIENTS, R.LOWER_LR, R.HE_INIT, R.XAVIER_INIT, R.ADD_NORMALIZATION,
                   R.ADD_SKIP, R.WEIGHT_DECAY),
-    K.NONFINITE: (R.GUARD_NONFINITE, R.CLIP_GRADIENTS, R.LOWER_LR),
+    K.NONFINITE: (R.GUARD_NONFINITE, R.CLIP_GRADIENTS, R.LOWER_LR, R.HE_INIT, R.XAVIER_INIT),
     K.VANISHING_THROUGH_TIME: (R.GATED_RNN,),
-    K.EXPLODING_THROUGH_TIME: (R.CLIP_GRADIENTS, R.GATED_RNN),
-    K.SATURATED_ACTIVATION: (R.SWAP_ACTIVATION, R.XAVIER_INIT, R.ADD_NORMALIZATION),
-    K.DEAD_RELU: (R.SWAP_ACTIVATION, R.HE_INIT, R.LOWER_LR),
-    K.INIT_SCALE: (R.HE_INIT, R.XAVIER_INIT),
+    K.EXPLODING_THROUGH_TIME: (R.CLIP_GRADIENTS,),
+    K.SATURATED_ACTIVATION: (R.SWAP_ACTIVATION, R.XAVIER_INIT),
+    K.DEAD_RELU: (R.SWAP_ACTIVATION, R.HE_INIT),
+    K.INIT_SCALE: (R.HE_INIT, R.XAVIER_INIT, R.ADD_NORMALIZATION, R.ADD_SKIP),
     K.DIVERGENCE: (R.LOWER_LR, R.CLIP_GRADIENTS),
     K.NONFINITE_INPUT: (R.CHECK_INPUTS,),
     K.FP16_UNDERFLOW: (R.LOSS_SCALING,),

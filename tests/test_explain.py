@@ -99,55 +99,90 @@ def test_every_recommendation_is_justified_by_some_finding_kind() -> None:
 
 # --------------------------------------------------------------------------- agreement with fixes.py
 
-def _layer(name: str, *, gtw: float, function: str, weight_std: float, type_name: str = "Linear",
-           saturated: float | None = None, steps: tuple[float, ...] = ()) -> LayerStats:
-    activation: dict[str, object] = {"function": function}
+def _layer(name: str, *, gtw: float = 0.5, function: str = "ReLU", weight_std: float = 0.177,
+           type_name: str = "Linear", saturated: float | None = None,
+           steps: tuple[float, ...] = ()) -> LayerStats:
+    activation: dict[str, object] = {"function": function} if function else {}
     if saturated is not None:
         activation["saturated_fraction"] = saturated
     return LayerStats(
-        name=name, type_name=type_name, index=0, params=4096, role="dense", fan_in=64,
+        name=name, type_name=type_name, index=0, params=4096, role="dense", fan_in=64, fan_out=64,
         weight_std=weight_std, trainable=True, received=True, grad_norm=gtw * 8.0, weight_norm=8.0,
         grad_to_weight=gtw, grad_rms=gtw / 8, nonfinite_grads=0, output_rms=1.0,
         output_grad_rms=1e-3, output_nonfinite=False, activation=activation, step_grad_rms=steps)
 
 
-def _scenarios() -> list[tuple[FindingKind, list[LayerStats], dict[str, object]]]:
-    he = math.sqrt(2 / 64)
-    relu_big = [_layer(f"l{i}", gtw=5e3, function="ReLU", weight_std=10 * he) for i in range(4)]
-    sig_small = [_layer(f"s{i}", gtw=1e-9, function="Sigmoid", weight_std=0.01) for i in range(4)]
-    tanh_sat = [_layer(f"t{i}", gtw=1e-9, function="Tanh", weight_std=1.0, saturated=0.9)
-                for i in range(4)]
+HE = math.sqrt(2 / 64)
+XAVIER = math.sqrt(2 / 128)
+STACK = {"stack_signal": "gradient", "stack_trend": "decay", "stack_gain_per_layer": 0.3,
+         "stack_total": 0.027, "stack_layers": 4, "stack_first": "l0", "stack_last": "l3",
+         "stack_normalized": 0, "stack_residual": 0, "stack_plain": 1}
+INIT = {"weight_std": 0.01, "target_std": HE, "scheme": "he", "std_ratio": 0.06,
+        "direction": "too small"}
+OK = _layer("head", gtw=0.5, weight_std=HE)
+Scenario = tuple[FindingKind, list[LayerStats], dict[str, object]]
+
+
+def _scenarios() -> list[Scenario]:
+    """Synthetic findings that, together, make fixes.recommend emit every recommendation the
+    catalogue links to each finding kind. The evidence keys are the checks' own."""
+    def stack(prefix: str = "l", **kw: object) -> list[LayerStats]:
+        return [_layer(f"{prefix}{i}", **kw) for i in range(4)]  # type: ignore[arg-type]
+
     rnn = [_layer("rnn", gtw=1e-9, function="", weight_std=0.1, type_name="RNN",
                   steps=(1e-9, 1e-4, 1e-2))]
-    rnn_exploding = [_layer("rnn", gtw=0.5, function="", weight_std=1.0, type_name="RNN",
-                            steps=(1e2, 1.0, 1e-1))]
-    ok = _layer("head", gtw=0.5, function="ReLU", weight_std=he)
+    rnn_up = [_layer("rnn", gtw=0.5, function="", weight_std=1.0, type_name="RNN",
+                     steps=(1e2, 1.0, 1e-1))]
+    overflow = {"origin": "l0", "op": "linear", "direction": "forward", "cause": "overflow",
+                "input_max_abs": 1e20, "produced": "inf"}
+    unsafe = {"origin": "l0", "op": "log", "direction": "forward", "cause": "unsafe-op",
+              "input_max_abs": 3.0, "produced": "nan"}
     return [
-        (FindingKind.EXPLODING, [*relu_big, ok], {}),
-        (FindingKind.VANISHING, [*sig_small, ok], {}),
-        (FindingKind.VANISHING, [*tanh_sat, ok], {}),
-        (FindingKind.VANISHING_THROUGH_TIME, [*rnn, ok], {}),
-        (FindingKind.EXPLODING_THROUGH_TIME, [*rnn_exploding, ok], {}),
-        (FindingKind.NONFINITE, [ok], {"origin": "head"}),
-        (FindingKind.NONFINITE_INPUT, [ok], {}),
+        (FindingKind.VANISHING, [*stack(gtw=1e-9, function="Sigmoid", weight_std=0.01), OK], STACK),
+        (FindingKind.VANISHING, [*stack(gtw=1e-9, weight_std=0.001), OK], {}),
+        (FindingKind.EXPLODING, [*stack(gtw=5e3, weight_std=10 * HE), OK], STACK),
+        (FindingKind.EXPLODING, [*stack(gtw=5e3, function="Tanh", weight_std=10.0), OK], {}),
+        (FindingKind.NONFINITE, [*stack(weight_std=10 * HE), *stack("t", function="Tanh", weight_std=10.0)],
+         overflow),
+        (FindingKind.NONFINITE, [OK], unsafe),
+        (FindingKind.VANISHING_THROUGH_TIME, [*rnn, OK], {}),
+        (FindingKind.EXPLODING_THROUGH_TIME, [*rnn_up, OK], {}),
+        (FindingKind.SATURATED_ACTIVATION, [_layer("t0", function="Tanh", weight_std=1.0), OK],
+         {"function": "Tanh", "activation_module": "1", "saturated_units": 0.9,
+          "saturated_fraction": 0.9, "weight_std": 1.0, "target_std": XAVIER}),
+        (FindingKind.DEAD_RELU, [_layer("r0", weight_std=HE), OK],
+         {"function": "ReLU", "activation_module": "1", "dead_fraction": 0.9, "bias_mean": -3.0,
+          "negative_bias": 1}),
+        (FindingKind.INIT_SCALE, [*stack(weight_std=0.01), OK], {**INIT, **STACK}),
+        (FindingKind.INIT_SCALE, [_layer("x0", function="Tanh", weight_std=1.0), OK],
+         {**INIT, "scheme": "xavier", "target_std": XAVIER, "direction": "too large"}),
+        (FindingKind.DIVERGENCE, [OK], {"lr": 1.0, "suggested_lr": 0.01, "optimizer": "sgd",
+                                        "max_update_to_weight": 0.1, "max_update_layer": "head",
+                                        "initial_grad_norm": 3.0}),
+        (FindingKind.NONFINITE_INPUT, [OK], {}),
     ]
 
 
-def test_fixes_only_recommend_what_the_catalogue_says_the_finding_justifies() -> None:
-    emitted: set[RecommendationId] = set()
+def test_fixes_emit_exactly_what_the_catalogue_links_to_each_finding_kind() -> None:
+    emitted: dict[FindingKind, set[RecommendationId]] = {}
     for kind, layers, evidence in _scenarios():
-        flagged = layers[:-1] if len(layers) > 1 else [None]
-        findings = [Finding(kind, x.name if x else None, Severity.ERROR, "m", dict(evidence))  # type: ignore[arg-type]
-                    for x in flagged]
+        per_layer = kind not in {FindingKind.DIVERGENCE, FindingKind.NONFINITE_INPUT}
+        flagged = [x for x in layers if x is not OK] if per_layer else []
+        findings = [Finding(kind, x.name, Severity.ERROR, "m", dict(evidence)) for x in flagged] \
+            or [Finding(kind, None, Severity.ERROR, "m", dict(evidence))]  # type: ignore[arg-type]
         recs = recommend(findings, layers, has_normalization=False)
         assert recs, kind
         for rec in recs:
-            assert kind in catalog.justifying_findings(rec.id), (kind, rec.id)
-            emitted.add(rec.id)
-    # The catalogue's "not yet recommended" notes are honest: nothing marked so was emitted, and
-    # every recommendation not marked so is emitted by one of these scenarios.
-    unmarked = {rid for rid, e in FIXES.items() if NOT_YET_RECOMMENDED not in e.measured}
-    assert emitted == unmarked
+            assert rec.id in catalog.related_fixes(kind), (kind.value, rec.id.value)
+        emitted.setdefault(kind, set()).update(rec.id for rec in recs)
+    for kind in FindingKind:
+        expected = {r for r in catalog.related_fixes(kind)
+                    if NOT_YET_RECOMMENDED not in FIXES[r].measured}
+        if kind in CHECKS:
+            assert emitted.get(kind, set()) == expected, kind.value
+    # "Not yet recommended" is honest: no scenario emits a recommendation marked so.
+    marked = {rid for rid, e in FIXES.items() if NOT_YET_RECOMMENDED in e.measured}
+    assert not marked & set().union(*emitted.values())
 
 
 def test_every_builtin_scan_agrees_with_the_catalogue() -> None:
@@ -156,8 +191,11 @@ def test_every_builtin_scan_agrees_with_the_catalogue() -> None:
     from gradcheck_cli import scan
     from gradcheck_cli.zoo import BUILTINS
 
-    for builtin in BUILTINS:
-        report = scan(f"builtin:{builtin.name}")
+    broken = [b for b in BUILTINS if b.verdict != "healthy"]  # healthy ones have no findings
+    assert broken
+    for builtin in broken:
+        report = scan(f"builtin:{builtin.name}", batches=1)
+        assert report.findings, builtin.name
         kinds = {f.kind for f in report.findings}
         for rec in report.recommendations:
             assert kinds & set(catalog.justifying_findings(rec.id)), (builtin.name, rec.id, kinds)
@@ -199,9 +237,14 @@ def test_explain_lists_related_ids_both_ways() -> None:
 
 
 def test_explain_keeps_code_verbatim_and_wraps_prose() -> None:
-    text = render_explain(FIXES[RecommendationId.HE_INIT], frozenset(CHECKS), width=60)
-    assert '            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")' in text
-    prose = [line for line in text.splitlines() if "kaiming_normal_" not in line]
+    entry = FIXES[RecommendationId.HE_INIT]
+    text = render_explain(entry, frozenset(CHECKS), width=60)
+    code = entry.fix.splitlines()
+    assert code and all(line.startswith("    ") for line in code)
+    lines = text.splitlines()
+    for line in code:
+        assert "  " + line in lines
+    prose = [line for line in lines if line.strip() not in {c.strip() for c in code}]
     assert max(len(line) for line in prose) <= 60
 
 

@@ -39,13 +39,14 @@ def render_explain(entry: Entry, measured: Collection[FindingKind], width: int =
     for heading, attribute in SECTIONS:
         lines += ["", heading, *_body(getattr(entry, attribute), width)]
     if kind is not None:
-        lines += ["", "Recommendations it can justify",
-                  *_aligned([(r.value, FIXES[r].title) for r in related_fixes(kind)], width, INDENT)]
+        rows = [(r.value, FIXES[r].title + _note(_not_recommended(FIXES[r]), NOT_RECOMMENDED_NOTE))
+                for r in related_fixes(kind)]
+        lines += ["", "Recommendations it can justify", *_aligned(rows, INDENT)]
     else:
         rid = RecommendationId(entry.id)
-        lines += ["", "Justified by the findings",
-                  *_aligned([(k.value, FINDINGS[k].title) for k in justifying_findings(rid)],
-                            width, INDENT)]
+        rows = [(k.value, FINDINGS[k].title + _note(k not in measured, NOT_MEASURED_NOTE))
+                for k in justifying_findings(rid)]
+        lines += ["", "Justified by the findings", *_aligned(rows, INDENT)]
     lines += ["", "References", *_body("\n".join(f"- {ref}" for ref in entry.references), width)]
     return "\n".join(lines) + "\n"
 
@@ -116,7 +117,11 @@ def _items(lines: list[str]) -> list[str]:
     return items
 
 
-def _aligned(rows: list[tuple[str, str]], width: int, indent: str) -> list[str]:
+def _note(applies: bool, note: str) -> str:
+    return f" ({note})" if applies else ""
+
+
+def _aligned(rows: list[tuple[str, str]], indent: str) -> list[str]:
     if not rows:
         return [indent + "(none)"]
     column = max(len(left) for left, _ in rows)
