@@ -132,3 +132,12 @@ def test_rises_and_suggested_lr() -> None:
     assert suggested_lr(0.1, 0.5) == 0.0002
     assert suggested_lr(0.1, None) == 0.01  # no ratio: DOMAIN.md's 10x lower
     assert suggested_lr(0.1, 1e-5) == 0.01  # would raise the lr: 10x lower instead
+
+
+def test_the_table_shows_update_ratios_only_with_steps() -> None:
+    from gradcheck_cli.render.table import render_table
+
+    target = Target("tiny", _Tiny, _tiny_batch, None)
+    stepped = render_table(scan(target, steps=2), width=80, color=False)
+    assert "update/w" in stepped and max(len(line) for line in stepped.splitlines()) <= 80
+    assert "update/w" not in render_table(scan(target), width=80, color=False)

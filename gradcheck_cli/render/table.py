@@ -314,6 +314,7 @@ def _headers(short: bool) -> dict[str, str]:
         "status": "status",
         "grad_norm": "grad" if short else "grad_norm",
         "grad_to_weight": "g/w" if short else "grad/weight",
+        "update": "upd/w" if short else "update/w",
         "nonfinite": "nonfinite",
         "bar": "log grad",
     }
@@ -327,8 +328,14 @@ def _cells(layer: LayerReport) -> dict[str, str]:
         "status": layer.status.value,
         "grad_norm": format_number(layer.grad_norm),
         "grad_to_weight": format_number(layer.grad_to_weight),
+        "update": format_number(layer.update_to_weight),
         "nonfinite": str(layer.nonfinite_grads),
     }
+
+
+def _shows_updates(layers: Sequence[LayerReport]) -> bool:
+    """With --steps every layer has an update/weight ratio: show it next to grad/weight."""
+    return any(layer.update_to_weight is not None for layer in layers)
 
 
 def _plan(layers: Sequence[LayerReport], width: int) -> _Layout:
@@ -341,6 +348,8 @@ def _plan(layers: Sequence[LayerReport], width: int) -> _Layout:
     def fixed(short: bool, nonfinite: bool, bar_width: int) -> tuple[int, int]:
         """Cells taken by the columns other than name and type, and the number of columns."""
         keys = ["index", "status", "grad_norm", "grad_to_weight"]
+        if _shows_updates(layers):
+            keys.append("update")
         if nonfinite:
             keys.append("nonfinite")
         taken = sum(natural(key, short) for key in keys)
@@ -415,6 +424,9 @@ def _layer_table(layers: Sequence[LayerReport], layout: _Layout, scale: _BarScal
     if layout.type_width:
         columns.append(column("type"))
     columns += [column("status"), column("grad_norm", "right"), column("grad_to_weight", "right")]
+    updates = _shows_updates(layers)
+    if updates:
+        columns.append(column("update", "right"))
     if layout.show_nonfinite:
         columns.append(column("nonfinite", "right"))
     columns.append(column("bar"))
@@ -441,6 +453,8 @@ def _layer_table(layers: Sequence[LayerReport], layout: _Layout, scale: _BarScal
             Text(cells["grad_norm"]),
             Text(cells["grad_to_weight"]),
         ]
+        if updates:
+            row.append(Text(cells["update"]))
         if layout.show_nonfinite:
             row.append(Text(cells["nonfinite"], style="bold red" if layer.nonfinite_grads else ""))
         row.append(Text(scale.bar(layer.grad_norm, layout.bar_width), style=style))
