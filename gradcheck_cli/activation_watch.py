@@ -188,7 +188,7 @@ class FunctionalWatch(TorchFunctionMode):
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         if not tensors or any(a is leaf for a in tensors for leaf in self.ignore()):
             return
-        for module, value in self.inputs():
+        for module, value in reversed(self.inputs()):  # the innermost module whose input it is
             if any(a is value for a in tensors):
                 self.residual_in.add(module)
                 return
