@@ -144,7 +144,7 @@ _STACK_MEASURED = (
     "stack_first, stack_last, stack_normalized, stack_residual, stack_plain.")
 _STACK_THRESHOLD = (
     f"- geometric run (the evidence behind add-normalization and add-skip): at least "
-    f"{depth.MIN_LAYERS} dense layers (the classifier's min_stack), at least "
+    f"{depth.MIN_LAYERS} dense layers, at least "
     f"{_num(depth.MIN_GAIN)}x per layer on geometric average and {_num(depth.MIN_TOTAL)}x (one decade) "
     "over the run. A healthy stack's per-layer factors alternate around 1, and 1.2 per layer catches "
     "the slow growth of a deep plain BatchNorm stack (Yang et al. 2019) once it has compounded to a "
@@ -430,7 +430,7 @@ FINDINGS: dict[FindingKind, Entry] = {
             "Xavier for tanh/sigmoid/linear layers and LeCun for SELU (xavier-init), with zero biases; "
             "the recommendation gives the std of every layer. Where the run persists in a deep plain "
             "stack, add normalization or residual connections (add-normalization, add-skip)."),
-        references=(LECUN_1998, GLOROT_2010, HE_2015, PYTORCH_INIT, SAXE_2014),
+        references=(LECUN_1998, GLOROT_2010, HE_2015, KLAMBAUER_2017, PYTORCH_INIT, SAXE_2014),
     ),
     K.DIVERGENCE: Entry(
         K.DIVERGENCE.value, "Divergence over optimizer steps",
