@@ -35,6 +35,7 @@ from .settings import (
     did_you_mean,
     key_text,
     parse_settings,
+    printable,
     shown,
 )
 
@@ -98,7 +99,7 @@ def parse_recipe(text: str, shown_path: str, folder: Path) -> Recipe:
         if not isinstance(key, str):
             where.fail((), f"expected a key name at the top level, got {shown(key)}")
         if key not in TOP_KEYS:
-            where.fail((key,), f"unknown key '{key}'{did_you_mean(key, list(TOP_KEYS))}")
+            where.fail((key,), f"unknown key '{printable(key)}'{did_you_mean(key, list(TOP_KEYS))}")
     if "version" not in data:
         where.fail((), f"missing key 'version'; add 'version: {VERSION}' at the top")
     version = data["version"]
@@ -124,7 +125,7 @@ def parse_recipe(text: str, shown_path: str, folder: Path) -> Recipe:
         scan = _parse_scan(scan_data, index, where, folder, defaults)
         if scan.name in names:
             where.fail(("scans", index, "name"),
-                       f"duplicate scan name '{scan.name}' (also scans[{names[scan.name]}]); "
+                       f"duplicate scan name '{printable(scan.name)}' (also scans[{names[scan.name]}]); "
                        f"give every scan its own name")
         names[scan.name] = index
         scans.append(scan)
@@ -192,12 +193,12 @@ def _load_yaml(text: str, shown_path: str) -> tuple[yaml.Node | None, Any]:
         detail = f"{problem} ({context})" if context else problem
         if isinstance(exc, yaml.constructor.ConstructorError):
             detail += "; a recipe holds plain values only (it is read with yaml.safe_load)"
-        raise RecipeError(f"{shown_path}:{line}: invalid YAML: {detail}") from None
+        raise RecipeError(f"{shown_path}:{line}: invalid YAML: {printable(detail, 300)}") from None
     except yaml.YAMLError as exc:  # ReaderError (control characters) and others without a mark
         position = getattr(exc, "position", None)
         line = text.count("\n", 0, position) + 1 if isinstance(position, int) else 1
         detail = " ".join(str(exc).split())
-        raise RecipeError(f"{shown_path}:{line}: invalid YAML: {detail}") from None
+        raise RecipeError(f"{shown_path}:{line}: invalid YAML: {printable(detail, 300)}") from None
     except RecursionError:
         raise RecipeError(f"{shown_path}:1: invalid YAML: nested too deeply") from None
     _reject_duplicate_keys(root, shown_path)
@@ -218,7 +219,7 @@ def _reject_duplicate_keys(root: yaml.Node | None, shown_path: str) -> None:
                 if isinstance(key, yaml.ScalarNode) and key.value != "<<":
                     if key.value in lines:
                         raise RecipeError(
-                            f"{shown_path}:{key.start_mark.line + 1}: duplicate key '{key.value}' "
+                            f"{shown_path}:{key.start_mark.line + 1}: duplicate key '{printable(key.value)}' "
                             f"(first on line {lines[key.value]}); keep one")
                     lines[key.value] = key.start_mark.line + 1
                 stack.extend((key, value))

@@ -43,8 +43,15 @@ def key_text(path: Path_) -> str:
     """("scans", 1, "batchs") -> "scans[1].batchs"."""
     text = ""
     for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        text += f"[{part}]" if isinstance(part, int) else (f".{printable(part)}" if text else printable(part))
     return text
+
+
+def printable(text: str, limit: int = 60) -> str:
+    """`text` for a one-line message: control characters escaped, long text shortened."""
+    if not text.isprintable():
+        text = repr(text)[1:-1]
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def shown(value: Any) -> str:
@@ -54,7 +61,7 @@ def shown(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return f"'{value}'"
+        return f"'{printable(value)}'"
     if isinstance(value, Mapping):
         return "a mapping"
     if isinstance(value, (list, tuple)):
@@ -130,7 +137,7 @@ def _fail_on(value: Any) -> tuple[str, ...]:
             raise ValueError(f"expected finding kinds or statuses (e.g. [exploding, nonfinite]), "
                              f"got {shown(word)}")
         if word.strip().lower() not in valid:
-            raise ValueError(f"unknown finding kind or status '{word.strip()}'"
+            raise ValueError(f"unknown finding kind or status '{printable(word.strip())}'"
                              f"{did_you_mean(word.strip().lower(), valid)}")
     parsed = parse_fail_on(words)
     if not parsed:
@@ -230,7 +237,7 @@ def parse_settings(mapping: Mapping[Any, Any], base: Path_, per_scan: bool,
         if key not in valid:
             if key in top_level_keys(True):
                 raise SettingError(path, f"'{key}' describes one model: set it in a scan, not here")
-            raise SettingError(path, f"unknown key '{key}'{did_you_mean(key, valid)}")
+            raise SettingError(path, f"unknown key '{printable(key)}'{did_you_mean(key, valid)}")
         if key in GROUPS:
             out.update(_parse_group(key, value, path))
         else:
@@ -251,7 +258,7 @@ def _parse_group(group: str, value: Any, path: Path_) -> dict[str, tuple[Any, Pa
             raise SettingError(path, f"expected a key name, got {shown(sub)}")
         sub_path = (*path, sub)
         if sub not in _sub_keys(group):
-            raise SettingError(sub_path, f"unknown key '{sub}'{did_you_mean(sub, _sub_keys(group))}")
+            raise SettingError(sub_path, f"unknown key '{printable(sub)}'{did_you_mean(sub, _sub_keys(group))}")
         out[f"{group}.{sub}"] = (_parse_one(f"{group}.{sub}", sub_value, sub_path), sub_path)
     return out
 
