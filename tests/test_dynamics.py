@@ -30,6 +30,14 @@ def test_healthy_models_stay_healthy_at_a_sane_learning_rate(name: str, optimize
     assert ratios and all(r is not None and 0 < r < 0.1 for r in ratios)
 
 
+def test_adam_at_a_far_too_large_learning_rate_diverges() -> None:
+    report = scan("builtin:relu-he", steps=3, optimizer="adam", lr=1.0, batch_size=8)
+    divergence = [f for f in report.findings if f.kind == FindingKind.DIVERGENCE]
+    assert divergence and divergence[0].evidence["optimizer"] == "adam"
+    lower = next(r for r in report.recommendations if r.id == RecommendationId.LOWER_LR)
+    assert "torch.optim.Adam(" in lower.code
+
+
 def test_a_learning_rate_far_too_large_diverges() -> None:
     report = scan("builtin:relu-he", steps=3, optimizer="sgd", lr=10.0)
     divergence = [f for f in report.findings if f.kind == FindingKind.DIVERGENCE]
@@ -120,10 +128,15 @@ def test_divergence_rule() -> None:
     assert not divergence_check(_context((float("nan"), 1.0, 2.0, 4.0)))  # NaN from the start
     assert not divergence_check(_context((1.0, 0.8, 1.1, 0.9, 1.2)))  # ordinary wobble
     assert not divergence_check(_context((1.0, 1.1, 1.2, 1.3)))  # steady but only +30%
-    assert not divergence_check(_context((1.0, 4.0, 3.0, 3.5)))  # grew, then fell once: not steady
+    assert not divergence_check(_context((1.0, 4.0, 1.5, 1.8)))  # overshot once, came back
+    assert divergence_check(_context((3.5, 4.6e7, 2.3e6, 8.9e4, 2.1e3)))  # jumped up, stayed up
+    assert not divergence_check(_context((1.0, 2.5)))  # one transition: neither steady nor sustained
+    assert divergence_check(_context((1.0, 1.5, 2.5)))  # a 3-value trace (--steps 1): 2 rises
     assert divergence_check(_context((-2.0, -1.0, 0.5, 1.0)))  # negative losses (NLL) rise too
     finding = divergence_check(_context((1.0, 1.5, 2.5, 4.0)))[0]
     assert finding.layer is None and finding.evidence["suggested_lr"] == 0.0002
+    assert finding.evidence["rule"] == "steady-rise"
+    assert divergence_check(_context((3.5, 4.6e7, 2.3e6, 2.1e3)))[0].evidence["rule"] == "sustained-rise"
 
 
 def test_rises_and_suggested_lr() -> None:
