@@ -270,6 +270,42 @@ def test_three_scans_give_one_report_with_the_worst_exit_code(in_tmp: Path) -> N
     assert all(s["report"]["config"]["batches"] == 1 for s in doc["scans"])
 
 
+THREE_SCANS = """
+    version: 1
+    defaults: {batches: 1, batch_size: 4}
+    scans:
+      - {name: file, target: model.py}
+      - {name: sigmoid-strict, target: builtin:deep-sigmoid, fail_on: [vanishing]}
+      - {name: sigmoid-standard, target: builtin:deep-sigmoid}
+    """
+
+
+@pytest.mark.parametrize("fmt", ["table", "markdown", "sarif", "junit", "github"])
+def test_three_scans_give_one_report_in_every_format(in_tmp: Path, fmt: str) -> None:
+    import xml.etree.ElementTree as ET
+
+    _write(in_tmp, THREE_SCANS)
+    result = runner.invoke(app, ["run", "recipe.yaml", "--format", fmt, "--quiet", "--no-color"])
+    assert result.exit_code == 1, result.output
+    if fmt == "sarif":
+        [sarif_run] = json.loads(result.stdout)["runs"]  # one document for the three scans
+        assert {r["ruleId"] for r in sarif_run["results"]} == {"vanishing"}
+    elif fmt == "junit":
+        suites = ET.fromstring(result.stdout).findall("testsuite")
+        assert [s.get("name") for s in suites] == ["file", "sigmoid-strict", "sigmoid-standard"]
+        assert [int(s.get("failures", "0")) > 0 for s in suites] == [False, True, False]
+    elif fmt == "github":
+        lines = result.stderr.splitlines()
+        strict = [line for line in lines if "(scan sigmoid-strict)" in line]
+        standard = [line for line in lines if "(scan sigmoid-standard)" in line]
+        # the same findings: errors where they fail the scan's gate, warnings where they do not
+        assert strict and all(line.startswith("::error ") for line in strict)
+        assert len(standard) == len(strict) and all(line.startswith("::warning ") for line in standard)
+    else:
+        for name in ("file", "sigmoid-strict", "sigmoid-standard"):
+            assert name in result.stdout, name
+
+
 def test_a_scan_that_errors_does_not_stop_the_others(in_tmp: Path) -> None:
     (in_tmp / "broken.py").write_text(textwrap.dedent(BROKEN_FILE))
     _write(in_tmp, """
