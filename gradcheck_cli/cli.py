@@ -1,4 +1,5 @@
-"""The Typer app: the only module that parses argv, prints, writes files or exits.
+"""The Typer app: the only module that parses argv, prints, writes files or exits (with its output
+half, cli_output.py and cli_progress.py, which `scan` and `run` share).
 
 Importing this module must not import torch (`gradcheck --help` and `gradcheck list` stay fast):
 everything that needs torch is imported inside the command that runs a scan.
@@ -131,7 +132,7 @@ def scan(
 
         options = OutputOptions(fmt=parse_format(output_format), output=output, known=load_baseline(baseline),
                                 write_baseline=write_baseline, exit_zero=exit_zero, quiet=quiet,
-                                no_color=no_color)
+                                no_color=no_color, width=_terminal_width())
         resolved = _resolve_settings(_command_line_layer(
             batches=batches, batch_size=batch_size, seed=seed, device=device, steps=steps,
             optimizer=optimizer, lr=lr, input_shape=input_shape, fail_on=fail_on,
@@ -206,7 +207,7 @@ def run(
 
         options = OutputOptions(fmt=parse_format(output_format), output=output, known=load_baseline(baseline),
                                 write_baseline=write_baseline, exit_zero=exit_zero, quiet=quiet,
-                                no_color=no_color)
+                                no_color=no_color, width=_terminal_width())
         command_line = _command_line_layer(
             batches=batches, batch_size=batch_size, seed=seed, device=device, steps=steps,
             optimizer=optimizer, lr=lr, input_shape=None, fail_on=fail_on, timeout=timeout)
@@ -341,12 +342,6 @@ def _resolve_settings(command_line: Layer) -> Resolved:
 
     project, _ = pyproject_layer()
     return resolve(project, command_line)
-
-
-def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
-    if value.lower() not in choices:
-        raise UserError(f"invalid {option} '{value}'; choose one of: {', '.join(choices)}")
-    return value.lower()
 
 
 def _terminal_width() -> int:

@@ -15,7 +15,6 @@ Human messages (what was written where) go to stderr, unless ``--quiet``.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -46,6 +45,8 @@ class OutputOptions:
     exit_zero: bool = False
     quiet: bool = False
     no_color: bool = False
+    width: int = 100
+    """Columns of the table on stdout (the terminal's); a table written to --output gets 100."""
 
 
 def parse_format(value: str) -> OutputFormat:
@@ -74,7 +75,7 @@ def emit(results: Sequence[ScanResult], options: OutputOptions, *, combined: boo
     fmt = options.fmt
     to_stdout = options.output is None
     color = to_stdout and sys.stdout.isatty() and _colour_allowed(options.no_color)
-    width = _terminal_width() if to_stdout else 100
+    width = options.width if to_stdout else 100
     text = render(results, fmt, combined=combined, width=width, color=color, known=options.known)
     if options.output is not None:
         write_atomic(options.output, text)
@@ -135,10 +136,3 @@ def _github_actions_extras(results: Sequence[ScanResult], combined: bool, known:
 
 def _colour_allowed(no_color: bool) -> bool:
     return not no_color and not os.environ.get("NO_COLOR")
-
-
-def _terminal_width() -> int:
-    columns = os.environ.get("COLUMNS")
-    if columns and columns.isdigit():
-        return int(columns)
-    return shutil.get_terminal_size((100, 24)).columns if sys.stdout.isatty() else 100
