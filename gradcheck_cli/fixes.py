@@ -241,13 +241,16 @@ def _nonfinite_fixes(recs: dict[R, Recommendation], findings: Sequence[Finding],
         why = f"{len(flagged)} layers get NaN/Inf gradients; no single op could be named"
     elif evidence.get("direction") == "backward":
         why = (f"the backward of `{op}` in {where} is the first to return NaN/Inf gradients from a "
-               "finite incoming gradient: its derivative is infinite at these inputs")
+               "finite incoming gradient: " + ("check that custom backward for 0/0, division by zero "
+                                               "and log/sqrt at 0" if op.endswith("Backward") else
+                                               "its derivative is infinite at these inputs"))
     else:
         why = (f"`{op}` in {where} is the first op to output {_produced(evidence.get('produced'))} "
                f"from finite inputs (max |x| {_number(magnitude)})")
     code = next((snippet for ops, snippet in _GUARDS if op.rstrip("_") in ops
                  or op.startswith(ops[0])), _GENERIC_GUARD)
-    recs[R.GUARD_NONFINITE] = _rec(R.GUARD_NONFINITE, (str(origin),) if origin else _names(flagged),
+    named = origin is not None and origin != "(unknown)"
+    recs[R.GUARD_NONFINITE] = _rec(R.GUARD_NONFINITE, (str(origin),) if named else _names(flagged),
                                    why, code)
 
 

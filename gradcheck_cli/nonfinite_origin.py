@@ -12,7 +12,8 @@ torch function the user's forward and loss call:
 * backward (only when the forward was clean): `backward_hook` builds, for every op output that has
   a grad_fn, a hook that probe.py registers on the autograd node; the first node, in backward
   order, that returns a NaN/Inf gradient while the gradient it received was finite is the origin
-  (sqrt at 0, a custom backward).
+  (sqrt at 0, a custom backward). Nodes no torch function made (a custom autograd.Function) are
+  hooked too: through the module whose output they produced, else by walking the graph.
 
 The replay never runs on a healthy model, so it costs nothing there. Only probe.py registers hooks:
 this module builds the hook functions and records what they see. No tensor leaves the replay: the
@@ -84,11 +85,28 @@ class OriginWatch(TorchFunctionMode):
         if self.on_node is not None:
             location = self.where()
             for tensor in outputs:
-                node = tensor.grad_fn
-                if node is not None and id(node) not in self._seen_nodes:
-                    self._seen_nodes.add(id(node))
-                    self.on_node(node, name, location)
+                self.watch_node(tensor.grad_fn, name, location)
         return out
+
+    def watch_node(self, node: Any, op: str, location: Location) -> None:
+        """Have `on_node` hook `node` once (also nodes no torch function made: custom Functions)."""
+        if self.on_node is not None and node is not None and id(node) not in self._seen_nodes:
+            self._seen_nodes.add(id(node))
+            self.on_node(node, op, location)
+
+    def watch_graph(self, root: Any) -> None:
+        """Hook every node of the graph behind `root` not seen yet. A custom autograd.Function's
+        apply is not a torch function, so the mode never sees it: its node is named after its class
+        (e.g. "ClampGradBackward") and its module is unknown unless it produced a module's output."""
+        stack, seen = [root], set()
+        while stack:
+            node = stack.pop()
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            if type(node).__name__ != "AccumulateGrad":
+                self.watch_node(node, type(node).__name__, ("(unknown)", "", None))
+            stack.extend(next_node for next_node, _ in getattr(node, "next_functions", ()))
 
     def backward_hook(self, op: str, location: Location) -> Callable[..., None]:
         """A hook for autograd's Node.register_hook: (grad_inputs, grad_outputs) -> None."""

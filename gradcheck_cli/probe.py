@@ -231,20 +231,29 @@ def _replay_origin(model: nn.Module, inputs: Any, target: Any, loss_fn: Any, sta
     def on_node(node: Any, op: str, location: tuple[str, str, str | None]) -> None:
         node_handles.append(node.register_hook(watch.backward_hook(op, location)))
 
+    def on_module_output(module: str, module_type: str, output: Any) -> None:
+        out = _first_float_tensor(output)
+        if out is not None and out.grad_fn is not None:  # e.g. a custom autograd.Function's node
+            watch.watch_node(out.grad_fn, type(out.grad_fn).__name__, (module, module_type, module))
+
     watch = OriginWatch(where, None if forward_bad else on_node)
     state["active"], state["finished"] = False, None
+    state["replay_output"] = None if forward_bad else on_module_output
     set_rng_state(rng, device)
     try:
         with watch:
             loss, _ = _forward_loss(model, inputs, target, loss_fn, state)
+        state["replay_output"] = None
         if forward_bad:
             return watch.forward_origin
         if loss.requires_grad:
+            watch.watch_graph(loss.grad_fn)
             torch.autograd.grad(loss, trainable, allow_unused=True)
         return watch.backward_origin
     except UserError:
         return None  # a model that cannot run the same batch twice: the report goes on without an origin
     finally:
+        state["replay_output"] = None
         for handle in node_handles:
             handle.remove()
 
@@ -364,6 +373,8 @@ def _post_hook(name: str, acc: _LayerAcc | None, act: _ActAcc | None,
         if state["inputs"]:
             state["inputs"].pop()
         state["finished"] = name or "(root)"  # the replay names the module an op came after
+        if state.get("replay_output") is not None:
+            state["replay_output"](name or "(root)", type(module).__name__, output)
         if not state["active"]:
             return
         out = _first_float_tensor(output)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -170,3 +171,41 @@ def test_the_model_comes_back_unchanged_after_a_replay() -> None:
     scan(Target("nanlog", lambda: net, NanLog.make_batch, NanLog.loss_fn))
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert all(p.grad is None for p in net.parameters())
+
+
+class _ZeroRangeGrad(torch.autograd.Function):
+    """A hand-written straight-through rounding whose backward divides by the input's range,
+    which is 0 here: forward finite, backward Inf. apply() is not a torch function."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.round()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad / torch.zeros_like(grad)
+
+
+class _Quantize(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _ZeroRangeGrad.apply(x)
+
+
+class _QuantizedMLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.quant, self.fc2 = nn.Linear(8, 8), _Quantize(), nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.quant(self.fc1(x)))
+
+
+def test_a_custom_backward_is_named_by_its_node_and_module() -> None:
+    target = Target("quantized", _QuantizedMLP,
+                    lambda n: (torch.randn(n, 8), torch.randint(0, 2, (n,))), None)
+    report = scan(target, batches=1)
+    ev = _nonfinite(report.findings)[0].evidence
+    assert (ev["origin"], ev["op"], ev["direction"], ev["cause"]) == \
+        ("quant", "_ZeroRangeGradBackward", "backward", "backward")
+    guard = next(r for r in report.recommendations if r.id == RecommendationId.GUARD_NONFINITE)
+    assert guard.layers == ("quant",) and "custom backward" in guard.why

@@ -21,7 +21,8 @@ Cause (evidence `cause`), from the op and the magnitude of its inputs:
 * "unsafe-op": an op of UNSAFE_OPS (log, sqrt, div, pow, exp, ...: DOMAIN.md, "numerically unsafe
   ops": log/sqrt/div of non-positive values, exp overflow, 0/0) whose inputs were moderate.
 * "backward": the forward was clean and an UNSAFE_OPS op's derivative was infinite or undefined
-  at a finite input (d sqrt(u)/du at u = 0, d log(u)/du at 0, ...).
+  at a finite input (d sqrt(u)/du at u = 0, d log(u)/du at 0, ...), or a custom
+  autograd.Function's backward (op named after its node, "...Backward") returned NaN/Inf.
 * "weights": the failing batch met weights that were already NaN/Inf (after diverged --steps, or
   from a checkpoint); origin is the first such layer in execution order, and no op is to blame.
 Fixes follow the cause (fixes.py): guard-nonfinite for unsafe-op and backward; clip-gradients,
@@ -58,9 +59,11 @@ def classify_cause(origin: NonfiniteOrigin) -> str:
     """overflow | unsafe-op | backward | weights (see the module docstring)."""
     if origin.direction == "weights":
         return "weights"
-    if origin.input_max_abs >= math.sqrt(origin.dtype_max) or origin.op not in UNSAFE_OPS:
+    if origin.input_max_abs >= math.sqrt(origin.dtype_max):
         return "overflow"
-    return "unsafe-op" if origin.direction == "forward" else "backward"
+    if origin.direction == "backward" and (origin.op in UNSAFE_OPS or origin.op.endswith("Backward")):
+        return "backward"  # an unsafe op's derivative, or a custom backward (named "...Backward")
+    return "unsafe-op" if origin.op in UNSAFE_OPS else "overflow"
 
 
 def origin_evidence(origin: NonfiniteOrigin | None) -> dict[str, Number]:
@@ -73,7 +76,8 @@ def origin_evidence(origin: NonfiniteOrigin | None) -> dict[str, Number]:
 
 def describe_origin(origin: NonfiniteOrigin) -> str:
     """`log` in (root) (LogFilterbankClassifier, after 'frontend') turned finite inputs ... into NaN."""
-    where = "the loss" if origin.module == "(loss)" else f"{origin.module} ({origin.module_type})"
+    where = "the loss" if origin.module == "(loss)" else (
+        f"{origin.module} ({origin.module_type})" if origin.module_type else origin.module)
     after = f", after '{origin.after}'" if origin.after and origin.module != origin.after else ""
     cause = classify_cause(origin)
     if cause == "weights":
@@ -88,7 +92,8 @@ def describe_origin(origin: NonfiniteOrigin) -> str:
                 f"from finite inputs (max |x| {origin.input_max_abs:.3g})")
     why = {"overflow": f"overflow: the values had already grown out of the {origin.dtype} range",
            "unsafe-op": "a numerically unsafe op",
-           "backward": "its derivative is infinite at these inputs"}[cause]
+           "backward": "a custom backward that returns NaN/Inf here" if origin.op.endswith("Backward")
+           else "its derivative is infinite at these inputs"}[cause]
     return f"{what}: {why}"
 
 
