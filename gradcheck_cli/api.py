@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -36,8 +37,8 @@ def scan(target: str | Target, config: ScanConfig | None = None,
     # The clock names the running stage for a --timeout or an out-of-memory message.
     clock = StageClock(config.timeout, on_stage)
     try:
-        with time_limit(clock):
-            return _scan(target, config, thresholds or Thresholds(), clock)
+        with time_limit(clock), ExitStack() as scan_context:
+            return _scan(target, config, thresholds or Thresholds(), clock, scan_context)
     except ScanTimeout as exc:
         raise timeout_error(name, config.timeout or 0.0, exc.where) from None
     except Exception as exc:
@@ -47,7 +48,8 @@ def scan(target: str | Target, config: ScanConfig | None = None,
         raise
 
 
-def _scan(target: str | Target, config: ScanConfig, thresholds: Thresholds, stage: StageCallback) -> Report:
+def _scan(target: str | Target, config: ScanConfig, thresholds: Thresholds, stage: StageCallback,
+          scan_context: ExitStack) -> Report:
     from .batches import synthetic_batch_maker
     from .checkpoint import apply_state_dict, read_checkpoint
     from .guards import recursion_room
@@ -61,12 +63,12 @@ def _scan(target: str | Target, config: ScanConfig, thresholds: Thresholds, stag
     resolved = resolve_target(target) if isinstance(target, str) else target
     stage("building the model", 0, config.batches)
     model = unwrap_model(resolved.build_model())  # torch.compile / DataParallel / DDP: the module inside
+    scan_context.enter_context(recursion_room(model))  # torch's module traversals recurse per level
     check_scannable(model, resolved.name)
     if checkpoint is not None and config.checkpoint:
         apply_state_dict(model, checkpoint, config.checkpoint)
     make_batch = resolved.make_batch or synthetic_batch_maker(model, config.input_shape, source=resolved.name)
-    with recursion_room(model):
-        probe = run_probe(model, make_batch, resolved.loss_fn, config, stage)
+    probe = run_probe(model, make_batch, resolved.loss_fn, config, stage)
     stage("analysing the measurements", 0, config.batches)
 
     layers = compute_stats(probe.layers)
