@@ -278,7 +278,7 @@ ROWS: list[Row] = [
     Row("loss-raises", ("model.py",), ("loss_fn raised RuntimeError", "model.py:12",
                                        "fix loss_fn(output, target)"),
         {"model.py": MLP + CLASSES + "\ndef loss_fn(output, target):\n"
-                                     "    return nn.functional.mse_loss(output, target)\n"}),
+                                     "    return (output - target).pow(2).mean()\n"}),
     Row("target-wrong-shape-mse", ("model.py",), ("float target of shape (16, 3)", "(16, 4)",
                                                   "for MSE", "loss_fn(output, target)"),
         {"model.py": MLP + "\ndef make_batch(batch_size):\n"

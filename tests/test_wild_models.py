@@ -18,6 +18,9 @@ from gradcheck_cli.report import Report
 from gradcheck_cli.scannable import unwrap_model
 from gradcheck_cli.targets import Target
 
+# torch.jit.script/trace are deprecated upstream; scripting models is exactly what is tested here.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:torch.jit")
+
 
 def _mlp() -> nn.Module:
     torch.manual_seed(0)
