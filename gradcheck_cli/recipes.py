@@ -117,8 +117,11 @@ def parse_recipe(text: str, shown_path: str, folder: Path) -> Recipe:
     if "scans" not in data:
         where.fail((), "missing key 'scans'; list the scans to run, e.g. "
                        "scans: [{name: mlp, target: model.py}]")
-    if not isinstance(scans_data, list) or not scans_data:
-        where.fail(("scans",), f"expected a non-empty list of scans, got {shown(scans_data)}")
+    if not isinstance(scans_data, list):
+        where.fail(("scans",), f"expected a list of scans, got {shown(scans_data)}")
+    if not scans_data:
+        where.fail(("scans",), "the list of scans is empty; add at least one, e.g. "
+                               "- {name: mlp, target: model.py}")
     scans: list[RecipeScan] = []
     names: dict[str, int] = {}
     for index, scan_data in enumerate(scans_data):

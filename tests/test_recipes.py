@@ -99,7 +99,14 @@ ERRORS = [
     ("empty-scans", """
         version: 1
         scans: []
-        """, "recipe.yaml:2: key 'scans': expected a non-empty list of scans, got a list"),
+        """, "recipe.yaml:2: key 'scans': the list of scans is empty; add at least one, e.g. "
+             "- {name: mlp, target: model.py}"),
+    ("scans-not-a-list", """
+        version: 1
+        scans:
+          name: a
+          target: model.py
+        """, "recipe.yaml:2: key 'scans': expected a list of scans, got a mapping"),
     ("bad-fail-on-kind", """
         version: 1
         defaults:
