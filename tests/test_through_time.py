@@ -296,3 +296,27 @@ def test_through_time_rules_mark_the_verdict_and_come_before_the_grad_to_weight_
 def test_a_nan_step_leaves_the_layer_to_the_other_rules() -> None:
     (v,) = classify_layers([_rnn_stats((math.nan, 1.0, 1.0))], Thresholds())
     assert not v.through_time
+
+
+def test_entry_profile_is_the_output_gradient_per_step() -> None:
+    """step_entry_grad_rms (which tells a bidirectional layer's near end) against autograd's
+    gradient w.r.t. the layer's output sequence, (seq, batch) layout."""
+    from gradcheck_cli.config import ScanConfig
+    from gradcheck_cli.probe import run_probe
+
+    target = _target(lambda: SeqClassifier("GRU", bidirectional=True, batch_first=False, read="first"),
+                     12, batch_first=False)
+    assert target.make_batch is not None and target.loss_fn is not None
+    result = run_probe(target.build_model(), target.make_batch, target.loss_fn,
+                       ScanConfig(batches=1, batch_size=BATCH))
+    probe = next(x for x in result.layers if x.name == "rnn")
+    model = target.build_model()
+    torch.manual_seed(0)
+    x, y = target.make_batch(BATCH)
+    out, _ = model.rnn(x)
+    picked = model.head(out.transpose(0, 1)[:, 0])
+    (g,) = torch.autograd.grad(target.loss_fn(picked, y), [out])
+    reference = g.double().pow(2).mean(dim=(1, 2)).sqrt().tolist()
+    assert probe.bidirectional and len(probe.step_entry_grad_rms) == 12
+    assert probe.step_entry_grad_rms == pytest.approx(reference, rel=1e-5)
+    assert near_end(probe.step_entry_grad_rms, probe.bidirectional) == "first"
