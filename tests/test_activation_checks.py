@@ -4,6 +4,7 @@ finding on its positive model and silent on its negative one, and the fixes they
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -217,3 +218,14 @@ def test_functional_relu_in_a_transformer_layer_is_counted_once() -> None:
     assert linear1.activation["function"] == "ReLU"
     assert linear1.activation["outputs_per_unit"] == BATCHES * BATCH * 5
     assert report.findings == ()
+
+
+def test_corpus_model_with_a_dead_layer_names_the_bias() -> None:
+    path = Path(__file__).parent / "corpus" / "vanishing_dead_relu_bias.py"
+    report = scan(str(path))
+    assert report.verdict.value == "vanishing"
+    found = _of(report, FindingKind.DEAD_RELU)
+    assert found["net.4"]["dead_fraction"] == 1.0 and found["net.4"]["negative_bias"] == 1
+    assert "negative_bias" not in found["net.6"]  # dead because its input is all zero, not its bias
+    ids = {r.id: r for r in report.recommendations}
+    assert ids[RecommendationId.HE_INIT].layers == ("net.4",)
