@@ -49,9 +49,9 @@ MODELS = ("flat-deep", "nested-deep", "wide")
 class Nest(nn.Module):
     """One level of the nested model: tanh(fc(x)), then the inner level (if any)."""
 
-    def __init__(self, inner: nn.Module | None) -> None:
+    def __init__(self, inner: nn.Module | None, features: int = FEATURES) -> None:
         super().__init__()
-        self.fc = nn.Linear(FEATURES, FEATURES)
+        self.fc = nn.Linear(features, features)
         self.inner = inner
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,17 +73,17 @@ class Wide(nn.Module):
         return out
 
 
-def flat_deep(depth: int) -> nn.Module:
+def flat_deep(depth: int, features: int = FEATURES) -> nn.Module:
     layers: list[nn.Module] = []
     for _ in range(depth):
-        layers += [nn.Linear(FEATURES, FEATURES), nn.Tanh()]
+        layers += [nn.Linear(features, features), nn.Tanh()]
     return nn.Sequential(*layers)
 
 
-def nested_deep(depth: int) -> nn.Module:
+def nested_deep(depth: int, features: int = FEATURES) -> nn.Module:
     node: nn.Module | None = None
     for _ in range(depth):  # built inside out: no recursion at construction
-        node = Nest(node)
+        node = Nest(node, features)
     assert node is not None
     return node
 
@@ -92,13 +92,13 @@ def _mean_square(output: torch.Tensor, target: object) -> torch.Tensor:
     return output.pow(2).mean()
 
 
-def target(name: str, depth: int, width: int) -> Target:
+def target(name: str, depth: int, width: int, features: int = FEATURES) -> Target:
     builders: dict[str, Callable[[], nn.Module]] = {
-        "flat-deep": lambda: flat_deep(depth),
-        "nested-deep": lambda: nested_deep(depth),
+        "flat-deep": lambda: flat_deep(depth, features),
+        "nested-deep": lambda: nested_deep(depth, features),
         "wide": lambda: Wide(width),
     }
-    features = WIDE_FEATURES if name == "wide" else FEATURES
+    features = WIDE_FEATURES if name == "wide" else features
 
     def build() -> nn.Module:
         torch.manual_seed(0)
@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth", type=int, default=1000, help="layers of the deep models (default 1000)")
     parser.add_argument("--width", type=int, default=5000,
                         help="Linear branches of the wide model: 2 tensors each (default 5000)")
+    parser.add_argument("--features", type=int, default=FEATURES,
+                        help=f"width of each layer of the deep models (default {FEATURES}: the worst case, "
+                             "where per-module bookkeeping outweighs the arithmetic)")
     parser.add_argument("--batches", "-K", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", "-R", type=int, default=5)
@@ -138,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in names:
         started = time.perf_counter()
-        row = bench_model(name, target(name, args.depth, args.width), args.batches, args.batch_size,
+        row = bench_model(name, target(name, args.depth, args.width, args.features), args.batches,
+                          args.batch_size,
                           args.repeats, 0, torch.device("cpu"), not args.no_memory)
         rows.append(row)
         print(f"  {name}: ratio {row.ratio:.2f} ({time.perf_counter() - started:.1f} s)",

@@ -49,7 +49,9 @@ def describe_stage(stage: str, batch: int, batches: int) -> str:
         return f"while making batch {batch}/{batches}"
     if stage == "optimizer steps":
         return f"during the optimizer steps after batch {batch}/{batches}"
-    return f"during the {stage} of batch {batch}/{batches}"
+    if stage in ("forward pass", "backward pass"):
+        return f"during the {stage} of batch {batch}/{batches}"
+    return f"while {stage} (batch {batch}/{batches})"
 
 
 class StageClock:

@@ -143,8 +143,8 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
         sq, got = _layer_grad_sq(layers, trainable_idx, grads, device)
         received = [r or g for r, g in zip(received, got)]
         # One host transfer per batch: the loss, every layer's squared gradient norm, and the
-        # per-module non-finite output flags.
-        flags = torch.stack(state["nonfinite"]) if state["nonfinite"] else torch.zeros(0)
+        # per-module non-finite output flags (tested here, once per batch, on the output norms).
+        flags = ~torch.isfinite(torch.stack(state["nonfinite"])) if state["nonfinite"] else torch.zeros(0)
         host = torch.cat([loss.detach().float().reshape(1), sq, flags.float().to(sq.device)]).tolist()
         losses.append(host[0])
         trace.append(host[0])
@@ -175,11 +175,16 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
 
     trainable_set = set(trainable_idx)
     updates = _max_update_ratios(update_rows, len(layers))
+    # The first activation (in call order) that each layer feeds; one pass, not one per layer.
+    first_site: dict[str, ActivationSite] = {}
+    for site in state["sites"].values():
+        first_site.setdefault(site.producer, site)
     return ProbeResult(
         layers=tuple(replace(_finish_layer(layer, li, params,
                                            received[li] if set(layer.param_indices) & trainable_set else None,
                                            grad_norm_rows,
-                                           nonfinite_counts[li], state["sites"]), update_to_weight=updates[li])
+                                           nonfinite_counts[li], first_site.get(layer.name)),
+                             update_to_weight=updates[li])
                      for li, layer in enumerate(layers)),
         losses=tuple(losses),
         loss_kind=loss_kind,
@@ -387,7 +392,7 @@ def _post_hook(name: str, acc: _LayerAcc | None, act: _ActAcc | None,
         else:
             sq = torch.linalg.vector_norm(out.detach(), dtype=torch.float32).square()
             state["last_measured"] = (out, sq)
-            state["nonfinite"].append(~torch.isfinite(sq))
+            state["nonfinite"].append(sq)  # tested for non-finite values once per batch
             state["records"].append(name or "(root)")
         if acc is not None:
             acc.out_sq.append(sq)
@@ -493,7 +498,7 @@ def _count_nonfinite(layer: _LayerAcc, trainable_idx: list[int],
 
 def _finish_layer(layer: _LayerAcc, li: int, params: list[nn.Parameter], received: bool | None,
                   grad_norm_rows: list[list[float]], nonfinite: int,
-                  sites: dict[tuple[str, str, str], ActivationSite]) -> LayerProbe:
+                  site: ActivationSite | None) -> LayerProbe:
     own = [params[pi] for pi in layer.param_indices]
     main_weight = max((p for p in own if p.dim() >= 2), key=lambda p: p.numel(), default=None)
     with torch.no_grad():
@@ -502,8 +507,6 @@ def _finish_layer(layer: _LayerAcc, li: int, params: list[nn.Parameter], receive
     out_sq = float(torch.stack(layer.out_sq).sum()) if layer.out_sq else None
     grad_sq = float(torch.stack(layer.grad_sq).sum()) if layer.grad_sq else None
     steps, entries = _step_rms(layer.step_rms), _step_rms(layer.entry_rms)
-    # The first activation (in call order) that this layer feeds.
-    site = next((site for site in sites.values() if site.producer == layer.name), None)
     activation: dict[str, Any] = site.summary() if site is not None else {}
     bias = layer.module._parameters.get("bias")
     got_grad = received is True
