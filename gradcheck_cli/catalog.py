@@ -251,7 +251,8 @@ FINDINGS: dict[FindingKind, Entry] = {
             "as written (log, div, exp, linear), with the innermost module running it ('(loss)' when it "
             "ran in the loss) and the module that finished just before it;\n"
             "- backward, when the forward was clean: the first autograd node, in backward order, that "
-            "returned a NaN/Inf gradient from a finite incoming gradient;\n"
+            "returned a NaN/Inf gradient from a finite incoming gradient (a custom autograd.Function's "
+            "backward included);\n"
             "- weights: the first layer whose weights are already NaN/Inf (after diverged --steps, or "
             "from a checkpoint).\n\n"
             "Evidence keys: nonfinite_grads, params, nonfinite_losses, origin, origin_type, op, direction, "
@@ -267,7 +268,8 @@ FINDINGS: dict[FindingKind, Entry] = {
             "(linear, matmul, add, mul, sum, ...), which can only leave the range by overflowing "
             "(IEEE 754 binary32/binary16 ranges).\n"
             "- cause 'unsafe-op' (forward) or 'backward': a numerically unsafe op with moderate inputs, "
-            f"one of {_NONFINITE_UNSAFE} (and their in-place forms).\n"
+            f"one of {_NONFINITE_UNSAFE} (and their in-place forms); 'backward' also for a custom "
+            "autograd.Function whose backward (named '...Backward') returned NaN/Inf.\n"
             "- cause 'weights': the weights themselves were already NaN/Inf."),
         fix=(
             "The fix follows the cause. For 'unsafe-op' and 'backward', guard that op in the origin module "
