@@ -122,11 +122,15 @@ def _state_dict_of(loaded: Any, path: str) -> dict[str, torch.Tensor]:
     if isinstance(loaded, nn.Module):  # cannot happen with weights_only, kept for safety
         loaded = loaded.state_dict()
     if not isinstance(loaded, Mapping) or not _is_state_dict(loaded):
-        found = (f"a dict with keys {_listing([str(k) for k in loaded])}" if isinstance(loaded, Mapping)
-                 else f"a {type(loaded).__name__}")
+        if isinstance(loaded, Mapping):
+            found = f"a dict with keys {_listing([str(k) for k in loaded])}" if loaded else "an empty dict"
+        else:
+            found = f"a {type(loaded).__name__}"
         raise UserError(f"--checkpoint {path} does not hold a state_dict (found {found}); save one with "
                         "torch.save(model.state_dict(), ...) or store it under 'state_dict'")
-    return dict(loaded)
+    # The mapping itself, not a copy: torch's OrderedDict carries `_metadata` (module versions)
+    # that load_state_dict uses.
+    return loaded if isinstance(loaded, dict) else dict(loaded)
 
 
 def _is_state_dict(obj: Mapping[Any, Any]) -> bool:

@@ -189,6 +189,7 @@ BAD_FILES = {
     "not a state_dict": (lambda p: _torch_file(p, [1, 2, 3]), "weights.pt", "does not hold a state_dict"),
     "dict without tensors": (lambda p: _torch_file(p, {"epoch": 3}), "weights.pt",
                              "does not hold a state_dict (found a dict with keys epoch)"),
+    "empty dict": (lambda p: _torch_file(p, {}), "weights.pt", "does not hold a state_dict (found an empty dict)"),
     "corrupt safetensors": (lambda p: p.write_bytes(b"garbage garbage"), "w.safetensors",
                             "cannot read --checkpoint"),
 }
