@@ -162,9 +162,12 @@ class FunctionalWatch(TorchFunctionMode):
                            kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        name = self._names.get(func)
-        if name is None:
-            name = self._names[func] = getattr(func, "__name__", "")
+        try:
+            name = self._names.get(func)
+            if name is None:
+                name = self._names[func] = getattr(func, "__name__", "")
+        except TypeError:  # an unhashable callable: name it without the cache
+            name = getattr(func, "__name__", "")
         function = FUNCTIONAL.get(name)
         if function is not None and isinstance(out, torch.Tensor):
             self._activation(function, name, out, args, kwargs)
