@@ -111,6 +111,10 @@ def _validate(config: ScanConfig) -> None:
         raise UserError(f"--batch-size must be at least 1 (got {config.batch_size})")
     if config.steps < 0:
         raise UserError(f"--steps must be 0 or more (got {config.steps})")
+    if config.steps > 0 and config.batches < 2:
+        # Steps are taken between probe batches; with one batch they would silently never happen.
+        raise UserError(f"--steps {config.steps} needs at least 2 --batches (the steps are taken between "
+                        f"probe batches); use --batches 2 or more")
     if config.optimizer not in OPTIMIZERS:
         raise UserError(f"unknown --optimizer '{config.optimizer}'; use one of {', '.join(OPTIMIZERS)}")
     if not config.lr > 0:

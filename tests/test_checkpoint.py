@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_files import HEALTHY_FILE as MODEL_FILE
 from torch import nn
 from typer.testing import CliRunner
 
@@ -19,18 +20,6 @@ from gradcheck_cli.errors import UserError
 from gradcheck_cli.targets import Target
 
 runner = CliRunner()
-
-MODEL_FILE = """
-import torch
-from torch import nn
-
-def build_model():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-
-def make_batch(batch_size):
-    return torch.randn(batch_size, 8), torch.randint(0, 4, (batch_size,))
-"""
 
 
 def _build() -> nn.Module:

@@ -9,24 +9,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from model_files import HEALTHY_FILE
 from typer.testing import CliRunner
 
 from gradcheck_cli import __version__
 from gradcheck_cli.cli import app
 
 runner = CliRunner()
-
-HEALTHY_FILE = """
-import torch
-from torch import nn
-
-def build_model():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-
-def make_batch(batch_size):
-    return torch.randn(batch_size, 8), torch.randint(0, 4, (batch_size,))
-"""
 
 
 def _write(tmp_path: Path, text: str, name: str = "model.py") -> Path:

@@ -154,3 +154,10 @@ def test_the_table_shows_update_ratios_only_with_steps() -> None:
     stepped = render_table(scan(target, steps=2), width=80, color=False)
     assert "update/w" in stepped and max(len(line) for line in stepped.splitlines()) <= 80
     assert "update/w" not in render_table(scan(target), width=80, color=False)
+
+
+def test_steps_with_a_single_batch_is_a_usage_error() -> None:
+    from gradcheck_cli.errors import UserError
+
+    with pytest.raises(UserError, match="needs at least 2 --batches"):
+        scan("builtin:relu-he", batches=1, steps=3)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from model_files import HEALTHY_FILE
 from typer.testing import CliRunner
 
 from gradcheck_cli.cli import app
@@ -18,17 +19,6 @@ from gradcheck_cli.settings import resolve
 
 runner = CliRunner()
 
-HEALTHY_FILE = """
-import torch
-from torch import nn
-
-def build_model():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-
-def make_batch(batch_size):
-    return torch.randn(batch_size, 8), torch.randint(0, 4, (batch_size,))
-"""
 
 BROKEN_FILE = """
 def build_model():
