@@ -613,7 +613,8 @@ FIXES: dict[RecommendationId, Entry] = {
             "BatchNorm1d for MLPs. The reason describes the run: its per-layer factor, total and layers."),
         thresholds=f"{_STACK_THRESHOLD}",
         fix=(
-            "    nn.Sequential(layer, nn.BatchNorm1d(features), activation)   # after each layer of the stack\n"
+            "    # after each layer of the stack:\n"
+            "    nn.Sequential(layer, nn.BatchNorm1d(features), activation)\n"
             "    # nn.BatchNorm2d(channels) after convolutions, nn.LayerNorm(features) in sequence models\n\n"
             "A deep plain stack with BatchNorm still explodes at init (Yang et al. 2019): add residual "
             "connections too (add-skip)."),

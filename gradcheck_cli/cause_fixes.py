@@ -134,7 +134,7 @@ def structure_fixes(findings: Sequence[Finding], layers: Sequence[LayerStats],
             norm = f"nn.BatchNorm{dims}(channels)"
         fixes.append(Fix(R.ADD_NORMALIZATION, names,
                          f"{run}, and no normalization layer re-centres the scale in between",
-                         f"nn.Sequential(layer, {norm}, activation)  # after each layer of the stack"))
+                         f"# after each layer of the stack:\nnn.Sequential(layer, {norm}, activation)"))
     if not evidence["stack_residual"]:
         fixes.append(Fix(R.ADD_SKIP, names,
                          f"{run}; a residual path y = x + F(x) gives the gradient a route with factor 1",
@@ -164,17 +164,21 @@ def _init_why(bucket: Sequence[_InitChange]) -> str:
 
 
 def _init_code(rid: RecommendationId, bucket: Sequence[_InitChange]) -> str:
-    stds = ", ".join(f'"{c.layer}": {c.std:.4g}' for c in bucket)
+    # One entry per line and the equivalent init call on its own comment line, so that every
+    # line stays short enough to be printed (and pasted) without wrapping.
+    stds = "".join(f'    "{c.layer}": {c.std:.4g},\n' for c in bucket)
     formula = " / ".join(dict.fromkeys(FORMULAS[c.scheme] for c in bucket))
     same = ""
     if all(c.scheme == "he" for c in bucket):
-        same = '  # same as nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")'
+        same = '    # same as: nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")\n'
     elif all(c.scheme == "xavier" for c in bucket):
-        same = "  # same as nn.init.xavier_normal_(layer.weight)"
+        same = "    # same as: nn.init.xavier_normal_(layer.weight)\n"
     return (f"# std = {formula} for each layer (fan-in/fan-out of its weight)\n"
-            f"for name, std in {{{stds}}}.items():\n"
+            f"stds = {{\n{stds}}}\n"
+            "for name, std in stds.items():\n"
             "    layer = model.get_submodule(name)\n"
-            f"    nn.init.normal_(layer.weight, mean=0.0, std=std){same}\n"
+            f"{same}"
+            "    nn.init.normal_(layer.weight, mean=0.0, std=std)\n"
             "    if layer.bias is not None:\n"
             "        nn.init.zeros_(layer.bias)")
 

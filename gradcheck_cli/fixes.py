@@ -89,7 +89,8 @@ def _explosion_fixes(recs: dict[R, Recommendation], exploding: list[LayerStats],
             f"grad/weight reaches {peak:.3g}: with SGD a step changes the weights by lr x {peak:.3g}; "
             f"lr={lr:g} brings the largest update/weight ratio to the healthy ~1e-3",
             f"optimizer = torch.optim.SGD(model.parameters(), lr={lr:g})\n"
-            "# or Adam with warmup: torch.optim.lr_scheduler.LinearLR(optimizer, 0.01, total_iters=1000)")
+            "# or Adam with warmup:\n"
+            "# torch.optim.lr_scheduler.LinearLR(optimizer, 0.01, total_iters=1000)")
 
 
 def _clip_fix(recs: dict[R, Recommendation], flagged: list[LayerStats], layers: Sequence[LayerStats],
@@ -101,7 +102,7 @@ def _clip_fix(recs: dict[R, Recommendation], flagged: list[LayerStats], layers: 
         max_norm = _round_sig(math.sqrt(sum(g * g for g in healthy)) * 2)
         basis = f"twice the total norm {max_norm / 2:.3g} of the layers that are not exploding"
     else:
-        max_norm, basis = 1.0, "no layer is healthy to calibrate on, so the common default 1.0"
+        max_norm, basis = 1.0, "the common default (no layer is healthy enough to calibrate on)"
     recs[R.CLIP_GRADIENTS] = _rec(
         R.CLIP_GRADIENTS, _names(flagged), f"{what}; max_norm={max_norm:g} is {basis}",
         f"loss.backward()\ntorch.nn.utils.clip_grad_norm_(model.parameters(), max_norm={max_norm:g})\n"

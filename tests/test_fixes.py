@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import pytest
+
 from gradcheck_cli.checks import CHECKS
 from gradcheck_cli.fixes import RANK, TITLES, recommend
 from gradcheck_cli.report import Finding, FindingKind, RecommendationId, Severity
@@ -101,3 +103,16 @@ def test_nan_input_gets_check_inputs_and_unsafe_op_gets_guard() -> None:
     origin = Finding(FindingKind.NONFINITE, "a", Severity.ERROR, "m", {"origin": "log"})
     recs = recommend([origin], [_layer("a")], False)
     assert [r.id for r in recs] == [RecommendationId.GUARD_NONFINITE] and recs[0].layers == ("log",)
+
+
+@pytest.mark.parametrize("builtin", ["relu-normal-init", "deep-sigmoid", "tanh-tiny-init", "rnn-long",
+                                     "cnn-plain-deep", "nan-log"])
+def test_every_snippet_is_python_that_fits_a_terminal(builtin: str) -> None:
+    """Snippets are pasted as they are: they must parse, and no line may need wrapping at 88 columns."""
+    from gradcheck_cli import scan
+
+    report = scan(f"builtin:{builtin}", batches=1)
+    assert report.recommendations
+    for rec in report.recommendations:
+        compile(rec.code, f"<{rec.id.value}>", "exec")
+        assert max(len(line) for line in rec.code.splitlines()) <= 88, rec.code
