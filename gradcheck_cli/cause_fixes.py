@@ -173,7 +173,7 @@ def _init_code(rid: RecommendationId, bucket: Sequence[_InitChange]) -> str:
         same = '    # same as: nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")\n'
     elif all(c.scheme == "xavier" for c in bucket):
         same = "    # same as: nn.init.xavier_normal_(layer.weight)\n"
-    return (f"# std = {formula} for each layer (fan-in/fan-out of its weight)\n"
+    return (f"# std = {formula} per layer\n"
             f"stds = {{\n{stds}}}\n"
             "for name, std in stds.items():\n"
             "    layer = model.get_submodule(name)\n"

@@ -172,7 +172,7 @@ def _vanishing_fixes(recs: dict[R, Recommendation], vanishing: list[LayerStats],
         recs[R.SWAP_ACTIVATION] = _rec(
             R.SWAP_ACTIVATION, _names(saturating),
             f"{len(vanishing)} layers vanish behind {len(saturating)} {func} activations ({bound})",
-            "nn.ReLU()  # or nn.GELU(), in place of nn.Sigmoid()/nn.Tanh() in hidden layers")
+            "# in place of nn.Sigmoid()/nn.Tanh() in hidden layers:\nnn.ReLU()  # or nn.GELU()")
 
 
 def _far_over_peak(steps: Sequence[float]) -> float:
@@ -234,7 +234,7 @@ def _nonfinite_fixes(recs: dict[R, Recommendation], findings: Sequence[Finding],
             R.LOWER_LR, _names(flagged or dense),
             f"{what}; smaller steps keep the weights, and so the activations, from growing out of range",
             "optimizer = torch.optim.SGD(model.parameters(), lr=lr / 10)  # a learning rate 10x lower\n"
-            "# or warmup: torch.optim.lr_scheduler.LinearLR(optimizer, 0.01, total_iters=1000)")
+            "# or warmup:\n# torch.optim.lr_scheduler.LinearLR(optimizer, 0.01, total_iters=1000)")
         if cause == "overflow":  # weights made NaN by steps say nothing about the init
             _init_fixes(recs, dense, layers)
         return
@@ -269,7 +269,8 @@ def _divergence_fixes(recs: dict[R, Recommendation], divergence: Finding) -> Non
     recs[R.LOWER_LR] = _rec(
         R.LOWER_LR, (), f"the loss diverges at lr {_number(lr)}: {basis}",
         f"optimizer = torch.optim.{name}(model.parameters(), lr={suggested:g})\n"
-        "# then warm up to it: torch.optim.lr_scheduler.LinearLR(optimizer, 0.01, total_iters=1000)")
+        "# then warm up to it:\n"
+        "# torch.optim.lr_scheduler.LinearLR(optimizer, 0.01, total_iters=1000)")
     norm = ev.get("initial_grad_norm")
     if isinstance(norm, float) and math.isfinite(norm) and norm > 0:
         max_norm = _round_sig(norm)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -105,14 +106,16 @@ def test_nan_input_gets_check_inputs_and_unsafe_op_gets_guard() -> None:
     assert [r.id for r in recs] == [RecommendationId.GUARD_NONFINITE] and recs[0].layers == ("log",)
 
 
-@pytest.mark.parametrize("builtin", ["relu-normal-init", "deep-sigmoid", "tanh-tiny-init", "rnn-long",
-                                     "cnn-plain-deep", "nan-log"])
-def test_every_snippet_is_python_that_fits_a_terminal(builtin: str) -> None:
-    """Snippets are pasted as they are: they must parse, and no line may need wrapping at 88 columns."""
+@pytest.mark.parametrize(("builtin", "options"), [
+    ("relu-normal-init", {}), ("deep-sigmoid", {}), ("tanh-tiny-init", {}), ("rnn-long", {}),
+    ("cnn-plain-deep", {}), ("nan-log", {}), ("relu-he", {"batches": 2, "steps": 3, "lr": 10.0}),
+])
+def test_every_snippet_is_python_that_fits_a_terminal(builtin: str, options: dict[str, Any]) -> None:
+    """Snippets are pasted as they are: they must parse, and fit an 80-column table (4 of indent)."""
     from gradcheck_cli import scan
 
-    report = scan(f"builtin:{builtin}", batches=1)
+    report = scan(f"builtin:{builtin}", **({"batches": 1} | options))
     assert report.recommendations
     for rec in report.recommendations:
         compile(rec.code, f"<{rec.id.value}>", "exec")
-        assert max(len(line) for line in rec.code.splitlines()) <= 88, rec.code
+        assert max(len(line) for line in rec.code.splitlines()) <= 76, rec.code

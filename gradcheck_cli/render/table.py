@@ -501,7 +501,8 @@ def _recommendations(recommendations: Sequence[Recommendation]) -> Table:
             title.append(f" — layers: {_layer_list(rec.layers)}")
         parts: list[Text | Padding] = [title, Text(f"why: {rec.why}")]
         if rec.code.strip():
-            code = Text(rec.code.strip("\n"), style="green", overflow="fold")
+            # Never wrapped: a snippet is pasted as it is, and a folded line would break the code.
+            code = Text(rec.code.strip("\n"), style="green", no_wrap=True, overflow="ignore")
             parts.append(Padding(code, (0, 0, 0, 4)))
         grid.add_row(Text(f"{rank}."), Group(*parts))
     return grid
