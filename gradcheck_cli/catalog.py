@@ -386,7 +386,11 @@ FINDINGS: dict[FindingKind, Entry] = {
         thresholds=(
             f"- the finding fires when more than {_num(_dead_relu.MAJORITY)} of the units never fire over "
             "the probe batches: at PyTorch's default init a bias-dominated layer has about half of its "
-            "units dead by symmetry (a healthy corpus autoencoder measures 48%), so only a majority counts. "
+            "units dead by symmetry (a healthy corpus autoencoder measures 48%), so only a majority counts, "
+            f"and only one that symmetry cannot explain: at least that many dead units out of the layer's "
+            f"must have probability below {_num(_dead_relu.SIGNIFICANCE)} if each unit were dead with "
+            "chance 1/2 (one-sided binomial test; 5 of 8 has 0.36), unless the whole layer is dead or a "
+            "negative bias (below) visibly keeps the units off. "
             "Severity error when the whole layer is dead (nothing before it can learn), warning "
             "otherwise.\n"
             f"- negative bias: a bias mean below -{_num(_dead_relu.BIAS_SHARE)} x the pre-activation RMS, "

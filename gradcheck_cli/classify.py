@@ -52,6 +52,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .init_std import init_target
 from .recurrence import near_end, oriented_steps
 from .report import VERDICT_ORDER, Status
 from .stats import LayerStats
@@ -87,10 +88,49 @@ class LayerVerdict:
 
 def classify_layers(layers: list[LayerStats], thresholds: Thresholds) -> list[LayerVerdict]:
     """Layers must be in execution order (as compute_stats returns them)."""
-    reference = _best_dense_ratio(layers)
+    yardsticks = _reference_layers(layers)
+    reference = _best_dense_ratio(layers, yardsticks)
     growth = _stack_growth(layers, thresholds.min_stack)
-    return [_classify(layer, upstream, reference, growth.get(layer.name), thresholds)
-            for layer, upstream in zip(layers, _upstream_best_ratios(layers))]
+    zero_layer = _first_zero_weight_layer(layers)
+    gates = _near_zero_gates(layers)
+    verdicts = []
+    for layer, upstream in zip(layers, _upstream_best_ratios(layers, yardsticks)):
+        ran_before_zero = zero_layer is not None and (layer.index < zero_layer.index or layer.output_rms is None)
+        if ran_before_zero and layer.grad_norm == 0.0 and zero_layer is not None:
+            # A zero-initialised layer downstream (ViT's head, a zero-init output) passes exactly
+            # zero gradient at step 0 by design; the first update makes it non-zero. Zero here
+            # says nothing about vanishing, so the layer is not judged.
+            verdicts.append(LayerVerdict(Status.HEALTHY, f"no gradient passes the zero-initialised "
+                                                         f"layer {zero_layer.name} at step 0"))
+            continue
+        verdict_ = _classify(layer, upstream, reference, growth.get(layer.name), thresholds)
+        gate = next((g for g in gates if layer.name.startswith(g.name + ".")), None)
+        if verdict_.status == Status.VANISHING and gate is not None:
+            # A residual branch scaled by a near-zero parameter of its block (ConvNeXt/CaiT layer
+            # scale 1e-6, ReZero alpha 0): the branch's small gradient is the design, the trunk
+            # carries the signal, and the scale's own (large) gradient grows it in a few steps.
+            verdict_ = LayerVerdict(Status.HEALTHY, f"its branch is scaled by the near-zero parameters of "
+                                                    f"{gate.name} at init, by design")
+        verdicts.append(verdict_)
+    return verdicts
+
+
+def _first_zero_weight_layer(layers: list[LayerStats]) -> LayerStats | None:
+    """The first dense layer (execution order) whose weights are all exactly zero."""
+    return next((layer for layer in layers if layer.role == "dense" and layer.weight_norm == 0.0
+                 and layer.trainable), None)
+
+
+# A vector parameter whose typical element is below this is a gate initialised near zero (layer
+# scale starts at 1e-6..1e-4, ReZero at 0), far below any affine scale (1.0) or bias in use.
+GATE_RMS = 1e-3
+
+
+def _near_zero_gates(layers: list[LayerStats]) -> list[LayerStats]:
+    return [layer for layer in layers if layer.role == "other" and layer.params > 0 and layer.trainable
+            and layer.weight_norm / math.sqrt(layer.params) < GATE_RMS]
+
+
 
 
 def verdict(statuses: list[Status]) -> Status:
@@ -100,20 +140,46 @@ def verdict(statuses: list[Status]) -> Status:
     return Status.HEALTHY
 
 
-def _best_dense_ratio(layers: list[LayerStats]) -> float | None:
+def _yardstick(layer: LayerStats) -> bool:
+    """Whether a layer's learning speed may serve as the reference of the relative rule.
+
+    A dense layer initialised deliberately below every sane std (SqueezeNet's and RegNet's
+    N(0, 0.01) classifiers, GPT-style 0.02 heads) has a grad/weight inflated by its tiny weights:
+    it is no measure of how fast the rest of the model should learn."""
+    if not _dense_measured(layer):
+        return False
+    if layer.fan_in and layer.weight_std:
+        follower = layer.activation.get("function")
+        target = init_target(layer.fan_in, layer.fan_out, str(follower) if follower else None)
+        return layer.weight_std >= target.low
+    return True
+
+
+def _dense_measured(layer: LayerStats) -> bool:
+    gtw = layer.grad_to_weight
+    return layer.role == "dense" and gtw is not None and math.isfinite(gtw)
+
+
+def _reference_layers(layers: list[LayerStats]) -> set[str]:
+    """Names of the layers whose speed the relative rule compares against: the sanely initialised
+    dense layers, or every dense layer when none is (a model whose whole init is too small)."""
+    sane = {layer.name for layer in layers if _yardstick(layer)}
+    return sane or {layer.name for layer in layers if _dense_measured(layer)}
+
+
+def _best_dense_ratio(layers: list[LayerStats], reference: set[str]) -> float | None:
     ratios = [layer.grad_to_weight for layer in layers
-              if layer.role == "dense" and layer.grad_to_weight is not None
-              and math.isfinite(layer.grad_to_weight)]
+              if layer.name in reference and layer.grad_to_weight is not None]
     return max(ratios) if ratios else None
 
 
-def _upstream_best_ratios(layers: list[LayerStats]) -> list[float | None]:
+def _upstream_best_ratios(layers: list[LayerStats], reference: set[str]) -> list[float | None]:
     """For each layer: the largest dense grad_to_weight among it and the layers before it."""
     best: float | None = None
     result = []
     for layer in layers:
         gtw = layer.grad_to_weight
-        if layer.role == "dense" and gtw is not None and math.isfinite(gtw):
+        if layer.name in reference and gtw is not None:
             best = gtw if best is None else max(best, gtw)
         result.append(best)
     return result
@@ -147,7 +213,9 @@ def _classify(layer: LayerStats, upstream: float | None, reference: float | None
     if through_time is not None:
         return through_time
     gtw = layer.grad_to_weight
-    if gtw is not None and gtw > t.explode_grad_to_weight:
+    # Only weight matrices: a vector parameter deliberately initialised near zero (ConvNeXt's
+    # layer scale 1e-6, ReZero's alpha) has a huge grad/weight by construction, not by explosion.
+    if gtw is not None and gtw > t.explode_grad_to_weight and layer.role != "other":
         return LayerVerdict(Status.EXPLODING, f"grad/weight {gtw:.3g} > {t.explode_grad_to_weight:g}")
     if growth is not None and growth > t.explode_relative:
         return LayerVerdict(Status.EXPLODING,

@@ -59,4 +59,9 @@ def init_target(fan_in: int, fan_out: int | None, follower: str | None) -> InitT
         scheme = "xavier"
         std = math.sqrt(2.0 / (fan_in + fan_out)) if fan_out else math.sqrt(1.0 / fan_in)
     default = 1.0 / math.sqrt(3.0 * fan_in)
-    return InitTarget(scheme, std, default, min(std, default) / MARGIN, max(std, default) * MARGIN)
+    # He with mode="fan_out" (torchvision's ResNet/EfficientNet/RegNet convs) preserves the
+    # gradient's variance instead of the activation's; it is as standard as fan_in mode.
+    sane = [std, default]
+    if scheme == "he" and fan_out:
+        sane.append(math.sqrt(2.0 / fan_out))
+    return InitTarget(scheme, std, default, min(sane) / MARGIN, max(sane) * MARGIN)

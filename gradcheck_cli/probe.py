@@ -514,7 +514,8 @@ def _finish_layer(layer: _LayerAcc, li: int, params: list[nn.Parameter], receive
         name=layer.name,
         type_name=type(layer.module).__name__,
         params=sum(p.numel() for p in own),
-        param_dim=max(p.dim() for p in own),
+        # Dimensions of size 1 do not count: a (C, 1, 1) layer scale is a vector, not a kernel.
+        param_dim=max(sum(1 for size in p.shape if size > 1) for p in own),
         fan_in=_fan_in(main_weight),
         fan_out=_fan_out(main_weight),
         bias_mean=float(bias.detach().float().mean()) if bias is not None and bias.numel() else None,

@@ -229,3 +229,29 @@ def test_corpus_model_with_a_dead_layer_names_the_bias() -> None:
     assert "negative_bias" not in found["net.6"]  # dead because its input is all zero, not its bias
     ids = {r.id: r for r in report.recommendations}
     assert ids[RecommendationId.HE_INIT].layers == ("net.4",)
+
+
+def test_dead_majority_needs_more_than_symmetry_explains() -> None:
+    """One-sided binomial test against 'each unit dead with chance 1/2' (dead_relu.SIGNIFICANCE)."""
+    from gradcheck_cli.checks.dead_relu import SIGNIFICANCE, chance_of_at_least
+
+    assert chance_of_at_least(5, 8) == pytest.approx(93 / 256)
+    assert chance_of_at_least(24, 32) < SIGNIFICANCE < chance_of_at_least(20, 32)
+
+
+@pytest.mark.parametrize(("negative_rows", "fires"), [(5, False), (8, True)])
+def test_small_squeeze_layer_with_chance_dead_units(negative_rows: int, fires: bool) -> None:
+    """An 8-unit layer on positive pooled features (a squeeze-excitation): 5 units off with a zero
+    bias is what symmetry gives by chance (36%), not a finding; all 8 off is a dead layer."""
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+        with torch.no_grad():
+            model[0].weight.abs_()
+            model[0].weight[:negative_rows].neg_()
+            model[0].bias.zero_()
+        return model
+
+    report = scan(Target("squeeze", build, lambda bs: (torch.rand(bs, 16), torch.randint(0, 4, (bs,))), None))
+    dead = [f for f in report.findings if f.kind == FindingKind.DEAD_RELU]
+    assert bool(dead) is fires, dead

@@ -8,7 +8,12 @@ unit's gradient is exactly zero, so the weights that feed it never change (DOMAI
 ReLUs"): the layer has lost that share of its capacity, and a whole dead layer passes no gradient
 at all to anything before it. At PyTorch's default init a bias-dominated layer has about half of
 its units dead by symmetry (the healthy corpus autoencoder measures 48%), so only a majority
-counts. LeakyReLU, ELU, GELU, SiLU, ... always pass some gradient and are not checked.
+counts, and only a majority that symmetry cannot explain: if each unit were dead with chance 1/2,
+seeing at least that many dead units must have probability below `SIGNIFICANCE` (1%, a one-sided
+binomial test). A small layer fed by pooled features (RegNet's 8-unit squeeze-excitation) has 5 of
+8 units off with chance 36%; 24 of 32 has 0.35%. A whole dead layer always counts, and so does
+a majority with a visible cause (the negative bias below).
+LeakyReLU, ELU, GELU, SiLU, ... always pass some gradient and are not checked.
 
 Reported on the layer that feeds the activation. Evidence: function, activation_module,
 dead_fraction, dead_units, units, outputs_per_unit, and the layer's bias_mean and activation RMS
@@ -21,10 +26,18 @@ bias alone pushes most units below zero.
 
 from __future__ import annotations
 
+import math
+
 from ..report import Finding, FindingKind, Number, Severity
 from .context import CheckContext
 
 MAJORITY = 0.5
+SIGNIFICANCE = 0.01
+
+
+def chance_of_at_least(dead: int, units: int) -> float:
+    """P(X >= dead) for X ~ Binomial(units, 1/2): that many dead units by symmetry alone."""
+    return sum(math.comb(units, k) for k in range(dead, units + 1)) / 2.0 ** units
 BIAS_SHARE = 0.5
 
 
@@ -35,6 +48,11 @@ def check(context: CheckContext) -> list[Finding]:
         dead = act.get("dead_fraction")
         if dead is None or not float(dead) > MAJORITY:
             continue
+        dead_units, units = int(act.get("dead_units", 0)), int(act.get("units", 0))
+        bias_kills = (layer.bias_mean is not None and bool(layer.output_rms)
+                      and layer.bias_mean < -BIAS_SHARE * (layer.output_rms or 0.0))
+        if dead_units < units and not bias_kills and chance_of_at_least(dead_units, units) >= SIGNIFICANCE:
+            continue  # a whole dead layer, or a visible cause, always counts
         evidence: dict[str, Number] = {
             "function": str(act.get("function")), "activation_module": str(act.get("activation_module")),
             "dead_fraction": float(dead), "dead_units": int(act.get("dead_units", 0)),
