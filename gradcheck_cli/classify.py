@@ -45,6 +45,20 @@ depth, or one that is uniformly far too small or too large.
 Normalization affine parameters and embedding tables are judged only by the absolute rules and
 non-finite values: their grad_to_weight is not comparable with a weight matrix's (a LayerNorm's
 scale is 1, an embedding's rows are touched sparsely), so they would make false alarms.
+
+Designs that look broken at step 0 and are not (each measured on torchvision models at init, each
+with a broken twin in tests/test_designed_inits.py that is still caught):
+* A dense layer whose weights are all zero (ViT's head) passes exactly zero gradient to everything
+  before it until its first update; layers before it with exactly zero gradient are not judged.
+* The absolute ceiling applies to weight matrices and kernels only (role "dense"; size-1
+  dimensions do not count, so a (C, 1, 1) layer scale is a vector): a vector initialised near zero
+  (ConvNeXt's layer scale 1e-6, ReZero's 0) has a huge grad/weight by construction. Such a gate
+  (typical element below `GATE_RMS`) also exempts the layers of the branch it scales (its
+  submodules) from vanishing: their gradient is scaled by the gate, by design.
+* The relative rule's reference is the fastest *sanely initialised* dense layer (weight std inside
+  init_std's band): SqueezeNet's and RegNet's N(0, 0.01) classifiers learn fast relative to their
+  tiny weights and would make every other layer look slow. When no layer is sanely initialised
+  (the whole init is too small), every dense layer counts again.
 """
 
 from __future__ import annotations
