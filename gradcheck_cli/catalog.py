@@ -192,7 +192,11 @@ FINDINGS: dict[FindingKind, Entry] = {
             "Debugger's vanishing_gradient rule).\n"
             f"{_STACK_THRESHOLD}\n\n"
             "Normalization affine parameters and embedding tables are judged by the absolute rules only: "
-            f"their grad/weight is not comparable with a weight matrix's. {_THROUGH_TIME_ELSEWHERE}"),
+            f"their grad/weight is not comparable with a weight matrix's. {_THROUGH_TIME_ELSEWHERE}\n\n"
+            "Not judged at step 0, by design: layers with exactly zero gradient before a zero-initialised "
+            "layer (ViT's head); layers of a branch scaled by a near-zero vector (layer scale 1e-6, "
+            "ReZero). The best layer of the relative rule is the fastest sanely initialised one: a "
+            "classifier initialised N(0, 0.01) (SqueezeNet, RegNet) is no yardstick."),
         fix=(
             "Find the cause among the findings and recommendations of the same scan: swap saturating "
             "activations for ReLU/GELU (swap-activation), re-initialise with the variance-preserving "
@@ -220,7 +224,8 @@ FINDINGS: dict[FindingKind, Entry] = {
         thresholds=(
             f"- absolute: grad/weight above {_num(T.explode_grad_to_weight)}: even a learning rate of 1e-4 "
             "changes the weights by more than 10% in one step, beyond TheDeepChecker's upper bound on the "
-            "update ratio (log10 <= -1). Healthy models measure 1e-3..5 here.\n"
+            "update ratio (log10 <= -1). Healthy models measure 1e-3..5 here. Weight matrices and kernels "
+            "only: a vector initialised near zero (layer scale 1e-6, ReZero) has a huge ratio by design.\n"
             f"- growth through a stack: in a stack of at least {T.min_stack} identical dense layers (same "
             f"type and size), a gradient at a layer's output more than {_num(T.explode_relative)}x that at "
             "the stack's last layer (AUTOTRAINER's > 70 gradient ratio).\n"
