@@ -25,17 +25,6 @@ def valid_fail_on_words() -> list[str]:
     return sorted({k.value for k in FindingKind} | set(STATUS_FAMILY) | set(FAIL_ON_WORDS))
 
 
-def parse_fail_on(words: Iterable[str]) -> tuple[str, ...]:
-    """Normalise and validate --fail-on words; raises ValueError naming the first unknown one."""
-    valid = set(valid_fail_on_words())
-    out = tuple(w.strip().lower() for w in words if w.strip())
-    for word in out:
-        if word not in valid:
-            raise ValueError(f"unknown fail_on value '{word}'; use finding kinds, statuses or "
-                             f"any/none: {', '.join(sorted(valid))}")
-    return out
-
-
 def fingerprint(finding: Finding) -> str:
     """Stable identity of a finding across runs: kind and layer, never numbers."""
     return f"{finding.kind.value}:{finding.layer if finding.layer is not None else '-'}"

@@ -22,7 +22,7 @@ from typing import Any
 
 from .classify import Thresholds
 from .config import OPTIMIZERS, ScanConfig
-from .gate import parse_fail_on, valid_fail_on_words
+from .gate import valid_fail_on_words
 
 Path_ = tuple[str | int, ...]
 """Where a value sits inside a configuration document: ("scans", 1, "optimizer", "lr")."""
@@ -139,7 +139,7 @@ def _fail_on(value: Any) -> tuple[str, ...]:
         if word.strip().lower() not in valid:
             raise ValueError(f"unknown finding kind or status '{printable(word.strip())}'"
                              f"{did_you_mean(word.strip().lower(), valid)}")
-    parsed = parse_fail_on(words)
+    parsed = tuple(word.strip().lower() for word in words)
     if not parsed:
         raise ValueError("expected at least one finding kind or status, or 'none'")
     return parsed
