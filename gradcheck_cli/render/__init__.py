@@ -20,7 +20,7 @@ from gradcheck_cli.render.sarif import render_sarif
 from gradcheck_cli.render.table import format_number, render_table
 from gradcheck_cli.report import ScanResult
 
-__all__ = ["MACHINE_FORMATS", "OutputFormat", "format_number", "render", "render_json",
+__all__ = ["OutputFormat", "format_number", "render", "render_json",
            "render_table"]
 
 
@@ -39,10 +39,6 @@ class OutputFormat(str, Enum):
     """JUnit XML: one testcase per scan and per failing finding, for CI test reports."""
     GITHUB = "github"
     """GitHub Actions workflow commands (::error/::warning annotations)."""
-
-
-MACHINE_FORMATS = frozenset({OutputFormat.JSON, OutputFormat.SARIF, OutputFormat.JUNIT})
-"""Formats that are a document for a program; the CLI keeps human messages out of their stream."""
 
 
 def render(results: Sequence[ScanResult], fmt: OutputFormat, *, combined: bool = False,

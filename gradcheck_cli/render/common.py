@@ -37,7 +37,3 @@ def gate_fingerprints(result: ScanResult, known: frozenset[str]) -> set[str]:
     if result.report is None:
         return set()
     return {fingerprint(f) for f in failing_findings(result.report, known)}
-
-
-def is_known(finding: Finding, known: frozenset[str]) -> bool:
-    return fingerprint(finding) in known

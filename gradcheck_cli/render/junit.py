@@ -13,7 +13,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
-from gradcheck_cli.gate import fingerprint, matches, scan_exit_code
+from gradcheck_cli.gate import failing_findings, fingerprint, matches, scan_exit_code
 from gradcheck_cli.render.table import format_number
 from gradcheck_cli.report import Finding, ScanResult
 
@@ -46,7 +46,7 @@ def _suite(result: ScanResult, known: frozenset[str]) -> ET.Element:
         ET.SubElement(properties, "property", name="verdict", value=report.verdict.value)
         ET.SubElement(properties, "property", name="fail_on", value=",".join(fail_on))
         gated = [f for f in report.findings if matches(f, fail_on)]
-        failing = [f for f in gated if fingerprint(f) not in known]
+        failing = failing_findings(report, known)
         if code == 1:
             names = ", ".join(fingerprint(f) for f in failing)
             failure = ET.SubElement(

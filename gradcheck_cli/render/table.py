@@ -26,6 +26,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from gradcheck_cli.gate import fingerprint
+from gradcheck_cli.render.common import where
 from gradcheck_cli.report import (
     VERDICT_ORDER,
     Finding,
@@ -470,10 +471,9 @@ def _findings(findings: Sequence[Finding], known: frozenset[str]) -> Table:
     grid.add_column(no_wrap=True)
     grid.add_column(overflow="fold")
     for finding in findings:
-        where = f"at {finding.layer}" if finding.layer is not None else "(whole model)"
         body = Text()
         body.append(finding.kind.value, style="bold")
-        body.append(f" {where}: {finding.message}")
+        body.append(f" {where(finding)}: {finding.message}")
         if fingerprint(finding) in known:
             body.append(" (baselined: known finding, does not fail)", style="dim")
         grid.add_row(
