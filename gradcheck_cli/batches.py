@@ -178,20 +178,21 @@ def move_to(obj: Any, device: torch.device | str) -> Any:
     return obj
 
 
-def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+def tensors_in(obj: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in `obj` (nested tuples, lists, dicts), depth first."""
     if isinstance(obj, torch.Tensor):
         yield obj
     elif isinstance(obj, (tuple, list)):
         for item in obj:
-            yield from _tensors(item)
+            yield from tensors_in(item)
     elif isinstance(obj, Mapping):
         for item in obj.values():
-            yield from _tensors(item)
+            yield from tensors_in(item)
 
 
 def batch_has_nonfinite(inputs: Any, target: Any) -> bool:
     """True when a floating (or complex) tensor anywhere in the batch holds NaN or Inf."""
-    for tensor in _tensors((inputs, target)):
+    for tensor in tensors_in((inputs, target)):
         if (tensor.is_floating_point() or tensor.is_complex()) and tensor.numel():
             if not bool(torch.isfinite(tensor).all()):
                 return True

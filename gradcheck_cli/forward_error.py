@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .batches import tensors_in
 from .errors import UserError
 from .text import exception_text
 
@@ -64,20 +65,10 @@ def _user_line(exc: BaseException) -> str | None:
     return found
 
 
-def _tensors(obj: Any) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, (tuple, list)):
-        return [t for item in obj for t in _tensors(item)]
-    if isinstance(obj, Mapping):
-        return [t for item in obj.values() for t in _tensors(item)]
-    return []
-
-
 def _fix(model: nn.Module, inputs: Any, exc: BaseException, line: str | None) -> str:
     message = str(exc).lower()
     weights = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-    dtypes = {t.dtype for t in _tensors(inputs)}
+    dtypes = {t.dtype for t in tensors_in(inputs)}
     short = {d: str(d).removeprefix("torch.") for d in (*dtypes, weights) if d is not None}
     if weights is not None and "type" in message:
         integers = sorted(short[d] for d in dtypes if not (d.is_floating_point or d.is_complex))
