@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .depth import describe, stack_kind
-from .init_std import init_target
 from .report import Finding, FindingKind, Number, RecommendationId
 from .stats import LayerStats
 
@@ -144,10 +143,9 @@ def structure_fixes(findings: Sequence[Finding], layers: Sequence[LayerStats],
 
 
 def _change(layer: LayerStats, force: bool) -> _InitChange | None:
-    if layer.weight_std is None or not layer.fan_in or layer.role != "dense":
+    target = layer.init_target
+    if layer.weight_std is None or target is None or layer.role != "dense":
         return None
-    follower = layer.activation.get("function")
-    target = init_target(layer.fan_in, layer.fan_out, str(follower) if follower else None)
     mismatch = target.mismatch(layer.weight_std)
     if mismatch == 1.0 and not force:
         return None

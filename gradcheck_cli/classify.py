@@ -66,7 +66,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .init_std import init_target
 from .recurrence import near_end, oriented_steps
 from .report import VERDICT_ORDER, Status
 from .stats import LayerStats
@@ -162,9 +161,8 @@ def _yardstick(layer: LayerStats) -> bool:
     it is no measure of how fast the rest of the model should learn."""
     if not _dense_measured(layer):
         return False
-    if layer.fan_in and layer.weight_std:
-        follower = layer.activation.get("function")
-        target = init_target(layer.fan_in, layer.fan_out, str(follower) if follower else None)
+    target = layer.init_target
+    if target is not None and layer.weight_std:
         return layer.weight_std >= target.low
     return True
 

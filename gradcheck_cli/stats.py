@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
+from .init_std import InitTarget, init_target
 from .measurements import LayerProbe, RecurrentWeight
 
 # Weights whose RMS is below this are "zero" (zero-initialised heads, LoRA B): a gradient/weight
@@ -45,6 +47,15 @@ class LayerStats:
     recurrent_weights: tuple[RecurrentWeight, ...] = ()
     update_to_weight: float | None = None
     """With --steps: the largest relative weight change per optimizer step, |Δw| / |w|."""
+
+    @cached_property
+    def init_target(self) -> InitTarget | None:
+        """The variance-preserving std and accepted band for the weights, given the activation
+        that follows the layer (init_std.py); None without a fan-in."""
+        if not self.fan_in:
+            return None
+        follower = self.activation.get("function")
+        return init_target(self.fan_in, self.fan_out, str(follower) if follower else None)
 
 
 def layer_role(type_name: str, param_dims: int) -> str:

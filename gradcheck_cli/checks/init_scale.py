@@ -34,7 +34,6 @@ Fixes: he-init (ReLU family) or xavier-init (tanh / sigmoid / linear) with the e
 from __future__ import annotations
 
 from ..depth import describe
-from ..init_std import init_target
 from ..report import Finding, FindingKind, Number, Severity, Status
 from ..stats import ZERO_WEIGHT_RMS
 from .context import CheckContext
@@ -50,12 +49,12 @@ def check(context: CheckContext) -> list[Finding]:
     # is reported only when some layer actually vanishes or explodes (the consequence to explain).
     troubled = any(v.status in (Status.VANISHING, Status.EXPLODING) for v in context.verdicts)
     for layer in context.layers:
-        if (layer.role != "dense" or not layer.fan_in or layer.weight_std is None
+        target = layer.init_target
+        if (layer.role != "dense" or target is None or layer.weight_std is None
                 or layer.weight_std <= ZERO_WEIGHT_RMS or not layer.received
                 or not any(t in layer.type_name for t in CHECKED_TYPES)):
             continue
         follower = layer.activation.get("function")
-        target = init_target(layer.fan_in, layer.fan_out, str(follower) if follower else None)
         mismatch = target.mismatch(layer.weight_std)
         if mismatch == 1.0:
             continue

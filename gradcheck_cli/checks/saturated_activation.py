@@ -22,7 +22,6 @@ above the accepted band (init_std.py): then the init is what drives the units in
 
 from __future__ import annotations
 
-from ..init_std import init_target
 from ..report import Finding, FindingKind, Number, Severity
 from .context import CheckContext
 
@@ -45,12 +44,11 @@ def check(context: CheckContext) -> list[Finding]:
         if layer.output_rms is not None:
             evidence["activation_rms"] = layer.output_rms
         cause = ""
-        if layer.weight_std is not None and layer.fan_in:
-            target = init_target(layer.fan_in, layer.fan_out, str(act.get("function")))
-            if layer.weight_std > target.high:
-                evidence.update(weight_std=layer.weight_std, target_std=target.std)
-                cause = (f"; the weight std {layer.weight_std:.3g} of {layer.name} is "
-                         f"{layer.weight_std / target.std:.3g}x the Xavier std {target.std:.3g}")
+        target = layer.init_target
+        if layer.weight_std is not None and target is not None and layer.weight_std > target.high:
+            evidence.update(weight_std=layer.weight_std, target_std=target.std)
+            cause = (f"; the weight std {layer.weight_std:.3g} of {layer.name} is "
+                     f"{layer.weight_std / target.std:.3g}x the Xavier std {target.std:.3g}")
         findings.append(Finding(
             FindingKind.SATURATED_ACTIVATION, layer.name, Severity.WARNING,
             f"{float(share):.0%} of the {evidence['units']} units of {act.get('function')} "
