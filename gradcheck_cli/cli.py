@@ -40,7 +40,7 @@ list_app = typer.Typer(help="List built-in models, finding kinds (checks) and re
                        no_args_is_help=True)
 app.add_typer(list_app, name="list")
 
-EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_USAGE = 0, 2
 _D = ScanConfig()  # the built-in defaults shown in --help (options default to None: "not given")
 
 # The reporting options `scan` and `run` share; cli_output.emit acts on them.
@@ -61,6 +61,8 @@ ExitZeroOption = Annotated[bool, typer.Option(
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Print every stage of every scan on stderr.")]
 QuietOption = Annotated[bool, typer.Option(
     "--quiet", "-q", help="No progress bar and no messages on stderr, except errors.")]
+NoColorOption = Annotated[bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too).")]
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for errors.")]
 
 
 def _version(value: bool) -> None:
@@ -114,8 +116,8 @@ def scan(
     exit_zero: ExitZeroOption = False,
     verbose: VerboseOption = False,
     quiet: QuietOption = False,
-    no_color: Annotated[bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too).")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for errors.")] = False,
+    no_color: NoColorOption = False,
+    debug: DebugOption = False,
     show_config: Annotated[bool, typer.Option(
         "--show-config", help="Print the resolved settings and where each came from, then exit.")] = False,
 ) -> None:
@@ -127,12 +129,9 @@ def scan(
     # warning on stderr would read like a problem with the user's model.
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     try:
-        from .cli_output import OutputOptions, load_baseline, parse_format
         from .cli_progress import ScanProgress
 
-        options = OutputOptions(fmt=parse_format(output_format), output=output, known=load_baseline(baseline),
-                                write_baseline=write_baseline, exit_zero=exit_zero, quiet=quiet,
-                                no_color=no_color, width=_terminal_width())
+        options = _output_options(output_format, output, baseline, write_baseline, exit_zero, quiet, no_color)
         resolved = _resolve_settings(_command_line_layer(
             batches=batches, batch_size=batch_size, seed=seed, device=device, steps=steps,
             optimizer=optimizer, lr=lr, input_shape=input_shape, fail_on=fail_on,
@@ -189,8 +188,8 @@ def run(
     exit_zero: ExitZeroOption = False,
     verbose: VerboseOption = False,
     quiet: QuietOption = False,
-    no_color: Annotated[bool, typer.Option("--no-color", help="No colour (NO_COLOR is honoured too).")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for errors.")] = False,
+    no_color: NoColorOption = False,
+    debug: DebugOption = False,
     show_config: Annotated[bool, typer.Option(
         "--show-config", help="Print every scan's resolved settings and where each came from, then exit.")]
         = False,
@@ -202,12 +201,9 @@ def run(
     """
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # see scan()
     try:
-        from .cli_output import OutputOptions, load_baseline, parse_format
         from .cli_progress import ScanProgress
 
-        options = OutputOptions(fmt=parse_format(output_format), output=output, known=load_baseline(baseline),
-                                write_baseline=write_baseline, exit_zero=exit_zero, quiet=quiet,
-                                no_color=no_color, width=_terminal_width())
+        options = _output_options(output_format, output, baseline, write_baseline, exit_zero, quiet, no_color)
         command_line = _command_line_layer(
             batches=batches, batch_size=batch_size, seed=seed, device=device, steps=steps,
             optimizer=optimizer, lr=lr, input_shape=None, fail_on=fail_on, timeout=timeout)
@@ -236,6 +232,16 @@ def run(
         typer.echo("gradcheck: interrupted", err=True)
         raise typer.Exit(130) from None
     raise typer.Exit(_emit(results, options, True, debug))
+
+
+def _output_options(output_format: str, output: Path | None, baseline: Path | None,
+                    write_baseline: Path | None, exit_zero: bool, quiet: bool, no_color: bool) -> OutputOptions:
+    """The reporting options of `scan` and `run`; reads --baseline now, so a bad file fails fast."""
+    from .cli_output import OutputOptions, load_baseline, parse_format
+
+    return OutputOptions(fmt=parse_format(output_format), output=output, known=load_baseline(baseline),
+                         write_baseline=write_baseline, exit_zero=exit_zero, quiet=quiet,
+                         no_color=no_color, width=_terminal_width())
 
 
 def _emit(results: list[ScanResult], options: OutputOptions, combined: bool, debug: bool) -> int:
