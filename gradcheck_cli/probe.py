@@ -102,12 +102,11 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
     trainable = [params[i] for i in trainable_idx]
 
     layers = [_LayerAcc(name, module, idxs) for name, module, idxs in owners]
-    acts: dict[nn.Module, _ActAcc] = {}
     state: dict[str, Any] = {"active": True, "calls": 0, "last_layer": None, "stack": [],
-                             "nonfinite": [], "records": [], "leaves": [], "last_measured": (None, None),
+                             "nonfinite": [], "leaves": [], "last_measured": (None, None),
                              "inputs": [], "sites": {}, "residual_in": set(),
                              "layer_types": {acc.name: type(acc.module).__name__ for acc in layers}}
-    _register_hooks(model, layers, acts, state, handles)
+    _register_hooks(model, layers, state, handles)
 
     losses: list[float] = []
     step_losses: list[float] = []
@@ -150,7 +149,6 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
         trace.append(host[0])
         row = [math.sqrt(v) if v == v and v != math.inf else v for v in host[1:1 + len(layers)]]
         grad_norm_rows.append(row)
-        state["records"] = []
         forward_bad = any(host[1 + len(layers):]) or not math.isfinite(host[0])
         if origin_pending and not bad_input and (forward_bad or not all(map(math.isfinite, row))):
             # Data that already holds NaN/Inf is its own origin (nonfinite-input).
@@ -285,17 +283,18 @@ def _own_params(model: nn.Module) -> tuple[list[nn.Parameter], list[tuple[str, n
     return params, owners
 
 
-def _register_hooks(model: nn.Module, layers: list[_LayerAcc], acts: dict[nn.Module, _ActAcc],
-                    state: dict[str, Any], handles: list[Any]) -> None:
+def _register_hooks(model: nn.Module, layers: list[_LayerAcc], state: dict[str, Any],
+                    handles: list[Any]) -> None:
     layer_of = {id(acc.module): acc for acc in layers}
     for name, module in model.named_modules():
         acc = layer_of.get(id(module))
         type_name = type(module).__name__
+        act = None
         if acc is None and type_name in ACTIVATIONS:
-            acts[module] = _ActAcc(name, type_name, module)
+            act = _ActAcc(name, type_name, module)
             state.setdefault("act_names", set()).add(name or "(root)")
         handles.append(module.register_forward_pre_hook(_unwatched(_pre_hook(name, acc, state))))
-        handles.append(module.register_forward_hook(_unwatched(_post_hook(name, acc, acts.get(module), state))))
+        handles.append(module.register_forward_hook(_unwatched(_post_hook(name, acc, act, state))))
 
 
 def _unwatched(hook: Callable[..., Any]) -> Callable[..., Any]:
@@ -393,7 +392,6 @@ def _post_hook(name: str, acc: _LayerAcc | None, act: _ActAcc | None,
             sq = torch.linalg.vector_norm(out.detach(), dtype=torch.float32).square()
             state["last_measured"] = (out, sq)
             state["nonfinite"].append(sq)  # tested for non-finite values once per batch
-            state["records"].append(name or "(root)")
         if acc is not None:
             acc.out_sq.append(sq)
             acc.out_n += out.numel()
