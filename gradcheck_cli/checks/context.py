@@ -70,6 +70,19 @@ def layer_evidence(layer: LayerStats) -> dict[str, Number]:
     return evidence
 
 
+def activation_evidence(layer: LayerStats, **measured: Number) -> dict[str, Number]:
+    """The evidence of a dead-relu or saturated-activation finding: the activation, the
+    `measured` shares, its units, and the feeding layer's activation RMS."""
+    act = layer.activation
+    evidence: dict[str, Number] = {
+        "function": str(act.get("function")), "activation_module": str(act.get("activation_module")),
+        **measured, "units": int(act.get("units", 0)), "outputs_per_unit": int(act.get("outputs_per_unit", 0)),
+    }
+    if layer.output_rms is not None:
+        evidence["activation_rms"] = layer.output_rms
+    return evidence
+
+
 def status_findings(context: CheckContext, status: Status, kind: FindingKind, severity: Severity,
                     phrase: str) -> list[Finding]:
     """One finding per layer classified `status`, its message the rule that fired.

@@ -28,17 +28,17 @@ from __future__ import annotations
 
 import math
 
-from ..report import Finding, FindingKind, Number, Severity
-from .context import CheckContext
+from ..report import Finding, FindingKind, Severity
+from .context import CheckContext, activation_evidence
 
 MAJORITY = 0.5
 SIGNIFICANCE = 0.01
+BIAS_SHARE = 0.5
 
 
 def chance_of_at_least(dead: int, units: int) -> float:
     """P(X >= dead) for X ~ Binomial(units, 1/2): that many dead units by symmetry alone."""
     return sum(math.comb(units, k) for k in range(dead, units + 1)) / 2.0 ** units
-BIAS_SHARE = 0.5
 
 
 def check(context: CheckContext) -> list[Finding]:
@@ -53,20 +53,14 @@ def check(context: CheckContext) -> list[Finding]:
                       and layer.bias_mean < -BIAS_SHARE * (layer.output_rms or 0.0))
         if dead_units < units and not bias_kills and chance_of_at_least(dead_units, units) >= SIGNIFICANCE:
             continue  # a whole dead layer, or a visible cause, always counts
-        evidence: dict[str, Number] = {
-            "function": str(act.get("function")), "activation_module": str(act.get("activation_module")),
-            "dead_fraction": float(dead), "dead_units": int(act.get("dead_units", 0)),
-            "units": int(act.get("units", 0)), "outputs_per_unit": int(act.get("outputs_per_unit", 0)),
-        }
+        evidence = activation_evidence(layer, dead_fraction=float(dead), dead_units=dead_units)
         cause = ""
-        if layer.output_rms is not None:
-            evidence["activation_rms"] = layer.output_rms
         if layer.bias_mean is not None:
             evidence["bias_mean"] = layer.bias_mean
-            if layer.output_rms and layer.bias_mean < -BIAS_SHARE * layer.output_rms:
-                evidence["negative_bias"] = 1
-                cause = (f"; the mean bias of {layer.name} is {layer.bias_mean:.3g} against a "
-                         f"pre-activation RMS of {layer.output_rms:.3g}")
+        if bias_kills:
+            evidence["negative_bias"] = 1
+            cause = (f"; the mean bias of {layer.name} is {layer.bias_mean:.3g} against a "
+                     f"pre-activation RMS of {layer.output_rms:.3g}")
         whole = float(dead) >= 1.0
         findings.append(Finding(
             FindingKind.DEAD_RELU, layer.name, Severity.ERROR if whole else Severity.WARNING,

@@ -22,8 +22,8 @@ above the accepted band (init_std.py): then the init is what drives the units in
 
 from __future__ import annotations
 
-from ..report import Finding, FindingKind, Number, Severity
-from .context import CheckContext
+from ..report import Finding, FindingKind, Severity
+from .context import CheckContext, activation_evidence
 
 MOST_UNITS = 0.5
 
@@ -36,13 +36,7 @@ def check(context: CheckContext) -> list[Finding]:
         if share is None or not float(share) > MOST_UNITS:
             continue
         outputs = float(act.get("saturated_fraction", 0.0))
-        evidence: dict[str, Number] = {
-            "function": str(act.get("function")), "activation_module": str(act.get("activation_module")),
-            "saturated_units": float(share), "saturated_fraction": outputs,
-            "units": int(act.get("units", 0)), "outputs_per_unit": int(act.get("outputs_per_unit", 0)),
-        }
-        if layer.output_rms is not None:
-            evidence["activation_rms"] = layer.output_rms
+        evidence = activation_evidence(layer, saturated_units=float(share), saturated_fraction=outputs)
         cause = ""
         target = layer.init_target
         if layer.weight_std is not None and target is not None and layer.weight_std > target.high:
