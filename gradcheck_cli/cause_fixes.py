@@ -25,11 +25,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .depth import describe, stack_kind
+from .init_std import SCHEME_NAMES
 from .report import Finding, FindingKind, Number, RecommendationId
 from .stats import LayerStats
 
 R = RecommendationId
-SCHEME_NAMES = {"he": "He", "xavier": "Xavier", "lecun": "LeCun"}
 FORMULAS = {"he": "sqrt(2 / fan_in)", "xavier": "sqrt(2 / (fan_in + fan_out))", "lecun": "sqrt(1 / fan_in)"}
 STRUCTURE_KINDS = (FindingKind.VANISHING, FindingKind.EXPLODING, FindingKind.INIT_SCALE)
 

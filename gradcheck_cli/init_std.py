@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 RELU_FAMILY = {"ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "CELU", "GELU", "SiLU",
                "Mish", "Softplus", "Hardswish"}
+SCHEME_NAMES = {"he": "He", "xavier": "Xavier", "lecun": "LeCun"}
 MARGIN = 2.0
 """How far outside [min(target, default), max(target, default)] a std may be before it is mis-scaled."""
 

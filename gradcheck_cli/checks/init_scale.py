@@ -34,13 +34,13 @@ Fixes: he-init (ReLU family) or xavier-init (tanh / sigmoid / linear) with the e
 from __future__ import annotations
 
 from ..depth import describe
+from ..init_std import SCHEME_NAMES
 from ..report import Finding, FindingKind, Number, Severity, Status
 from ..stats import ZERO_WEIGHT_RMS
 from .context import CheckContext
 
 GROSS = 10.0
 CHECKED_TYPES = ("Linear", "Conv")
-SCHEME_NAMES = {"he": "He", "xavier": "Xavier", "lecun": "LeCun"}
 
 
 def check(context: CheckContext) -> list[Finding]:
