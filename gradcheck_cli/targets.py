@@ -151,8 +151,7 @@ def _load_file_target(spec: str, path: str, name: str | None) -> Target:
         build = _builder_for(obj, f"{shown}:{name}", src)
     else:
         build = _discover(module, src)
-    return Target(name=spec, build_model=build, make_batch=_optional_make_batch(module, src),
-                  loss_fn=_optional_loss_fn(module, src))
+    return _user_target(spec, build, module, src)
 
 
 class _Source:
@@ -279,8 +278,7 @@ def _load_module_target(spec: str, module_name: str, attr: str) -> Target:
                 sys.path.remove(cwd)
     obj = _lookup(module, attr, src)
     build = _builder_for(obj, spec, src)
-    return Target(name=spec, build_model=build, make_batch=_optional_make_batch(module, src),
-                  loss_fn=_optional_loss_fn(module, src))
+    return _user_target(spec, build, module, src)
 
 
 # ---------------------------------------------------------------------------- finding the model
@@ -433,27 +431,28 @@ def _discover(module: ModuleType, src: _Source) -> Callable[[], Any]:
                     "define build_model() returning your nn.Module")
 
 
-def _optional_make_batch(module: ModuleType, src: _Source) -> Callable[[int], Any] | None:
-    fn = getattr(module, "make_batch", None)
-    if fn is None:
-        return None
-    if not callable(fn):
-        raise UserError(f"{src.shown}: make_batch is {_kind(fn)}, expected a function "
-                        "make_batch(batch_size) returning inputs or (inputs, target)")
+def _user_target(spec: str, build: Callable[[], Any], module: ModuleType, src: _Source) -> Target:
+    """The Target of a user module: `build`, and its optional make_batch and loss_fn."""
+    make_batch = _optional_fn(module, src, "make_batch",
+                              "make_batch(batch_size) returning inputs or (inputs, target)")
+    loss_fn = _optional_fn(module, src, "loss_fn", "loss_fn(output, target) returning a scalar tensor")
+    return Target(name=spec, build_model=build,
+                  make_batch=None if make_batch is None else _checked_make_batch(make_batch, src),
+                  loss_fn=loss_fn)
+
+
+def _optional_fn(module: ModuleType, src: _Source, name: str, expected: str) -> Any:
+    """module.<name> when it is defined (None when not); a UserError when it is not callable."""
+    fn = getattr(module, name, None)
+    if fn is not None and not callable(fn):
+        raise UserError(f"{src.shown}: {name} is {_kind(fn)}, expected a function {expected}")
+    return fn
+
+
+def _checked_make_batch(fn: Callable[[int], Any], src: _Source) -> Callable[[int], Any]:
     label = f"{src.shown}:make_batch"
 
     def make_batch(batch_size: int) -> Any:
         return _call_user(src, f"{label}({batch_size})", "fix make_batch", fn, batch_size)
 
-    make_batch.__wrapped__ = fn  # type: ignore[attr-defined]
     return make_batch
-
-
-def _optional_loss_fn(module: ModuleType, src: _Source) -> Callable[[Any, Any], Any] | None:
-    fn = getattr(module, "loss_fn", None)
-    if fn is None:
-        return None
-    if not callable(fn):
-        raise UserError(f"{src.shown}: loss_fn is {_kind(fn)}, expected a function "
-                        "loss_fn(output, target) returning a scalar tensor")
-    return fn
