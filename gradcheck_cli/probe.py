@@ -120,7 +120,8 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
     loss_kind = ""
     optimizer = _make_optimizer(config, trainable) if config.steps > 0 else None
     layer_of_param = {pi: li for li, layer in enumerate(layers) for pi in layer.param_indices}
-    step_owner = torch.tensor([layer_of_param[pi] for pi in trainable_idx], device=device)
+    owner_of = [layer_of_param[pi] for pi in trainable_idx]  # the layer of each trainable parameter
+    step_owner = torch.tensor(owner_of, device=device)
     update_rows: list[torch.Tensor] = []
 
     for batch_index in range(config.batches):
@@ -139,7 +140,7 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
         grads = grads[:len(trainable)]
         state["active"] = False
 
-        sq, got = _layer_grad_sq(layers, trainable_idx, grads, device)
+        sq, got = _layer_grad_sq(grads, owner_of, step_owner, len(layers))
         received = [r or g for r, g in zip(received, got)]
         # One host transfer per batch: the loss, every layer's squared gradient norm, and the
         # per-module non-finite output flags (tested here, once per batch, on the output norms).
@@ -463,24 +464,14 @@ def _forward_loss(model: nn.Module, inputs: Any, target: Any, loss_fn: Any,
     return compute_loss(output, target, loss_fn)
 
 
-def _layer_grad_sq(layers: list[_LayerAcc], trainable_idx: list[int],
-                   grads: tuple[torch.Tensor | None, ...], device: torch.device
-                   ) -> tuple[torch.Tensor, list[bool]]:
+def _layer_grad_sq(grads: tuple[torch.Tensor | None, ...], owner_of: list[int], owner: torch.Tensor,
+                   n_layers: int) -> tuple[torch.Tensor, list[bool]]:
     """Squared gradient norm per layer as one device tensor (no host sync), and which layers got one."""
-    layer_of_param = {pi: li for li, layer in enumerate(layers) for pi in layer.param_indices}
-    present, owner = [], []
-    for k, g in enumerate(grads):
-        if g is not None:
-            present.append(g if g.dtype == torch.float32 else g.float())
-            owner.append(layer_of_param[trainable_idx[k]])
-    per_layer = torch.zeros(len(layers), device=device)
-    if present:
-        norms = torch.stack([n.to(device) for n in torch._foreach_norm(present)])
-        per_layer.index_add_(0, torch.tensor(owner, device=device), norms.square())
-    received = [False] * len(layers)
-    for li in owner:
-        received[li] = True
-    return per_layer, received
+    given = [k for k, g in enumerate(grads) if g is not None]
+    received = [False] * n_layers
+    for k in given:
+        received[owner_of[k]] = True
+    return _group_sq([g.float() for g in grads if g is not None], owner[given], n_layers), received
 
 
 def _count_nonfinite(layer: _LayerAcc, trainable_idx: list[int],
