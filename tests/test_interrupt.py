@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_state import assert_unchanged, snapshot
 from torch import nn
 from typer.testing import CliRunner
 
@@ -81,31 +82,6 @@ class InterruptedOnCall(nn.Module):
         return self.head(torch.relu(self.bn(self.fc(x))))
 
 
-def _snapshot(model: nn.Module) -> dict[str, object]:
-    return {
-        "values": {k: v.clone() for k, v in model.state_dict().items()},
-        "objects": [id(t) for t in [*model.parameters(), *model.buffers()]],
-        "grads": [None if p.grad is None else (id(p.grad), p.grad.clone()) for p in model.parameters()],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-        "training": [m.training for m in model.modules()],
-        "hooks": [(dict(m._forward_hooks), dict(m._forward_pre_hooks), dict(m._backward_hooks))
-                  for m in model.modules()],
-        "tensor_hooks": [p._backward_hooks for p in model.parameters()],
-    }
-
-
-def _assert_unchanged(before: dict[str, object], model: nn.Module) -> None:
-    after = _snapshot(model)
-    for key in ("objects", "requires_grad", "training", "hooks", "tensor_hooks"):
-        assert after[key] == before[key], key
-    for name, value in before["values"].items():  # type: ignore[attr-defined]
-        assert torch.equal(after["values"][name], value), name  # type: ignore[index]
-    for a, b in zip(after["grads"], before["grads"]):  # type: ignore[call-overload]
-        assert (a is None) == (b is None)
-        if a is not None:
-            assert a[0] == b[0] and torch.equal(a[1], b[1])
-
-
 def _prepared(on_call: int) -> nn.Module:
     torch.manual_seed(0)
     model = InterruptedOnCall(on_call)
@@ -120,13 +96,13 @@ def _prepared(on_call: int) -> nn.Module:
                          ids=["batch-2", "adam-steps-forward", "batch-2-after-steps"])
 def test_api_interrupt_restores_the_model(steps: int, optimizer: str, on_call: int) -> None:
     model = _prepared(on_call)
-    before = _snapshot(model)
+    before = snapshot(model)
     rng = torch.get_rng_state()
     target = Target("interrupted", lambda: model, lambda n: (torch.randn(n, 8), torch.randint(0, 4, (n,))))
     with pytest.raises(KeyboardInterrupt):
         scan(target, batches=3, batch_size=6, steps=steps, optimizer=optimizer, lr=0.5)
     assert model.calls == on_call  # it really stopped half-way
-    _assert_unchanged(before, model)
+    assert_unchanged(before, model)
     assert torch.equal(torch.get_rng_state(), rng)
 
 

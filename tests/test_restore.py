@@ -6,6 +6,7 @@ import random
 
 import pytest
 import torch
+from model_state import assert_unchanged, snapshot
 from torch import nn
 
 from gradcheck_cli.config import ScanConfig
@@ -27,34 +28,6 @@ class Net(nn.Module):
         return self.head(self.frozen(self.drop(torch.relu(self.bn(self.fc(x))))))
 
 
-def _state(model: nn.Module) -> dict[str, object]:
-    return {
-        "tensors": {k: v.clone() for k, v in model.state_dict().items()},
-        "objects": [id(p) for p in model.parameters()] + [id(b) for b in model.buffers()],
-        "data_ptrs": [p.data_ptr() for p in model.parameters()],
-        "grads": [None if p.grad is None else (id(p.grad), p.grad.clone()) for p in model.parameters()],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-        "training": [m.training for m in model.modules()],
-        "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-                  for m in model.modules()],
-    }
-
-
-def _assert_same(before: dict[str, object], model: nn.Module) -> None:
-    after = _state(model)
-    assert after["objects"] == before["objects"]
-    assert after["data_ptrs"] == before["data_ptrs"]
-    assert after["requires_grad"] == before["requires_grad"]
-    assert after["training"] == before["training"]
-    assert after["hooks"] == before["hooks"]
-    for k, v in before["tensors"].items():  # type: ignore[union-attr]
-        assert torch.equal(after["tensors"][k], v), k  # type: ignore[index]
-    for a, b in zip(after["grads"], before["grads"]):  # type: ignore[arg-type]
-        assert (a is None) == (b is None)
-        if a is not None:
-            assert a[0] == b[0] and torch.equal(a[1], b[1])
-
-
 def _prepared_model() -> nn.Module:
     torch.manual_seed(0)
     model = Net()
@@ -68,14 +41,14 @@ def _prepared_model() -> nn.Module:
 @pytest.mark.parametrize("steps,optimizer", [(0, "sgd"), (2, "sgd"), (2, "adam")])
 def test_model_comes_back_exactly(steps: int, optimizer: str) -> None:
     model = _prepared_model()
-    before = _state(model)
+    before = snapshot(model)
     torch.manual_seed(123)
     random.seed(7)
     rng_before = (torch.get_rng_state(), random.getstate())
     result = run_probe(model, lambda n: (torch.randn(n, 4), torch.randint(0, 2, (n,))), None,
                        ScanConfig(batches=3, batch_size=6, steps=steps, optimizer=optimizer, lr=0.5))
     assert len(result.losses) == 3
-    _assert_same(before, model)
+    assert_unchanged(before, model)
     assert torch.equal(torch.get_rng_state(), rng_before[0])
     assert random.getstate() == rng_before[1]
 
@@ -95,7 +68,7 @@ def test_steps_really_changed_the_weights_during_the_probe() -> None:
 
 def test_model_comes_back_when_the_scan_fails_half_way() -> None:
     model = _prepared_model()
-    before = _state(model)
+    before = snapshot(model)
     calls = {"n": 0}
 
     def make_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,7 +78,7 @@ def test_model_comes_back_when_the_scan_fails_half_way() -> None:
 
     with pytest.raises(UserError, match="fc"):
         run_probe(model, make_batch, None, ScanConfig(batches=3, batch_size=6, steps=1))
-    _assert_same(before, model)
+    assert_unchanged(before, model)
 
 
 @pytest.mark.parametrize("fail_on_call", [2, 3], ids=["during-the-steps", "batch-2-after-steps"])
@@ -113,7 +86,7 @@ def test_model_comes_back_when_adam_steps_fail_half_way(fail_on_call: int) -> No
     # steps=2: call 1 is batch 1, call 2 the forward of the second step, call 3 batch 2; by the
     # time it fails Adam has changed the weights (and holds moment buffers) at least once.
     model = _prepared_model()
-    before = _state(model)
+    before = snapshot(model)
     calls = {"n": 0}
     forward = model.forward
 
@@ -129,7 +102,7 @@ def test_model_comes_back_when_adam_steps_fail_half_way(fail_on_call: int) -> No
                   ScanConfig(batches=3, batch_size=6, steps=2, optimizer="adam", lr=0.5))
     del model.forward
     assert calls["n"] == fail_on_call
-    _assert_same(before, model)
+    assert_unchanged(before, model)
 
 
 class _FailsInBackward(torch.autograd.Function):
@@ -144,7 +117,7 @@ class _FailsInBackward(torch.autograd.Function):
 
 def test_model_comes_back_when_the_backward_pass_fails() -> None:
     model = _prepared_model()
-    before = _state(model)
+    before = snapshot(model)
     calls = {"n": 0}
     forward = model.forward
 
@@ -159,4 +132,4 @@ def test_model_comes_back_when_the_backward_pass_fails() -> None:
                   ScanConfig(batches=3, batch_size=6, steps=1, optimizer="adam", lr=0.5))
     del model.forward
     assert calls["n"] == 2
-    _assert_same(before, model)
+    assert_unchanged(before, model)
