@@ -35,11 +35,12 @@ def take_snapshot(model: nn.Module, *, copy_params: bool) -> ModelSnapshot:
         value = p.detach().clone() if copy_params else None
         params.append((p, p.data, value, p.grad, p.requires_grad))
     buffers = []
+    training = []
     for module in model.modules():
+        training.append((module, module.training))
         for name, buf in module._buffers.items():
             value = buf.detach().clone() if isinstance(buf, torch.Tensor) else None
             buffers.append((module, name, buf, value))
-    training = [(m, m.training) for m in model.modules()]
     return ModelSnapshot(params, buffers, training, _rng_state())
 
 
