@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_errors import assert_one_line_error
 from model_files import HEALTHY_FILE as MODEL_FILE
 from torch import nn
 from typer.testing import CliRunner
@@ -46,15 +47,8 @@ def _model_file(tmp_path: Path) -> Path:
     return path
 
 
-def _one_line_error(args: list[str], *needles: str) -> str:
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
+def _scan_checkpoint(tmp_path: Path, checkpoint: Path):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, ["scan", str(_model_file(tmp_path)), "--checkpoint", str(checkpoint)])
 
 
 class RunsCodeWhenUnpickled:
@@ -157,8 +151,8 @@ def test_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path: Path) 
     marker = tmp_path / "payload-ran"
     path = tmp_path / "evil.pt"
     torch.save({"0.weight": RunsCodeWhenUnpickled(marker)}, path)
-    _one_line_error(["scan", str(_model_file(tmp_path)), "--checkpoint", str(path)],
-                    f"refusing to load {path}", "could run code", "torch.save(model.state_dict()")
+    assert_one_line_error(_scan_checkpoint(tmp_path, path),
+                          f"refusing to load {path}", "could run code", "torch.save(model.state_dict()")
     assert not marker.exists()
     # the payload is real: an unrestricted load runs it (proves the test above could fail)
     torch.load(path, weights_only=False)
@@ -173,10 +167,10 @@ def test_mismatch_lists_missing_unexpected_and_shape_mismatches(tmp_path: Path) 
         state[f"extra.{i}"] = torch.zeros(1)
     path = tmp_path / "other.pt"
     torch.save(state, path)
-    line = _one_line_error(["scan", str(_model_file(tmp_path)), "--checkpoint", str(path)],
-                           "does not match the model Sequential", "missing keys: 2.bias",
-                           "unexpected keys: extra.0, extra.1, extra.2, extra.3, extra.4 ... and 2 more",
-                           "shape mismatches: 0.weight (checkpoint (16, 9), model (16, 8))")
+    line = assert_one_line_error(_scan_checkpoint(tmp_path, path),
+                                 "does not match the model Sequential", "missing keys: 2.bias",
+                                 "unexpected keys: extra.0, extra.1, extra.2, extra.3, extra.4 ... and 2 more",
+                                 "shape mismatches: 0.weight (checkpoint (16, 9), model (16, 8))")
     assert "extra.5" not in line
 
 
@@ -208,4 +202,4 @@ def test_bad_checkpoint_files_exit_2_in_one_line(tmp_path: Path, case: str) -> N
         pytest.importorskip("safetensors")
     path = tmp_path / name
     make(path)
-    _one_line_error(["scan", str(_model_file(tmp_path)), "--checkpoint", str(path)], str(path), needle)
+    assert_one_line_error(_scan_checkpoint(tmp_path, path), str(path), needle)

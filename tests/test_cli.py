@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from cli_errors import assert_one_line_error
 from model_files import HEALTHY_FILE
 from typer.testing import CliRunner
 
@@ -22,15 +23,6 @@ def _write(tmp_path: Path, text: str, name: str = "model.py") -> Path:
     path = tmp_path / name
     path.write_text(textwrap.dedent(text))
     return path
-
-
-def _assert_one_line_error(result, *needles: str) -> None:  # type: ignore[no-untyped-def]
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def test_version() -> None:
@@ -114,21 +106,21 @@ def test_nan_in_the_batch_is_a_finding_not_a_crash(tmp_path: Path) -> None:
     (["scan", "builtin:relu-he", "--device", "cuda:99"], ["cuda"]),
 ])
 def test_usage_errors_exit_two_with_one_line(args: list[str], needles: list[str]) -> None:
-    _assert_one_line_error(runner.invoke(app, args), *needles)
+    assert_one_line_error(runner.invoke(app, args), *needles)
 
 
 def test_directory_is_a_user_error(tmp_path: Path) -> None:
-    _assert_one_line_error(runner.invoke(app, ["scan", str(tmp_path)]), tmp_path.name)
+    assert_one_line_error(runner.invoke(app, ["scan", str(tmp_path)]), tmp_path.name)
 
 
 def test_import_error_shows_the_users_file_and_line(tmp_path: Path) -> None:
     path = _write(tmp_path, "import torch\n\nx = undefined_name\n")
-    _assert_one_line_error(runner.invoke(app, ["scan", str(path)]), "model.py:3", "undefined_name")
+    assert_one_line_error(runner.invoke(app, ["scan", str(path)]), "model.py:3", "undefined_name")
 
 
 def test_wrong_input_shape_names_the_module_and_shapes(tmp_path: Path) -> None:
     path = _write(tmp_path, HEALTHY_FILE.replace("torch.randn(batch_size, 8)", "torch.randn(batch_size, 5)"))
-    _assert_one_line_error(runner.invoke(app, ["scan", str(path)]), "(16, 5)")
+    assert_one_line_error(runner.invoke(app, ["scan", str(path)]), "(16, 5)")
 
 
 def test_argmax_output_is_not_differentiable(tmp_path: Path) -> None:
@@ -145,7 +137,7 @@ def test_argmax_output_is_not_differentiable(tmp_path: Path) -> None:
                 return self.fc(x).argmax(dim=1).float()
     """)
     result = runner.invoke(app, ["scan", str(path), "--input-shape", "4"])
-    _assert_one_line_error(result)
+    assert_one_line_error(result)
 
 
 def test_no_trainable_parameters(tmp_path: Path) -> None:
@@ -155,7 +147,7 @@ def test_no_trainable_parameters(tmp_path: Path) -> None:
         def build_model():
             return nn.Linear(4, 2).requires_grad_(False)
     """)
-    _assert_one_line_error(runner.invoke(app, ["scan", str(path)]), "trainable")
+    assert_one_line_error(runner.invoke(app, ["scan", str(path)]), "trainable")
 
 
 def test_build_model_raising_shows_its_message(tmp_path: Path) -> None:
@@ -163,7 +155,7 @@ def test_build_model_raising_shows_its_message(tmp_path: Path) -> None:
         def build_model():
             raise ValueError("checkpoint path not configured")
     """)
-    _assert_one_line_error(runner.invoke(app, ["scan", str(path)]), "checkpoint path not configured")
+    assert_one_line_error(runner.invoke(app, ["scan", str(path)]), "checkpoint path not configured")
 
 
 def test_debug_shows_the_traceback() -> None:

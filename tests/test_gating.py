@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from cli_errors import assert_one_line_error
 from format_reports import errored_result, exploding_result, healthy_result, run_results
 from typer.testing import CliRunner
 
@@ -27,14 +28,6 @@ FAST = ["--batches", "1", "--batch-size", "8"]
 
 def _scan(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
     return runner.invoke(app, ["scan", *args, *FAST], env=env)
-
-
-def _one_error_line(result, *needles: str) -> None:  # type: ignore[no-untyped-def]
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("gradcheck: error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0]
 
 
 # --- exit codes of results ----------------------------------------------------------------------
@@ -107,7 +100,7 @@ def test_write_baseline_then_rerun_passes_and_a_new_finding_fails(tmp_path: Path
 
 def test_missing_baseline_is_one_line_before_scanning(tmp_path: Path) -> None:
     result = _scan(HEALTHY, "--baseline", str(tmp_path / "nope.json"))
-    _one_error_line(result, "nope.json does not exist", "--write-baseline")
+    assert_one_line_error(result, "nope.json does not exist", "--write-baseline")
 
 
 # --- --exit-zero --------------------------------------------------------------------------------
@@ -146,7 +139,7 @@ def test_github_format_writes_annotations_to_stderr_only() -> None:
 
 
 def test_unknown_format_is_one_line() -> None:
-    _one_error_line(_scan(HEALTHY, "--format", "xml"), "invalid --format 'xml'", "sarif", "junit")
+    assert_one_line_error(_scan(HEALTHY, "--format", "xml"), "invalid --format 'xml'", "sarif", "junit")
 
 
 # --- --output -----------------------------------------------------------------------------------
@@ -166,7 +159,7 @@ def test_output_writes_the_file_and_keeps_stdout_empty(tmp_path: Path) -> None:
 
 def test_output_into_a_missing_folder_is_one_line(tmp_path: Path) -> None:
     result = _scan(HEALTHY, "--output", str(tmp_path / "no" / "such" / "report.json"), "--format", "json")
-    _one_error_line(result, "cannot write", "report.json")
+    assert_one_line_error(result, "cannot write", "report.json")
 
 
 def test_a_failing_render_leaves_the_old_report_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
