@@ -32,15 +32,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-# Flat region (low, high): an output <= low or >= high is saturated (strict for the soft ones).
-FLAT_REGION = {"Sigmoid": (0.02, 0.98), "Tanh": (-0.96, 0.96), "Softsign": (-0.72, 0.72),
-               "Hardtanh": (-1.0, 1.0), "Hardsigmoid": (0.0, 1.0)}
-HARD_CLAMPS = {"Hardtanh", "Hardsigmoid"}
-DEAD_ON_ZERO = {"ReLU", "ReLU6", "Hardswish"}
-"""Activations whose gradient is exactly 0 wherever their output is 0."""
-RECTIFIERS = {"ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "CELU", "SELU", "GELU",
-              "SiLU", "Mish", "Softplus", "Hardswish"}
-KNOWN = set(FLAT_REGION) | RECTIFIERS
+from .activations import DEAD_ON_ZERO, FLAT_REGION, HARD_CLAMPS
 
 # torch function names (as TorchFunctionMode sees them) -> the module type they compute.
 FUNCTIONAL = {"sigmoid": "Sigmoid", "sigmoid_": "Sigmoid", "special_expit": "Sigmoid",

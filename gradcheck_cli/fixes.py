@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from .activations import SATURATING
 from .cause_fixes import activation_fix, init_fixes, structure_fixes
 from .recurrence import effective_horizon, oriented_steps
 from .report import Finding, FindingKind, Recommendation, RecommendationId
@@ -36,7 +37,6 @@ TITLES = {
     R.LOSS_SCALING: "Scale the loss for fp16 training",
 }
 
-SATURATING = {"Sigmoid", "Tanh", "Hardtanh", "Softsign", "Hardsigmoid"}
 RECURRENT_VANILLA = {"RNN", "RNNCell"}
 
 

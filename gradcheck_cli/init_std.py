@@ -21,8 +21,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-RELU_FAMILY = {"ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "CELU", "GELU", "SiLU",
-               "Mish", "Softplus", "Hardswish"}
+from .activations import RELU_FAMILY
+
 SCHEME_NAMES = {"he": "He", "xavier": "Xavier", "lecun": "LeCun"}
 MARGIN = 2.0
 """How far outside [min(target, default), max(target, default)] a std may be before it is mis-scaled."""

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .activation_watch import KNOWN as ACTIVATIONS
 from .activation_watch import ActivationSite, FunctionalWatch, new_site
+from .activations import KNOWN as ACTIVATIONS
 from .batches import batch_has_nonfinite, call_model, move_to, split_batch
 from .config import ScanConfig
 from .errors import UserError
