@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from click.testing import Result
+from typer.testing import Result
 
 
 def assert_one_line_error(result: Result, *needles: str) -> str:
