@@ -8,6 +8,7 @@ module turns that and the exception into the UserError.
 
 from __future__ import annotations
 
+import linecache
 import os
 import sysconfig
 import traceback
@@ -29,8 +30,23 @@ _LIBRARY_DIRS = tuple(os.path.realpath(p) + os.sep for p in {
 """Code that is not the user's: torch, gradcheck, the standard library and installed packages."""
 
 
-def forward_failure(model: nn.Module, inputs: Any, exc: BaseException, stack: list[str]) -> UserError:
-    """The UserError for `exc` raised by model(inputs); `stack`: the probe's module-name stack."""
+_GRADCHECK_DIR = os.path.realpath(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+class InternalError(RuntimeError):
+    """gradcheck's own code (a hook or watch it runs inside the user's forward) raised: a bug in
+    gradcheck, never reported as the user's mistake (not a UserError: no exit-2 blame line)."""
+
+
+def forward_failure(model: nn.Module, inputs: Any, exc: BaseException,
+                    stack: list[str]) -> UserError | InternalError:
+    """The UserError for `exc` raised by model(inputs); `stack`: the probe's module-name stack.
+    An InternalError instead when gradcheck's own hook code raised it (gradcheck_location)."""
+    own = gradcheck_location(exc)
+    if own is not None:
+        return InternalError(f"gradcheck's own code failed at {own} while the model ran its forward: "
+                             f"{exception_text(exc)}; this is a bug in gradcheck, not in the model "
+                             "(please report it with the output of --debug)")
     name = stack[-1] if stack else "(root)"
     module = dict(model.named_modules()).get("" if name == "(root)" else name, model)
     line = _user_line(exc)
@@ -51,8 +67,41 @@ def describe_inputs(obj: Any) -> str:
     return type(obj).__name__
 
 
+def gradcheck_location(exc: BaseException) -> str | None:
+    """'gradcheck_cli/probe.py:470' when gradcheck's own code raised `exc` during the forward.
+
+    Walks the traceback from the outermost frame in: the deepest frame that is either the user's
+    or gradcheck's decides (torch, the standard library and installed packages run on someone's
+    behalf and are skipped). A gradcheck frame counts only once a frame outside gradcheck has
+    run (it is then a callback: a module or tensor hook, a TorchFunctionMode), so the probe's own
+    call into the model (batches.call_model) never takes the blame for a scripted model's error;
+    nor does a mode's line that passes the user's torch function through (`func(*args, ...)`):
+    there the user's op raised.
+    """
+    entered, culprit = False, None
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        filename = frame.f_code.co_filename
+        real = os.path.realpath(filename) if not filename.startswith("<") else filename
+        if real.startswith(_GRADCHECK_DIR):
+            if entered:
+                passes_through = "func(" in linecache.getline(filename, lineno)
+                culprit = None if passes_through else f"{os.path.relpath(real, os.path.dirname(_GRADCHECK_DIR[:-1]))}:{lineno}"
+            continue
+        entered = True
+        if not real.startswith(_LIBRARY_DIRS):
+            culprit = None  # the user's code ran deeper: the error is theirs
+    return culprit
+
+
 def _user_line(exc: BaseException) -> str | None:
     """'model.py:11': the deepest traceback line outside torch, gradcheck and installed packages."""
+    frame = user_frame(exc)
+    return frame[0] if frame else None
+
+
+def user_frame(exc: BaseException) -> tuple[str, str] | None:
+    """('model.py:11', 'forward'): the deepest traceback frame outside torch, gradcheck and
+    installed packages, and its function's name."""
     found = None
     for frame, lineno in traceback.walk_tb(exc.__traceback__):
         filename = frame.f_code.co_filename
@@ -61,7 +110,7 @@ def _user_line(exc: BaseException) -> str | None:
         real = os.path.realpath(filename)
         if not real.startswith(_LIBRARY_DIRS):
             rel = os.path.relpath(real)
-            found = f"{real if rel.startswith('..') else rel}:{lineno}"
+            found = (f"{real if rel.startswith('..') else rel}:{lineno}", frame.f_code.co_name)
     return found
 
 

@@ -1,6 +1,7 @@
 """Run the probe batches with hooks and return plain numbers.
 
-The only module that registers torch hooks. Forward hooks record each layer's output scale and put a
+The only module that registers measuring hooks (restore.py adds one pre-hook per lazy module, to
+capture the values it materialises with). Forward hooks record each layer's output scale and put a
 tensor hook on the output to see the gradient arriving at the layer; parameter gradients come from
 torch.autograd.grad, which leaves the user's .grad untouched. Full backward hooks are never used: they
 break on in-place ops (nn.ReLU(inplace=True)). Every statistic stays a device tensor until the end
@@ -19,16 +20,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from .activation_watch import ActivationSite, FunctionalWatch, new_site
+from .activation_watch import ActivationSite, CompositeActivations, FunctionalWatch, channels_first_layer, new_site
 from .activations import KNOWN as ACTIVATIONS
+from .cell_watch import CellWatch
+from .backward import gradients
 from .batches import batch_has_nonfinite, call_model, move_to, split_batch
 from .config import ScanConfig
 from .errors import UserError
 from .forward_error import forward_failure
+from .isolation import seed_all
 from .losses import compute_loss
 from .measurements import LayerProbe, NonfiniteOrigin, ProbeResult
 from .nonfinite_origin import OriginWatch, rng_state, set_rng_state
+from .norms import count_nonfinite, squared_norms, tensor_norm
 from .recurrence import recurrent_weights
+from .attention_scores import ScoreTracker
 from .restore import restore_snapshot, take_snapshot
 from .stats import layer_role
 
@@ -51,6 +57,9 @@ class _LayerAcc:
     entry_rms: list[torch.Tensor] = field(default_factory=list)
     time_dims: tuple[int, int] | None = None
     """Recurrent layers whose input is watched: the (batch, feature) dims to average over."""
+    io_features: tuple[int, int] | None = None
+    """Last dim of the input and of the output on the first call: tells a weight stored
+    (in, out) from nn.Linear's (out, in) (_transposed)."""
 
 
 @dataclass
@@ -76,7 +85,7 @@ def run_probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any,
               config: ScanConfig, on_stage: StageCallback | None = None) -> ProbeResult:
     """Probe `model` with config.batches batches; the model comes back exactly as it was."""
     stage = on_stage or _no_stage
-    snapshot = take_snapshot(model, copy_params=config.steps > 0)
+    snapshot = take_snapshot(model)
     handles: list[Any] = []
     try:
         return _probe(model, make_batch, loss_fn, config, handles, stage)
@@ -105,7 +114,10 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
     state: dict[str, Any] = {"active": True, "calls": 0, "last_layer": None, "stack": [],
                              "nonfinite": [], "leaves": [], "last_measured": (None, None),
                              "inputs": [], "sites": {}, "residual_in": set(),
-                             "layer_types": {acc.name: type(acc.module).__name__ for acc in layers}}
+                             "channels_first": {acc.name: channels_first_layer(acc.module) for acc in layers},
+                             "composites": CompositeActivations(_composite_candidates(model)),
+                             "scores": ScoreTracker()}
+    state["cells"] = CellWatch()
     _register_hooks(model, layers, state, handles)
 
     losses: list[float] = []
@@ -123,10 +135,12 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
     owner_of = [layer_of_param[pi] for pi in trainable_idx]  # the layer of each trainable parameter
     step_owner = torch.tensor(owner_of, device=device)
     update_rows: list[torch.Tensor] = []
+    step_rounds: list[tuple[float, ...]] = []
+    as_built: list[LayerProbe] | None = None
 
     for batch_index in range(config.batches):
         stage("making the batch", batch_index + 1, config.batches)
-        torch.manual_seed(config.seed + batch_index)
+        seed_all(config.seed + batch_index)  # torch, CUDA, random and numpy: make_batch may draw from any
         inputs, target = split_batch(make_batch(config.batch_size))
         inputs, target = move_to(inputs, device), move_to(target, device)
         bad_input = batch_has_nonfinite(inputs, target)
@@ -134,18 +148,33 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
         state["active"], state["nonfinite"], state["leaves"] = True, [], []
         rng = rng_state(device)  # so that a replay of this batch sees the same dropout masks
         stage("forward pass", batch_index + 1, config.batches)
-        loss, loss_kind = _forward_loss(model, inputs, target, loss_fn, state)
+        try:
+            loss, loss_kind = _forward_loss(model, inputs, target, loss_fn, state)
+        except UserError:
+            # A NaN born in this forward that made a later op or loss_fn raise is a nonfinite
+            # finding at its origin, not a user error: the scan ends here with what it measured.
+            stage("finding where the NaN/Inf starts", batch_index + 1, config.batches)
+            raised = _replay_origin(model, inputs, target, loss_fn, state, trainable, rng, device, True) \
+                if origin_pending and not bad_input else None
+            if raised is None or raised.raised is None:
+                raise
+            origin, origin_pending = raised, False
+            losses.append(math.nan)
+            trace.append(math.nan)
+            loss_kind = loss_kind or ("loss_fn" if loss_fn is not None else "")
+            break
         stage("backward pass", batch_index + 1, config.batches)
-        grads = torch.autograd.grad(loss, trainable + state["leaves"], allow_unused=True)
+        grads = gradients(loss, trainable + state["leaves"])  # backward.py: reentrant checkpoints too
         grads = grads[:len(trainable)]
         state["active"] = False
+        state["cells"].end_forward()  # every step hook of this batch has fired
 
         sq, got = _layer_grad_sq(grads, owner_of, step_owner, len(layers))
         received = [r or g for r, g in zip(received, got)]
         # One host transfer per batch: the loss, every layer's squared gradient norm, and the
         # per-module non-finite output flags (tested here, once per batch, on the output norms).
         flags = ~torch.isfinite(torch.stack(state["nonfinite"])) if state["nonfinite"] else torch.zeros(0)
-        host = torch.cat([loss.detach().float().reshape(1), sq, flags.float().to(sq.device)]).tolist()
+        host = torch.cat([loss.detach().double().reshape(1), sq, flags.double().to(sq.device)]).tolist()
         losses.append(host[0])
         trace.append(host[0])
         row = [math.sqrt(v) if v == v and v != math.inf else v for v in host[1:1 + len(layers)]]
@@ -162,11 +191,15 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
                 nonfinite_counts[li] += _count_nonfinite(layers[li], trainable_idx, grads)
 
         if optimizer is not None and batch_index < config.batches - 1:
+            if batch_index == 0:  # the model as built, before the probe's own steps change it
+                as_built = [_finish_layer(layer, li, params, received[li], grad_norm_rows, 0, None)
+                            for li, layer in enumerate(layers)]
             stage("optimizer steps", batch_index + 1, config.batches)
             stepped = _take_steps(model, inputs, target, loss_fn, trainable, optimizer, config.steps, state,
                                   grads, step_owner, len(layers), update_rows)
-            step_losses.extend(stepped)
-            trace.extend(stepped)
+            step_losses.extend(stepped[:-1])
+            trace.extend(stepped[:-1])
+            step_rounds.append((host[0], *stepped))
         # Free this batch's gradients and graph before the next backward: holding them would
         # add a full copy of the gradients to the peak memory.
         del grads, sq, loss
@@ -183,7 +216,9 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
                                            received[li] if set(layer.param_indices) & trainable_set else None,
                                            grad_norm_rows,
                                            nonfinite_counts[li], first_site.get(layer.name)),
-                             update_to_weight=updates[li])
+                             update_to_weight=updates[li], **_built_fields(as_built, li),
+                             attention_scores=layer.name in state["scores"].layers,
+                             **state["cells"].layer_fields(layer.name, layer.module))
                      for li, layer in enumerate(layers)),
         losses=tuple(losses),
         loss_kind=loss_kind,
@@ -198,7 +233,20 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
         nonfinite_origin=origin,
         first_grad_norm=math.sqrt(sum(v * v for v in grad_norm_rows[0])) if grad_norm_rows else None,
         first_step_update=_largest_first_update(update_rows, [layer.name for layer in layers]),
+        step_rounds=tuple(step_rounds),
+        step_updates=_largest_updates(update_rows, [layer.name for layer in layers]),
     )
+
+
+def _built_fields(as_built: list[LayerProbe] | None, li: int) -> dict[str, Any]:
+    """With --steps, the weight statistics and activation scales of the model as built (the first
+    probe batch, before any step): the init checks judge the user's init, not weights that the
+    probe's own (possibly diverging) steps moved. Without steps nothing changed, so nothing to swap."""
+    if as_built is None:
+        return {}
+    built = as_built[li]
+    return {"weight_norm": built.weight_norm, "weight_std": built.weight_std, "bias_mean": built.bias_mean,
+            "output_rms": built.output_rms, "output_grad_rms": built.output_grad_rms}
 
 
 def _nonfinite_weights(layers: list[_LayerAcc], params: list[nn.Parameter]) -> NonfiniteOrigin | None:
@@ -254,7 +302,12 @@ def _replay_origin(model: nn.Module, inputs: Any, target: Any, loss_fn: Any, sta
             watch.watch_graph(loss.grad_fn)
             torch.autograd.grad(loss, trainable, allow_unused=True)
         return watch.backward_origin
-    except UserError:
+    except UserError as error:
+        # A later op or loss_fn that raised on the NaN (binary_cross_entropy refuses NaN inputs):
+        # the origin is still where the NaN began, and what raised goes with it.
+        origin = watch.forward_origin
+        if forward_bad and origin is not None and watch.raised_on_nonfinite():
+            return replace(origin, raised=watch.describe_raise(error.__cause__ or error))
         return None  # a model that cannot run the same batch twice: the report goes on without an origin
     finally:
         state["replay_output"] = None
@@ -320,6 +373,7 @@ def _pre_hook(name: str, acc: _LayerAcc | None, state: dict[str, Any]) -> Callab
         if acc.order < 0:
             acc.order = state["calls"]
             state["calls"] += 1
+        state["cells"].before_call(acc.name, module, args)  # a cell called in a loop (cell_watch.py)
         if isinstance(module, RECURRENT) and args and isinstance(args[0], torch.Tensor):
             return _watch_steps(module, acc, args, state["leaves"])
         return None
@@ -382,6 +436,8 @@ def _post_hook(name: str, acc: _LayerAcc | None, act: _ActAcc | None,
             state["replay_output"](name or "(root)", type(module).__name__, output)
         if not state["active"]:
             return
+        if acc is not None:
+            state["cells"].after_call(acc.name, output)
         out = _first_float_tensor(output)
         if out is None:
             return
@@ -390,7 +446,7 @@ def _post_hook(name: str, acc: _LayerAcc | None, act: _ActAcc | None,
             # A container returning its last child's tensor: the child measured it already.
             sq = last_sq
         else:
-            sq = torch.linalg.vector_norm(out.detach(), dtype=torch.float32).square()
+            sq = tensor_norm(out).square()  # float64: finite outputs never read as Inf (norms.py)
             state["last_measured"] = (out, sq)
             state["nonfinite"].append(sq)  # tested for non-finite values once per batch
         if acc is not None:
@@ -400,14 +456,22 @@ def _post_hook(name: str, acc: _LayerAcc | None, act: _ActAcc | None,
             if out.requires_grad:
                 out.register_hook(_grad_hook(acc, out.numel()))
                 _watch_entries(acc, out)
-        if act is not None:
-            _record_activation(act, out.detach(), state)
+        if acc is not None and acc.io_features is None:
+            acc.io_features = _io_features(args, out)
+        if acc is not None:
+            state["scores"].mark(out, acc.name)
+        activation = act
+        if activation is None and name in state["composites"].candidates:
+            function = state["composites"].finish(name, args, output)  # a GELU written with a tanh
+            activation = _ActAcc(name, function, module) if function else None
+        if activation is not None:
+            _record_activation(activation, out.detach(), state)
     return hook
 
 
 def _grad_hook(acc: _LayerAcc, numel: int) -> Callable[[torch.Tensor], None]:
     def hook(grad: torch.Tensor) -> None:
-        acc.grad_sq.append(torch.linalg.vector_norm(grad.detach(), dtype=torch.float32).square())
+        acc.grad_sq.append(tensor_norm(grad).square())
         acc.grad_n += numel
     return hook
 
@@ -421,18 +485,20 @@ def _record_activation(act: _ActAcc, out: torch.Tensor, state: dict[str, Any]) -
     site = state["sites"].get(key)
     if site is None:
         site = state["sites"][key] = new_site(act.name or "(root)", act.type_name, producer, act.module)
-    site.record(out, state["layer_types"].get(producer))
+    site.record(out, state["channels_first"].get(producer, False))
 
 
 def _functional_watch(state: dict[str, Any]) -> FunctionalWatch:
     """Functional activations and residual adds of one probe forward (activation_watch.py)."""
-    def where() -> tuple[str, str | None, str | None, bool]:
+    def where() -> tuple[str, str | None, bool, bool]:
         module = state["stack"][-1] if state["stack"] else "(root)"
         producer = state["last_layer"]
-        return (module, producer, state["layer_types"].get(producer),
+        return (module, producer, state["channels_first"].get(producer, False),
                 module in state.get("act_names", ()))
+    state["composites"].pending.clear()  # what a failed forward left
+    state["scores"].start()
     return FunctionalWatch(where, lambda: state["inputs"], lambda: state["leaves"], state["sites"],
-                           state["residual_in"])
+                           state["residual_in"], state["composites"], state["scores"])
 
 
 def _first_float_tensor(output: Any) -> torch.Tensor | None:
@@ -471,7 +537,7 @@ def _layer_grad_sq(grads: tuple[torch.Tensor | None, ...], owner_of: list[int], 
     received = [False] * n_layers
     for k in given:
         received[owner_of[k]] = True
-    return _group_sq([g.float() for g in grads if g is not None], owner[given], n_layers), received
+    return _group_sq([g for g in grads if g is not None], owner[given], n_layers), received
 
 
 def _count_nonfinite(layer: _LayerAcc, trainable_idx: list[int],
@@ -481,8 +547,19 @@ def _count_nonfinite(layer: _LayerAcc, trainable_idx: list[int],
     for pi in layer.param_indices:
         g = grads[position[pi]] if pi in position else None
         if g is not None:
-            total += int((~torch.isfinite(g)).sum().item())
+            total += count_nonfinite(g)
     return total
+
+
+def _real(t: torch.Tensor) -> torch.Tensor:
+    """A parameter's values as float64 for a statistic (the real part of a complex one)."""
+    t = t.detach()
+    return (t.real if t.is_complex() else t).double()
+
+
+def _wide(t: torch.Tensor) -> torch.dtype:
+    """float64, or complex128 for a complex tensor: its std is then that of z (a real number)."""
+    return torch.complex128 if t.is_complex() else torch.float64
 
 
 def _finish_layer(layer: _LayerAcc, li: int, params: list[nn.Parameter], received: bool | None,
@@ -491,8 +568,7 @@ def _finish_layer(layer: _LayerAcc, li: int, params: list[nn.Parameter], receive
     own = [params[pi] for pi in layer.param_indices]
     main_weight = max((p for p in own if p.dim() >= 2), key=lambda p: p.numel(), default=None)
     with torch.no_grad():
-        weight_norm = float(torch.linalg.vector_norm(
-            torch.stack([torch.linalg.vector_norm(p.detach(), dtype=torch.float32) for p in own])))
+        weight_norm = math.sqrt(float(squared_norms(own, own[0].device).sum()))
     out_sq = float(torch.stack(layer.out_sq).sum()) if layer.out_sq else None
     grad_sq = float(torch.stack(layer.grad_sq).sum()) if layer.grad_sq else None
     steps, entries = _step_rms(layer.step_rms), _step_rms(layer.entry_rms)
@@ -505,10 +581,10 @@ def _finish_layer(layer: _LayerAcc, li: int, params: list[nn.Parameter], receive
         params=sum(p.numel() for p in own),
         # Dimensions of size 1 do not count: a (C, 1, 1) layer scale is a vector, not a kernel.
         param_dim=max(sum(1 for size in p.shape if size > 1) for p in own),
-        fan_in=_fan_in(main_weight),
-        fan_out=_fan_out(main_weight),
-        bias_mean=float(bias.detach().float().mean()) if bias is not None and bias.numel() else None,
-        weight_std=float(main_weight.detach().float().std()) if main_weight is not None else None,
+        fan_in=_fan_in(main_weight, layer.io_features),
+        fan_out=_fan_out(main_weight, layer.io_features),
+        bias_mean=float(_real(bias).mean()) if bias is not None and bias.numel() else None,
+        weight_std=float(main_weight.detach().to(_wide(main_weight)).std()) if main_weight is not None else None,
         trainable=received is not None,
         order=layer.order,
         weight_norm=weight_norm,
@@ -534,17 +610,46 @@ def _step_rms(per_call: list[torch.Tensor]) -> tuple[float, ...]:
     return tuple(torch.stack(per_call).cpu().double().pow(2).mean(0).sqrt().tolist())
 
 
-def _fan_out(weight: torch.Tensor | None) -> int | None:
-    """As torch.nn.init computes it: dim 0 times the kernel size."""
+def _io_features(args: tuple[Any, ...], out: torch.Tensor) -> tuple[int, int] | None:
+    """(last dim of the input, last dim of the output) of a layer call with a float tensor input."""
+    x = args[0] if args else None
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() == 0 or out.dim() == 0:
+        return None
+    return int(x.shape[-1]), int(out.shape[-1])
+
+
+def _transposed(weight: torch.Tensor, io_features: tuple[int, int] | None) -> bool:
+    """Whether a 2-D weight is stored (in_features, out_features) and applied as x @ W (Hugging
+    Face's Conv1D in GPT-2, hand-written `x @ self.W` layers), not as nn.Linear's (out, in): the
+    layer's own input and output widths say so. A square weight has equal fans either way."""
+    return (weight.dim() == 2 and io_features is not None and weight.shape[0] != weight.shape[1]
+            and tuple(weight.shape) == io_features)
+
+
+def _fan_out(weight: torch.Tensor | None, io_features: tuple[int, int] | None = None) -> int | None:
+    """As torch.nn.init computes it (dim 0 times the kernel size), for the weight's real layout."""
     if weight is None:
         return None
+    if _transposed(weight, io_features):
+        return int(weight.shape[1])
     return int(weight.shape[0] * math.prod(weight.shape[2:]))
 
 
-def _fan_in(weight: torch.Tensor | None) -> int | None:
+def _fan_in(weight: torch.Tensor | None, io_features: tuple[int, int] | None = None) -> int | None:
+    """As torch.nn.init computes it (dim 1 times the kernel size), for the weight's real layout."""
     if weight is None:
         return None
+    if _transposed(weight, io_features):
+        return int(weight.shape[0])
     return int(weight.shape[1] * math.prod(weight.shape[2:]))
+
+
+def _composite_candidates(model: nn.Module) -> set[str]:
+    """Parameter-free leaf modules that are no known activation: where a GELU or SiLU written with
+    a tanh or sigmoid inside may live (activation_watch.CompositeActivations)."""
+    return {name for name, module in model.named_modules()
+            if name and type(module).__name__ not in ACTIVATIONS
+            and not module._parameters and not module._modules}
 
 
 def _make_optimizer(config: ScanConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -558,8 +663,10 @@ def _take_steps(model: nn.Module, inputs: Any, target: Any, loss_fn: Any,
                 owner: torch.Tensor, n_layers: int, update_rows: list[torch.Tensor]) -> list[float]:
     """`steps` optimizer steps on the current batch, the first with the probe's own gradients.
 
-    Returns the loss after each step but the last (the next probe batch measures that one); hooks
-    are inactive so these passes do not count as probes. Appends to `update_rows` one device
+    Returns the loss on this batch after each step, the last one included (the descent lemma is a
+    statement about the batch a step was taken on: comparing it with the next batch's loss would
+    mix the step's effect with the data's); hooks are inactive so these passes do not count as
+    probes. Appends to `update_rows` one device
     tensor per step: each layer's update/weight ratio |Δw| / |w| (`owner` maps each parameter to
     its layer). Plain SGD moves the weights by exactly lr * g, so there it is lr * |g| / |w|, with
     no copy; adaptive optimizers rescale g per element, so the change is measured around step().
@@ -584,20 +691,31 @@ def _take_steps(model: nn.Module, inputs: Any, target: Any, loss_fn: Any,
         update_rows.append(torch.where(weight_sq > 0, change_sq / weight_sq, torch.nan).sqrt())
         for p in params:
             p.grad = None
+        loss, _ = _forward_loss(model, inputs, target, loss_fn, state)
+        losses.append(float(loss.detach()))
         if step < steps - 1:
-            loss, _ = _forward_loss(model, inputs, target, loss_fn, state)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            losses.append(float(loss.detach()))
+            grads = gradients(loss, params)
     return losses
 
 
 def _group_sq(tensors: list[torch.Tensor], owner: torch.Tensor, n_layers: int) -> torch.Tensor:
-    """Squared L2 norm per layer of per-parameter tensors (owner[k]: the layer of tensors[k])."""
-    per_layer = torch.zeros(n_layers, device=owner.device)
+    """Squared L2 norm per layer of per-parameter tensors (owner[k]: the layer of tensors[k]), in
+    float64 and exact at any magnitude, for any dtype and for sparse gradients (norms.py)."""
+    per_layer = torch.zeros(n_layers, dtype=torch.float64, device=owner.device)
     if tensors:
-        norms = torch.stack([n.float().to(owner.device) for n in torch._foreach_norm(tensors)])
-        per_layer.index_add_(0, owner, norms.square())
+        per_layer.index_add_(0, owner, squared_norms(tensors, owner.device))
     return per_layer
+
+
+def _largest_updates(rows: list[torch.Tensor], names: list[str]) -> tuple[tuple[str, float], ...]:
+    """Per optimizer step, in order: the layer it changed most and that update/weight ratio
+    (NaN when no layer had a finite ratio: weights already NaN/Inf)."""
+    result = []
+    for row in rows:
+        seen = [(v, name) for v, name in zip(row.tolist(), names) if math.isfinite(v)]
+        ratio, name = max(seen) if seen else (math.nan, "")
+        result.append((name, ratio))
+    return tuple(result)
 
 
 def _largest_first_update(rows: list[torch.Tensor], names: list[str]) -> tuple[str, float] | None:

@@ -1,0 +1,118 @@
+"""L2 norms of tensors of any dtype, layout and magnitude, as float64 tensors on their device.
+
+The probe's statistics are sums of squares. Taken in float32 they leave the range at both ends:
+a square overflows above ~1.8e19 (so a layer whose gradients are finite but around 1e20 read as
+Infinity, and was called NaN/Inf) and underflows below ~1e-19 (a vanishing gradient reads as
+exactly 0). And `vector_norm(x, dtype=float32)` refuses a float64 tensor (no narrowing), a complex
+one, and a sparse one (`nn.Embedding(sparse=True)`).
+
+* fast path: one native reduction, accumulated in float32 for float16/bfloat16/float32 (the
+  tensor's own dtype for float64 and complex: a complex tensor's norm is the norm of |z|). It is
+  trusted when the norm lies in [FLOOR, CEIL] of its accumulation dtype: there no square of an
+  element that matters, and not their sum, can leave the normal range (float32: a norm <= 1e18
+  keeps the sum of squares <= 1e36 < 3.4e38; a norm >= 1e-12 over at most 2^31 elements has a
+  largest |x| >= 2e-17, whose square is normal, and the elements below 1e-19 whose squares
+  underflow add < 2e-5 of it).
+* scaled path, otherwise: ||x|| = m * ||x / m|| with m = max |x| (LAPACK's xNRM2 idea): every
+  element of x / m is <= 1, so nothing overflows, and the largest square is exactly 1. NaN/Inf
+  elements make m NaN/Inf and the norm non-finite, as they should.
+* sparse tensors: the norm of the coalesced values (duplicate indices summed first).
+
+The result is float64, so the sums of squares over tensors, layers and batches cannot overflow
+either (that needs a norm above 1e154). On the CPU a read-back costs nothing, so the scaled path
+runs only where the fast one is not trusted; on an accelerator a read-back per tensor would stall
+the queue (one per hooked tensor), so the scaled path is taken there always: the same numbers,
+three passes instead of one, and no host sync.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_FAST_RANGE = {torch.float32: (1e-12, 1e18), torch.float64: (1e-140, 1e140)}
+"""[FLOOR, CEIL] of a trusted fast norm, by the dtype it was accumulated in (module docstring)."""
+
+
+def tensor_norm(t: torch.Tensor) -> torch.Tensor:
+    """||t||_2 as a 0-dim float64 tensor on t's device, accurate at any finite magnitude."""
+    values = _dense_values(t.detach())
+    if values.device.type != "cpu" or values.numel() == 0:
+        return _scaled_norm(values)
+    fast = torch.linalg.vector_norm(values, dtype=_accumulation(values))
+    if _trusted(float(fast), fast.dtype):
+        return fast.double()
+    return _scaled_norm(values)
+
+
+def squared_norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """||t||^2 of each tensor, as one float64 vector on `device` (one host sync in all).
+
+    The fast path runs as one fused call per accumulation dtype (torch._foreach_norm, as cheap as
+    before for models with thousands of parameter tensors); only the tensors whose fast norm is
+    not trusted are recomputed with the scaled path.
+    """
+    if not tensors:
+        return torch.zeros(0, dtype=torch.float64, device=device)
+    values = [_dense_values(t.detach()) for t in tensors]
+    groups: dict[torch.dtype, list[int]] = {}
+    for k, v in enumerate(values):
+        groups.setdefault(_accumulation(v), []).append(k)
+    result = torch.zeros(len(tensors), dtype=torch.float64, device=device)
+    low, high = [0.0] * len(tensors), [0.0] * len(tensors)
+    for acc, indices in groups.items():
+        norms = torch._foreach_norm([values[k] for k in indices], 2,
+                                    dtype=None if acc.is_complex else acc)
+        result[indices] = torch.stack([n.to(device, torch.float64) for n in norms])
+        for k in indices:
+            low[k], high[k] = _FAST_RANGE[_real_dtype(acc)]
+    trusted = (result >= torch.tensor(low, dtype=torch.float64, device=device)) & (
+        result <= torch.tensor(high, dtype=torch.float64, device=device))
+    # A fast norm of 0 is recomputed too: its squares may all have underflowed (1e-25 is not 0).
+    for k in (~trusted).nonzero().flatten().tolist():
+        result[k] = _scaled_norm(values[k]).to(device)
+    return result.square()
+
+
+def count_nonfinite(t: torch.Tensor) -> int:
+    """Elements of t that are NaN or +-Inf (of the stored values, for a sparse tensor)."""
+    values = _dense_values(t.detach())
+    return int((~torch.isfinite(values)).sum().item())
+
+
+def _scaled_norm(values: torch.Tensor) -> torch.Tensor:
+    if values.numel() == 0:
+        return torch.zeros((), dtype=torch.float64, device=values.device)
+    peak = torch.linalg.vector_norm(values, ord=math.inf)
+    scale = torch.where(torch.isfinite(peak) & (peak > 0), peak, torch.ones_like(peak))
+    unit = torch.linalg.vector_norm(values / scale.to(values.dtype if not values.is_complex()
+                                                      else _real_dtype(values.dtype)),
+                                    dtype=_accumulation(values))
+    return unit.double() * scale.double()
+
+
+def _dense_values(t: torch.Tensor) -> torch.Tensor:
+    if t.layout == torch.sparse_coo:
+        return t.coalesce().values()
+    if t.layout != torch.strided:  # CSR/CSC/BSR: rare enough to densify
+        return t.to_dense()
+    return t
+
+
+def _accumulation(t: torch.Tensor) -> torch.dtype:
+    """float32 for float16/bfloat16/float32; the tensor's own dtype for 64-bit and complex ones
+    (vector_norm's dtype must be complex for a complex input; complex32 widens to complex64)."""
+    if t.is_complex():
+        return torch.complex64 if t.dtype == torch.complex32 else t.dtype
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _real_dtype(dtype: torch.dtype) -> torch.dtype:
+    return {torch.complex32: torch.float16, torch.complex64: torch.float32,
+            torch.complex128: torch.float64}.get(dtype, dtype)
+
+
+def _trusted(norm: float, acc: torch.dtype) -> bool:
+    low, high = _FAST_RANGE[_real_dtype(acc)]
+    return low <= norm <= high
