@@ -181,7 +181,7 @@ def _torch_file(path: Path, obj: object) -> None:
 BAD_FILES = {
     "missing": (lambda p: None, "weights.pt", "no such file"),
     "directory": (lambda p: p.mkdir(), "ckpt.pt", "is a directory"),
-    "unknown extension": (lambda p: p.write_bytes(b"x"), "weights.ckpt", "unknown checkpoint format '.ckpt'"),
+    "unknown extension": (lambda p: p.write_bytes(b"x"), "weights.onnx", "unknown checkpoint format '.onnx'"),
     "empty": (lambda p: p.write_bytes(b""), "weights.pt", "it is empty"),
     "corrupt": (lambda p: p.write_bytes(b"this is not a checkpoint"), "weights.pt", "not a readable checkpoint"),
     "truncated": (lambda p: (_torch_file(p, {"a": torch.ones(64)}),
