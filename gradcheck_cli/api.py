@@ -28,8 +28,13 @@ def scan(target: str | Target, config: ScanConfig | None = None,
     Target; `options` override fields of ScanConfig (batches=5, device="cuda", ...). `on_stage`
     is told each stage as it starts (see probe.StageCallback). `config.timeout` and running out of
     memory end the scan with a UserError naming the stage (guards.py).
+
+    The user's code runs seeded with `config.seed` (torch, random, numpy; isolation.py), and the
+    process comes back as it was: RNG states, default dtype, grad mode, working directory. A
+    SystemExit (or other BaseException but KeyboardInterrupt) from the user's code is a UserError.
     """
     from .guards import ScanTimeout, StageClock, is_out_of_memory, out_of_memory_error, time_limit, timeout_error
+    from .isolation import is_exit_from_user_code, isolated_scan, user_exit_error
 
     config = replace(config or ScanConfig(), **options)
     _validate(config)
@@ -37,7 +42,7 @@ def scan(target: str | Target, config: ScanConfig | None = None,
     # The clock names the running stage for a --timeout or an out-of-memory message.
     clock = StageClock(config.timeout, on_stage)
     try:
-        with time_limit(clock), ExitStack() as scan_context:
+        with isolated_scan(config.seed), time_limit(clock), ExitStack() as scan_context:
             return _scan(target, config, thresholds or Thresholds(), clock, scan_context)
     except ScanTimeout as exc:
         raise timeout_error(name, config.timeout or 0.0, exc.where) from None
@@ -46,13 +51,20 @@ def scan(target: str | Target, config: ScanConfig | None = None,
         if cause is not None and is_out_of_memory(cause):
             raise out_of_memory_error(cause, name, clock.where, config.batch_size) from exc
         raise
+    except BaseException as exc:  # sys.exit() in a forward or loss_fn is no verdict: exit 2, not 0 or 1
+        if not is_exit_from_user_code(exc):
+            raise
+        raise user_exit_error(exc, name, clock.where) from exc
 
 
 def _scan(target: str | Target, config: ScanConfig, thresholds: Thresholds, stage: StageCallback,
           scan_context: ExitStack) -> Report:
+    import torch
+
     from .batches import synthetic_batch_maker
     from .checkpoint import apply_state_dict, read_checkpoint
     from .guards import recursion_room
+    from .isolation import fresh_start
     from .probe import run_probe
     from .scannable import check_scannable, unwrap_model
     from .stats import compute_stats
@@ -62,12 +74,14 @@ def _scan(target: str | Target, config: ScanConfig, thresholds: Thresholds, stag
     checkpoint = read_checkpoint(config.checkpoint) if config.checkpoint else None
     resolved = resolve_target(target) if isinstance(target, str) else target
     stage("building the model", 0, config.batches)
+    fresh_start(config.seed)  # the model's init does not depend on what its import drew or switched off
     model = unwrap_model(resolved.build_model())  # torch.compile / DataParallel / DDP: the module inside
     scan_context.enter_context(recursion_room(model))  # torch's module traversals recurse per level
     check_scannable(model, resolved.name)
     if checkpoint is not None and config.checkpoint:
         apply_state_dict(model, checkpoint, config.checkpoint)
     make_batch = resolved.make_batch or synthetic_batch_maker(model, config.input_shape, source=resolved.name)
+    torch.set_grad_enabled(True)  # build_model may have switched it off: the probe needs it
     probe = run_probe(model, make_batch, resolved.loss_fn, config, stage)
     stage("analysing the measurements", 0, config.batches)
 

@@ -11,6 +11,7 @@ import os
 import sys
 import traceback
 import warnings
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -128,6 +129,8 @@ def scan(
     # torch warns at import when the optional numpy is absent; gradcheck never needs numpy, and a
     # warning on stderr would read like a problem with the user's model.
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+    # The notice that lazy modules stay materialised is for API users: the CLI discards the model.
+    warnings.filterwarnings("ignore", message="gradcheck materialised the lazy modules")
     try:
         from .cli_progress import ScanProgress
 
@@ -143,7 +146,7 @@ def scan(
             raise typer.Exit(EXIT_OK)
         from .api import scan as run_scan
 
-        with ScanProgress(quiet=quiet, verbose=verbose) as progress:
+        with _user_code_output(quiet), ScanProgress(quiet=quiet, verbose=verbose) as progress:
             progress.start_scan(target)
             report = run_scan(target, resolved.scan_config(), resolved.thresholds(), on_stage=progress.on_stage)
     except typer.Exit:
@@ -200,6 +203,7 @@ def run(
     pyproject.toml > built-in defaults. A scan that fails (exit 2) does not stop the others.
     """
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # see scan()
+    warnings.filterwarnings("ignore", message="gradcheck materialised the lazy modules")  # see scan()
     try:
         from .cli_progress import ScanProgress
 
@@ -224,7 +228,7 @@ def run(
         raise typer.Exit(EXIT_OK)
     try:
         results = []
-        with ScanProgress(scans=len(plan), quiet=quiet, verbose=verbose) as progress:
+        with _user_code_output(quiet), ScanProgress(scans=len(plan), quiet=quiet, verbose=verbose) as progress:
             for scan, settings in plan:
                 progress.start_scan(scan.name)
                 results.append(_run_recipe_scan(scan.name, scan.target, settings, debug, progress.on_stage))
@@ -348,6 +352,18 @@ def _resolve_settings(command_line: Layer) -> Resolved:
 
     project, _ = pyproject_layer()
     return resolve(project, command_line)
+
+
+def _user_code_output(quiet: bool) -> AbstractContextManager[None]:
+    """While the scans run the user's code, stdout is kept for the report (isolation.py): what the
+    code prints goes to stderr, a leftover breakpoint() is skipped with a warning (not with -q)."""
+    from .isolation import user_output_to_stderr
+
+    def warn(message: str) -> None:
+        if not quiet:
+            typer.echo(f"gradcheck: warning: {message}", err=True)
+
+    return user_output_to_stderr(warn)
 
 
 def _terminal_width() -> int:

@@ -21,6 +21,7 @@ from types import FrameType, ModuleType
 from typing import Any
 
 from .errors import UserError
+from .isolation import exit_fix, is_user_code_failure
 from .text import exception_text as _exc_text
 from .text import with_article as _a
 
@@ -238,7 +239,9 @@ def _import_file(src: _Source) -> ModuleType:
     try:
         with src.on_path():
             spec.loader.exec_module(module)
-    except (Exception, SystemExit) as exc:
+    except BaseException as exc:
+        if not is_user_code_failure(exc):
+            raise
         sys.modules.pop(src.module_name, None)
         where = src.where(exc) or src.shown
         if isinstance(exc, ModuleNotFoundError):
@@ -267,7 +270,9 @@ def _load_module_target(spec: str, module_name: str, attr: str) -> Target:
         itself = module_name == missing or module_name.startswith(missing + ".")
         raise UserError(f"cannot import module '{module_name}': {_exc_text(exc)}{at}; is "
                         f"{'it' if itself else repr(missing)} installed?") from exc
-    except (Exception, SystemExit) as exc:
+    except BaseException as exc:
+        if not is_user_code_failure(exc):
+            raise
         where = src.where(exc)
         at = f" at {where}" if where else ""
         raise UserError(f"cannot import module '{module_name}': error while importing{at}: "
@@ -379,9 +384,13 @@ def _call_user(src: _Source, label: str, fix: str, fn: Callable[..., Any], *args
             return fn(*args)
     except UserError:
         raise
-    except (Exception, SystemExit) as exc:
+    except BaseException as exc:
+        if not is_user_code_failure(exc):
+            raise
         where = src.where(exc)
         at = f" (at {where})" if where else ""
+        if not isinstance(exc, Exception):  # sys.exit() in build_model or make_batch
+            fix = exit_fix(exc)
         raise UserError(f"{label} raised {_exc_text(exc)}{at}; {fix} "
                         "(--debug shows the traceback)") from exc
 
