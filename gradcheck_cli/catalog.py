@@ -246,7 +246,8 @@ FINDINGS: dict[FindingKind, Entry] = {
             "places: an overflow after activations or gradients grew out of range (float32 overflows "
             "above ~3.4e38; exp(x) already overflows for x > 88.7), or one numerically unsafe operation: "
             "log, sqrt or division of zero or negative values, exp overflow, 0/0, a derivative that is "
-            "infinite at the input (sqrt at 0). Once one element is NaN, every operation that touches it "
+            "infinite at the input (sqrt at 0), a softmax over a row in which all positions are masked "
+            "(every score -inf: 0/0). Once one element is NaN, every operation that touches it "
             "spreads it, so a NaN loss says little about where it started."),
         measured=(
             "Per layer, the count of NaN/Inf gradient elements summed over the probe batches, and the "
@@ -260,10 +261,23 @@ FINDINGS: dict[FindingKind, Entry] = {
             "backward included);\n"
             "- weights: the first layer whose weights are already NaN/Inf (after diverged --steps, or "
             "from a checkpoint).\n\n"
-            "Evidence keys: nonfinite_grads, params, nonfinite_losses, origin, origin_type, op, direction, "
-            "cause, after, input_max_abs (the largest |input| of the op, or of the gradient it received), "
-            "produced (nan, inf or nan+inf). Without an origin (the batch held NaN/Inf, or the replay did "
-            "not reproduce it) origin is null and cause 'unknown'."),
+            "An op handed an explicit -inf (masked_fill(mask, float('-inf')), torch.full(..., -inf)) "
+            "writes a mask on purpose and is no origin; a softmax, log_softmax or attention op "
+            "(nn.MultiheadAttention, F.scaled_dot_product_attention) that returns NaN for a row in which "
+            "every position is masked is. When a later op or loss_fn raises on the NaN "
+            "(F.binary_cross_entropy refuses NaN probabilities), the scan stops at that batch and reports "
+            "this finding with the origin and what raised, instead of a user error; a raise on finite "
+            "values stays a user error.\n\n"
+            "One origin is one finding: wherever the NaN spreads, there is one nonfinite finding, at the "
+            "origin module (the whole model when the op ran outside every layer), listing the affected "
+            "layers; each of them still has status nonfinite.\n\n"
+            "Evidence keys: nonfinite_grads (summed over the affected layers), params, nonfinite_losses, "
+            "affected_layers (comma-separated, execution order), affected_count, origin, origin_type, op, "
+            "direction, cause, after, input_max_abs (the largest |input| of the op, or of the gradient it "
+            "received; for all-masked, of its finite inputs), produced (nan, inf or nan+inf), masked_rows "
+            "and rows (all-masked: the rows with every position masked, of all rows), raised (what "
+            "raised on the NaN). Without an origin (the batch held NaN/Inf, or the replay did not "
+            "reproduce it) origin is null and cause 'unknown'."),
         thresholds=(
             "- any NaN/Inf gradient element, or a NaN/Inf loss on any probe batch, is an error: there is "
             "no tolerance, since IEEE 754 NaN propagates through every later operation and one NaN step "
@@ -275,11 +289,17 @@ FINDINGS: dict[FindingKind, Entry] = {
             "- cause 'unsafe-op' (forward) or 'backward': a numerically unsafe op with moderate inputs, "
             f"one of {_NONFINITE_UNSAFE} (and their in-place forms); 'backward' also for a custom "
             "autograd.Function whose backward (named '...Backward') returned NaN/Inf.\n"
-            "- cause 'weights': the weights themselves were already NaN/Inf."),
+            "- cause 'weights': the weights themselves were already NaN/Inf.\n"
+            "- cause 'all-masked' (all positions masked): a softmax-type op got at least one row whose "
+            "every position is -inf or masked out; exp(-inf) = 0 everywhere, so the row is 0/0 = NaN. "
+            "Whatever the magnitudes, this is no overflow."),
         fix=(
             "The fix follows the cause. For 'unsafe-op' and 'backward', guard that op in the origin module "
             "(guard-nonfinite): clamp before log/sqrt, add eps to divisors, use log1p, logsumexp, "
-            "log_softmax and F.cross_entropy on logits. For 'overflow' and 'weights' the NaN is the end of "
+            "log_softmax and F.cross_entropy on logits. For 'all-masked', mask with a large negative "
+            "finite value (torch.finfo(dtype).min) instead of -inf, or guard the fully masked rows (give "
+            "them one position, drop sequences that are all padding); clipping or a lower learning rate "
+            "does nothing here. For 'overflow' and 'weights' the NaN is the end of "
             "a growth: clip the gradients, lower the learning rate and fix the init (clip-gradients, "
             "lower-lr, he-init, xavier-init). torch.autograd.detect_anomaly() shows the backward "
             "operation that produced the first NaN."),
@@ -752,11 +772,13 @@ FIXES: dict[RecommendationId, Entry] = {
             "Recommended for a nonfinite finding whose cause is an unsafe op in the forward or its "
             "derivative in the backward (or whose origin could not be named), when the batch itself was "
             "finite. It names the origin module and the op, and the snippet is chosen for that op (log, "
-            "sqrt/rsqrt, division, exp, pow; a general one otherwise)."),
+            "sqrt/rsqrt, division, exp, pow; a general one otherwise). For a softmax over a fully masked "
+            "row (cause 'all-masked') the snippet masks with torch.finfo(dtype).min or guards the rows "
+            "that mask every position (nn.MultiheadAttention's key_padding_mask, an sdpa attn_mask)."),
         thresholds=(
             "- the nonfinite finding's cause is 'unsafe-op' or 'backward': the op's inputs were below "
             "sqrt(dtype max), so the op, not an earlier growth, produced the NaN/Inf (see gradcheck "
-            "explain nonfinite)."),
+            "explain nonfinite); or 'all-masked': a softmax row with every position masked."),
         fix=(
             "    x = torch.log(x.clamp_min(1e-6))        # instead of torch.log(x)\n"
             "    x = torch.sqrt(x.clamp_min(0) + 1e-12)  # instead of torch.sqrt(x)\n"

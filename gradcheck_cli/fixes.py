@@ -208,6 +208,20 @@ _GUARDS = (
                        "F.poisson_nll_loss(log_input=True)"),
     (("pow", "float_power"), "y = x.clamp_min(1e-12) ** p  # a fractional or negative power needs x > 0"),
 )
+_MASKED_GUARDS = (
+    (("scaled_dot_product_attention",),
+     "# attn_mask (True = attend) leaves some queries no key: guard those rows\n"
+     "attn_mask = attn_mask | ~attn_mask.any(dim=-1, keepdim=True)"),
+    (("multi_head_attention_forward",),
+     "# a sequence that is all padding leaves its queries no key to attend to:\n"
+     "# unmask one position (e.g. the first) in rows that mask every key\n"
+     "empty = key_padding_mask.all(dim=-1)\n"
+     "key_padding_mask[empty, 0] = False  # or drop empty sequences from the batch"),
+    (("softmax", "log_softmax"),
+     "# a finite mask value: a fully masked row gets uniform weights, not 0/0\n"
+     "scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)\n"
+     "# or guard rows with no position left: keep = keep | ~keep.any(-1, True)"),
+)
 _GENERIC_GUARD = ("x = torch.log(x.clamp_min(1e-6))        # instead of torch.log(x)\n"
                   "x = torch.sqrt(x.clamp_min(0) + 1e-12)  # instead of torch.sqrt(x)\n"
                   "y = a / (b + 1e-8)                      # instead of a / b\n"
@@ -220,6 +234,9 @@ def _nonfinite_fixes(recs: dict[R, Recommendation], findings: Sequence[Finding],
     module; an overflow is the end of a growth, so clip-gradients, lower-lr and the init fixes."""
     evidence = next(f.evidence for f in findings if f.kind == FindingKind.NONFINITE)
     origin, op, cause = evidence.get("origin"), str(evidence.get("op") or ""), evidence.get("cause")
+    if "affected_layers" in evidence:  # one finding per origin, the affected layers in its evidence
+        affected = set(str(evidence["affected_layers"]).split(", "))
+        flagged = [x for x in layers if x.name in affected]
     magnitude = evidence.get("input_max_abs")
     where = "the loss" if origin == "(loss)" else f"'{origin}'"
     if evidence.get("after") and evidence.get("after") != origin and origin != "(loss)":
@@ -237,6 +254,15 @@ def _nonfinite_fixes(recs: dict[R, Recommendation], findings: Sequence[Finding],
             "# or warmup:\n# torch.optim.lr_scheduler.LinearLR(optimizer, 0.01, total_iters=1000)")
         if cause == "overflow":  # weights made NaN by steps say nothing about the init
             _init_fixes(recs, dense, layers)
+        return
+    if cause == "all-masked":
+        masked = next((snippet for ops, snippet in _MASKED_GUARDS if op in ops), _MASKED_GUARDS[-1][1])
+        recs[R.GUARD_NONFINITE] = _rec(
+            R.GUARD_NONFINITE, (str(origin),),
+            f"`{op}` in {where} gets {evidence.get('masked_rows')} of {evidence.get('rows')} rows with "
+            "every position masked (-inf): the softmax of such a row is 0/0 = NaN. Not an overflow "
+            f"(its finite inputs reach {_number(magnitude)}): mask with a large negative finite value, "
+            "or guard fully masked rows", masked)
         return
     if origin is None:
         why = f"{len(flagged)} layers get NaN/Inf gradients; no single op could be named"

@@ -86,6 +86,14 @@ class NonfiniteOrigin:
     """Largest finite value of that dtype (3.4e38 for float32)."""
     produced: str
     """nan | inf | nan+inf"""
+    masked_rows: int = 0
+    """softmax / attention: rows of the op's input in which every position was masked (-inf, or
+    masked out by an attention mask); > 0 makes the cause "all-masked"."""
+    rows: int = 0
+    """softmax / attention: all rows of that input (the denominator of masked_rows)."""
+    raised: str | None = None
+    """A later op or loss_fn that raised on the NaN/Inf, as "`binary_cross_entropy` in the loss
+    raised RuntimeError: ..." (None: nothing raised)."""
 
 
 @dataclass(frozen=True)

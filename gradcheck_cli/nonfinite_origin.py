@@ -9,6 +9,15 @@ torch function the user's forward and loss call:
   inputs are already non-finite only propagate it. The op is named as the user wrote it (`log`,
   `div`, `exp`, `linear`), with the innermost module running at that moment and the module that
   finished just before it (usually the producer of the op's input).
+* masks: an op handed an explicit -inf (`masked_fill(mask, float("-inf"))`, `torch.full(...,
+  -inf)`, nn.MultiheadAttention turning a boolean mask into an additive one) whose output is
+  finite or -inf writes an attention mask on purpose: it is no origin. The softmax that reads the
+  mask is: softmax / log_softmax of a row whose every entry is -inf, or an attention op
+  (F.multi_head_attention_forward, F.scaled_dot_product_attention) whose masks leave a query row
+  no key, returns NaN from inputs that were finite or masked (`masked_rows` counts those rows).
+* raises: when an op (or the user's Python code, e.g. loss_fn) raises during the replay, the watch
+  records which op raised and whether its inputs held NaN/Inf, so that probe.py can tell a NaN
+  that made `binary_cross_entropy` refuse its input from an ordinary user error.
 * backward (only when the forward was clean): `backward_hook` builds, for every op output that has
   a grad_fn, a hook that probe.py registers on the autograd node; the first node, in backward
   order, that returns a NaN/Inf gradient while the gradient it received was finite is the origin
@@ -22,7 +31,9 @@ result is a measurements.NonfiniteOrigin of plain numbers and strings.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -30,6 +41,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from .measurements import NonfiniteOrigin
+from .text import exception_text
 
 Location = tuple[str, str, "str | None"]
 """(innermost module running, its type, the module that finished just before)."""
@@ -64,29 +76,61 @@ class OriginWatch(TorchFunctionMode):
         self.on_node = on_node
         self.forward_origin: NonfiniteOrigin | None = None
         self.backward_origin: NonfiniteOrigin | None = None
+        self.raised_by: tuple[str, Location, bool] | None = None
+        """The first op that raised: (op, location, whether its inputs were all finite)."""
         self._seen_nodes: set[int] = set()
 
     def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (),
                            kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
         if self.forward_origin is not None and self.on_node is None:
-            return func(*args, **kwargs)
+            return self._call(func, args, kwargs)
         name = op_name(func)
         inputs = _float_tensors((args, kwargs))
         in_place = name.endswith("_") or name == "setitem"
         # In-place ops overwrite their input: look at it before the call.
         inputs_finite_before = _all_finite(inputs) if in_place and self.forward_origin is None else None
-        out = func(*args, **kwargs)
+        out = self._call(func, args, kwargs, inputs_finite_before)
         outputs = _float_tensors(out) or (inputs[:1] if in_place else [])
         if self.forward_origin is None and outputs and not _all_finite(outputs):
             finite_in = inputs_finite_before if in_place else _all_finite(inputs)
-            if finite_in:
+            if finite_in and not _writes_mask(args, kwargs, outputs):
                 self.forward_origin = _origin("forward", name, self.where(), inputs, outputs)
+            elif not finite_in and name in MASKING_OPS:
+                self.forward_origin = _masked_origin(name, self.where(), args, kwargs, inputs, outputs)
         if self.on_node is not None:
             location = self.where()
             for tensor in outputs:
                 self.watch_node(tensor.grad_fn, name, location)
         return out
+
+    def _call(self, func: Any, args: Sequence[Any], kwargs: dict[str, Any],
+              finite_before: bool | None = None) -> Any:
+        """func(*args, **kwargs), recording the first op that raises (and whether its inputs,
+        before an in-place op touched them, were all finite)."""
+        try:
+            return func(*args, **kwargs)
+        except Exception:
+            if self.raised_by is None:
+                finite = finite_before if finite_before is not None else _all_finite(
+                    _float_tensors((args, kwargs)))
+                self.raised_by = (op_name(func), self.where(), finite)
+            raise
+
+    def raised_on_nonfinite(self) -> bool:
+        """Whether a NaN/Inf born in this forward is what made it raise: an origin was seen, and
+        the raise came from an op whose inputs held NaN/Inf, or from Python code (a loss_fn's own
+        check) rather than from an op whose inputs were all finite (a shape or dtype mistake)."""
+        return self.forward_origin is not None and (self.raised_by is None or not self.raised_by[2])
+
+    def describe_raise(self, error: BaseException) -> str:
+        """"`binary_cross_entropy` in the loss raised RuntimeError: ..." for the report."""
+        text = exception_text(error)
+        if self.raised_by is None:
+            return f"the model or loss_fn raised {text}"
+        op, (module, _, _), _ = self.raised_by
+        where = "the loss" if module == "(loss)" else f"'{module}'"
+        return f"`{op}` in {where} raised {text}"
 
     def watch_node(self, node: Any, op: str, location: Location) -> None:
         """Have `on_node` hook `node` once (also nodes no torch function made: custom Functions)."""
@@ -134,6 +178,104 @@ def _origin(direction: str, op: str, location: Location, inputs: list[torch.Tens
         input_max_abs=magnitude, dtype=str(dtype).replace("torch.", ""),
         dtype_max=float(torch.finfo(dtype).max),
         produced="nan+inf" if nan and inf else ("nan" if nan else "inf"))
+
+
+MASKING_OPS = frozenset({"softmax", "log_softmax", "multi_head_attention_forward",
+                         "scaled_dot_product_attention"})
+"""Ops that read -inf as "masked out": a row with no position left has no softmax (0/0 = NaN)."""
+
+
+def _writes_mask(args: Any, kwargs: Any, outputs: list[torch.Tensor]) -> bool:
+    """An op handed an explicit -inf whose output holds no NaN and no +inf: a mask written on
+    purpose (masked_fill(mask, float("-inf")), torch.full(..., -inf)), not an origin."""
+    leaves, _ = tree_flatten((args, kwargs))
+    if not any(isinstance(x, float) and x == -math.inf for x in leaves):
+        return False
+    with torch.no_grad():
+        return not any(bool((torch.isnan(t) | (t == math.inf)).any()) for t in outputs)
+
+
+def _masked_origin(op: str, location: Location, args: Any, kwargs: Any, inputs: list[torch.Tensor],
+                   outputs: list[torch.Tensor]) -> NonfiniteOrigin | None:
+    """The origin at a softmax/attention op whose NaN output comes from rows with every position
+    masked; None when no row is fully masked or the inputs already held NaN/+inf (spread)."""
+    with torch.no_grad():
+        if any(bool((torch.isnan(t) | (t == math.inf)).any()) for t in inputs):
+            return None
+        masked, rows = fully_masked_rows(op, args, kwargs)
+        if not masked:
+            return None
+        finite = [t[torch.isfinite(t)] for t in inputs]
+        magnitude = max((float(t.abs().max()) for t in finite if t.numel()), default=0.0)
+    # The magnitude of the finite scores: the -inf entries are the mask, not a growth.
+    return replace(_origin("forward", op, location, inputs, outputs), input_max_abs=magnitude,
+                   masked_rows=masked, rows=rows)
+
+
+def fully_masked_rows(op: str, args: Any, kwargs: Any) -> tuple[int, int]:
+    """(rows with no position left to attend to, all rows) at a MASKING_OPS call; (0, 0) when
+    the call's form is not one understood here."""
+    allowed, rows_shape = _allowed_positions(op, list(args), dict(kwargs))
+    if allowed is None or allowed.dim() == 0:
+        return 0, 0
+    empty = ~allowed.any(dim=-1)
+    try:
+        shape = torch.broadcast_shapes(empty.shape, rows_shape)
+    except RuntimeError:
+        shape = empty.shape
+    return int(empty.expand(shape).sum()), math.prod(shape)
+
+
+def _allowed_positions(op: str, args: list[Any], kwargs: dict[str, Any]
+                       ) -> tuple[torch.Tensor | None, tuple[int, ...]]:
+    """A boolean tensor, True where a position may be attended to (last dim: the positions), and
+    the shape of the query rows it applies to."""
+    def arg(index: int, name: str) -> Any:
+        return args[index] if len(args) > index else kwargs.get(name)
+
+    if op in ("softmax", "log_softmax"):
+        x, dim = arg(0, "input"), arg(1, "dim")
+        if not isinstance(x, torch.Tensor) or x.dim() == 0:
+            return None, ()
+        if dim is None:  # F.softmax's deprecated implicit dim (torch.nn.functional._get_softmax_dim)
+            dim = 0 if x.dim() in (0, 1, 3) else 1
+        allowed = (x != -math.inf).movedim(dim, -1)
+        return allowed, tuple(allowed.shape[:-1])
+    if op == "scaled_dot_product_attention":
+        query, mask = arg(0, "query"), arg(3, "attn_mask")
+        if not isinstance(query, torch.Tensor) or not isinstance(mask, torch.Tensor):
+            return None, ()
+        return (mask if mask.dtype == torch.bool else mask != -math.inf), tuple(query.shape[:-1])
+    if op == "multi_head_attention_forward":
+        return _mha_allowed(args, kwargs)
+    return None, ()
+
+
+def _mha_allowed(args: list[Any], kwargs: dict[str, Any]) -> tuple[torch.Tensor | None, tuple[int, ...]]:
+    """nn.MultiheadAttention's key_padding_mask (B, S) and attn_mask (L, S) or (B * heads, L, S),
+    True or -inf where masked, combined as (B, heads or 1, L, S)."""
+    query, heads = args[0], args[4] if len(args) > 4 else kwargs.get("num_heads")
+    if not isinstance(query, torch.Tensor) or not isinstance(heads, int):
+        return None, ()
+    if (len(args) > 7 and args[7] is not None) or (len(args) > 9 and args[9]):
+        return None, ()  # bias_k / add_zero_attn add a key that every query may attend to
+    length, batch = query.shape[0], query.shape[1] if query.dim() == 3 else 1
+    allowed = torch.ones(batch, 1, length, 1, dtype=torch.bool, device=query.device)
+    padding, mask = kwargs.get("key_padding_mask"), kwargs.get("attn_mask")
+    if not isinstance(padding, torch.Tensor) and not isinstance(mask, torch.Tensor):
+        return None, ()
+    try:
+        if isinstance(padding, torch.Tensor):
+            keep = ~padding if padding.dtype == torch.bool else padding != -math.inf
+            allowed = allowed & keep.reshape(batch, 1, 1, -1)
+        if isinstance(mask, torch.Tensor):
+            keep = ~mask if mask.dtype == torch.bool else mask != -math.inf
+            if keep.dim() == 3 and keep.shape[0] == batch * heads:
+                keep = keep.reshape(batch, heads, *keep.shape[1:])
+            allowed = allowed & keep
+    except RuntimeError:  # a mask layout not understood here: no claim about masked rows
+        return None, ()
+    return allowed, (batch, 1, length)
 
 
 def _float_tensors(tree: Any) -> list[torch.Tensor]:

@@ -25,14 +25,28 @@ Cause (evidence `cause`), from the op and the magnitude of its inputs:
   autograd.Function's backward (op named after its node, "...Backward") returned NaN/Inf.
 * "weights": the failing batch met weights that were already NaN/Inf (after diverged --steps, or
   from a checkpoint); origin is the first such layer in execution order, and no op is to blame.
-Fixes follow the cause (fixes.py): guard-nonfinite for unsafe-op and backward; clip-gradients,
-lower-lr and the init fixes for overflow and weights (divergence, when found, sets lower-lr).
+* "all-masked": a softmax (or an attention op) over a row in which every position is masked
+  (-inf scores, or a key_padding_mask / attn_mask that leaves a query no key): exp(-inf) = 0 in
+  every position, 0/0 = NaN. Neither an overflow nor a growth: the finite scores are moderate.
+Fixes follow the cause (fixes.py): guard-nonfinite for unsafe-op, backward and all-masked (for the
+last, a finite mask value or a guard for fully masked rows); clip-gradients, lower-lr and the init
+fixes for overflow and weights (divergence, when found, sets lower-lr).
 
-Evidence: nonfinite_grads (elements, summed over batches), params, nonfinite_losses, and from the
-origin: origin (module), origin_type, op, direction, cause, after (the module that finished just
-before the op), input_max_abs (largest |input| of the op, or of the gradient it received),
-produced (nan | inf | nan+inf). Without an origin (the batch held NaN/Inf: see nonfinite-input;
-or the replay did not reproduce it) origin is null and cause "unknown".
+One origin is one finding: a NaN spreads to every layer behind (and in front of) its origin, so the
+check reports one finding, at the origin module when it is a layer (the whole model when the op
+ran outside every layer; the first affected layer when no origin was found), with the affected
+layers in its evidence; each layer's status still shows
+it. When a later op or loss_fn raised on the NaN (`binary_cross_entropy` refuses NaN inputs), the
+scan stops at that batch and the finding carries what raised (probe.py).
+
+Evidence: nonfinite_grads (elements, summed over batches and layers), params (of the affected
+layers), nonfinite_losses, affected_layers (", "-joined names, execution order), affected_count,
+and from the origin: origin (module), origin_type, op, direction, cause, after (the module that
+finished just before the op), input_max_abs (largest |input| of the op, or of the gradient it
+received; for all-masked, of its finite inputs), produced (nan | inf | nan+inf); masked_rows and
+rows for all-masked; raised when a later op or loss_fn raised. Without an origin (the batch held
+NaN/Inf: see nonfinite-input; or the replay did not reproduce it) origin is null and cause
+"unknown".
 Severity: error.
 """
 
@@ -42,6 +56,7 @@ import math
 
 from ..measurements import NonfiniteOrigin
 from ..report import Finding, FindingKind, Number, Severity, Status
+from ..stats import LayerStats
 from .context import CheckContext
 
 UNSAFE_OPS = frozenset({
@@ -56,9 +71,11 @@ an exp beyond ~88.7 in float32, a probability outside [0, 1]) or whose derivativ
 
 
 def classify_cause(origin: NonfiniteOrigin) -> str:
-    """overflow | unsafe-op | backward | weights (see the module docstring)."""
+    """overflow | unsafe-op | backward | weights | all-masked (see the module docstring)."""
     if origin.direction == "weights":
         return "weights"
+    if origin.masked_rows:
+        return "all-masked"
     if origin.input_max_abs >= math.sqrt(origin.dtype_max):
         return "overflow"
     if origin.direction == "backward" and (origin.op in UNSAFE_OPS or origin.op.endswith("Backward")):
@@ -69,9 +86,15 @@ def classify_cause(origin: NonfiniteOrigin) -> str:
 def origin_evidence(origin: NonfiniteOrigin | None) -> dict[str, Number]:
     if origin is None:
         return {"origin": None, "cause": "unknown"}
-    return {"origin": origin.module, "origin_type": origin.module_type, "op": origin.op,
-            "direction": origin.direction, "cause": classify_cause(origin), "after": origin.after,
-            "input_max_abs": origin.input_max_abs, "produced": origin.produced}
+    evidence: dict[str, Number] = {
+        "origin": origin.module, "origin_type": origin.module_type, "op": origin.op,
+        "direction": origin.direction, "cause": classify_cause(origin), "after": origin.after,
+        "input_max_abs": origin.input_max_abs, "produced": origin.produced}
+    if origin.masked_rows:
+        evidence.update(masked_rows=origin.masked_rows, rows=origin.rows)
+    if origin.raised:
+        evidence["raised"] = origin.raised
+    return evidence
 
 
 def describe_origin(origin: NonfiniteOrigin) -> str:
@@ -83,6 +106,10 @@ def describe_origin(origin: NonfiniteOrigin) -> str:
     if cause == "weights":
         return (f"the weights of {where} are already {_produced(origin.produced)} (diverged optimizer "
                 "steps, or a corrupt checkpoint): every op that reads them is non-finite")
+    if cause == "all-masked":
+        return (f"`{origin.op}` in {where}{after} outputs NaN: all positions masked in "
+                f"{origin.masked_rows} of {origin.rows} rows (every score -inf, so the softmax is "
+                f"0/0; its finite inputs reach only {origin.input_max_abs:.3g})")
     if origin.direction == "backward":
         what = (f"the backward of `{origin.op}` in {where}{after} is the first to return "
                 f"{_produced(origin.produced)} gradients (the incoming gradient was finite, "
@@ -100,21 +127,43 @@ def describe_origin(origin: NonfiniteOrigin) -> str:
 def check(context: CheckContext) -> list[Finding]:
     origin = context.nonfinite_origin
     bad_losses = sum(1 for v in context.losses if not math.isfinite(v))
-    where = f"; {describe_origin(origin)}" if origin else ""
-    shared: dict[str, Number] = {"nonfinite_losses": bad_losses, **origin_evidence(origin)}
-    findings = []
-    for layer, _ in context.layers_with(Status.NONFINITE):
-        evidence: dict[str, Number] = {"nonfinite_grads": layer.nonfinite_grads,
-                                       "params": layer.params, **shared}
-        findings.append(Finding(
-            FindingKind.NONFINITE, layer.name, Severity.ERROR,
-            f"{layer.name} ({layer.type_name}) has {layer.nonfinite_grads} NaN/Inf gradient "
-            f"elements{where}", evidence))
-    if bad_losses and not findings:
-        findings.append(Finding(
-            FindingKind.NONFINITE, None, Severity.ERROR,
-            f"the loss is NaN/Inf on {bad_losses} of {len(context.losses)} batches{where}", shared))
-    return findings
+    affected = [layer for layer, _ in context.layers_with(Status.NONFINITE)]
+    if not affected and not bad_losses:
+        return []
+    evidence: dict[str, Number] = {
+        "nonfinite_grads": sum(layer.nonfinite_grads for layer in affected),
+        "params": sum(layer.params for layer in affected),
+        "nonfinite_losses": bad_losses,
+        "affected_layers": ", ".join(layer.name for layer in affected),
+        "affected_count": len(affected),
+        **origin_evidence(origin)}
+    return [Finding(FindingKind.NONFINITE, _finding_layer(origin, affected, context), Severity.ERROR,
+                    _message(origin, affected, bad_losses, len(context.losses)), evidence)]
+
+
+def _finding_layer(origin: NonfiniteOrigin | None, affected: list[LayerStats],
+                   context: CheckContext) -> str | None:
+    """The origin module when it is a layer of the model (None, the whole model, when the origin
+    is an op outside every layer: the root's forward, the loss); without an origin, the first
+    affected layer in execution order."""
+    if origin is not None:
+        return origin.module if origin.module in {layer.name for layer in context.layers} else None
+    return affected[0].name if affected else None
+
+
+def _message(origin: NonfiniteOrigin | None, affected: list[LayerStats], bad_losses: int,
+             batches: int) -> str:
+    if origin is not None and origin.raised:
+        what = f"the loss could not be computed: {origin.raised}"
+    elif affected:
+        names = ", ".join(layer.name for layer in affected[:3])
+        more = f" and {len(affected) - 3} more" if len(affected) > 3 else ""
+        elements = sum(layer.nonfinite_grads for layer in affected)
+        count = f"{len(affected)} layer" + ("s" if len(affected) > 1 else "")
+        what = f"{count} ({names}{more}) get NaN/Inf gradients ({elements} elements)"
+    else:
+        what = f"the loss is NaN/Inf on {bad_losses} of {batches} batches"
+    return f"{what}; {describe_origin(origin)}" if origin else what
 
 
 def _produced(produced: str) -> str:

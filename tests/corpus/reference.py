@@ -24,11 +24,16 @@ Printed per file:
   * for models containing nn.RNN / nn.LSTM / nn.GRU: the gradient w.r.t. the input of the first
     recurrent module at the first vs the last time step (norm over batch and features), and the
     spectral radius of nn.RNN's weight_hh_l0;
+  * for models without those that call an nn.RNNCell / nn.GRUCell / nn.LSTMCell in a Python loop
+    (watch_cell_steps): the same first-vs-last input gradient, over the calls of the first cell
+    called more than once (each call's input x_t kept with retain_grad by a forward pre-hook on
+    the cell; a plain leaf when x_t does not require grad), and nn.RNNCell's weight_hh radius;
   * a default-init baseline: the same build_model() with every module's reset_parameters()
     called (PyTorch's default initialisation), its loss and largest layer grad norm, so that
     "grad norms/losses > 1e3 x a healthy equivalent" can be checked;
   * the measured label, by these rules (first match wins):
-      nonfinite  a non-finite loss or gradient;
+      nonfinite  a non-finite loss or gradient (a loss that raises on a model output already
+                 holding NaN/Inf counts as a non-finite loss: loss_unless_raised_on_nonfinite);
       exploding  first/last > 1e2, or input-grad t_first/t_last > 1e2, or largest grad norm or
                  loss > 1e3 x the default-init baseline;
       vanishing  first/last < 1e-3, or every grad/weight < 1e-6, or t_first/t_last < 1e-3;
@@ -102,6 +107,18 @@ def compute_loss(mod: Any, output: Any, target: Any) -> tuple[torch.Tensor, str]
     raise TypeError("no loss_fn, no output.loss and no usable target")
 
 
+def loss_unless_raised_on_nonfinite(mod: Any, output: Any, target: Any) -> tuple[torch.Tensor | None, str]:
+    """compute_loss, or (None, kind) when the loss raised on a model output that already holds
+    NaN/Inf (F.binary_cross_entropy refuses NaN probabilities): the loss is then counted as
+    non-finite, since no finite loss exists for that output. Any other error propagates."""
+    try:
+        return compute_loss(mod, output, target)
+    except Exception:
+        if not count_nonfinite(output):
+            raise
+        return None, "loss_fn" if hasattr(mod, "loss_fn") else "raised"
+
+
 def count_nonfinite(obj: Any) -> int:
     if isinstance(obj, torch.Tensor):
         return int((~torch.isfinite(obj)).sum()) if obj.is_floating_point() else 0
@@ -167,6 +184,7 @@ def measure(mod: Any, model: nn.Module, seeds: tuple[int, ...] = SEEDS) -> dict[
     for module in model.modules():
         if isinstance(module, nn.RNNBase):
             handles.append(module.register_forward_pre_hook(rnn_pre_hook))
+    cell_inputs = watch_cell_steps(model, handles)
 
     per_batch: list[dict[str, dict[str, Any]]] = []
     losses: list[float] = []
@@ -179,13 +197,15 @@ def measure(mod: Any, model: nn.Module, seeds: tuple[int, ...] = SEEDS) -> dict[
             for p in model.parameters():
                 p.grad = None
             rnn_inputs.clear()
+            cell_inputs.clear()
             torch.manual_seed(seed)
             inputs, target = split_batch(mod.make_batch(BATCH_SIZE))
             input_nonfinite += count_nonfinite(inputs) + count_nonfinite(target)
             output = call_model(model, inputs)
-            loss, loss_kind = compute_loss(mod, output, target)
-            loss.backward()
-            losses.append(float(loss.detach()))
+            loss, loss_kind = loss_unless_raised_on_nonfinite(mod, output, target)
+            if loss is not None:
+                loss.backward()
+            losses.append(float(loss.detach()) if loss is not None else math.nan)
             rows: dict[str, dict[str, Any]] = {}
             for lname, _module, own in layers:
                 trainable = [(n, p) for n, p in own if p.requires_grad]
@@ -206,13 +226,16 @@ def measure(mod: Any, model: nn.Module, seeds: tuple[int, ...] = SEEDS) -> dict[
                 g = x.grad.detach().double().transpose(0, tdim)
                 per_t = g.reshape(g.shape[0], -1).norm(dim=1)
                 time_grads.append((float(per_t[0]), float(per_t[-1]), int(g.shape[0])))
+            elif not rnn_inputs and (cell := cell_time_grad(cell_inputs)) is not None:
+                time_grads.append(cell)
         # timing: best of 5 repeats of the first batch (robust to a busy machine)
         for _ in range(5):
             torch.manual_seed(seeds[0])
             inputs, target = split_batch(mod.make_batch(BATCH_SIZE))
             t0 = time.perf_counter()
-            loss, _ = compute_loss(mod, call_model(model, inputs), target)
-            loss.backward()
+            timed, _ = loss_unless_raised_on_nonfinite(mod, call_model(model, inputs), target)
+            if timed is not None:
+                timed.backward()
             times_ms.append((time.perf_counter() - t0) * 1000)
     finally:
         for h in handles:
@@ -287,9 +310,51 @@ def measure(mod: Any, model: nn.Module, seeds: tuple[int, ...] = SEEDS) -> dict[
         for n, m in model.named_modules()
         if isinstance(m, nn.RNN)
     }
+    radii.update({n: spectral_radius(m.get_parameter("weight_hh"))
+                  for n, m in model.named_modules() if isinstance(m, nn.RNNCell)})
     if radii:
         result["rnn_spectral_radius"] = radii
     return result
+
+
+def watch_cell_steps(model: nn.Module, handles: list[Any]) -> dict[str, list[torch.Tensor]]:
+    """Keep the input x_t of every call of every nn.RNNCellBase (one list per cell, in call order).
+
+    A forward pre-hook on the cell calls retain_grad() on an input that requires grad, or swaps in
+    a detached copy that does (a leaf: the model's data x_t does not require grad). The caller
+    clears the lists before each batch.
+    """
+    calls: dict[str, list[torch.Tensor]] = {}
+
+    def make_hook(name: str):
+        def hook(module, args):
+            if not args or not isinstance(args[0], torch.Tensor) or not args[0].is_floating_point():
+                return None
+            x = args[0]
+            if not x.requires_grad:
+                x = x.detach().requires_grad_(True)
+            else:
+                x.retain_grad()
+            calls.setdefault(name, []).append(x)
+            return (x, *args[1:])
+
+        return hook
+
+    for name, module in model.named_modules():
+        if isinstance(module, nn.RNNCellBase):
+            handles.append(module.register_forward_pre_hook(make_hook(name)))
+    return calls
+
+
+def cell_time_grad(calls: dict[str, list[torch.Tensor]]) -> tuple[float, float, int] | None:
+    """(norm of dL/dx at the first call, at the last call, calls) for the first cell called more
+    than once; a call whose input got no gradient counts as 0."""
+    for inputs in calls.values():
+        if len(inputs) < 2:
+            continue
+        norms = [float(x.grad.detach().double().norm()) if x.grad is not None else 0.0 for x in inputs]
+        return norms[0], norms[-1], len(inputs)
+    return None
 
 
 def _ratio(a: float, b: float) -> float:
@@ -390,7 +455,7 @@ def report(
         )
     if "rnn_spectral_radius" in res:
         out.append(
-            "   nn.RNN weight_hh_l0 spectral radius: "
+            "   nn.RNN weight_hh_l0 / nn.RNNCell weight_hh spectral radius: "
             + ", ".join(f"{k}={v:.3g}" for k, v in res["rnn_spectral_radius"].items())
         )
     bl = sum(base["losses"]) / len(base["losses"])
