@@ -208,7 +208,7 @@ def _strip_shared_prefix(state: Mapping[str, torch.Tensor], expected: Mapping[st
                          ) -> tuple[Mapping[str, torch.Tensor], str]:
     """The state with the prefix all its keys share stripped ('module.', '_orig_mod.', 'model.'),
     when the stripped keys match the model's better; and the prefix stripped ('' for none)."""
-    best, best_prefix = state, ""
+    best_prefix = ""
     best_overlap = len(set(state) & set(expected))
     keys, prefix = list(state), ""
     for _ in range(MAX_PREFIX_DEPTH):

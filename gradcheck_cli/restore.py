@@ -86,18 +86,17 @@ class _LazyModule:
 
 def take_snapshot(model: nn.Module) -> ModelSnapshot:
     """Record the model's state, values included (see the module docstring for the cost)."""
-    params = []
+    params: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor | None, Any, bool]] = []
     for p in model.parameters():  # each tied parameter once
-        value = None if is_lazy(p) else p.detach().clone()
-        params.append((p, p.data, value, p.grad, p.requires_grad))
-    buffers = []
+        params.append((p, p.data, None if is_lazy(p) else p.detach().clone(), p.grad, p.requires_grad))
+    buffers: list[tuple[nn.Module, str, torch.Tensor | None, torch.Tensor | None]] = []
     training = []
     lazy = []
     for name, module in model.named_modules():
         training.append((module, module.training))
         for buffer_name, buf in module._buffers.items():
-            value = buf.detach().clone() if isinstance(buf, torch.Tensor) and not is_lazy(buf) else None
-            buffers.append((module, buffer_name, buf, value))
+            copy = buf.detach().clone() if isinstance(buf, torch.Tensor) and not is_lazy(buf) else None
+            buffers.append((module, buffer_name, buf, copy))
         if _has_lazy_tensors(module):
             lazy.append(_watch_lazy(name, module))
     return ModelSnapshot(params, buffers, training, _rng_state(), lazy)
@@ -137,7 +136,7 @@ def _has_lazy_tensors(module: nn.Module) -> bool:
 
 def _watch_lazy(name: str, module: nn.Module) -> _LazyModule:
     params = [k for k, p in module._parameters.items() if p is not None and is_lazy(p)]
-    buffers = {k: b for k, b in module._buffers.items() if b is not None and is_lazy(b)}
+    buffers: dict[str, torch.Tensor] = {k: b for k, b in module._buffers.items() if b is not None and is_lazy(b)}
     first = module._parameters[params[0]] if params else next(iter(buffers.values()))
     entry = _LazyModule(name or "(root)", module, type(module).__name__, params, list(buffers),
                         buffers, first.device)  # type: ignore[union-attr]

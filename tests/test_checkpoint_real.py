@@ -238,7 +238,7 @@ def _inflating_checkpoint(path: Path, inflated: int) -> None:
         return (f"archive/{name}", data, 0, zlib.crc32(data), len(data))
 
     path.write_bytes(_zip([stored("data.pkl", pickled.getvalue()), stored("byteorder", b"little"),
-                           (f"archive/data/0", stream, 8, crc, inflated), stored("version", b"3\n")]))
+                           ("archive/data/0", stream, 8, crc, inflated), stored("version", b"3\n")]))
 
 
 def test_crafted_file_is_what_torch_reads(tmp_path: Path) -> None:
