@@ -275,6 +275,15 @@ ROWS: list[Row] = [
                                      "    return nn.functional.cross_entropy(output, target, reduction='none')\n"}),
     Row("loss-not-tensor", ("model.py",), ("loss_fn returned a float", "scalar tensor"),
         {"model.py": MLP + CLASSES + "\ndef loss_fn(output, target):\n    return 0.5\n"}),
+    Row("loss-exits", ("model.py",), ("model.py:14: loss_fn() raised SystemExit: the loss is broken",
+                                      "remove the sys.exit()"),
+        {"model.py": MLP + CLASSES + "\nimport sys\n\ndef loss_fn(output, target):\n"
+                                     "    sys.exit('the loss is broken')\n"}),
+    Row("loss-raises-on-nan", ("model.py",), (), exit_code=1, files={"model.py": MLP + CLASSES + textwrap.dedent("""
+        def loss_fn(output, target):  # log of negative outputs, then BCE refuses the NaN
+            probs = torch.sigmoid(output.log())
+            return nn.functional.binary_cross_entropy(probs, nn.functional.one_hot(target, 4).float())
+    """)}),
     Row("loss-raises", ("model.py",), ("loss_fn raised RuntimeError", "model.py:12",
                                        "fix loss_fn(output, target)"),
         {"model.py": MLP + CLASSES + "\ndef loss_fn(output, target):\n"
@@ -422,11 +431,32 @@ def test_row_exits_two_with_one_clear_line(row: Row, in_tmp: Path, monkeypatch: 
     assert debug.stderr.rstrip().splitlines()[-1] == line
 
 
-def test_nan_loss_on_the_first_batch_is_a_finding(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Row loss-nan: not a crash but a `nonfinite` finding, exit 1 under the default --fail-on."""
+@pytest.mark.parametrize("row", [r for r in ROWS if r.exit_code == 0], ids=lambda r: r.id)
+def test_row_that_is_no_error(row: Row, in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a model file does to stdout or the process is no error: stdout holds the JSON report
+    alone, the row's text is on stderr, and files land in the folder gradcheck started in."""
     import json
 
-    _setup(BY_ID["loss-nan"], in_tmp, monkeypatch)
+    monkeypatch.delenv("PYTHONBREAKPOINT", raising=False)
+    _setup(row, in_tmp, monkeypatch)
+    result = runner.invoke(app, [row.command, *row.args, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["verdict"] == "healthy"
+    for needle in row.needles:
+        assert needle in result.stderr, f"{needle!r} not in: {result.stderr}"
+    for name in row.lands:
+        assert (in_tmp / name).is_file(), name
+    assert Path.cwd() == in_tmp
+
+
+@pytest.mark.parametrize("row_id", ["loss-nan", "loss-raises-on-nan"])
+def test_nan_loss_on_the_first_batch_is_a_finding(row_id: str, in_tmp: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows loss-nan and loss-raises-on-nan: not a crash but a `nonfinite` finding, exit 1 under
+    the default --fail-on (a loss_fn that raises on a NaN born before it is no user error)."""
+    import json
+
+    _setup(BY_ID[row_id], in_tmp, monkeypatch)
     result = runner.invoke(app, ["scan", "model.py", "--format", "json"])
     assert result.exit_code == 1, result.output
     assert result.stderr == ""
