@@ -31,10 +31,23 @@ depth, or one that is uniformly far too small or too large.
   exploding. Comparing like with like makes the rule independent of the loss scale and of heads of
   other shapes. It holds with normalization too: a deep plain BatchNorm stack explodes at init
   (Yang et al. 2019), while residual BatchNorm networks measure a growth below 5.
+* Signal collapse. In a plain stack whose every layer shrinks the signal (ReLU at weight variance
+  1/fan_in: LeCun, or kaiming with the wrong gain) the activation scale decays towards the output
+  and the output gradient towards the input, ~2^-1/2 per layer each; dW = delta h^T multiplies the
+  two, so the weight gradients are uniformly small and neither the relative rule nor the floors
+  see it. When both decays through a plain segment fall below `collapse` (1e-3, AUTOTRAINER; He et
+  al. 2015: a 30-layer ReLU net at variance 1/fan_in does not learn), every layer of the segment
+  is vanishing (depth.find_collapses says how it stays silent on pooling, strides, widths,
+  normalization and residual adds).
+* Borderline calls. Every rule records the number it decided on and its threshold
+  (LayerVerdict.measured / threshold); a finding within a factor of 2 of its threshold carries
+  that factor as `margin` in its evidence (checks/context.margin_evidence).
 * Recurrent layers: the gradient reaching each time step of the layer's input (through the
   recurrence, not only each step's direct share), ordered from the far end of the sequence to the
   end nearest the loss (recurrence.oriented_steps: the first step for a unidirectional layer; for
-  a bidirectional one, the end opposite to where the output gradient enters). Vanilla RNNs whose
+  a bidirectional one, the end opposite to where the output gradient enters). A cell called once
+  per step in a Python loop is measured at the state passed between its calls (cell_watch.py).
+  Vanilla RNNs (nn.RNN, nn.RNNCell and user cells with no path around the layer) whose
   far end receives less than `vanish_relative` of the peak vanish through time; any recurrent
   layer whose far end receives more than `explode_relative` times the near end's explodes through
   time (Pascanu, Mikolov & Bengio 2013). These rules come first for recurrent layers (the
@@ -58,7 +71,16 @@ with a broken twin in tests/test_designed_inits.py that is still caught):
 * The relative rule's reference is the fastest *sanely initialised* dense layer (weight std inside
   init_std's band): SqueezeNet's and RegNet's N(0, 0.01) classifiers learn fast relative to their
   tiny weights and would make every other layer look slow. When no layer is sanely initialised
-  (the whole init is too small), every dense layer counts again.
+  (the whole init is too small), every dense layer counts again. A layer's own ratio always
+  counts as its upstream: in a stack whose hidden layers share a too-small init under a sanely
+  initialised output layer, none of them is a yardstick, and without its own ratio a layer would
+  have no upstream and the rule would switch itself off where the gradient decays (0.15x per
+  layer through such a tanh stack).
+* A query/key projection (its output feeds a softmax over scores, seen by mechanism in
+  attention_scores.py) gets a small gradient while attention is near uniform at init (BERT/GPT
+  std 0.02): it is healthy while the value path at its depth learns and no block's score layers
+  are `vanish_relative` slower than another's (_attention_scores_at_init); a real decay through
+  depth still shows there and is still flagged.
 """
 
 from __future__ import annotations
@@ -66,6 +88,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .depth import Collapse, collapse_of, describe_collapse, find_collapses
 from .recurrence import near_end, oriented_steps
 from .report import VERDICT_ORDER, Status
 from .stats import LayerStats
@@ -87,6 +110,8 @@ class Thresholds:
     """Output-gradient growth through a stack, or through time: exploding (AUTOTRAINER)."""
     min_stack: int = 4
     """Identical dense layers needed before their gradient growth is called geometric."""
+    collapse: float = 1e-3
+    """Activation and output-gradient decay through a plain stack below this: vanishing (depth.py)."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +122,9 @@ class LayerVerdict:
     through_time: bool = False
     """The status comes from the gradient through time of a recurrent layer (the finding is
     vanishing-through-time / exploding-through-time instead of vanishing / exploding)."""
+    measured: float | None = None
+    threshold: float | None = None
+    """The number the rule that fired decided on, and its threshold (the finding's `margin`)."""
 
 
 def classify_layers(layers: list[LayerStats], thresholds: Thresholds) -> list[LayerVerdict]:
@@ -106,6 +134,7 @@ def classify_layers(layers: list[LayerStats], thresholds: Thresholds) -> list[La
     growth = _stack_growth(layers, thresholds.min_stack)
     zero_layer = _first_zero_weight_layer(layers)
     gates = _near_zero_gates(layers)
+    collapses = find_collapses(layers, thresholds.collapse)
     verdicts = []
     for layer, upstream in zip(layers, _upstream_best_ratios(layers, yardsticks)):
         ran_before_zero = zero_layer is not None and (layer.index < zero_layer.index or layer.output_rms is None)
@@ -117,6 +146,9 @@ def classify_layers(layers: list[LayerStats], thresholds: Thresholds) -> list[La
                                                          f"layer {zero_layer.name} at step 0"))
             continue
         verdict_ = _classify(layer, upstream, reference, growth.get(layer.name), thresholds)
+        collapse = collapse_of(layer.name, collapses)
+        if verdict_.status == Status.HEALTHY and verdict_.reason == "" and collapse is not None:
+            verdict_ = _collapsed(collapse, thresholds)
         gate = next((g for g in gates if layer.name.startswith(g.name + ".")), None)
         if verdict_.status == Status.VANISHING and gate is not None:
             # A residual branch scaled by a near-zero parameter of its block (ConvNeXt/CaiT layer
@@ -125,7 +157,7 @@ def classify_layers(layers: list[LayerStats], thresholds: Thresholds) -> list[La
             verdict_ = LayerVerdict(Status.HEALTHY, f"its branch is scaled by the near-zero parameters of "
                                                     f"{gate.name} at init, by design")
         verdicts.append(verdict_)
-    return verdicts
+    return _attention_scores_at_init(layers, verdicts, thresholds)
 
 
 def _first_zero_weight_layer(layers: list[LayerStats]) -> LayerStats | None:
@@ -144,6 +176,38 @@ def _near_zero_gates(layers: list[LayerStats]) -> list[LayerStats]:
             and layer.weight_norm / math.sqrt(layer.params) < GATE_RMS]
 
 
+
+
+def _attention_scores_at_init(layers: list[LayerStats], verdicts: list[LayerVerdict],
+                              t: Thresholds) -> list[LayerVerdict]:
+    """A query/key projection is not vanishing at init unless the same decay is seen through depth.
+
+    Its output feeds a softmax over scores (attention_scores.py, by mechanism). At BERT/GPT's init
+    (std 0.02) the scores are near zero, attention is near uniform, and the softmax's Jacobian
+    diag(p) - p p^T passes little gradient back to the scores: the projection learns 10-100x
+    slower than the value projection at the same depth by design (measured on BERT-style
+    encoders), in every block alike. A real decay through depth shows in two places, and either
+    keeps the verdict: the score layers of some block get less than `vanish_relative` of the best
+    score layer's grad/weight (the same decay across blocks), or the first dense layer after it
+    that is not a score layer (the value path at that depth) is vanishing too.
+    """
+    scores = [x.grad_to_weight for x in layers if x.attention_scores and x.grad_to_weight is not None]
+    result = list(verdicts)
+    for i, (layer, verdict_) in enumerate(zip(layers, verdicts)):
+        gtw = layer.grad_to_weight
+        if (verdict_.status != Status.VANISHING or verdict_.through_time or not layer.attention_scores
+                or gtw is None or gtw < t.vanish_relative * max(scores)):
+            continue
+        value_path = next((k for k in range(i + 1, len(layers))
+                           if _dense_measured(layers[k]) and not layers[k].attention_scores), None)
+        if value_path is None or verdicts[value_path].status != Status.HEALTHY:
+            continue
+        result[i] = LayerVerdict(
+            Status.HEALTHY, f"its output feeds a softmax over attention scores, near uniform at init: its "
+                            f"grad/weight {gtw:.3g} is small by design, while {layers[value_path].name} at the "
+                            f"same depth learns ({layers[value_path].grad_to_weight:.3g}) and no block's score "
+                            f"layers are {1 / t.vanish_relative:g}x slower than another's")
+    return result
 
 
 def verdict(statuses: list[Status]) -> Status:
@@ -186,14 +250,19 @@ def _best_dense_ratio(layers: list[LayerStats], reference: set[str]) -> float | 
 
 
 def _upstream_best_ratios(layers: list[LayerStats], reference: set[str]) -> list[float | None]:
-    """For each layer: the largest dense grad_to_weight among it and the layers before it."""
+    """For each layer: the largest grad_to_weight among it and the yardstick layers before it.
+
+    The layer's own ratio always counts: a stack whose hidden layers are all initialised too
+    small (none of them a yardstick) would otherwise have no upstream at all below the first sane
+    layer, and the relative rule would switch itself off exactly where the gradient decays."""
     best: float | None = None
     result = []
     for layer in layers:
         gtw = layer.grad_to_weight
         if layer.name in reference and gtw is not None:
             best = gtw if best is None else max(best, gtw)
-        result.append(best)
+        own = gtw if _dense_measured(layer) else None
+        result.append(best if own is None else own if best is None else max(best, own))
     return result
 
 
@@ -219,7 +288,9 @@ def _classify(layer: LayerStats, upstream: float | None, reference: float | None
         return LayerVerdict(Status.FROZEN, "no parameter requires grad")
     if not layer.received:
         return LayerVerdict(Status.UNUSED, "requires grad but received no gradient")
-    if layer.nonfinite_grads or layer.grad_norm is None or not math.isfinite(layer.grad_norm):
+    # Only NaN/Inf elements make a layer nonfinite: a finite gradient, however large (1e20 and
+    # beyond), is measured with its real magnitude (norms.py) and judged by the exploding rules.
+    if layer.nonfinite_grads or layer.grad_norm is None or math.isnan(layer.grad_norm):
         return LayerVerdict(Status.NONFINITE, f"{layer.nonfinite_grads} gradient elements are NaN/Inf")
     through_time = _through_time(layer, t)
     if through_time is not None:
@@ -228,23 +299,35 @@ def _classify(layer: LayerStats, upstream: float | None, reference: float | None
     # Only weight matrices: a vector parameter deliberately initialised near zero (ConvNeXt's
     # layer scale 1e-6, ReZero's alpha) has a huge grad/weight by construction, not by explosion.
     if gtw is not None and gtw > t.explode_grad_to_weight and layer.role != "other":
-        return LayerVerdict(Status.EXPLODING, f"grad/weight {gtw:.3g} > {t.explode_grad_to_weight:g}")
+        return LayerVerdict(Status.EXPLODING, f"grad/weight {gtw:.3g} > {t.explode_grad_to_weight:g}",
+                            measured=gtw, threshold=t.explode_grad_to_weight)
     if growth is not None and growth > t.explode_relative:
         return LayerVerdict(Status.EXPLODING,
                             f"the gradient at its output is {growth:.3g}x that at the last layer of its "
-                            f"stack of identical {layer.type_name} layers (> {t.explode_relative:g})")
+                            f"stack of identical {layer.type_name} layers (> {t.explode_relative:g})",
+                            measured=growth, threshold=t.explode_relative)
     if gtw is None and layer.grad_rms is not None and layer.grad_rms < t.vanish_grad_rms:
         return LayerVerdict(Status.VANISHING,
-                            f"gradient RMS {layer.grad_rms:.3g} < {t.vanish_grad_rms:g}")
+                            f"gradient RMS {layer.grad_rms:.3g} < {t.vanish_grad_rms:g}",
+                            measured=layer.grad_rms, threshold=t.vanish_grad_rms)
     if gtw is not None and gtw < t.vanish_grad_to_weight:
-        return LayerVerdict(Status.VANISHING, f"grad/weight {gtw:.3g} < {t.vanish_grad_to_weight:g}")
+        return LayerVerdict(Status.VANISHING, f"grad/weight {gtw:.3g} < {t.vanish_grad_to_weight:g}",
+                            measured=gtw, threshold=t.vanish_grad_to_weight)
     if (layer.role == "dense" and gtw is not None and upstream is not None and reference
             and upstream < t.vanish_relative * reference):
         return LayerVerdict(Status.VANISHING,
                             f"grad/weight {gtw:.3g} is {gtw / reference:.2g} of the best layer's "
                             f"{reference:.3g} (< {t.vanish_relative:g}), and no layer before it "
-                            "learns faster")
+                            "learns faster", measured=upstream / reference, threshold=t.vanish_relative)
     return LayerVerdict(Status.HEALTHY, "")
+
+
+def _collapsed(collapse: Collapse, t: Thresholds) -> LayerVerdict:
+    """Vanishing by signal collapse: the layer's weight gradient carries both decays of its plain
+    segment (depth.find_collapses), which no ratio between layers can show."""
+    return LayerVerdict(Status.VANISHING, f"the signal collapses: {describe_collapse(collapse)} "
+                                          f"(both < {t.collapse:g})",
+                        measured=collapse.worst_total, threshold=t.collapse)
 
 
 def _through_time(layer: LayerStats, t: Thresholds) -> LayerVerdict | None:
@@ -258,9 +341,12 @@ def _through_time(layer: LayerStats, t: Thresholds) -> LayerVerdict | None:
     if near > 0 and far > t.explode_relative * near:
         return LayerVerdict(Status.EXPLODING,
                             f"the gradient at the {ends[0]} time step is {far / near:.3g}x that at the "
-                            f"{ends[1]} (> {t.explode_relative:g}) over {len(steps)} steps", through_time=True)
-    if layer.type_name in VANILLA_RECURRENT and far < t.vanish_relative * peak:
+                            f"{ends[1]} (> {t.explode_relative:g}) over {len(steps)} steps", through_time=True,
+                            measured=far / near, threshold=t.explode_relative)
+    vanilla = layer.type_name in VANILLA_RECURRENT or layer.recurrent_cell == "vanilla"
+    if vanilla and far < t.vanish_relative * peak:
         return LayerVerdict(Status.VANISHING,
                             f"the gradient at the {ends[0]} time step is {far / peak:.2g} of its peak "
-                            f"(< {t.vanish_relative:g}) over {len(steps)} steps", through_time=True)
+                            f"(< {t.vanish_relative:g}) over {len(steps)} steps", through_time=True,
+                            measured=far / peak, threshold=t.vanish_relative)
     return None

@@ -59,9 +59,19 @@ class LayerProbe:
     the share each step gets directly from the loss (tells a bidirectional layer's near end)."""
     bidirectional: bool = False
     recurrent_weights: tuple[RecurrentWeight, ...] = ()
+    recurrent_cell: str = ""
+    """A layer called once per step of a hand-written loop, its output fed back (cell_watch.py):
+    "vanilla" (every path from one state to the next passes through the layer: nn.RNNCell,
+    makemore's tanh cell), "gated" (a path goes around it: nn.GRUCell/LSTMCell, gates, a residual
+    add) or "unknown"; "" when the layer is no such cell. Its step_grad_rms is then the gradient
+    reaching the state passed from each call to the next, first call to last."""
     update_to_weight: float | None = None
     """With --steps: the largest, over the optimizer steps, relative change of the layer's weights
     per step, |Δw| / |w| (lr * |g| / |w| for SGD; measured around optimizer.step() otherwise)."""
+    # With --steps, weight_norm, weight_std, bias_mean, output_rms and output_grad_rms are those of
+    # the model as built: measured on the first probe batch, before the first optimizer step.
+    attention_scores: bool = False
+    """The layer's output feeds a softmax over scores (a query/key projection; attention_scores.py)."""
 
 
 @dataclass(frozen=True)
@@ -118,3 +128,9 @@ class ProbeResult:
     first_step_update: tuple[str, float] | None = None
     """With --steps: the layer whose weights the first optimizer step (at the initial weights)
     changed most, and that update/weight ratio |Δw| / |w|."""
+    step_rounds: tuple[tuple[float, ...], ...] = ()
+    """With --steps: per probe batch that steps were taken on, the loss on that same batch before
+    the steps and after each of them (steps + 1 values; same data, so only the steps differ)."""
+    step_updates: tuple[tuple[str, float], ...] = ()
+    """With --steps: per optimizer step, in order, the layer it changed most and that update/weight
+    ratio |Δw| / |w| (NaN when no layer's ratio was finite)."""

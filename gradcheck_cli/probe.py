@@ -22,6 +22,7 @@ from torch import nn
 
 from .activation_watch import ActivationSite, CompositeActivations, FunctionalWatch, channels_first_layer, new_site
 from .activations import KNOWN as ACTIVATIONS
+from .attention_scores import ScoreTracker
 from .cell_watch import CellWatch
 from .backward import gradients
 from .batches import batch_has_nonfinite, call_model, move_to, split_batch
@@ -34,7 +35,6 @@ from .measurements import LayerProbe, NonfiniteOrigin, ProbeResult
 from .nonfinite_origin import OriginWatch, rng_state, set_rng_state
 from .norms import count_nonfinite, squared_norms, tensor_norm
 from .recurrence import recurrent_weights
-from .attention_scores import ScoreTracker
 from .restore import restore_snapshot, take_snapshot
 from .stats import layer_role
 

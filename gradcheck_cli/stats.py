@@ -45,8 +45,12 @@ class LayerStats:
     step_entry_grad_rms: tuple[float, ...] = ()
     bidirectional: bool = False
     recurrent_weights: tuple[RecurrentWeight, ...] = ()
+    recurrent_cell: str = ""
+    """vanilla | gated | unknown for a layer called in a hand-written recurrent loop (LayerProbe)."""
     update_to_weight: float | None = None
     """With --steps: the largest relative weight change per optimizer step, |Δw| / |w|."""
+    attention_scores: bool = False
+    """Its output feeds a softmax over scores: a query/key projection (attention_scores.py)."""
 
     @cached_property
     def init_target(self) -> InitTarget | None:
@@ -95,6 +99,7 @@ def _layer_stats(lp: LayerProbe, index: int) -> LayerStats:
         output_nonfinite=lp.output_nonfinite, activation=activation,
         fan_out=lp.fan_out, bias_mean=lp.bias_mean,
         step_grad_rms=lp.step_grad_rms, step_entry_grad_rms=lp.step_entry_grad_rms,
-        bidirectional=lp.bidirectional, recurrent_weights=lp.recurrent_weights,
+        bidirectional=lp.bidirectional, recurrent_weights=lp.recurrent_weights, recurrent_cell=lp.recurrent_cell,
         update_to_weight=lp.update_to_weight,
+        attention_scores=lp.attention_scores,
     )
