@@ -52,6 +52,8 @@ class Row:
     """Writes what plain text cannot express (checkpoint files) into the row's folder."""
     other_scans_report: bool = False
     """A recipe row where the other scans still run: their report is on stdout."""
+    lands: tuple[str, ...] = ()
+    """Files the command must write into the row's folder (not an error: exit 0 rows)."""
 
 
 def _model(body: str) -> dict[str, str]:
@@ -233,6 +235,68 @@ ROWS: list[Row] = [
                 def forward(self, x):
                     return self.fc(x) + torch.zeros(2, device="cuda")
         """)),
+    Row("forward-exits", ("model.py",), ("model.py:10: forward() raised SystemExit: 0",
+                                         "during the forward pass of batch 1/3", "remove the sys.exit()"),
+        _model("""
+            import sys
+            class Net(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.fc = nn.Linear(8, 2)
+                def forward(self, x):
+                    sys.exit(0)
+        """)),
+    Row("build-model-exits", ("model.py",), ("model.py:build_model() raised SystemExit",
+                                             "(at model.py:6)", "remove the sys.exit()"),
+        _model("""
+            import sys
+            def build_model():
+                sys.exit()
+        """)),
+    Row("base-exception", ("model.py",), ("model.py:11: forward() raised StopTraining: early stop",
+                                          "derive StopTraining from Exception"),
+        _model("""
+            class StopTraining(BaseException):
+                pass
+            class Net(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.fc = nn.Linear(8, 2)
+                def forward(self, x):
+                    raise StopTraining("early stop")
+        """)),
+    # Not errors: a report on stdout, the exit code of the findings (test_row_that_is_no_error).
+    Row("model-prints", ("model.py",), ("noise at import", "n_params 18", "noise in forward"), exit_code=0,
+        files=_model("""
+            import sys
+            print("noise at import")
+            class Net(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.fc = nn.Linear(8, 2)
+                    print("n_params", sum(p.numel() for p in self.parameters()))
+                def forward(self, x):
+                    sys.stdout.write("noise in forward\\n")
+                    return self.fc(x)
+        """)),
+    Row("model-breakpoint", ("model.py",), ("gradcheck: warning: skipped breakpoint() at model.py:9",
+                                            "PYTHONBREAKPOINT=pdb.set_trace"), exit_code=0,
+        files=_model("""
+            class Net(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.fc = nn.Linear(8, 2)
+                def forward(self, x):
+                    breakpoint()
+                    return self.fc(x)
+        """)),
+    Row("import-disables-grad", ("model.py",), (), exit_code=0,
+        files={"model.py": MLP.replace(HEADER, HEADER + "torch.set_grad_enabled(False)\n")}),
+    Row("import-sets-dtype", ("model.py",), (), exit_code=0,
+        files={"model.py": MLP.replace(HEADER, HEADER + "torch.set_default_dtype(torch.float64)\n")}),
+    Row("import-changes-cwd", ("model.py", "--write-baseline", "baseline.txt"),
+        ("wrote the baseline to baseline.txt",), exit_code=0, lands=("baseline.txt",),
+        files={"model.py": MLP.replace(HEADER, HEADER + "import os\nos.makedirs('data')\nos.chdir('data')\n")}),
     # --------------------------------------------------------------------------------- batches
     Row("input-shape-missing", ("model.py",), ("cannot infer the input shape", "Conv2d",
                                                "--input-shape 3x32x32", "make_batch"),
