@@ -62,7 +62,8 @@ def synthetic_batch_maker(model: nn.Module, input_shape: tuple[int, ...] | None 
                           source: str | None = None) -> Callable[[int], Any]:
     """A make_batch(batch_size) for a target without one: random inputs, no target.
 
-    With `input_shape` (per sample): float `torch.randn(batch, *input_shape)`, or integer tokens in
+    With `input_shape` (per sample): `torch.randn(batch, *input_shape)` in the dtype of the first
+    layer's weights (float64, bfloat16, complex), or integer tokens in
     [0, num_embeddings) when the model's first layer is an Embedding/EmbeddingBag. Without it, the
     shape is inferred only where the first layer makes it obvious (Linear: (in_features,);
     Embedding: 16 tokens); otherwise a UserError says how to provide it. `source` (the model file)
@@ -93,12 +94,14 @@ def synthetic_batch_maker(model: nn.Module, input_shape: tuple[int, ...] | None 
         return make_tokens
 
     dtype = torch.get_default_dtype()
-    if layer is not None:  # match a float64 / bfloat16 model
-        floats = [p for p in layer.parameters(recurse=False) if p.is_floating_point()]
+    if layer is not None:  # match a float64 / bfloat16 / complex model
+        floats = [p for p in layer.parameters(recurse=False) if p.is_floating_point() or p.is_complex()]
         if floats:
             dtype = floats[0].dtype
 
     def make_floats(batch_size: int) -> torch.Tensor:
+        if dtype.is_complex:  # real and imaginary parts both drawn (a cast would leave 0j)
+            return torch.randn(batch_size, *shape, dtype=dtype)
         return torch.randn(batch_size, *shape).to(dtype)
 
     return make_floats
