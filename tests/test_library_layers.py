@@ -170,6 +170,16 @@ def test_a_parameter_free_module_is_the_activation_it_computes(activation: nn.Mo
     assert layer.activation["function"] == function
 
 
+@pytest.mark.parametrize(("name", "function"), [
+    ("gelu_new", "GELU"), ("gelu_fast", "GELU"), ("gelu_accurate", "GELU"), ("gelu_pytorch_tanh", "GELU"),
+    ("quick_gelu", "GELU"), ("silu", "SiLU"), ("mish", "Mish"), ("tanh", "Tanh")])
+def test_hugging_face_activations_are_what_they_compute(name: str, function: str) -> None:
+    """transformers' ACT2FN modules: the tanh/sigmoid forms used to count as Tanh/Sigmoid."""
+    activations = pytest.importorskip("transformers.activations")
+    layer = _probe(lambda: _mlp_with(activations.ACT2FN[name]), _mlp_batch)["0"]
+    assert layer.activation["function"] == function
+
+
 def test_new_gelu_on_large_inputs_is_not_a_saturated_tanh() -> None:
     """Inputs of scale 8 put most of the inner tanh's outputs beyond 0.96: it used to be reported
     as a saturated Tanh of layer 0 (and its init judged against Xavier instead of He)."""
