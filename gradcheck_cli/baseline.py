@@ -46,6 +46,9 @@ def parse_baseline(text: str, source: str) -> frozenset[str]:
     except json.JSONDecodeError as exc:
         raise UserError(f"baseline {source}: not valid JSON (line {exc.lineno}, column {exc.colno}: "
                         f"{exc.msg}); {hint}") from None
+    except RecursionError:  # json recurses once per nesting level: thousands of '[' end the stack
+        raise UserError(f"baseline {source}: nested too deeply to read (a baseline is an object holding "
+                        f"a flat list of findings); {hint}") from None
     if not isinstance(document, dict) or document.get("schema") != SCHEMA:
         raise UserError(f"baseline {source}: expected a JSON object with \"schema\": \"{SCHEMA}\"; "
                         f"{hint}")

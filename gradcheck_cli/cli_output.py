@@ -1,8 +1,10 @@
 """The output half of the CLI: where a report goes, what the exit code is. Called by cli.py only.
 
 Kept apart from cli.py (which parses the command lines) so that `scan` and `run` share one path:
-- the report in the chosen format goes to stdout, or atomically to ``--output FILE`` (a reader
-  never sees a truncated report, and a failed write leaves the old file as it was);
+- the report in the chosen format goes to stdout (also for ``--output -``), or to ``--output FILE``
+  as output_file.py writes it: atomically to a regular file (a reader never sees a truncated
+  report, and a failed write leaves the old file as it was), through a symlink, FIFO, device or
+  inherited descriptor (/dev/stdout, /dev/fd/N) as it stands;
 - ``github`` annotations go to stderr, as workflow commands are read from either stream and the
   issue asks stdout to stay free for machine output;
 - under GitHub Actions (GITHUB_ACTIONS=true) a table run also writes the annotations on stderr
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import typer
 from .baseline import baseline_text, parse_baseline
 from .errors import UserError
 from .gate import run_exit_code
+from .output_file import is_stdout, write_output
 from .render import OutputFormat, render
 from .report import ScanResult
 
@@ -38,15 +40,22 @@ class OutputOptions:
 
     fmt: OutputFormat = OutputFormat.TABLE
     output: Path | None = None
-    """--output FILE: the report goes there instead of stdout."""
+    """--output FILE: the report goes there instead of stdout ('-': stdout)."""
     known: frozenset[str] = frozenset()
     """Fingerprints accepted by --baseline FILE (read before the scans, see load_baseline)."""
     write_baseline: Path | None = None
+    """--write-baseline FILE ('-': stdout, when the report goes elsewhere)."""
     exit_zero: bool = False
     quiet: bool = False
     no_color: bool = False
     width: int = 100
     """Columns of the table on stdout (the terminal's); a table written to --output gets 100."""
+
+    def __post_init__(self) -> None:
+        report_on_stdout = (self.output is None and self.fmt is not OutputFormat.GITHUB) or is_stdout(self.output)
+        if is_stdout(self.write_baseline) and report_on_stdout:
+            raise UserError("--write-baseline - and the report would both go to stdout; "
+                            "send one of them to a file (--output FILE or --write-baseline FILE)")
 
 
 def parse_format(value: str) -> OutputFormat:
@@ -73,50 +82,29 @@ def load_baseline(path: Path | None) -> frozenset[str]:
 def emit(results: Sequence[ScanResult], options: OutputOptions, *, combined: bool = False) -> int:
     """Write the results where the options say and return the exit code."""
     fmt = options.fmt
-    to_stdout = options.output is None
+    to_stdout = options.output is None or is_stdout(options.output)
     color = to_stdout and sys.stdout.isatty() and _colour_allowed(options.no_color)
     width = options.width if to_stdout else 100
     text = render(results, fmt, combined=combined, width=width, color=color, known=options.known)
-    if options.output is not None:
-        write_atomic(options.output, text)
+    if options.output is not None and not to_stdout:
+        write_output(options.output, text)
         if not options.quiet:
             typer.echo(f"gradcheck: wrote the {fmt.value} report to {options.output}", err=True)
-    elif fmt is OutputFormat.GITHUB:
+    elif fmt is OutputFormat.GITHUB and options.output is None:
         sys.stderr.write(text)
     else:
         sys.stdout.write(text)
+        sys.stdout.flush()
     if fmt is OutputFormat.TABLE and os.environ.get("GITHUB_ACTIONS") == "true":
         _github_actions_extras(results, combined, options.known)
-    if options.write_baseline is not None:
-        write_atomic(options.write_baseline, baseline_text(results))
+    if is_stdout(options.write_baseline):
+        sys.stdout.write(baseline_text(results))
+    elif options.write_baseline is not None:
+        write_output(options.write_baseline, baseline_text(results))
         if not options.quiet:
             typer.echo(f"gradcheck: wrote the baseline to {options.write_baseline}", err=True)
     code = run_exit_code(results, options.known)
     return EXIT_OK if options.exit_zero and code == EXIT_FINDINGS else code
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` all at once: a temporary file in the same folder (so the
-    rename stays on one file system), flushed and fsynced, then os.replace. On any failure the
-    temporary file is removed and the old file is left as it was."""
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=folder, prefix=f".{path.name}.",
-                                             suffix=".tmp", delete=False)
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}; check that the folder "
-                        "exists and is writable") from None
-    try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException as exc:
-        Path(handle.name).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
-        raise
 
 
 def _github_actions_extras(results: Sequence[ScanResult], combined: bool, known: frozenset[str]) -> None:

@@ -31,6 +31,9 @@ FRAMES_PER_LEVEL = 6
 measured as 4; 2 spare), used to make room for deeply nested models."""
 MAX_RECURSION_LIMIT = 60_000
 """Never raise Python's recursion limit beyond this: deeper C stacks risk a crash, not an error."""
+MAX_TIMEOUT = 1e9
+"""The longest --timeout in seconds (about 31 years). signal.setitimer converts the delay to
+nanoseconds in a signed 64-bit integer, which overflows past 2**63 ns (about 9.2e9 s)."""
 
 
 class ScanTimeout(BaseException):
@@ -92,6 +95,9 @@ class StageClock:
 @contextmanager
 def time_limit(clock: StageClock) -> Iterator[None]:
     """Arm a one-shot SIGALRM for clock.timeout seconds (main thread only), and disarm it after."""
+    if clock.timeout is not None and clock.timeout > MAX_TIMEOUT:
+        raise UserError(f"--timeout {clock.timeout:g} is beyond the longest timer, {MAX_TIMEOUT:g} seconds; "
+                        "give fewer seconds, or leave --timeout out for no limit")
     if clock.timeout is None or not _can_use_alarm():
         yield
         return

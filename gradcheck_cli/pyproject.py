@@ -64,6 +64,9 @@ def _read_table(path: Path) -> dict[str, Any] | None:
         at_line = re.search(r"at line (\d+)", str(exc))
         where = f"{_shown_path(path)}:{at_line.group(1)}" if at_line else _shown_path(path)
         raise UserError(f"{where}: invalid TOML: {exc}; gradcheck reads its {TABLE} table") from None
+    except RecursionError:  # tomllib recurses once per nesting level of arrays and inline tables
+        raise UserError(f"{_shown_path(path)}: nested too deeply to read (arrays or inline tables inside "
+                        f"each other thousands of levels deep); gradcheck reads its {TABLE} table") from None
     tool = data.get("tool")
     table = tool.get("gradcheck") if isinstance(tool, dict) else None
     if table is None:

@@ -107,6 +107,27 @@ def _positive_float(value: Any) -> float:
     return number
 
 
+MAX_SEED = 2**63 - 1
+"""The largest --seed: torch seeds are 64-bit (torch.manual_seed refuses 2**64 and more) and each
+probe batch is drawn with the seed plus its index, so half the range is kept for that."""
+
+
+def _seed(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise ValueError(f"expected an integer from 0 to {MAX_SEED} (2**63 - 1), got {shown(value)}")
+    return value
+
+
+def _timeout(value: Any) -> float:
+    from .guards import MAX_TIMEOUT
+
+    seconds = _positive_float(value)
+    if seconds > MAX_TIMEOUT:
+        raise ValueError(f"expected at most {MAX_TIMEOUT:g} seconds (leave it out for no limit), "
+                         f"got {shown(value)}")
+    return seconds
+
+
 def _optimizer(value: Any) -> str:
     if not isinstance(value, str) or value.strip().lower() not in OPTIMIZERS:
         hint = did_you_mean(value.strip().lower(), list(OPTIMIZERS)) if isinstance(value, str) else ""
@@ -194,13 +215,13 @@ def _threshold_settings() -> list[Setting]:
 SETTINGS: dict[str, Setting] = {s.key: s for s in [
     Setting("batches", _int(1, "a positive integer"), "probe batches", "--batches"),
     Setting("batch_size", _int(1, "a positive integer"), "samples per probe batch", "--batch-size"),
-    Setting("seed", _int(0, "an integer >= 0"), "seed of the batches and dropout", "--seed"),
+    Setting("seed", _seed, "seed of the batches and dropout", "--seed"),
     Setting("device", _device, "cpu, cuda or cuda:N", "--device"),
     Setting("steps", _int(0, "an integer >= 0"), "optimizer steps between probe batches", "--steps"),
     Setting("optimizer.name", _optimizer, "optimizer for steps", "--optimizer"),
     Setting("optimizer.lr", _positive_float, "learning rate for steps", "--lr"),
     Setting("fail_on", _fail_on, "finding kinds/statuses that fail the gate", "--fail-on"),
-    Setting("timeout", _positive_float, "seconds one scan may take", "--timeout"),
+    Setting("timeout", _timeout, "seconds one scan may take", "--timeout"),
     Setting("input_shape", _input_shape, "per-sample input shape", "--input-shape", per_scan=True),
     Setting("checkpoint", _path, "state_dict loaded before the probe", "--checkpoint", per_scan=True),
     *_threshold_settings(),

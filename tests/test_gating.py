@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 from gradcheck_cli import cli_output
 from gradcheck_cli.baseline import SCHEMA, baseline_text, parse_baseline
 from gradcheck_cli.cli import app
-from gradcheck_cli.cli_output import write_atomic
 from gradcheck_cli.errors import UserError
 from gradcheck_cli.gate import run_exit_code, scan_exit_code
+from gradcheck_cli.output_file import write_output
 
 runner = CliRunner()
 EXPLODING = "builtin:relu-normal-init"  # every Linear explodes (zoo docstring)
@@ -185,15 +185,15 @@ def test_a_failing_write_leaves_the_old_file_and_no_temporary(tmp_path: Path, mo
 
     monkeypatch.setattr(os, "fsync", full_disk)
     with pytest.raises(UserError, match="cannot write .*report.json: No space left on device"):
-        write_atomic(target, "new\n" * 1000)
+        write_output(target, "new\n" * 1000)
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
 
 
-def test_write_atomic_replaces_the_whole_file(tmp_path: Path) -> None:
+def test_write_output_replaces_the_whole_file(tmp_path: Path) -> None:
     target = tmp_path / "report.md"
     target.write_text("x" * 10_000)
-    write_atomic(target, "short\n")
+    write_output(target, "short\n")
     assert target.read_text() == "short\n"
     assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
 
@@ -206,7 +206,7 @@ def test_interrupted_write_removes_its_temporary(tmp_path: Path, monkeypatch: py
 
     monkeypatch.setattr(os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        write_atomic(target, "{}\n")
+        write_output(target, "{}\n")
     assert list(tmp_path.iterdir()) == []
 
 

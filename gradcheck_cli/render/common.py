@@ -5,11 +5,29 @@ Pure functions of the records; no torch, no printing.
 
 from __future__ import annotations
 
+import re
+
 from gradcheck_cli.gate import failing_findings, fingerprint, scan_exit_code
 from gradcheck_cli.report import Finding, ScanResult
 
 OUTCOMES = {0: "pass", 1: "fail", 2: "error"}
 """A scan's exit code in words, as the markdown and table summaries show it."""
+
+INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+"""Control characters other than tab, LF and CR (C0, DEL, C1), lone surrogates (a file name read
+with surrogateescape) and the noncharacters U+FFFE/U+FFFF: XML 1.0 cannot hold most of them at all
+(one ESC from an ANSI-coloured error message makes a JUnit file unparseable), and in Markdown or a
+SARIF viewer they garble the text or hide part of it."""
+
+
+def visible(text: str) -> str:
+    """``text`` with every INVISIBLE character written as a visible escape: ESC -> ``\\x1b``."""
+    return INVISIBLE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def target_file(target: str) -> str | None:

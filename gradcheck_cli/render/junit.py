@@ -6,6 +6,9 @@ finding that fails the gate, named by its fingerprint (kind:layer, stable from r
 history lines up), with the finding's message as the failure message and its evidence as the
 body. A finding the baseline knows is a skipped testcase, never a failure. The count attributes
 (tests, failures, errors, skipped) are computed from the testcases written.
+Control characters in any text (an ANSI colour
+code in a user's error message) are written as visible escapes (common.visible): XML 1.0 cannot
+hold them, and one would make the whole file unparseable.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
 from gradcheck_cli.gate import failing_findings, fingerprint, matches, scan_exit_code
+from gradcheck_cli.render.common import visible
 from gradcheck_cli.render.table import format_number
 from gradcheck_cli.report import Finding, ScanResult
 
@@ -27,6 +31,9 @@ def render_junit(results: Sequence[ScanResult], known: frozenset[str] = frozense
               for key in ("tests", "failures", "errors", "skipped")}
     for key, value in totals.items():
         root.set(key, str(value))
+    for element in root.iter():
+        element.text = visible(element.text) if element.text else element.text
+        element.attrib = {key: visible(value) for key, value in element.attrib.items()}
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
 

@@ -5,7 +5,8 @@ Per scan: a heading with the verdict and the gate's outcome, the probe configura
 findings as a table (with the gate column, so a reviewer sees what blocks the merge), the
 recommendations with their snippets in fenced code blocks, and the per-layer table folded in a
 ``<details>`` block (a 50-layer table would bury the findings). Several scans start with a
-summary table. Table cells escape ``|`` and never break a row with a newline.
+summary table. Table cells escape ``|`` and never break a row with a newline. Control characters
+(an ANSI colour code in an error message) are written as visible escapes (common.visible).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 from collections.abc import Sequence
 
 from gradcheck_cli.gate import fingerprint
-from gradcheck_cli.render.common import gate_fingerprints, outcome, where
+from gradcheck_cli.render.common import gate_fingerprints, outcome, visible, where
 from gradcheck_cli.render.table import format_number
 from gradcheck_cli.report import Report, ScanResult, Status
 
@@ -29,7 +30,7 @@ def render_markdown(results: Sequence[ScanResult], known: frozenset[str] = froze
         blocks.append(_run_summary(results, known))
     for result in results:
         blocks.append(_scan_section(result, known, level=3 if len(results) > 1 else 2))
-    return "\n\n".join(block.strip("\n") for block in blocks) + "\n"
+    return visible("\n\n".join(block.strip("\n") for block in blocks) + "\n")
 
 
 def cell(text: object) -> str:

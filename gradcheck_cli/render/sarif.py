@@ -8,7 +8,8 @@ it lies below it) and the layer as a logical location, a ``partialFingerprints``
 kind and layer only (numbers change from run to run; the identity of a finding must not), and
 its evidence as properties. A scan that errored is a toolExecutionNotification of a failed
 invocation. With a baseline, every result gets a ``baselineState`` ("unchanged" for a known
-finding, "new" otherwise).
+finding, "new" otherwise). Control characters in any string (an ANSI colour code in an error
+message) are written as visible escapes (common.visible), as a code-scanning view shows text.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from urllib.parse import quote
 from gradcheck_cli import __version__
 from gradcheck_cli.catalog import FINDINGS
 from gradcheck_cli.gate import fingerprint
-from gradcheck_cli.render.common import target_file
+from gradcheck_cli.render.common import target_file, visible
 from gradcheck_cli.report import Finding, FindingKind, Number, ScanResult, Severity
 
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
@@ -85,7 +86,18 @@ def render_sarif(results: Sequence[ScanResult], known: frozenset[str] = frozense
             "results": sarif_results,
         }],
     }
-    return json.dumps(log, indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(_visible_strings(log), indent=2, ensure_ascii=False) + "\n"
+
+
+def _visible_strings(value: Any) -> Any:
+    """Every string inside a JSON value through common.visible."""
+    if isinstance(value, str):
+        return visible(value)
+    if isinstance(value, dict):
+        return {key: _visible_strings(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_visible_strings(item) for item in value]
+    return value
 
 
 def _rule(kind: FindingKind) -> dict[str, Any]:
