@@ -16,7 +16,8 @@ Printed per file:
     gradients, like nn.MultiheadAttention.out_proj, is placed after its parent's layers):
     grad norm (L2 over the layer's own gradients), weight-grad norm (parameters whose name
     contains "weight"), weight norm, grad/weight, non-finite gradient count; each averaged
-    over the 3 batches. Layers whose parameters are all frozen or that get no gradient at all
+    over the 3 batches. Norms and counts are taken in float64 of the stored values
+    (stored_values: a sparse gradient's coalesced values, a complex tensor's modulus |z|). Layers whose parameters are all frozen or that get no gradient at all
     are listed as "frozen" / "unused" and left out of the ratios;
   * first/last ratio: grad norm of the first executed trainable layer over the last one;
   * the range of grad/weight over the trainable layers;
@@ -35,8 +36,14 @@ Printed per file:
       nonfinite  a non-finite loss or gradient (a loss that raises on a model output already
                  holding NaN/Inf counts as a non-finite loss: loss_unless_raised_on_nonfinite);
       exploding  first/last > 1e2, or input-grad t_first/t_last > 1e2, or largest grad norm or
-                 loss > 1e3 x the default-init baseline;
-      vanishing  first/last < 1e-3, or every grad/weight < 1e-6, or t_first/t_last < 1e-3;
+                 loss > 1e3 x the default-init baseline (when that baseline is itself healthy:
+                 healthy_baseline), or signal growth: the output-gradient RMS of the first
+                 dense layer > 1e3 x the last's AND the output RMS of the last > 1e3 x the
+                 first's (signal_growth: the mirror of signal collapse, DOMAIN.md "weight init
+                 too large": activations and gradients both grow through depth);
+      vanishing  first/last < 1e-3, or every grad/weight < 1e-6, or t_first/t_last < 1e-3, or
+                 signal collapse: the output-gradient RMS of the first dense layer < 1e-3 x the
+                 last's AND the output RMS of the last < 1e-3 x the first's (signal_collapse);
       healthy    otherwise.
     (ratios are checked both on whole-layer and weight-only gradient norms.)
 
@@ -119,9 +126,20 @@ def loss_unless_raised_on_nonfinite(mod: Any, output: Any, target: Any) -> tuple
         return None, "loss_fn" if hasattr(mod, "loss_fn") else "raised"
 
 
+def stored_values(t: torch.Tensor) -> torch.Tensor:
+    """What a norm or a NaN count reads of a gradient or weight, in float64: a sparse gradient
+    (nn.Embedding/EmbeddingBag(sparse=True)) by its values after summing duplicate indices, a
+    complex one by its modulus |z| (its L2 norm is that of |z|)."""
+    t = t.detach()
+    if t.is_sparse:
+        t = t.coalesce().values()
+    return (t.abs() if t.is_complex() else t).double()
+
+
 def count_nonfinite(obj: Any) -> int:
     if isinstance(obj, torch.Tensor):
-        return int((~torch.isfinite(obj)).sum()) if obj.is_floating_point() else 0
+        finite_kind = obj.is_floating_point() or obj.is_complex()
+        return int((~torch.isfinite(stored_values(obj))).sum()) if finite_kind else 0
     if isinstance(obj, dict):
         return sum(count_nonfinite(v) for v in obj.values())
     if isinstance(obj, (tuple, list)):
@@ -143,7 +161,7 @@ def param_layers(model: nn.Module) -> list[tuple[str, nn.Module, list[tuple[str,
 def _norm(tensors: Sequence[torch.Tensor]) -> float:
     total = 0.0
     for t in tensors:
-        total += float(t.detach().double().pow(2).sum())
+        total += float(stored_values(t).pow(2).sum())
     return math.sqrt(total)
 
 
@@ -305,6 +323,8 @@ def measure(mod: Any, model: nn.Module, seeds: tuple[int, ...] = SEEDS) -> dict[
             "last": last_t,
             "ratio": _ratio(first_t, last_t),
         }
+    finite = all(math.isfinite(v) for v in losses) and not result["nonfinite_grads"]
+    result["signal_collapse"] = signal_collapse(mod, model, seeds) if finite else None
     radii = {
         n: spectral_radius(m.get_parameter("weight_hh_l0"))
         for n, m in model.named_modules()
@@ -357,6 +377,67 @@ def cell_time_grad(calls: dict[str, list[torch.Tensor]]) -> tuple[float, float, 
     return None
 
 
+def signal_collapse(mod: Any, model: nn.Module, seeds: tuple[int, ...] = SEEDS) -> dict[str, Any] | None:
+    """Signal collapse through depth (He et al. 2015; DOMAIN.md "ReLU init at half the He variance").
+
+    The dense layers are the modules whose own `weight` has 2+ dimensions, embeddings left out
+    (nn.Linear, nn.Conv*), in the order of their first forward call. For each, a forward hook
+    takes the RMS of its output and a tensor hook on that output the RMS of the gradient reaching
+    it (mean squares over every call and the batches of `seeds`). Returned: "grad", the
+    output-gradient RMS of the first dense layer over the last one's, and "act", the output RMS of
+    the last over the first's. In a plain stack at weight variance 1/fan_in both fall ~2^-1/2 per
+    layer, while the weight gradients (dW = delta h^T, the two decays multiplied) stay uniform, so
+    neither first/last nor grad/weight shows it. None with fewer than 4 dense layers."""
+    sums: dict[str, list[float]] = {}
+    order: list[str] = []
+    handles = []
+
+    def make_hook(lname: str):
+        def hook(module, args, output):
+            if not isinstance(output, torch.Tensor) or not output.requires_grad:
+                return
+            acc = sums.setdefault(lname, [0.0, 0, 0.0, 0])
+            if lname not in order:
+                order.append(lname)
+            acc[0] += float(stored_values(output).pow(2).sum())
+            acc[1] += output.numel()
+
+            def grad_hook(grad: torch.Tensor) -> None:
+                acc[2] += float(stored_values(grad).pow(2).sum())
+                acc[3] += grad.numel()
+
+            output.register_hook(grad_hook)
+
+        return hook
+
+    for lname, module in model.named_modules():
+        weight = module._parameters.get("weight")
+        if weight is not None and weight.dim() >= 2 and "Embedding" not in type(module).__name__:
+            handles.append(module.register_forward_hook(make_hook(lname)))
+    try:
+        for seed in seeds:
+            torch.manual_seed(seed)
+            inputs, target = split_batch(mod.make_batch(BATCH_SIZE))
+            loss, _ = compute_loss(mod, call_model(model, inputs), target)
+            loss.backward()
+    finally:
+        for h in handles:
+            h.remove()
+        for p in model.parameters():
+            p.grad = None
+    measured = [n for n in order if sums[n][1] and sums[n][3]]
+    if len(measured) < 4:
+        return None
+    first, last = sums[measured[0]], sums[measured[-1]]
+
+    def rms(total: float, count: float) -> float:
+        return math.sqrt(total / count)
+
+    return {"first": measured[0], "last": measured[-1], "layers": len(measured),
+            "grad": _ratio(rms(first[2], first[3]), rms(last[2], last[3])),
+            "act": _ratio(rms(last[0], last[1]), rms(first[0], first[1]))}
+
+
 def _ratio(a: float, b: float) -> float:
     if b == 0:
         return float("inf") if a > 0 else float("nan")
@@ -372,6 +453,14 @@ def default_init_baseline(mod: Any, seeds: tuple[int, ...] = SEEDS) -> dict[str,
             if callable(reset) and m is not model:
                 reset()
     return measure(mod, model, seeds)
+
+
+def healthy_baseline(base: dict[str, Any]) -> dict[str, Any] | None:
+    """The default-init baseline when it is a healthy equivalent (its own label, without a
+    baseline, is healthy), else None: a deep bias-free ReLU stack at PyTorch's default init
+    collapses by ~0.41x per layer, and comparing with its ~1e-13 gradients would call any working
+    init of the same stack "exploding"."""
+    return base if classify(base, None)[0] == "healthy" else None
 
 
 def classify(res: dict[str, Any], base: dict[str, Any] | None) -> tuple[str, str]:
@@ -395,6 +484,8 @@ def classify(res: dict[str, Any], base: dict[str, Any] | None) -> tuple[str, str
         lr = (sum(losses) / len(losses)) / lb if lb > 0 else float("nan")
         if g > 1e3 or lr > 1e3:
             return "exploding", f"vs default-init baseline: grad x{g:.3g}, loss x{lr:.3g} (> 1e3)"
+    if (growth := signal_growth(res)) is not None:
+        return "exploding", growth
     if any(r < 1e-3 for r in ratios):
         return "vanishing", f"first/last {min(ratios):.3g} < 1e-3"
     for key in ("g_w_range", "wg_w_range"):
@@ -403,7 +494,23 @@ def classify(res: dict[str, Any], base: dict[str, Any] | None) -> tuple[str, str
             return "vanishing", f"every grad/weight < 1e-6 ({key}: max {rng[1]:.3g})"
     if t is not None and t < 1e-3:
         return "vanishing", f"input-grad t_first/t_last {t:.3g} < 1e-3"
+    sc = res.get("signal_collapse")
+    if sc is not None and sc["grad"] < 1e-3 and sc["act"] < 1e-3:
+        return "vanishing", (f"signal collapse: output-grad first/last {sc['grad']:.3g}, "
+                             f"activation last/first {sc['act']:.3g} (both < 1e-3)")
     return "healthy", "no rule fired"
+
+
+def signal_growth(res: dict[str, Any]) -> str | None:
+    """The exploding rule for an init too large in a deep plain stack, whose default-init
+    baseline is no healthy equivalent (it collapses, so healthy_baseline drops it): both the
+    gradient reaching the first dense layer's output and the last dense layer's activation are
+    more than 1e3 x their value at the other end (signal_collapse's measurement, mirrored)."""
+    sc = res.get("signal_collapse")
+    if sc is None or not (sc["grad"] > 1e3 and sc["act"] > 1e3):
+        return None
+    return (f"signal growth: output-grad first/last {sc['grad']:.3g}, activation last/first "
+            f"{sc['act']:.3g} (both > 1e3)")
 
 
 def fmt(x: float | None) -> str:
@@ -453,6 +560,12 @@ def report(
             f"   input grad over {tg['steps']} steps: t_first {fmt(tg['first'])}, "
             f"t_last {fmt(tg['last'])}, ratio {fmt(tg['ratio'])}"
         )
+    if res.get("signal_collapse"):
+        sc = res["signal_collapse"]
+        out.append(
+            f"   signal through {sc['layers']} dense layers ({sc['first']} .. {sc['last']}): output-grad "
+            f"first/last {fmt(sc['grad'])}, activation last/first {fmt(sc['act'])}"
+        )
     if "rnn_spectral_radius" in res:
         out.append(
             "   nn.RNN weight_hh_l0 / nn.RNNCell weight_hh spectral radius: "
@@ -492,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         model = mod.build_model()
         res = measure(mod, model, seeds)
         base = default_init_baseline(mod, seeds)
-        measured, why = classify(res, base)
+        measured, why = classify(res, healthy_baseline(base))
         label = path.stem.split("_", 1)[0]
         mismatches += measured != label
         if args.json:
