@@ -59,11 +59,12 @@ _CHANNEL_NORMS = ("BatchNorm", "InstanceNorm", "GroupNorm")
 
 def channels_first_layer(module: nn.Module) -> bool:
     """Whether a layer's 3-D output is (N, C, L): a convolution (a Conv layer whose kernel has 3+
-    dims; Hugging Face's 2-D `Conv1D` is a linear layer) or a channel norm."""
+    dims, its own or a weight-norm parametrization's; Hugging Face's 2-D `Conv1D` is a linear
+    layer) or a channel norm."""
     type_name = type(module).__name__
     if type_name.startswith(_CHANNEL_NORMS):
         return True
-    return "Conv" in type_name and any(p.dim() >= 3 for p in module._parameters.values() if p is not None)
+    return "Conv" in type_name and any(p.dim() >= 3 for p in module.parameters())
 
 
 def unit_dim(out: torch.Tensor, channels_first: bool) -> int:

@@ -196,7 +196,7 @@ def _attention_scores_at_init(layers: list[LayerStats], verdicts: list[LayerVerd
     for i, (layer, verdict_) in enumerate(zip(layers, verdicts)):
         gtw = layer.grad_to_weight
         if (verdict_.status != Status.VANISHING or verdict_.through_time or not layer.attention_scores
-                or gtw is None or gtw < t.vanish_relative * max(scores)):
+                or layer.role != "dense" or gtw is None or gtw < t.vanish_relative * max(scores)):
             continue
         value_path = next((k for k in range(i + 1, len(layers))
                            if _dense_measured(layers[k]) and not layers[k].attention_scores), None)

@@ -243,6 +243,15 @@ def test_a_real_conv1d_keeps_channels_as_units() -> None:
     assert layer.activation["units"] == 6 and (layer.fan_in, layer.fan_out) == (12, 18)
 
 
+def test_a_weight_normed_conv1d_keeps_channels_as_units() -> None:
+    """Its kernel lives in a parametrization (WaveNet/TCN/HiFi-GAN style), not in the conv itself."""
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        conv = nn.utils.parametrizations.weight_norm(nn.Conv1d(4, 6, 3))
+        return nn.Sequential(conv, nn.Tanh(), nn.Flatten(), nn.Linear(6 * 22, 3))
+    assert _probe(build, lambda n: torch.randn(n, 4, 24))["0"].activation["units"] == 6
+
+
 def test_a_square_xw_layer_has_equal_fans_either_way() -> None:
     layer = _probe(lambda: nn.Sequential(XW(16, 16), nn.ReLU(), nn.Linear(16, 2)),
                    lambda n: torch.randn(n, 16))["0"]
