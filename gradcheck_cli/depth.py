@@ -23,11 +23,32 @@ first and last layer means the stack is already normalized; a residual add obser
 (the input of a running module added to a result computed inside it) means a short path exists.
 A residual stack also shows itself in the numbers: the skip path resets the scale at every block,
 so its per-layer factors are not geometric and no run is found.
+
+Signal collapse (`find_collapses`, DOMAIN.md "ReLU init at half the He variance"): in a plain stack
+whose layers all shrink the signal (a ReLU stack at weight variance 1/fan_in: LeCun, or kaiming with
+the wrong gain) the activation scale decays towards the output AND the output-gradient scale decays
+towards the input, by the same ~2^-1/2 per layer. The weight gradient dW = delta h^T multiplies the
+two, so every layer's weight gradient is uniformly small and no ratio between layers shows it; the
+pair of decays does. A *plain segment* is a maximal run of consecutive dense layers of the chain
+with no normalization layer executing between them (a norm resets the scale by design). Its
+per-layer factor in each direction is the median of the step factors, and its decay over the
+segment that median compounded over its steps: the median keeps one deliberately small layer (a
+0.01-std head, a zero-init branch) or one pooling/stride step (which changes the per-element scale
+of one step by design: pooling averages or picks, a stride spreads the gradient over fewer
+outputs) from passing for a decay through depth, and makes the call stable from batch to batch.
+A segment of `MIN_LAYERS` or more collapses when both decays are below `COLLAPSE` (1e-3,
+AUTOTRAINER's first/last threshold; He et al. 2015 train a 30-layer ReLU net at variance 1/fan_in,
+2^-14.5 ~ 4e-5 over its depth, and it does not learn, while their 22-layer one, 2^-10.5 ~ 7e-4,
+learns slowly). Pooling, strides and width changes move the two directions apart instead (a
+funnel at He fan_in init keeps the activations and shrinks the per-element gradient; pooling grows
+the per-element activation of a max and shrinks the gradient), residual adds reset both, so CNNs,
+attention blocks and residual nets show no collapse; only per-layer gains below 1 on both sides do.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,6 +58,7 @@ from .stats import LayerStats
 MIN_LAYERS = 4
 MIN_GAIN = 1.2
 MIN_TOTAL = 10.0
+COLLAPSE = 1e-3
 SEQUENCE_TYPES = ("RNN", "LSTM", "GRU", "MultiheadAttention", "Embedding", "Transformer")
 
 
@@ -64,10 +86,102 @@ class Trend:
         return self.layers[-1]
 
 
+@dataclass(frozen=True)
+class Collapse:
+    """A plain segment through which both the activation and the output-gradient scale decay."""
+
+    layers: tuple[str, ...]
+    """The segment's dense layers, in execution order."""
+    forward_gain: float
+    """Median per-layer factor of the activation RMS, followed towards the output."""
+    backward_gain: float
+    """Median per-layer factor of the output-gradient RMS, followed towards the input."""
+
+    @property
+    def forward_total(self) -> float:
+        """The activation decay over the segment: forward_gain compounded over its steps."""
+        return self.forward_gain ** (len(self.layers) - 1)
+
+    @property
+    def backward_total(self) -> float:
+        """The output-gradient decay over the segment: backward_gain compounded over its steps."""
+        return self.backward_gain ** (len(self.layers) - 1)
+
+    @property
+    def worst_total(self) -> float:
+        """The weaker of the two decays: the number the COLLAPSE threshold decides on."""
+        return max(self.forward_total, self.backward_total)
+
+
+def find_collapses(layers: Sequence[LayerStats], threshold: float = COLLAPSE) -> list[Collapse]:
+    """The plain segments whose activation and output-gradient scales both decay below
+    `threshold` through depth (see the module docstring); layers in execution order."""
+    found = []
+    for segment in _plain_segments(layers):
+        if len(segment) < MIN_LAYERS:
+            continue
+        outs = [x.output_rms or 0.0 for x in segment]
+        grads = [x.output_grad_rms or 0.0 for x in segment]
+        forward = statistics.median(_factor(outs, i, backward=False) for i in range(len(segment) - 1))
+        backward = statistics.median(_factor(grads, i, backward=True) for i in range(len(segment) - 1))
+        collapse = Collapse(tuple(x.name for x in segment), forward, backward)
+        if forward < 1 and backward < 1 and collapse.worst_total < threshold:
+            found.append(collapse)
+    return found
+
+
+def collapse_of(layer: str, collapses: Sequence[Collapse]) -> Collapse | None:
+    return next((c for c in collapses if layer in c.layers), None)
+
+
+def collapse_evidence(collapse: Collapse) -> dict[str, Number]:
+    """collapse_* evidence keys for a finding on a layer of a collapsed segment."""
+    return {"collapse_activation_gain": collapse.forward_gain,
+            "collapse_activation_total": collapse.forward_total,
+            "collapse_gradient_gain": collapse.backward_gain,
+            "collapse_gradient_total": collapse.backward_total,
+            "collapse_layers": len(collapse.layers), "collapse_first": collapse.layers[0],
+            "collapse_last": collapse.layers[-1]}
+
+
+def describe_collapse(collapse: Collapse) -> str:
+    """The collapse in words: "the activation scale falls 0.71x per layer towards the output ..."."""
+    return (f"through the {len(collapse.layers)} plain layers {collapse.layers[0]}..{collapse.layers[-1]} "
+            f"the activation scale falls {collapse.forward_gain:.3g}x per layer towards the output "
+            f"({collapse.forward_total:.2g}x overall) and the output gradient {collapse.backward_gain:.3g}x "
+            f"per layer towards the input ({collapse.backward_total:.2g}x): the weight gradient "
+            "dW = delta h^T carries both decays, so every layer of it learns far slower than with a "
+            "variance-preserving init")
+
+
+def _chain(layers: Sequence[LayerStats]) -> list[LayerStats]:
+    """The dense layers (weight matrices and kernels) that received a gradient, sequence layers
+    (recurrent, attention, embedding) left out, in execution order."""
+    return [x for x in layers if x.role == "dense" and x.received
+            and not any(t in x.type_name for t in SEQUENCE_TYPES)]
+
+
+def _plain_segments(layers: Sequence[LayerStats]) -> list[list[LayerStats]]:
+    """The chain cut wherever a normalization layer executes between two of its layers or a
+    scale is not a positive finite number."""
+    norm_positions = [x.index for x in layers if x.role == "normalization"]
+    segments: list[list[LayerStats]] = []
+    current: list[LayerStats] = []
+    for layer in _chain(layers):
+        usable = _usable(layer.output_rms) and _usable(layer.output_grad_rms)
+        normalized = bool(current) and any(current[-1].index < p < layer.index for p in norm_positions)
+        if not usable or normalized:
+            segments.append(current)
+            current = []
+        if usable:
+            current.append(layer)
+    segments.append(current)
+    return [s for s in segments if s]
+
+
 def find_trends(layers: Sequence[LayerStats]) -> list[Trend]:
     """Geometric runs of the gradient and activation scale (layers in execution order)."""
-    chain = [x for x in layers if x.role == "dense" and x.received
-             and not any(t in x.type_name for t in SEQUENCE_TYPES)]
+    chain = _chain(layers)
     norm_positions = [x.index for x in layers if x.role == "normalization"]
     trends = []
     for signal in ("gradient", "activation"):

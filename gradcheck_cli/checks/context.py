@@ -7,7 +7,16 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from ..classify import LayerVerdict, Thresholds
-from ..depth import Trend, find_trends, trend_evidence, trend_of
+from ..depth import (
+    Collapse,
+    Trend,
+    collapse_evidence,
+    collapse_of,
+    find_collapses,
+    find_trends,
+    trend_evidence,
+    trend_of,
+)
 from ..measurements import NonfiniteOrigin
 from ..report import Finding, FindingKind, Number, Severity, Status
 from ..stats import LayerStats
@@ -32,6 +41,10 @@ class CheckContext:
     """Total gradient norm on the first probe batch, before any optimizer step."""
     first_step_update: tuple[str, float] | None = None
     """The layer the first optimizer step changed most, and its update/weight ratio."""
+    step_rounds: tuple[tuple[float, ...], ...] = ()
+    """Per batch the steps were taken on: its loss before the steps and after each (probe.py)."""
+    step_updates: tuple[tuple[str, float], ...] = ()
+    """Per optimizer step, in order: the layer it changed most and that update/weight ratio."""
     residual_modules: tuple[str, ...] = ()
     """Modules whose input the probe saw added to their result (a residual path, depth.py)."""
 
@@ -44,6 +57,16 @@ class CheckContext:
         """The geometric run through `layer` as stack_* evidence ({} when there is none)."""
         trend = trend_of(layer, self.trends, direction)
         return trend_evidence(trend, self.residual_modules) if trend is not None else {}
+
+    @cached_property
+    def collapses(self) -> list[Collapse]:
+        """Plain segments whose activation and output-gradient scales both collapse (depth.py)."""
+        return find_collapses(self.layers, self.thresholds.collapse)
+
+    def collapse_evidence(self, layer: str) -> dict[str, Number]:
+        """The collapse through `layer` as collapse_* evidence ({} when there is none)."""
+        collapse = collapse_of(layer, self.collapses)
+        return collapse_evidence(collapse) if collapse is not None else {}
 
     def layers_with(self, status: Status) -> list[tuple[LayerStats, LayerVerdict]]:
         return [(layer, v) for layer, v in zip(self.layers, self.verdicts) if v.status == status]
@@ -70,6 +93,20 @@ def layer_evidence(layer: LayerStats) -> dict[str, Number]:
     return evidence
 
 
+BORDERLINE = 2.0
+"""A number within this factor of its threshold is a borderline call (the finding's `margin`)."""
+
+
+def margin_evidence(measured: float | None, threshold: float | None) -> dict[str, Number]:
+    """{"margin": how many times past its threshold the deciding number lies} when that factor is
+    below BORDERLINE, else {}: one place for every threshold finding to say it is borderline, so
+    that a user can tell a call that another batch could flip from a clear one."""
+    if measured is None or threshold is None or not measured > 0 or not threshold > 0:
+        return {}
+    factor = max(measured / threshold, threshold / measured)
+    return {"margin": factor} if math.isfinite(factor) and factor < BORDERLINE else {}
+
+
 def activation_evidence(layer: LayerStats, **measured: Number) -> dict[str, Number]:
     """The evidence of a dead-relu or saturated-activation finding: the activation, the
     `measured` shares, its units, and the feeding layer's activation RMS."""
@@ -94,5 +131,7 @@ def status_findings(context: CheckContext, status: Status, kind: FindingKind, se
     direction = {Status.VANISHING: "decay", Status.EXPLODING: "growth"}.get(status)
     return [Finding(kind, layer.name, severity,
                     f"{layer.name} ({layer.type_name}) {phrase}: {verdict.reason}",
-                    {**layer_evidence(layer), **context.structure_evidence(layer.name, direction)})
+                    {**layer_evidence(layer), **context.structure_evidence(layer.name, direction),
+                     **context.collapse_evidence(layer.name),
+                     **margin_evidence(verdict.measured, verdict.threshold)})
             for layer, verdict in context.layers_with(status) if not verdict.through_time]
