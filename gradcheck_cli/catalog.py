@@ -126,10 +126,21 @@ _THROUGH_TIME_MEASURED = (
     "every weight_hh, its spectral radius and largest singular value against Pascanu's bound "
     "1/gamma (gamma bounds |f'|: 1 for tanh and relu, 1/4 for the sigmoid gates, so their bound is "
     "4). For LSTM/GRU the candidate block and the largest gate block are reported.\n\n"
+    "A cell called once per step in a Python loop (nn.RNNCell, nn.GRUCell, nn.LSTMCell, or a user's "
+    "own cell such as makemore's tanh(Linear(cat([x_t, h])))) is measured the same way: a layer whose "
+    "call k+1 receives an input derived from call k's output, for at least 4 calls in a row, is a "
+    "recurrence; the gradient reaching the state passed from each call to the next is its per-step "
+    "profile (T - 1 values for T calls, first call to last). The cell is vanilla when every path "
+    "from one state to the next passes through the layer (nn.RNNCell; a user cell without gates), "
+    "gated when a path goes around it (nn.GRUCell/LSTMCell, gates, a residual add): only vanilla "
+    "cells are called vanishing through time. For a user's own Linear cell the recurrent weight is "
+    "the block of columns that reads the state (the whole square weight when the state is its "
+    "input). Steps whose gradient underflowed to exactly 0 in float32 are counted (zero_steps) and "
+    "left out of per_step_factor.\n\n"
     "Evidence keys: steps, bidirectional, near_end, far_end_step_grad_rms, near_end_step_grad_rms, "
     "far_over_near, per_step_factor, effective_horizon, first_step_grad_rms, last_step_grad_rms, "
     "peak_step_grad_rms, grad_norm, weight_norm, grad_to_weight, grad_rms, output_grad_rms, "
-    "activation_rms, "
+    "activation_rms, zero_steps, recurrent_cell, cell_calls, "
     "max_largest_singular_value, max_spectral_radius, recurrent_bound, and per weight_hh "
     "<name>.spectral_radius, <name>.largest_singular_value, <name>.bound.")
 _THROUGH_TIME_ELSEWHERE = (
@@ -681,7 +692,8 @@ FIXES: dict[RecommendationId, Entry] = {
             "W_hh and tanh' at every step (Hochreiter & Schmidhuber 1997). A GRU's update gate plays the "
             "same role (Cho et al. 2014)."),
         measured=(
-            "Recommended for vanilla nn.RNN / nn.RNNCell layers with a vanishing-through-time finding. The "
+            "Recommended for vanilla nn.RNN / nn.RNNCell layers, and hand-written vanilla cells called in a "
+            "loop (where the snippet is nn.GRUCell / nn.LSTMCell), with a vanishing-through-time finding. The "
             "reason quotes the ratio of the gradient reaching the far end of the sequence to its peak, "
             "and the effective horizon."),
         thresholds=(

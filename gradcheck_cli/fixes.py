@@ -73,7 +73,19 @@ def recommend(findings: Sequence[Finding], layers: Sequence[LayerStats],
     divergence = next((f for f in findings if f.kind == FindingKind.DIVERGENCE), None)
     if divergence is not None:
         _divergence_fixes(recs, divergence)
-    return [recs[rid] for rid in RANK if rid in recs]
+    return [recs[rid] for rid in _ranking(findings) if rid in recs]
+
+
+def _ranking(findings: Sequence[Finding]) -> tuple[R, ...]:
+    """RANK, except that an init-scale finding makes the init the cause: its fix (he-init /
+    xavier-init) comes before clip-gradients and lower-lr, which only contain what a mis-scaled init
+    sets off (a lower rate or a clip cannot give the layers the scale they need)."""
+    if not any(f.kind == FindingKind.INIT_SCALE for f in findings):
+        return RANK
+    inits = (R.HE_INIT, R.XAVIER_INIT)
+    rest = [rid for rid in RANK if rid not in inits]
+    at = rest.index(R.CLIP_GRADIENTS)
+    return (*rest[:at], *inits, *rest[at:])
 
 
 def _explosion_fixes(recs: dict[R, Recommendation], exploding: list[LayerStats],
@@ -114,18 +126,24 @@ def _through_time_fixes(recs: dict[R, Recommendation], vanishing: list[LayerStat
                         layers: Sequence[LayerStats]) -> None:
     """gated-rnn for a vanilla RNN vanishing through time; clip-gradients for one exploding through
     time (Pascanu et al. 2013: clipping bounds the step however large the product of Jacobians)."""
-    recurrent = [x for x in vanishing if x.type_name in RECURRENT_VANILLA]
+    recurrent = [x for x in vanishing if x.type_name in RECURRENT_VANILLA or x.recurrent_cell == "vanilla"]
     if recurrent:
         x = recurrent[0]
         steps = oriented_steps(x.step_grad_rms, x.step_entry_grad_rms, x.bidirectional)
         horizon = effective_horizon(steps)
         reach = f", below 1e-3 of its value at the loss {horizon} steps back" if horizon else ""
+        # A cell called in a loop (cell_watch.py) is replaced by a gated cell in the same loop.
+        code = ("self.cell = nn.GRUCell(input_size, hidden_size)\n"
+                "# in the loop: h = self.cell(x_t, h); or nn.LSTMCell:\n"
+                "# h, c = self.cell(x_t, (h, c)); the cell state gives\n"
+                "# the gradient a path with factor ~1" if x.recurrent_cell else
+                "self.rnn = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True)\n"
+                "# or nn.GRU(...): the cell state gives the gradient a path with factor ~1")
         recs[R.GATED_RNN] = _rec(
             R.GATED_RNN, _names(recurrent),
             f"the gradient reaching the far end of {x.name}'s {len(steps)}-step sequence is "
             f"{_far_over_peak(steps):.2g} of its peak{reach}: the recurrence shrinks it at every step",
-            "self.rnn = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True)\n"
-            "# or nn.GRU(...): the cell state gives the gradient a path with factor ~1")
+            code)
     if exploding:
         x = exploding[0]
         steps = oriented_steps(x.step_grad_rms, x.step_entry_grad_rms, x.bidirectional)
@@ -282,16 +300,22 @@ def _nonfinite_fixes(recs: dict[R, Recommendation], findings: Sequence[Finding],
 
 
 def _divergence_fixes(recs: dict[R, Recommendation], divergence: Finding) -> None:
-    """lower-lr with the learning rate that brings the first step's largest update/weight ratio to
-    ~1e-3 (checks/divergence.py), and clip-gradients at the norm measured before any step."""
+    """lower-lr with the rate derived from the steps before the loss rose (checks/divergence.py:
+    their largest update/weight ratio brought to ~1e-3, within lr/1000..lr/10), and clip-gradients
+    at the norm measured before any step."""
     ev = divergence.evidence
     lr, suggested, ratio = ev.get("lr"), ev.get("suggested_lr"), ev.get("max_update_to_weight")
     optimizer = str(ev.get("optimizer") or "sgd")
     name = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}.get(optimizer, optimizer)
-    basis = (f"the first step changed {ev.get('max_update_layer')}'s weights by {_number(ratio)} of "
-             f"their norm; lr {_number(lr)} x 1e-3 / {_number(ratio)} brings that near the healthy 1e-3"
-             if isinstance(ratio, float) and math.isfinite(ratio) and ratio > 0
-             else "no step ratio to calibrate on, so 10x lower")
+    moved = (f"before the loss rose, a step changed {ev.get('max_update_layer')}'s weights by "
+             f"{_number(ratio)} of their norm")
+    basis = {
+        "update-ratio": f"{moved}; lr {_number(lr)} x 1e-3 / {_number(ratio)} brings that near the healthy 1e-3",
+        "floor": (f"{moved}, more than the weights themselves: lr x 1e-3 / {_number(ratio)} would be below "
+                  f"lr/1000, so the rate stops at lr/1000; the rest is the gradients' scale (see the init "
+                  "and clip fixes)"),
+    }.get(str(ev.get("suggested_lr_basis")), "a learning rate 10x lower (the step ratio asks for no more)"
+          if isinstance(ratio, float) and math.isfinite(ratio) else "no step ratio to calibrate on, so 10x lower")
     recs[R.LOWER_LR] = _rec(
         R.LOWER_LR, (), f"the loss diverges at lr {_number(lr)}: {basis}",
         f"optimizer = torch.optim.{name}(model.parameters(), lr={suggested:g})\n"

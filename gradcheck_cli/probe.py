@@ -305,9 +305,11 @@ def _replay_origin(model: nn.Module, inputs: Any, target: Any, loss_fn: Any, sta
     except UserError as error:
         # A later op or loss_fn that raised on the NaN (binary_cross_entropy refuses NaN inputs):
         # the origin is still where the NaN began, and what raised goes with it.
-        origin = watch.forward_origin
-        if forward_bad and origin is not None and watch.raised_on_nonfinite():
-            return replace(origin, raised=watch.describe_raise(error.__cause__ or error))
+        # (Only an error of the user's code, which a UserError wraps as its cause: "loss_fn returned a
+        # tensor of shape (16,)" is a mistake whatever the values.)
+        origin, cause = watch.forward_origin, error.__cause__
+        if forward_bad and origin is not None and cause is not None and watch.raised_on_nonfinite(cause):
+            return replace(origin, raised=watch.describe_raise(cause))
         return None  # a model that cannot run the same batch twice: the report goes on without an origin
     finally:
         state["replay_output"] = None

@@ -33,8 +33,10 @@ the step nearest the loss (the same 1e-3 as the vanishing rules, after AUTOTRAIN
 
 # PyTorch stacks the gate blocks of weight_hh along dim 0 in these orders (torch.nn.LSTM/GRU docs).
 # The candidate block ("g" of the LSTM, "n" of the GRU) goes through tanh; the gates through sigmoid.
-GATE_ORDER = {"LSTM": ("i", "f", "g", "o"), "GRU": ("r", "z", "n")}
-CANDIDATE = {"LSTM": "g", "GRU": "n"}
+# nn.LSTMCell / nn.GRUCell stack their weight_hh the same way.
+GATE_ORDER = {"LSTM": ("i", "f", "g", "o"), "GRU": ("r", "z", "n"),
+              "LSTMCell": ("i", "f", "g", "o"), "GRUCell": ("r", "z", "n")}
+CANDIDATE = {"LSTM": "g", "GRU": "n", "LSTMCell": "g", "GRUCell": "n"}
 
 
 def recurrent_weights(module: nn.Module) -> tuple[RecurrentWeight, ...]:
@@ -65,6 +67,33 @@ def recurrent_weights(module: nn.Module) -> tuple[RecurrentWeight, ...]:
         out.append(_spectrum(name, "gates", [b for g, b in blocks.items() if g != candidate],
                              ACTIVATION_BOUND["sigmoid"]))
     return tuple(out)
+
+
+def cell_state_weights(module: nn.Module, columns: str | None,
+                       activation: str | None) -> tuple[RecurrentWeight, ...]:
+    """The recurrent block of a user's own cell layer (cell_watch.py), where it can be identified.
+
+    The layer's 2-D `weight` (out x in, as nn.Linear) maps the state back into itself through the
+    columns that read the state: all of them when the layer's input is the (activated) previous
+    output itself (`h = tanh(self.h2h(h) + self.i2h(x))`: square weight), the first or last `out`
+    columns when it is a 2-way cat([h, x]) / cat([x, h]) (makemore's `Linear(cat([x_t, h]))`).
+    The bound is 1/gamma of the activation on the way (tanh, relu: 1; sigmoid: 4; none: 1).
+    Anything else (a conv cell, a cat of three parts): () and no spectrum in the evidence.
+    """
+    import torch
+
+    weight = getattr(module, "weight", None)
+    if columns is None or not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        return ()
+    out, width = weight.shape
+    w = weight.detach().double().cpu()
+    if columns == "all" and out == width:
+        block, name = w, "all"
+    elif columns in ("first", "last") and width > out:
+        block, name = (w[:, :out] if columns == "first" else w[:, width - out:]), "state"
+    else:
+        return ()
+    return (_spectrum("weight", name, [block], ACTIVATION_BOUND.get(activation or "", 1.0)),)
 
 
 def _spectrum(name: str, block: str, mats: list[torch.Tensor], bound: float) -> RecurrentWeight:
