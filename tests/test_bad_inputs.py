@@ -82,6 +82,21 @@ def _save_code_pickle(folder: Path) -> None:
     torch.save({"weight": _RunsCode()}, folder / "evil.pt")
 
 
+def _save_with_namespace(folder: Path) -> None:
+    """A training script's checkpoint that also pickles its argparse arguments (an object)."""
+    import argparse
+
+    import torch
+
+    torch.save({"state_dict": {}, "args": argparse.Namespace(lr=0.1)}, folder / "run.ckpt")
+
+
+def _inflating(path: Path) -> None:
+    from checkpoint_files import inflating_checkpoint
+
+    inflating_checkpoint(path, 64 << 20)  # 64 MiB of zeros in a 64 KiB file
+
+
 def _save_truncated(folder: Path) -> None:
     _save_state_dict("full.pt")(folder)
     (folder / "truncated.pt").write_bytes((folder / "full.pt").read_bytes()[:64])
@@ -399,9 +414,15 @@ ROWS: list[Row] = [
     # ----------------------------------------------------------------------------- checkpoints
     Row("checkpoint-missing", ("model.py", "--checkpoint", "nope.pt"), ("--checkpoint nope.pt: no such file",
                                                                          ".safetensors"), {"model.py": MLP}),
-    Row("checkpoint-format", ("model.py", "--checkpoint", "weights.bin"), ("unknown checkpoint format '.bin'",
-                                                                            "torch.save(model.state_dict()"),
-        {"model.py": MLP, "weights.bin": "x"}),
+    Row("checkpoint-format", ("model.py", "--checkpoint", "weights.onnx"), ("unknown checkpoint format '.onnx'",
+                                                                             "a torch.save file (.pt, .pth, .ckpt"),
+        {"model.py": MLP, "weights.onnx": "x"}),
+    Row("checkpoint-global", ("model.py", "--checkpoint", "run.ckpt"), (
+        "refusing to load run.ckpt", "it needs the global argparse.Namespace", "torch.save(model.state_dict()"),
+        {"model.py": MLP}, make=_save_with_namespace),
+    Row("checkpoint-inflating", ("model.py", "--checkpoint", "bomb.pt"), (
+        "refusing to load --checkpoint bomb.pt", "would inflate to 64.0 MiB", "torch.save never compresses"),
+        {"model.py": MLP}, make=lambda folder: _inflating(folder / "bomb.pt")),
     Row("checkpoint-runs-code", ("model.py", "--checkpoint", "evil.pt"), ("refusing to load evil.pt",
                                                                           "could run code", "posix.system",
                                                                           "torch.save(model.state_dict()"),
@@ -418,6 +439,17 @@ ROWS: list[Row] = [
         {"model.py": MLP}, make=_save_truncated),
     # ------------------------------------------------------------------------- resource guards
     Row("option-timeout", ("builtin:relu-he", "--timeout", "-1"), ("--timeout", "got -1", "positive")),
+    Row("option-timeout-huge", ("builtin:relu-he", "--timeout", "1e10"), (
+        "--timeout", "expected at most 1e+09 seconds", "got 10000000000.0")),
+    Row("option-seed-huge", ("builtin:relu-he", "--seed", "18446744073709551615"), (
+        "--seed", "expected an integer from 0 to 9223372036854775807", "got 18446744073709551615")),
+    Row("baseline-nested", ("builtin:relu-he", "--baseline", "baseline.json"), (
+        "baseline baseline.json: nested too deeply to read", "--write-baseline"),
+        {"baseline.json": '{"schema": "gradcheck/baseline@1", "findings": ' + "[" * 100_000 + "]" * 100_000 + "}"}),
+    Row("pyproject-nested", ("model.py",), ("pyproject.toml: nested too deeply to read", "[tool.gradcheck]"),
+        {"pyproject.toml": "[tool.gradcheck]\nfail_on = " + "[" * 100_000 + "]" * 100_000 + "\n", "model.py": MLP}),
+    Row("output-folder-missing", ("builtin:relu-he", "--output", "reports/report.json"), (
+        "cannot write reports/report.json: No such file or directory", "check that the folder exists")),
     Row("scan-timeout", ("builtin:relu-he", "--timeout", "0.000001"), ("timed out after", "raise --timeout")),
 ]
 
@@ -510,7 +542,11 @@ def test_row_that_is_no_error(row: Row, in_tmp: Path, monkeypatch: pytest.Monkey
         assert needle in result.stderr, f"{needle!r} not in: {result.stderr}"
     for name in row.lands:
         assert (in_tmp / name).is_file(), name
+    import torch
+
+    # the process is given back as it was: working directory, default dtype, grad mode
     assert Path.cwd() == in_tmp
+    assert torch.get_default_dtype() == torch.float32 and torch.is_grad_enabled()
 
 
 @pytest.mark.parametrize("row_id", ["loss-nan", "loss-raises-on-nan"])

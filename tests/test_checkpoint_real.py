@@ -9,18 +9,16 @@ is inflated.
 from __future__ import annotations
 
 import collections
-import io
 import math
 import pickle
-import struct
 import subprocess
 import sys
 import textwrap
-import zlib
 from pathlib import Path
 
 import pytest
 import torch
+from checkpoint_files import inflating_checkpoint
 from cli_errors import assert_one_line_error
 from model_files import HEALTHY_FILE
 from torch import nn
@@ -180,71 +178,10 @@ def test_numpy_arrays_stay_refused_by_name(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------ memory
 
-class _Storage:
-    def __init__(self, numel: int) -> None:
-        self.numel = numel
-
-
-class _Tensor:
-    """Pickles as torch.save pickles a float32 tensor of `numel` elements, without allocating it."""
-
-    def __init__(self, numel: int) -> None:
-        self.storage, self.numel = _Storage(numel), numel
-
-    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
-        return (torch._utils._rebuild_tensor_v2,
-                (self.storage, 0, (self.numel,), (1,), False, collections.OrderedDict()))
-
-
-class _TorchPickler(pickle.Pickler):
-    def persistent_id(self, obj: object) -> object:
-        if isinstance(obj, _Storage):  # torch.save's own reference to record data/0
-            return ("storage", torch.FloatStorage, "0", "cpu", obj.numel)
-        return None
-
-
-def _zip(records: list[tuple[str, bytes, int, int, int]]) -> bytes:
-    """A zip archive from (name, data as stored, method, crc32, size once inflated) records."""
-    out, directory = io.BytesIO(), io.BytesIO()
-    for name, data, method, crc, size in records:
-        offset = out.tell()
-        encoded = name.encode()
-        out.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0, crc, len(data), size,
-                              len(encoded), 0) + encoded + data)
-        directory.write(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0, crc,
-                                    len(data), size, len(encoded), 0, 0, 0, 0, 0, offset) + encoded)
-    start, entries = out.tell(), directory.getvalue()
-    out.write(entries + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(records), len(records),
-                                    len(entries), start, 0))
-    return out.getvalue()
-
-
-def _inflating_checkpoint(path: Path, inflated: int) -> None:
-    """A torch.save-layout file whose data/0 record is deflated zeros: ~1 MB per GiB on disk.
-
-    The deflate stream is one fully flushed 4 MiB block of zeros repeated (each block starts
-    afresh), so writing it costs no compression time."""
-    chunk = 1 << 22
-    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
-    block = compressor.compress(bytes(chunk)) + compressor.flush(zlib.Z_FULL_FLUSH)
-    stream = block * (inflated // chunk) + compressor.flush(zlib.Z_FINISH)
-    crc, zeros = 0, bytes(chunk)
-    for _ in range(inflated // chunk):
-        crc = zlib.crc32(zeros, crc)
-    pickled = io.BytesIO()
-    _TorchPickler(pickled, protocol=2).dump({"0.weight": _Tensor(inflated // 4)})
-
-    def stored(name: str, data: bytes) -> tuple[str, bytes, int, int, int]:
-        return (f"archive/{name}", data, 0, zlib.crc32(data), len(data))
-
-    path.write_bytes(_zip([stored("data.pkl", pickled.getvalue()), stored("byteorder", b"little"),
-                           ("archive/data/0", stream, 8, crc, inflated), stored("version", b"3\n")]))
-
-
 def test_crafted_file_is_what_torch_reads(tmp_path: Path) -> None:
     """The helper writes a file torch.load reads as a tensor of zeros (checked small)."""
     path = tmp_path / "small.pt"
-    _inflating_checkpoint(path, 1 << 22)
+    inflating_checkpoint(path, 1 << 22)
     assert path.stat().st_size < 10_000
     loaded = torch.load(path, weights_only=True)
     assert loaded["0.weight"].shape == (1 << 20,) and not loaded["0.weight"].any()
@@ -264,7 +201,7 @@ print(code, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 def test_a_file_that_inflates_to_1_gib_is_refused_before_it_inflates(tmp_path: Path) -> None:
     inflated = 1 << 30
     path = tmp_path / "bomb.pt"
-    _inflating_checkpoint(path, inflated)
+    inflating_checkpoint(path, inflated)
     assert path.stat().st_size < 2 << 20  # about 1 MB on disk
     model_file = tmp_path / "model.py"
     model_file.write_text(textwrap.dedent(HEALTHY_FILE))
