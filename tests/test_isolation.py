@@ -8,6 +8,7 @@ directory) runs the CLI in a subprocess; the rest uses typer's CliRunner or the 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -16,15 +17,16 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from cli_errors import assert_one_line_error
 from typer.testing import CliRunner
 
 from gradcheck_cli import scan
 from gradcheck_cli.cli import app
+from gradcheck_cli.isolation import capture_rng, restore_rng, seed_all
 
-from cli_errors import assert_one_line_error
+HAS_NUMPY = importlib.util.find_spec("numpy") is not None  # optional for gradcheck
 
 runner = CliRunner()
 
@@ -174,10 +176,11 @@ def _line_of(text: str, needle: str) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-MODELS = {"default_init.py": DEFAULT_INIT, "dropout.py": DROPOUT, "numpy_batch.py": NUMPY_BATCH,
-          "random_batch.py": RANDOM_BATCH}
+MODELS = {"default_init.py": DEFAULT_INIT, "dropout.py": DROPOUT, "random_batch.py": RANDOM_BATCH,
+          **({"numpy_batch.py": NUMPY_BATCH} if HAS_NUMPY else {})}
 
 
+@pytest.mark.slow  # two interpreters, four scans each
 def test_same_seed_same_bytes_across_processes_for_user_models(tmp_path: Path) -> None:
     """Default init, dropout, numpy and `random` batches: two interpreters, the same JSON bytes."""
     _write(tmp_path, MODELS)
@@ -193,9 +196,10 @@ def test_same_seed_same_bytes_across_processes_for_user_models(tmp_path: Path) -
 def test_the_same_target_twice_in_a_recipe_gives_the_same_report(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    _write(tmp_path, {"default_init.py": DEFAULT_INIT, "numpy_batch.py": NUMPY_BATCH})
-    recipe = _recipe(tmp_path, "twice.yaml", [("first", "default_init.py"), ("numpy", "numpy_batch.py"),
-                                              ("again", "default_init.py"), ("numpy2", "numpy_batch.py")])
+    batches = "numpy_batch.py" if HAS_NUMPY else "random_batch.py"
+    _write(tmp_path, {"default_init.py": DEFAULT_INIT, batches: MODELS[batches]})
+    recipe = _recipe(tmp_path, "twice.yaml", [("first", "default_init.py"), ("numpy", batches),
+                                              ("again", "default_init.py"), ("numpy2", batches)])
     result = runner.invoke(app, ["run", recipe, "--format", "json"])
     assert result.exit_code in (0, 1), result.output
     reports = _reports(result.stdout)
@@ -237,19 +241,30 @@ def test_the_order_of_the_scans_does_not_matter(tmp_path: Path, monkeypatch: pyt
 
 
 def test_the_api_seeds_the_model_and_gives_the_callers_rng_states_back(tmp_path: Path) -> None:
-    _write(tmp_path, {"default_init.py": DEFAULT_INIT, "numpy_batch.py": NUMPY_BATCH})
+    _write(tmp_path, MODELS)
     torch.manual_seed(1234)
     random.seed(1234)
-    np.random.seed(1234)
-    before = torch.get_rng_state(), random.getstate(), np.random.get_state()
-    first = scan(str(tmp_path / "default_init.py"), batches=1)
-    numpy_report = scan(str(tmp_path / "numpy_batch.py"), batches=1)
-    assert scan(str(tmp_path / "default_init.py"), batches=1) == first
-    assert scan(str(tmp_path / "numpy_batch.py"), batches=1) == numpy_report
-    after = torch.get_rng_state(), random.getstate(), np.random.get_state()
-    assert torch.equal(before[0], after[0])
-    assert before[1] == after[1]
-    assert all(np.array_equal(a, b) for a, b in zip(before[2], after[2]))
+    before = capture_rng()
+    reports = {name: scan(str(tmp_path / name), batches=1) for name in MODELS}
+    for name, report in reports.items():
+        assert scan(str(tmp_path / name), batches=1) == report, name
+    after = capture_rng()
+    assert torch.equal(before.torch, after.torch)
+    assert before.python == after.python
+    if HAS_NUMPY:
+        assert all(a == b if not hasattr(a, "shape") else (a == b).all()
+                   for a, b in zip(before.numpy, after.numpy))
+
+
+def test_seeding_skips_numpy_when_it_is_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "numpy", None)  # `import numpy` raises ImportError
+    states = capture_rng()
+    assert states.numpy is None
+    seed_all(7)
+    first = torch.rand(3), random.random()
+    seed_all(7)
+    assert torch.equal(torch.rand(3), first[0]) and random.random() == first[1]
+    restore_rng(states)
 
 
 # --------------------------------------------------------------------------------------------------
