@@ -49,7 +49,8 @@ FormatOption = Annotated[str, typer.Option(
     "--format", help="table, json, markdown, sarif, junit or github. Machine formats are alone on stdout; "
                      "github writes workflow-command annotations to stderr.")]
 OutputOption = Annotated[Path | None, typer.Option(
-    "--output", "-o", help="Write the report to FILE (atomically: never a truncated file) instead of stdout.",
+    "--output", "-o", help="Write the report to FILE instead of stdout ('-': stdout). A regular file is "
+                           "replaced atomically; a FIFO, device or /dev/fd/N is written through.",
     dir_okay=False, show_default=False)]
 BaselineOption = Annotated[Path | None, typer.Option(
     "--baseline", help="Accept the findings listed in FILE (kind + layer) and fail only on new ones.",
