@@ -76,8 +76,8 @@ class OriginWatch(TorchFunctionMode):
         self.on_node = on_node
         self.forward_origin: NonfiniteOrigin | None = None
         self.backward_origin: NonfiniteOrigin | None = None
-        self.raised_by: tuple[str, Location, bool] | None = None
-        """The first op that raised: (op, location, whether its inputs were all finite)."""
+        self.raised_by: tuple[str, Location, bool, BaseException] | None = None
+        """The last op that raised: (op, location, whether its inputs were all finite, the error)."""
         self._seen_nodes: set[int] = set()
 
     def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (),
@@ -110,27 +110,34 @@ class OriginWatch(TorchFunctionMode):
         before an in-place op touched them, were all finite)."""
         try:
             return func(*args, **kwargs)
-        except Exception:
-            if self.raised_by is None:
-                finite = finite_before if finite_before is not None else _all_finite(
-                    _float_tensors((args, kwargs)))
-                self.raised_by = (op_name(func), self.where(), finite)
+        except Exception as error:
+            finite = finite_before if finite_before is not None else _all_finite(_float_tensors((args, kwargs)))
+            self.raised_by = (op_name(func), self.where(), finite, error)
             raise
 
-    def raised_on_nonfinite(self) -> bool:
-        """Whether a NaN/Inf born in this forward is what made it raise: an origin was seen, and
-        the raise came from an op whose inputs held NaN/Inf, or from Python code (a loss_fn's own
-        check) rather than from an op whose inputs were all finite (a shape or dtype mistake)."""
-        return self.forward_origin is not None and (self.raised_by is None or not self.raised_by[2])
+    def _raising_op(self, error: BaseException) -> tuple[str, Location, bool] | None:
+        """The op that raised `error` (None: Python code raised it, e.g. a loss_fn's own check;
+        an op error the user's code caught earlier is not it)."""
+        if self.raised_by is None or self.raised_by[3] is not error:
+            return None
+        return self.raised_by[:3]
+
+    def raised_on_nonfinite(self, error: BaseException) -> bool:
+        """Whether a NaN/Inf born in this forward is what made it raise `error`: an origin was
+        seen, and the error came from an op whose inputs held NaN/Inf, or from Python code (a
+        loss_fn's own check), not from an op whose inputs were all finite (a shape mistake)."""
+        op = self._raising_op(error)
+        return self.forward_origin is not None and (op is None or not op[2])
 
     def describe_raise(self, error: BaseException) -> str:
         """"`binary_cross_entropy` in the loss raised RuntimeError: ..." for the report."""
         text = exception_text(error)
-        if self.raised_by is None:
+        op = self._raising_op(error)
+        if op is None:
             return f"the model or loss_fn raised {text}"
-        op, (module, _, _), _ = self.raised_by
+        name, (module, _, _), _ = op
         where = "the loss" if module == "(loss)" else f"'{module}'"
-        return f"`{op}` in {where} raised {text}"
+        return f"`{name}` in {where} raised {text}"
 
     def watch_node(self, node: Any, op: str, location: Location) -> None:
         """Have `on_node` hook `node` once (also nodes no torch function made: custom Functions)."""

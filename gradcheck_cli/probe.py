@@ -29,6 +29,7 @@ from .batches import batch_has_nonfinite, call_model, move_to, split_batch
 from .config import ScanConfig
 from .errors import UserError
 from .forward_error import forward_failure
+from .guards import is_out_of_memory
 from .isolation import seed_all
 from .losses import compute_loss
 from .measurements import LayerProbe, NonfiniteOrigin, ProbeResult
@@ -150,12 +151,13 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
         stage("forward pass", batch_index + 1, config.batches)
         try:
             loss, loss_kind = _forward_loss(model, inputs, target, loss_fn, state)
-        except UserError:
+        except UserError as error:
             # A NaN born in this forward that made a later op or loss_fn raise is a nonfinite
             # finding at its origin, not a user error: the scan ends here with what it measured.
-            stage("finding where the NaN/Inf starts", batch_index + 1, config.batches)
-            raised = _replay_origin(model, inputs, target, loss_fn, state, trainable, rng, device, True) \
-                if origin_pending and not bad_input else None
+            # Only the user's own errors can be (a UserError wrapping them); never out-of-memory.
+            if not origin_pending or bad_input or error.__cause__ is None or is_out_of_memory(error.__cause__):
+                raise
+            raised = _replay_origin(model, inputs, target, loss_fn, state, trainable, rng, device, True)
             if raised is None or raised.raised is None:
                 raise
             origin, origin_pending = raised, False

@@ -74,6 +74,16 @@ def test_a_loss_fn_error_on_finite_tensors_stays_a_user_error() -> None:
         scan(target, batches=1)
 
 
+def test_a_non_scalar_loss_stays_a_user_error_even_with_a_nan() -> None:
+    """gradcheck's own check of what loss_fn returned is about its shape, whatever the values."""
+    def loss_fn(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (output - target.unsqueeze(1)).pow(2)  # no .mean()
+
+    target = Target("non-scalar", _ShapeBug, lambda n: (torch.randn(n, 8), torch.randn(n)), loss_fn)
+    with pytest.raises(UserError, match=r"loss_fn returned a tensor of shape \(16, 4\)"):
+        scan(target, batches=1)
+
+
 def test_a_healthy_model_whose_loss_fn_raises_stays_a_user_error() -> None:
     def loss_fn(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy(output, target)  # logits, not probabilities: out of [0, 1]
