@@ -227,3 +227,27 @@ def test_a_nan_spreading_to_28_layers_is_one_finding_at_its_origin() -> None:
     assert "28 layers" in finding.message and "25 more" in finding.message
     guard = next(r for r in report.recommendations if r.id == R.GUARD_NONFINITE)
     assert guard.layers == ("(root)",)
+
+
+def test_fully_masked_rows_reads_each_mask_convention() -> None:
+    """softmax: -inf along `dim`; sdpa: bool True = attend, float -inf = masked; MHA: bool True =
+    masked, float -inf = masked, key_padding_mask (B, S) with attn_mask (B * heads, L, S)."""
+    from gradcheck_cli.nonfinite_origin import fully_masked_rows
+
+    scores = torch.zeros(2, 3, 4)
+    scores[0, 1] = float("-inf")  # one row of the last dim
+    assert fully_masked_rows("softmax", (scores, -1), {}) == (1, 6)
+    assert fully_masked_rows("softmax", (scores,), {"dim": 1}) == (0, 8)  # no column is all -inf
+    query = torch.zeros(2, 2, 3, 8)  # (batch, heads, L, E)
+    keep = torch.ones(2, 1, 3, 5, dtype=torch.bool)
+    keep[1, 0, 2] = False
+    assert fully_masked_rows("scaled_dot_product_attention", (query, query, query, keep), {}) == (2, 12)
+    additive = torch.zeros(3, 5).masked_fill(torch.tensor([True, False, False]).unsqueeze(1), float("-inf"))
+    assert fully_masked_rows("scaled_dot_product_attention", (query, query, query), {"attn_mask": additive}) == (4, 12)
+    mha_args = (torch.zeros(3, 2, 8), None, None, 8, 2, None, None, None, None, False)  # query (L, B, E)
+    padding = torch.tensor([[False, True], [True, True]])  # batch 1 is all padding
+    assert fully_masked_rows("multi_head_attention_forward", mha_args, {"key_padding_mask": padding}) == (3, 6)
+    per_head = torch.zeros(2 * 2, 3, 2, dtype=torch.bool)
+    per_head[1, 0] = True  # batch 0, head 1, query 0 masks both keys
+    assert fully_masked_rows("multi_head_attention_forward", mha_args, {"attn_mask": per_head}) == (1, 12)
+    assert fully_masked_rows("linear", (scores,), {}) == (0, 0)
