@@ -35,22 +35,25 @@ def _reentrant_graph_leaves(loss: torch.Tensor) -> list[torch.Tensor] | None:
     """Every leaf tensor of the loss's graph when it holds a reentrant node, else None."""
     if loss.grad_fn is None:
         return None
+    nodes = _graph_nodes(loss.grad_fn)
+    if not any(type(node).__name__ in REENTRANT_NODES for node in nodes):
+        return None
+    variables = (getattr(node, "variable", None) for node in nodes)  # AccumulateGrad: a leaf
+    return [v for v in variables if isinstance(v, torch.Tensor)]
+
+
+def _graph_nodes(root: object) -> list[object]:
     seen: set[object] = set()
-    stack = [loss.grad_fn]
-    leaves: list[torch.Tensor] = []
-    reentrant = False
+    stack = [root]
+    nodes = []
     while stack:
         node = stack.pop()
         if node is None or node in seen:
             continue
         seen.add(node)
-        name = type(node).__name__
-        reentrant = reentrant or name in REENTRANT_NODES
-        variable = getattr(node, "variable", None)  # an AccumulateGrad node: a leaf
-        if isinstance(variable, torch.Tensor):
-            leaves.append(variable)
-        stack.extend(fn for fn, _ in node.next_functions)
-    return leaves if reentrant else None
+        nodes.append(node)
+        stack.extend(fn for fn, _ in node.next_functions)  # type: ignore[attr-defined]
+    return nodes
 
 
 def _gradients_by_backward(loss: torch.Tensor, tensors: Sequence[torch.Tensor],

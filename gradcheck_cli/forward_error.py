@@ -85,7 +85,8 @@ def gradcheck_location(exc: BaseException) -> str | None:
         if real.startswith(_GRADCHECK_DIR):
             if entered:
                 passes_through = "func(" in linecache.getline(filename, lineno)
-                culprit = None if passes_through else f"{os.path.relpath(real, os.path.dirname(_GRADCHECK_DIR[:-1]))}:{lineno}"
+                package_root = os.path.dirname(_GRADCHECK_DIR[:-1])
+                culprit = None if passes_through else f"{os.path.relpath(real, package_root)}:{lineno}"
             continue
         entered = True
         if not real.startswith(_LIBRARY_DIRS):

@@ -28,6 +28,7 @@ three passes instead of one, and no host sync.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -46,7 +47,7 @@ def tensor_norm(t: torch.Tensor) -> torch.Tensor:
     return _scaled_norm(values)
 
 
-def squared_norms(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+def squared_norms(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
     """||t||^2 of each tensor, as one float64 vector on `device` (one host sync in all).
 
     The fast path runs as one fused call per accumulation dtype (torch._foreach_norm, as cheap as
@@ -108,9 +109,11 @@ def _accumulation(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+_REAL = {torch.complex32: torch.float16, torch.complex64: torch.float32, torch.complex128: torch.float64}
+
+
 def _real_dtype(dtype: torch.dtype) -> torch.dtype:
-    return {torch.complex32: torch.float16, torch.complex64: torch.float32,
-            torch.complex128: torch.float64}.get(dtype, dtype)
+    return _REAL.get(dtype, dtype)
 
 
 def _trusted(norm: float, acc: torch.dtype) -> bool:

@@ -17,7 +17,8 @@ Printed per file:
     grad norm (L2 over the layer's own gradients), weight-grad norm (parameters whose name
     contains "weight"), weight norm, grad/weight, non-finite gradient count; each averaged
     over the 3 batches. Norms and counts are taken in float64 of the stored values
-    (stored_values: a sparse gradient's coalesced values, a complex tensor's modulus |z|). Layers whose parameters are all frozen or that get no gradient at all
+    (stored_values: a sparse gradient's coalesced values, a complex tensor's modulus |z|).
+    Layers whose parameters are all frozen or that get no gradient at all
     are listed as "frozen" / "unused" and left out of the ratios;
   * first/last ratio: grad norm of the first executed trainable layer over the last one;
   * the range of grad/weight over the trainable layers;
