@@ -394,8 +394,8 @@ def _watch_steps(module: nn.Module, acc: _LayerAcc, args: tuple[Any, ...],
     or not the input itself requires grad, and the graph upstream is unchanged.
     """
     x = args[0]
-    if not x.is_floating_point() or x.dim() != 3:
-        return args
+    if not x.is_floating_point() or x.dim() != 3 or not torch.is_grad_enabled():
+        return args  # no_grad: a reentrant checkpoint's first pass (its recompute is watched)
     leaf = torch.zeros_like(x, requires_grad=True)
     leaves.append(leaf)
     x = x + leaf

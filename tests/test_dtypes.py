@@ -348,3 +348,27 @@ def test_an_error_in_the_users_forward_is_still_the_users() -> None:
 
     with pytest.raises(UserError, match="the model failed on the probe batch in module '2'"):
         run_probe(build(), _float_batch, None, ScanConfig(batches=1, batch_size=4))
+
+
+class _CheckpointedGRU(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.GRU(8, 16, batch_first=True)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = checkpoint(lambda t: self.rnn(t)[0], x.requires_grad_(), use_reentrant=True)
+        return self.head(out.mean(1))
+
+
+def test_recurrent_layer_inside_a_reentrant_checkpoint_matches_plain_autograd() -> None:
+    """The checkpoint's first pass runs under no_grad: the probe's per-step watch of the GRU's
+    input must leave it alone there (it watches the recompute instead)."""
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        return _CheckpointedGRU()
+
+    def make_batch(batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(batch_size, 10, 8), torch.randint(0, 4, (batch_size,))
+
+    _assert_matches_plain_autograd(build, make_batch, nn.functional.cross_entropy, rel=1e-5)
