@@ -241,13 +241,15 @@ def _step_hook(slots: list[torch.Tensor]) -> Any:
 def _scaled_square(g: torch.Tensor) -> torch.Tensor:
     """(log2 max |g|, mean of (g / max |g|)^2, numel) in float32, whatever g's dtype: the far
     steps of a vanishing cell hold ~1e-40, whose square is far below float32's range."""
-    g = g.detach()
-    if g.dtype not in (torch.float32, torch.float64):
-        g = g.float()
-    scale = g.abs().amax()
+    size = g.detach().abs()  # |g|, real also for a complex state
+    if size.dtype not in (torch.float32, torch.float64):
+        size = size.float()
+    if size.numel() == 0:
+        return torch.tensor([-math.inf, 0.0, 0.0], device=g.device)
+    scale = size.amax()
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    mean_square = (g / safe).pow(2).mean()
-    numel = torch.tensor(float(g.numel()), device=g.device)
+    mean_square = (size / safe).pow(2).mean()
+    numel = torch.tensor(float(size.numel()), device=g.device)
     return torch.stack([scale.log2().float(), mean_square.float(), numel])
 
 
