@@ -37,7 +37,8 @@ flows from call to call. The RMS is kept as (log2 of the max |g|, mean square of
 steps whose gradients lie near or below the float32 range (the far steps of a vanishing cell hold
 ~1e-40) are neither squared into 0 nor lost when steps and batches are combined.
 
-A chain needs the state as a positional argument (forward pre-hooks see no keyword arguments).
+A chain needs the state as a positional argument (forward pre-hooks see no keyword arguments), and
+an autograd path between calls: torch.utils.checkpoint(..., use_reentrant=True) detaches it.
 When calls form several chains in one forward, the longest ones are combined; when the probe
 batches give chains of different lengths, no profile is reported.
 """

@@ -224,6 +224,9 @@ def test_step_gradients_far_below_float32_range_do_not_underflow() -> None:
         both = _combined_rms([tuple(_scaled_square(g).tolist()),  # type: ignore[list-item]
                               tuple(_scaled_square(torch.ones(16, 32, dtype=dtype)).tolist())])
         assert both == pytest.approx(math.sqrt(0.5), rel=1e-6)
+    # A complex state: the RMS of |g|.
+    z = torch.full((4, 8), 3 + 4j, dtype=torch.complex64)
+    assert _combined_rms([tuple(_scaled_square(z).tolist())]) == pytest.approx(5.0, rel=1e-6)  # type: ignore[list-item]
 
 
 # --------------------------------------------------------------------------- exploding
