@@ -33,11 +33,11 @@ class CharGRU(nn.Module):
     def forward(self, tokens):
         emb = self.embed(tokens)
         h = emb.new_zeros(tokens.size(0), self.hidden_size)
-        logits = []
+        states = []
         for t in range(tokens.size(1)):
             h = self.cell(emb[:, t], h)
-            logits.append(self.decoder(h))
-        return torch.stack(logits, dim=1)
+            states.append(h)
+        return self.decoder(torch.stack(states, dim=1))
 
 
 def build_model():
