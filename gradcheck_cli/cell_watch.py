@@ -61,8 +61,10 @@ MIN_CALLS = 4
 WALK_BUDGET = 2048
 """Autograd nodes one walk may visit (a cell's step is a few dozen; the walk is pruned by age)."""
 
-TORCH_CELLS = {"RNNCell": "vanilla", "RNN": "vanilla", "GRUCell": "gated", "LSTMCell": "gated",
-               "GRU": "gated", "LSTM": "gated"}
+# torch's own recurrent modules, by class (a user's class may share the name): vanilla or gated.
+TORCH_CELLS: tuple[tuple[type[nn.Module], str], ...] = (
+    (nn.RNNCell, "vanilla"), (nn.RNN, "vanilla"), (nn.GRUCell, "gated"), (nn.LSTMCell, "gated"),
+    (nn.GRU, "gated"), (nn.LSTM, "gated"))
 
 
 @dataclass(frozen=True)
@@ -173,15 +175,12 @@ class CellWatch:
         if profile is None or profile.ragged or not profile.steps:
             return None
         steps = tuple(_combined_rms(slots) for slots in profile.steps)
-        kind = TORCH_CELLS.get(type(module).__name__)
-        if kind is None:
-            kinds = profile.kinds
-            kind = "gated" if "gated" in kinds else ("unknown" if "unknown" in kinds else "vanilla")
-        if type(module).__name__ in TORCH_CELLS:
-            weights = recurrent_weights(module)
-        else:
-            weights = cell_state_weights(module, profile.state_columns, profile.activation)
-        return CellLoop(steps, kind, weights)
+        known = next((kind for cls, kind in TORCH_CELLS if isinstance(module, cls)), None)
+        if known is not None:
+            return CellLoop(steps, known, recurrent_weights(module))
+        kinds = profile.kinds
+        kind = "gated" if "gated" in kinds else ("unknown" if "unknown" in kinds else "vanilla")
+        return CellLoop(steps, kind, cell_state_weights(module, profile.state_columns, profile.activation))
 
     def layer_fields(self, name: str, module: nn.Module) -> dict[str, Any]:
         """The LayerProbe fields of a layer that runs as a cell in a loop ({} for any other): its
