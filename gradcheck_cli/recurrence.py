@@ -77,13 +77,23 @@ def cell_state_weights(module: nn.Module, columns: str | None,
     columns that read the state: all of them when the layer's input is the (activated) previous
     output itself (`h = tanh(self.h2h(h) + self.i2h(x))`: square weight), the first or last `out`
     columns when it is a 2-way cat([h, x]) / cat([x, h]) (makemore's `Linear(cat([x_t, h]))`).
+    A cell module that owns its matrices itself (`tanh(x @ self.W_xh + h @ self.W_hh + self.b)`)
+    and takes the state as it is: its one square matrix is W_hh (two square ones are ambiguous).
     The bound is 1/gamma of the activation on the way (tanh, relu: 1; sigmoid: 4; none: 1).
     Anything else (a conv cell, a cat of three parts): () and no spectrum in the evidence.
     """
     import torch
 
+    bound = ACTIVATION_BOUND.get(activation or "", 1.0)
     weight = getattr(module, "weight", None)
-    if columns is None or not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+    if not isinstance(weight, torch.Tensor):
+        square = [(name, p) for name, p in module.named_parameters(recurse=False)
+                  if p.dim() == 2 and p.shape[0] == p.shape[1]]
+        if columns != "all" or len(square) != 1:
+            return ()
+        name, param = square[0]
+        return (_spectrum(name, "all", [param.detach().double().cpu()], bound),)
+    if columns is None or weight.dim() != 2:
         return ()
     out, width = weight.shape
     w = weight.detach().double().cpu()
@@ -93,7 +103,7 @@ def cell_state_weights(module: nn.Module, columns: str | None,
         block, name = (w[:, :out] if columns == "first" else w[:, width - out:]), "state"
     else:
         return ()
-    return (_spectrum("weight", name, [block], ACTIVATION_BOUND.get(activation or "", 1.0)),)
+    return (_spectrum("weight", name, [block], bound),)
 
 
 def _spectrum(name: str, block: str, mats: list[torch.Tensor], bound: float) -> RecurrentWeight:

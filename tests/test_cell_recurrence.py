@@ -312,6 +312,33 @@ def test_elman_cell_written_with_two_linears_is_a_vanilla_recurrence_of_h2h() ->
         float(torch.linalg.matrix_norm(w, ord=2)), rel=1e-6)
 
 
+class OwnMatrixCell(nn.Module):
+    """A cell that owns its matrices: h = tanh(x W_xh + h W_hh + b), W_hh scaled to norm 0.5."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.W_xh = nn.Parameter(torch.randn(FEATURES, HIDDEN) / FEATURES**0.5)
+        w_hh = torch.randn(HIDDEN, HIDDEN)
+        self.W_hh = nn.Parameter(0.5 * w_hh / torch.linalg.matrix_norm(w_hh, ord=2))
+        self.b = nn.Parameter(torch.zeros(HIDDEN))
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x @ self.W_xh + h @ self.W_hh + self.b)
+
+
+def test_cell_owning_its_matrices_vanishes_with_its_square_matrix_as_w_hh() -> None:
+    target = _target(lambda: OwnCellLoop(OwnMatrixCell()), 60)
+    report = scan(target)
+    ref = _reference_states(target, "cell", 1)
+    finding = next(f for f in _through_time(report))
+    assert (finding.kind, finding.layer) == (FindingKind.VANISHING_THROUGH_TIME, "cell")
+    ev = finding.evidence
+    assert ev["recurrent_cell"] == "vanilla"
+    assert ev["first_step_grad_rms"] == pytest.approx(ref[0], rel=1e-4)
+    assert ev["W_hh.largest_singular_value"] == pytest.approx(0.5, rel=1e-5)
+    assert "must vanish" in finding.message  # 0.5 < the bound 1 of tanh
+
+
 def test_makemore_style_own_gru_cell_is_gated_and_not_vanishing() -> None:
     target = _target(lambda: OwnCellLoop(MakemoreGRUCell()), 60)
     layers = _probe(target)
