@@ -104,7 +104,8 @@ NOT_YET_RECOMMENDED = "Not yet recommended by this version: no rule emits this r
 
 # The through-time rules of classify.py, quoted by several entries.
 _RNN_VANISH = (
-    f"- far end vs peak: a vanilla nn.RNN whose far end of the sequence receives less than "
+    f"- far end vs peak: a vanilla nn.RNN (or vanilla cell called in a loop) whose far end of the sequence "
+    f"receives less than "
     f"{_num(T.vanish_relative)} of the peak per-step gradient vanishes through time (the 1e-3 ratio of "
     "AUTOTRAINER, applied along time as Pascanu et al. 2013 describe the decay).")
 _RNN_EXPLODE = (
