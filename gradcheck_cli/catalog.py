@@ -233,7 +233,10 @@ FINDINGS: dict[FindingKind, Entry] = {
             "grad_to_weight, grad_rms, and the RMS of the gradient arriving at each layer's output "
             "(output_grad_rms), which is compared along a stack of identical layers.\n\n"
             "Evidence keys: grad_norm, weight_norm, grad_to_weight, grad_rms, output_grad_rms, "
-            f"activation_rms.\n\n{_STACK_MEASURED}"),
+            f"activation_rms.\n\n{_STACK_MEASURED}\n\n"
+            "When the first NaN/Inf is an overflow (see nonfinite) at the end of a measured growth run, "
+            "one finding for the whole model (layer null) carries the run's stack_* keys and the "
+            "overflow's origin, op, direction, input_max_abs and dtype."),
         thresholds=(
             f"- absolute: grad/weight above {_num(T.explode_grad_to_weight)}: even a learning rate of 1e-4 "
             "changes the weights by more than 10% in one step, beyond TheDeepChecker's upper bound on the "

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from gradcheck_cli import norms
+from gradcheck_cli.catalog import FINDINGS
 from gradcheck_cli.api import scan
 from gradcheck_cli.config import ScanConfig
 from gradcheck_cli.errors import UserError
@@ -318,6 +319,9 @@ def test_normal_init_relu_mlp_is_exploding_with_he_init_first(depth: int) -> Non
     else:  # the forward overflows float32 near layer 42: NaN is where the explosion ends
         growth = [f for f in exploding if f.layer is None]
         assert growth and growth[0].evidence["stack_trend"] == "growth"
+        documented = FINDINGS[FindingKind.EXPLODING].measured  # `gradcheck explain exploding`
+        assert all(key.split("_")[0] in documented for key in growth[0].evidence)
+        assert all(key in documented for key in growth[0].evidence if not key.startswith("stack_"))
 
 
 def test_overflow_of_the_loss_after_finite_growth_is_exploding() -> None:
