@@ -204,6 +204,9 @@ def test_tanh_rnncell_over_200_steps_vanishes_through_time() -> None:
         float(torch.linalg.eigvals(w_hh).abs().max()), rel=1e-6)
     assert ev["recurrent_bound"] == 1.0
     assert "called 200 times in a loop" in findings[0].message
+    # Default init: largest singular value above tanh's bound 1, spectral radius below it.
+    assert float(ev["weight_hh.largest_singular_value"]) > 1 > float(ev["weight_hh.spectral_radius"])  # type: ignore[arg-type]
+    assert "W_hh^n shrinks" in findings[0].message
     recs = {r.id: r for r in report.recommendations}
     assert recs[RecommendationId.GATED_RNN].layers == ("cell",)
     assert "nn.GRUCell" in recs[RecommendationId.GATED_RNN].code  # a cell for a cell loop

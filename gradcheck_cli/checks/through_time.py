@@ -11,8 +11,9 @@ has gone back through every layer's recurrence.
 
 Rules (classify.py, Pascanu, Mikolov & Bengio 2013; thresholds after AUTOTRAINER, Zhang et al.
 ICSE 2021, as for the layer-wise rules):
-* vanishing-through-time: a vanilla nn.RNN (or vanilla cell in a loop) whose far end of the sequence (the first step; for a
-  bidirectional layer the end opposite to where the loss's gradient enters, recurrence.near_end)
+* vanishing-through-time: a vanilla nn.RNN (or vanilla cell in a loop) whose far end of the
+  sequence (the first step; for a bidirectional layer the end opposite to where the loss's
+  gradient enters, recurrence.near_end)
   receives less than 1e-3 of the peak per-step gradient. LSTM/GRU are never called vanishing: at
   init their forget gates decay the gradient ~0.5-0.63x per step (tests/corpus/MANIFEST.md) and
   they learn to keep it; they are the fix. This catches a vanilla RNN whose parameter gradients
@@ -142,6 +143,10 @@ def _spectrum_phrase(layer: LayerStats, vanishing: bool) -> str:
         meaning = "for a gated cell the forget gate, not W_hh, sets the gain"
     elif sigma < bound:
         meaning = "below it the gradient must vanish"
+    elif vanishing and worst.spectral_radius is not None and worst.spectral_radius < bound:
+        # Gelfand: ||W^n||^(1/n) -> spectral radius, so n steps of W_hh still shrink as rho^n.
+        meaning = (f"above it one step may grow, but the spectral radius {worst.spectral_radius:.3g} is "
+                   f"below it: W_hh^n shrinks as {worst.spectral_radius:.3g}^n")
     elif vanishing:
         meaning = "above it the weights alone do not force vanishing: saturated derivatives did"
     else:
