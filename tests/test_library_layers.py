@@ -297,3 +297,9 @@ def test_query_key_stay_vanishing_when_the_value_path_vanishes_too() -> None:
 def test_query_key_stay_vanishing_when_they_decay_across_blocks() -> None:
     statuses = _statuses(_encoder(q0=3e-7, v0=3e-2, q1=4e-3))  # above the 1e-7 floor, 1e-4 of block 1's
     assert statuses["0.q"] == statuses["0.k"] == Status.VANISHING
+
+
+def test_query_key_with_too_large_weights_stay_vanishing() -> None:
+    """Large scores saturate the softmax (one-hot attention): small gradients that are no design."""
+    layers = [replace(x, weight_std=1.0) if x.attention_scores else x for x in _encoder(q0=4e-4, v0=3e-2, q1=5e-4)]
+    assert _statuses(layers)["0.q"] == Status.VANISHING
