@@ -4,10 +4,10 @@
 unpickler only rebuilds tensors and plain containers, so a file that holds pickled Python objects (a
 custom class, a `__reduce__` payload that would run a command) is refused before any of its code
 runs, and the refusal names the global it met. Besides torch's own allowlist, the numpy scalar
-globals (`numpy._core.multiarray.scalar`, `numpy.dtype` and the numeric dtype classes) are allowed,
-for the `np.float64(0.93)` a training loop stores as metadata; numpy arrays and every other global
-stay refused. `.safetensors` files hold nothing but tensors and are read with the optional
-`safetensors` package (`pip install 'gradcheck[safetensors]'`).
+globals (`numpy._core.multiarray.scalar`, or `numpy.core...` as numpy 1 wrote it, `numpy.dtype` and
+the numeric dtype classes) are allowed, for the `np.float64(0.93)` a training loop stores as
+metadata; numpy arrays and every other global stay refused. `.safetensors` files hold nothing but
+tensors and are read with the optional `safetensors` package (`pip install 'gradcheck[safetensors]'`).
 
 The file may hold a state_dict, or a training checkpoint dict whose "state_dict", "model" or
 "model_state_dict" entry is the state_dict (a Lightning `.ckpt` keeps it under "state_dict", next to
@@ -160,8 +160,10 @@ def _numpy_scalar_globals() -> Iterator[None]:
     except ImportError:
         yield
         return
-    core = getattr(numpy, "_core", None) or numpy.core  # numpy 2 renamed numpy.core
-    allowed: list[Any] = [core.multiarray.scalar, numpy.dtype]
+    scalar = (getattr(numpy, "_core", None) or numpy.core).multiarray.scalar  # numpy 2 renamed numpy.core
+    # A file saved under numpy 1 names the scalar constructor numpy.core..., under numpy 2 numpy._core...
+    allowed: list[Any] = [(scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"),
+                          numpy.dtype]
     allowed += list(dict.fromkeys(type(numpy.dtype(code)) for code in "?bBhHiIlLqQefdgFDGSU"))
     with torch.serialization.safe_globals(allowed):
         yield

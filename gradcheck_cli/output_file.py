@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -29,6 +30,8 @@ INHERITED = re.compile(r"^/(?:dev/(?:std(?P<std>out|err)|fd/(?P<fd>\d+))|proc/se
 MAX_LINKS = 40
 """Symlinks followed at most when looking for an inherited descriptor (Linux's own limit)."""
 TEMPORARY_TRIES = 100
+FOLDER_ERRORS = (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EROFS)
+"""Errors a missing or read-only folder gives; others (a full disk, a device refusing) speak alone."""
 
 
 def is_stdout(path: Path | None) -> bool:
@@ -53,8 +56,8 @@ def write_output(path: Path, text: str) -> None:
             return
         _replace_atomically(Path(real), text, existing)
     except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}; check that the folder exists "
-                        "and is writable") from None
+        hint = "; check that the folder exists and is writable" if exc.errno in FOLDER_ERRORS else ""
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}{hint}") from None
 
 
 def inherited_descriptor(path: str) -> int | None:
@@ -74,7 +77,8 @@ def inherited_descriptor(path: str) -> int | None:
 
 def _write_descriptor(descriptor: int, text: str) -> None:
     for stream in (sys.stdout, sys.stderr):  # what Python buffered comes first
-        stream.flush()
+        if stream is not None:
+            stream.flush()
     data = text.encode("utf-8")
     while data:
         data = data[os.write(descriptor, data):]

@@ -149,6 +149,28 @@ def test_numpy_scalar_metadata_is_accepted(tmp_path: Path) -> None:
     _assert_loaded(path, state)
 
 
+def test_numpy_1_scalars_are_accepted_under_numpy_2(tmp_path: Path) -> None:
+    """numpy 1 pickled its scalars as numpy.core.multiarray.scalar, numpy 2 as numpy._core...:
+    a checkpoint from either reads under either."""
+    import zipfile
+
+    numpy = pytest.importorskip("numpy")
+    state = _trained_state()
+    saved = tmp_path / "saved.pt"
+    torch.save({"state_dict": state, "best_acc": numpy.float64(0.93)}, saved)
+    path = tmp_path / "other_numpy.pt"
+    names = (b"numpy._core.multiarray", b"numpy.core.multiarray")
+    with zipfile.ZipFile(saved) as source, zipfile.ZipFile(path, "w") as target:
+        for record in source.infolist():
+            data = source.read(record.filename)
+            if record.filename.endswith("data.pkl"):
+                old, new = names if names[0] in data else names[::-1]
+                assert old in data
+                data = data.replace(old, new)
+            target.writestr(record.filename, data)
+    _assert_loaded(path, state)
+
+
 class RunConfig:
     """A custom class stored in a checkpoint: unpickling it would import and build user code."""
 
