@@ -93,6 +93,7 @@ def _scan(target: str | Target, config: ScanConfig, thresholds: Thresholds, stag
                            loss_trace=probe.loss_trace, steps=config.steps, optimizer=config.optimizer,
                            lr=config.lr, first_grad_norm=probe.first_grad_norm,
                            first_step_update=probe.first_step_update,
+                           step_rounds=probe.step_rounds, step_updates=probe.step_updates,
                            residual_modules=probe.residual_modules)
     findings = run_checks(context)
     model_verdict = verdict(statuses)

@@ -46,7 +46,9 @@ def test_a_learning_rate_far_too_large_diverges() -> None:
     assert ev["lr"] == 10.0 and ev["optimizer"] == "sgd" and ev["first_nonfinite_at"] is not None
     ratio, suggested = ev["max_update_to_weight"], ev["suggested_lr"]
     assert isinstance(ratio, float) and ratio > 1.0 and ev["max_update_layer"]
-    assert suggested == float(f"{10.0 * 1e-3 / ratio:.1g}")
+    # A ratio above 1 would give lr x 1e-3 / ratio < lr / 1000: the suggestion stops at that floor.
+    assert suggested == float(f"{max(10.0 * 1e-3 / ratio, 10.0 / 1000):.1g}") == 0.01
+    assert ev["suggested_lr_basis"] == "floor"
     assert len(str(ev["losses"]).split(", ")) == len(report.loss.values)
     recs = {r.id: r for r in report.recommendations}
     assert f"lr={suggested:g}" in recs[RecommendationId.LOWER_LR].code

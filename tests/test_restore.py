@@ -81,10 +81,13 @@ def test_model_comes_back_when_the_scan_fails_half_way() -> None:
     assert_unchanged(before, model)
 
 
-@pytest.mark.parametrize("fail_on_call", [2, 3], ids=["during-the-steps", "batch-2-after-steps"])
-def test_model_comes_back_when_adam_steps_fail_half_way(fail_on_call: int) -> None:
-    # steps=2: call 1 is batch 1, call 2 the forward of the second step, call 3 batch 2; by the
-    # time it fails Adam has changed the weights (and holds moment buffers) at least once.
+@pytest.mark.parametrize("fail_on_call,calls_seen", [(2, 2), (3, 3), (4, 5)],
+                         ids=["during-the-steps", "same-batch-loss-after-steps", "batch-2-after-steps"])
+def test_model_comes_back_when_adam_steps_fail_half_way(fail_on_call: int, calls_seen: int) -> None:
+    # steps=2: call 1 is batch 1, call 2 the forward of the second step, call 3 the loss on batch 1
+    # after the last step, call 4 batch 2 (a failing probe batch is replayed once, to look for a
+    # NaN origin: call 5); by the time it fails Adam has changed the weights (and holds moment
+    # buffers) at least once.
     model = _prepared_model()
     before = snapshot(model)
     calls = {"n": 0}
@@ -101,7 +104,7 @@ def test_model_comes_back_when_adam_steps_fail_half_way(fail_on_call: int) -> No
         run_probe(model, lambda n: (torch.randn(n, 4), torch.randint(0, 2, (n,))), None,
                   ScanConfig(batches=3, batch_size=6, steps=2, optimizer="adam", lr=0.5))
     del model.forward
-    assert calls["n"] == fail_on_call
+    assert calls["n"] == calls_seen
     assert_unchanged(before, model)
 
 
@@ -124,12 +127,13 @@ def test_model_comes_back_when_the_backward_pass_fails() -> None:
     def forward_then_failing_backward(x: torch.Tensor) -> torch.Tensor:
         calls["n"] += 1
         out = forward(x)
-        return _FailsInBackward.apply(out) if calls["n"] == 2 else out
+        # call 1: batch 1; call 2: its loss after the step (no backward); call 3: batch 2
+        return _FailsInBackward.apply(out) if calls["n"] == 3 else out
 
     model.forward = forward_then_failing_backward  # type: ignore[method-assign]
     with pytest.raises(RuntimeError, match="backward failed"):
         run_probe(model, lambda n: (torch.randn(n, 4), torch.randint(0, 2, (n,))), None,
                   ScanConfig(batches=3, batch_size=6, steps=1, optimizer="adam", lr=0.5))
     del model.forward
-    assert calls["n"] == 2
+    assert calls["n"] == 3
     assert_unchanged(before, model)
