@@ -155,6 +155,14 @@ _STACK_MEASURED = (
     "outputs (followed from the input towards the output) changes the same way at every step. Its "
     "evidence keys: stack_signal, stack_trend, stack_gain_per_layer, stack_total, stack_layers, "
     "stack_first, stack_last, stack_normalized, stack_residual, stack_plain.")
+_COLLAPSE_MEASURED = (
+    "When the layer lies in a plain segment whose signal collapses (depth.find_collapses), the finding "
+    "carries collapse_activation_gain, collapse_activation_total (the output RMS, towards the output), "
+    "collapse_gradient_gain, collapse_gradient_total (the output-gradient RMS, towards the input), "
+    "collapse_layers, collapse_first, collapse_last.")
+_MARGIN = (
+    "margin: present when the number the rule decided on lies within 2x of its threshold; how many "
+    "times past the threshold it is (a borderline call that another batch may flip).")
 _STACK_THRESHOLD = (
     f"- geometric run (the evidence behind add-normalization and add-skip): at least "
     f"{depth.MIN_LAYERS} dense layers, at least "
@@ -193,7 +201,7 @@ FINDINGS: dict[FindingKind, Entry] = {
             "typical gradient element), and the RMS of the output and of the gradient arriving at the "
             "output.\n\n"
             "Evidence keys: grad_norm, weight_norm, grad_to_weight, grad_rms, output_grad_rms, "
-            f"activation_rms.\n\n{_STACK_MEASURED}"),
+            f"activation_rms.\n\n{_STACK_MEASURED}\n\n{_COLLAPSE_MEASURED}\n\n{_MARGIN}"),
         thresholds=(
             f"- relative: grad/weight below {_num(T.vanish_relative)} of the best dense layer's, with no "
             "dense layer before it learning faster (AUTOTRAINER's first/last gradient ratio < 1e-3, "
@@ -203,6 +211,12 @@ FINDINGS: dict[FindingKind, Entry] = {
             "1e-4 on the update ratio.\n"
             f"- zero weights (no ratio exists): gradient RMS below {_num(T.vanish_grad_rms)} (SageMaker "
             "Debugger's vanishing_gradient rule).\n"
+            f"- signal collapse: in a plain segment of consecutive dense layers (no normalization layer "
+            "between two of them), the median per-layer factor of the output RMS (towards the output) and "
+            "of the output-gradient RMS (towards the input), each compounded over the segment, both below "
+            f"{_num(T.collapse)} (AUTOTRAINER's 1e-3; He et al. 2015: a 30-layer ReLU net at weight "
+            "variance 1/fan_in, 2^-14.5 over its depth, does not learn). Every layer of the segment is "
+            "vanishing: dW = delta h^T carries both decays.\n"
             f"{_STACK_THRESHOLD}\n\n"
             "Normalization affine parameters and embedding tables are judged by the absolute rules only: "
             f"their grad/weight is not comparable with a weight matrix's. {_THROUGH_TIME_ELSEWHERE}\n\n"
@@ -233,7 +247,7 @@ FINDINGS: dict[FindingKind, Entry] = {
             "grad_to_weight, grad_rms, and the RMS of the gradient arriving at each layer's output "
             "(output_grad_rms), which is compared along a stack of identical layers.\n\n"
             "Evidence keys: grad_norm, weight_norm, grad_to_weight, grad_rms, output_grad_rms, "
-            f"activation_rms.\n\n{_STACK_MEASURED}\n\n"
+            f"activation_rms.\n\n{_STACK_MEASURED}\n\n{_MARGIN}\n\n"
             "When the first NaN/Inf is an overflow (see nonfinite) at the end of a measured growth run, "
             "one finding for the whole model (layer null) carries the run's stack_* keys and the "
             "overflow's origin, op, direction, input_max_abs and dtype."),
@@ -244,7 +258,8 @@ FINDINGS: dict[FindingKind, Entry] = {
             "only: a vector initialised near zero (layer scale 1e-6, ReZero) has a huge ratio by design.\n"
             f"- growth through a stack: in a stack of at least {T.min_stack} identical dense layers (same "
             f"type and size), a gradient at a layer's output more than {_num(T.explode_relative)}x that at "
-            "the stack's last layer (AUTOTRAINER's > 70 gradient ratio).\n"
+            "the stack's last layer (AUTOTRAINER's > 70 gradient ratio), each layer's growth read off the "
+            "stack's least-squares geometric fit so that one layer's batch noise does not decide.\n"
             f"{_STACK_THRESHOLD}\n\n"
             f"{_THROUGH_TIME_ELSEWHERE}"),
         fix=(
@@ -492,16 +507,24 @@ FINDINGS: dict[FindingKind, Entry] = {
         measured=(
             "With --steps N (N optimizer steps on each probe batch; the weights are restored afterwards): "
             "the chronological loss trace (each probe batch, then the losses after the steps taken on "
-            "it), the total gradient norm before any step, and the update/weight ratio |dw|/|w| of the "
-            "first step at the initial weights: lr |g|/|w| for SGD, the measured change for Adam/AdamW "
+            "it), the loss of each batch before its steps and after every one of them (same data, so "
+            "only the step differs), the total gradient norm before any step, and the update/weight "
+            "ratio |dw|/|w| of every step: lr |g|/|w| for SGD, the measured change for Adam/AdamW "
             "(whose step does not scale with |g|). Without --steps this finding cannot fire. The finding "
-            "concerns the whole run (layer null).\n\n"
-            "Evidence keys: rule (nonfinite, steady-rise or sustained-rise), losses, first_loss, "
-            "last_loss, rises, first_nonfinite_at, optimizer, lr, steps, max_update_to_weight, "
-            "max_update_layer, suggested_lr, initial_grad_norm."),
+            "concerns the whole run (layer null). The init checks read the weights as built (the first "
+            "batch, before any step), never weights these steps blew up.\n\n"
+            "Evidence keys: rule (nonfinite, same-batch-rise, steady-rise or sustained-rise), losses, "
+            "first_loss, last_loss, rises, first_nonfinite_at, same_batch_rise, rise_steps, optimizer, "
+            "lr, steps, pre_divergence_steps, max_update_to_weight, max_update_layer, suggested_lr, "
+            "suggested_lr_basis, initial_grad_norm."),
         thresholds=(
             "- the loss turns NaN/Inf during the steps after being finite at the first probe batch (a "
             "NaN already at the start is the nonfinite finding's); or\n"
+            f"- compounded over consecutive steps, each judged on the batch it was taken on, the loss "
+            f"rose more than {_num(_divergence.RISE)}x (the largest product of the per-step factors, "
+            "from any low point): below the stability limit every factor is <= ~1 (the descent lemma), "
+            "so batch-to-batch differences and dropout noise cannot add up to it, and it does not "
+            "matter where the divergence starts relative to the batches; or\n"
             f"- the loss rises at each of the last {_divergence.RISES} transitions of the trace (all of "
             f"them if it is shorter, at least {_divergence.MIN_RISES}) and ends more than "
             f"{_num(_divergence.GROWTH)}x its starting value: one "
@@ -511,14 +534,21 @@ FINDINGS: dict[FindingKind, Entry] = {
             f"- every loss after the start (at least {_divergence.MIN_SUSTAINED}) is more than "
             f"{_num(_divergence.GROWTH)}x the start: the run jumped up and never came back, even if it "
             "wobbles up there (a healthy run that overshoots once comes back at the next step).\n"
-            f"- the suggested learning rate brings the largest update/weight ratio to "
+            f"- the suggested learning rate brings the largest update/weight ratio of the steps taken "
+            "before the loss rose (up to and including the first step that raised its batch's loss) to "
             f"{_num(_divergence.HEALTHY_UPDATE)}: lr x {_num(_divergence.HEALTHY_UPDATE)} / ratio, one "
             "significant figure (CS231n's ~1e-3; TheDeepChecker bounds log10 of the ratio between -4 "
-            "and -1); lr / 10 without a usable ratio (DOMAIN.md's 'a learning rate 10x lower')."),
+            "and -1; the ratio is linear in lr at given weights), within lr x "
+            f"{_num(_divergence.FLOOR)} and lr x {_num(_divergence.CUT)}: at most 10x lower than lr "
+            "(DOMAIN.md's 'a learning rate 10x lower', also without a usable ratio); never below "
+            "lr / 1000, where the ratio exceeds 1 (one step moved a layer by more than its own norm "
+            "before anything diverged): that is gradients out of scale, e.g. an init too large, not a "
+            "rate mis-set by some factor, and the init and clip fixes address it."),
         fix=(
             "Lower the learning rate (lower-lr) to the suggested one, or add warmup and a decay schedule; "
             "clip the gradient norm (clip-gradients) so one large gradient cannot throw the weights "
-            "away."),
+            "away. When an init-scale finding names the init as the cause, its fix (he-init / "
+            "xavier-init) ranks first and these after it."),
         references=(CS231N, DEEPCHECKER, PASCANU_2013, GOODFELLOW_2016),
     ),
     K.NONFINITE_INPUT: Entry(
@@ -751,8 +781,9 @@ FIXES: dict[RecommendationId, Entry] = {
             "SGD update/weight ratio then sits at the healthy ~1e-3 (CS231n; inside TheDeepChecker's "
             "bounds, log10 between -4 and -1).\n"
             f"- divergence: lr x {_num(_divergence.HEALTHY_UPDATE)} / (the largest update/weight ratio of the "
-            "first step), one significant digit; lr / 10 without a usable ratio (DOMAIN.md: 'a learning "
-            "rate 10x lower').\n"
+            "steps taken before the loss rose), one significant digit, within lr / 1000 (below it the "
+            "ratio exceeds 1: gradients out of scale, not a rate off by some factor) and lr / 10; lr / 10 "
+            "without a usable ratio (DOMAIN.md: 'a learning rate 10x lower').\n"
             "- overflow: lr / 10."),
         fix=(
             "    optimizer = torch.optim.SGD(model.parameters(), lr=NEW_LR)\n"
