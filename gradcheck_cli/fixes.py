@@ -312,8 +312,9 @@ def _divergence_fixes(recs: dict[R, Recommendation], divergence: Finding) -> Non
     basis = {
         "update-ratio": f"{moved}; lr {_number(lr)} x 1e-3 / {_number(ratio)} brings that near the healthy 1e-3",
         "floor": (f"{moved}, more than the weights themselves: lr x 1e-3 / {_number(ratio)} would be below "
-                  f"lr/1000, so the rate stops at lr/1000; the rest is the gradients' scale (see the init "
-                  "and clip fixes)"),
+                  "lr/1000, so the rate stops at lr/1000 (re-scan at it and read the update/w column: a "
+                  "ratio still far above 1e-3 means gradients out of scale, which the init and clip fixes "
+                  "address, not a rate)"),
     }.get(str(ev.get("suggested_lr_basis")), "a learning rate 10x lower (the step ratio asks for no more)"
           if isinstance(ratio, float) and math.isfinite(ratio) else "no step ratio to calibrate on, so 10x lower")
     recs[R.LOWER_LR] = _rec(
