@@ -174,6 +174,80 @@ def test_a_default_init_8_layer_relu_mlp_gives_the_same_findings_for_seeds_0_to_
     assert len(outcomes) == 1, outcomes
 
 
+class _Attention(nn.Module):
+    """Pre-LN multi-head self-attention block with an MLP, both residual."""
+
+    def __init__(self, width: int, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.query, self.key, self.value = (nn.Linear(width, width) for _ in range(3))
+        self.out = nn.Linear(width, width)
+        self.fc1, self.fc2 = nn.Linear(width, 4 * width), nn.Linear(4 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        y = self.norm1(x)
+        q, k, v = (f(y).view(b, t, self.heads, -1).transpose(1, 2) for f in (self.query, self.key, self.value))
+        a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // self.heads), dim=-1)
+        x = x + self.out((a @ v).transpose(1, 2).reshape(b, t, d))
+        return x + self.fc2(torch.relu(self.fc1(self.norm2(x))))
+
+
+class _Residual(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(width, width, bias=False), nn.Linear(width, width, bias=False)
+        for layer in (self.fc1, self.fc2):
+            _lecun(layer.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(torch.relu(self.fc1(x)))
+
+
+def _he_conv(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
+    conv = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return conv
+
+
+def _cnn_pool_stride() -> tuple[nn.Module, Callable[[int], tuple[torch.Tensor, torch.Tensor]]]:
+    layers: list[nn.Module] = []
+    c_in = 3
+    for i, (c_out, stride) in enumerate([(16, 1), (16, 1), (32, 2), (32, 1), (32, 1), (64, 2), (64, 1), (64, 1),
+                                         (64, 2), (64, 1), (64, 1)]):
+        layers += [_he_conv(c_in, c_out, stride), nn.ReLU()]
+        layers += [nn.MaxPool2d(2)] if i == 1 else [nn.AvgPool2d(2)] if i == 4 else []
+        c_in = c_out
+    model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+    return model, lambda n: (torch.randn(n, 3, 32, 32), torch.randint(0, 10, (n,)))
+
+
+def _attention_stack() -> tuple[nn.Module, Callable[[int], tuple[torch.Tensor, torch.Tensor]]]:
+    model = nn.Sequential(nn.Linear(16, 64), *[_Attention(64) for _ in range(6)], nn.Flatten(), nn.Linear(64 * 12, 5))
+    return model, lambda n: (torch.randn(n, 12, 16), torch.randint(0, 5, (n,)))
+
+
+def _residual_lecun() -> tuple[nn.Module, Callable[[int], tuple[torch.Tensor, torch.Tensor]]]:
+    model = nn.Sequential(nn.Linear(32, 64), *[_Residual(64) for _ in range(DEPTH // 2)], nn.Linear(64, 10))
+    return model, _batch
+
+
+@pytest.mark.parametrize("make", [_cnn_pool_stride, _attention_stack, _residual_lecun],
+                         ids=["cnn-pooling-striding", "attention", "residual-lecun"])
+def test_pooling_striding_attention_and_residual_adds_are_no_collapse(make: Callable[[], tuple]) -> None:
+    """Pooling and strides change the per-element scale of one step by design, residual adds and
+    LayerNorm reset it: no collapse, even with the residual branches at LeCun's 1/fan_in."""
+    torch.manual_seed(0)
+    model, batch = make()
+    report = scan(Target("no-collapse", lambda: model, batch, None))
+    for finding in report.findings:
+        assert not any(key.startswith("collapse_") for key in finding.evidence), finding.message
+        assert "signal collapses" not in finding.message
+    if make is not _residual_lecun:  # an unnormalised residual stack may grow by other rules
+        assert report.verdict == Status.HEALTHY, [f.message for f in report.findings]
+
+
 # --- the collapse rule on hand-built statistics (depth.find_collapses) ---------------------------
 
 
