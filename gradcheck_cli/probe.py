@@ -678,6 +678,12 @@ def _take_steps(model: nn.Module, inputs: Any, target: Any, loss_fn: Any,
     losses = []
     state["active"] = False
     plain_sgd = isinstance(optimizer, torch.optim.SGD)
+    if not plain_sgd and any(g is not None and g.is_sparse for g in grads):
+        # torch.optim.Adam/AdamW raise on them: the user's own training would need SparseAdam there.
+        name = type(optimizer).__name__
+        raise UserError(f"--optimizer {name.lower()} cannot step the model's sparse gradients "
+                        f"(nn.Embedding/EmbeddingBag(sparse=True)): torch.optim.{name} refuses them; "
+                        "use --optimizer sgd for --steps (train such parameters with torch.optim.SparseAdam)")
     lr = float(optimizer.param_groups[0]["lr"])
     for step in range(steps):
         for p, g in zip(params, grads):

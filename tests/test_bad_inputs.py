@@ -387,6 +387,16 @@ ROWS: list[Row] = [
     Row("option-optimizer", ("builtin:relu-he", "--steps", "1", "--optimizer", "lion"),
         ("--optimizer", "lion", "sgd, adam, adamw")),
     Row("option-lr", ("builtin:relu-he", "--lr", "-0.1"), ("--lr", "-0.1", "positive")),
+    Row("option-adam-sparse-grads", ("model.py", "--steps", "1", "--optimizer", "adam"),
+        ("--optimizer adam", "sparse gradients", "--optimizer sgd", "SparseAdam"),
+        _model("""
+            def build_model():
+                torch.manual_seed(0)
+                return nn.Sequential(nn.EmbeddingBag(50, 8, sparse=True), nn.Linear(8, 2))
+
+            def make_batch(batch_size):
+                return torch.randint(0, 50, (batch_size, 5)), torch.randint(0, 2, (batch_size,))
+            """)),
     Row("option-device-cuda", ("builtin:relu-he", "--device", "cuda"), ("no CUDA device", "--device cpu")),
     Row("option-device-bogus", ("builtin:relu-he", "--device", "gpu0"), ("--device", "gpu0", "cuda:")),
     Row("option-format", ("builtin:relu-he", "--format", "xml"), ("--format", "xml", "table, json")),
