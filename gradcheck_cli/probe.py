@@ -423,7 +423,9 @@ def _watch_entries(acc: _LayerAcc, out: torch.Tensor) -> None:
 def _per_step_rms(g: torch.Tensor, dims: tuple[int, int]) -> torch.Tensor:
     """RMS over (batch, features) per step, scaled by the step's max |g| first: the far steps of a
     vanishing RNN hold ~1e-37, whose square would underflow float32 to 0."""
-    g = g.detach().float()
+    g = g.detach()
+    g = g.abs() if g.is_complex() else g  # a complex state's RMS is that of |g|
+    g = g if g.dtype == torch.float64 else g.float()  # float64: 1e-50 must not become 0
     scale = g.abs().amax(dim=dims, keepdim=True)
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     return (g / safe).pow(2).mean(dim=dims).sqrt() * scale.flatten()
