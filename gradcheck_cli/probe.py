@@ -23,9 +23,9 @@ from torch import nn
 from .activation_watch import ActivationSite, CompositeActivations, FunctionalWatch, channels_first_layer, new_site
 from .activations import KNOWN as ACTIVATIONS
 from .attention_scores import ScoreTracker
-from .cell_watch import CellWatch
 from .backward import gradients
 from .batches import batch_has_nonfinite, call_model, move_to, split_batch
+from .cell_watch import CellWatch
 from .config import ScanConfig
 from .errors import UserError
 from .forward_error import forward_failure

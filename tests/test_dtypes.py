@@ -19,8 +19,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from gradcheck_cli import norms
-from gradcheck_cli.catalog import FINDINGS
 from gradcheck_cli.api import scan
+from gradcheck_cli.catalog import FINDINGS
 from gradcheck_cli.config import ScanConfig
 from gradcheck_cli.errors import UserError
 from gradcheck_cli.forward_error import InternalError
