@@ -113,6 +113,8 @@ class ProcessState:
 
     default_dtype: Any
     grad_enabled: bool
+    num_threads: int
+    """`torch.set_num_threads` in a model file changes the summation order of every later scan."""
     cwd: str | None
     """None when the working directory was already gone (nothing to go back to)."""
 
@@ -124,7 +126,7 @@ def capture_process_state() -> ProcessState:
         cwd: str | None = os.getcwd()
     except OSError:
         cwd = None
-    return ProcessState(torch.get_default_dtype(), torch.is_grad_enabled(), cwd)
+    return ProcessState(torch.get_default_dtype(), torch.is_grad_enabled(), torch.get_num_threads(), cwd)
 
 
 def restore_process_state(state: ProcessState) -> None:
@@ -132,6 +134,8 @@ def restore_process_state(state: ProcessState) -> None:
 
     torch.set_default_dtype(state.default_dtype)
     torch.set_grad_enabled(state.grad_enabled)
+    if torch.get_num_threads() != state.num_threads:
+        torch.set_num_threads(state.num_threads)
     if state.cwd is None:
         return
     try:

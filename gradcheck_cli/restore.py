@@ -28,8 +28,6 @@ right after torch's own materialising pre-hook; it is removed at the restore.
 
 from __future__ import annotations
 
-import random
-import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
+
+from .isolation import RngStates, capture_rng, restore_rng
 
 
 class LazyModulesMaterialised(UserWarning):
@@ -51,7 +51,7 @@ class ModelSnapshot:
     buffers: list[tuple[nn.Module, str, torch.Tensor | None, torch.Tensor | None]]
     """(module, buffer name, the original buffer object, a value copy (None while lazy))"""
     training: list[tuple[nn.Module, bool]]
-    rng: dict[str, Any]
+    rng: RngStates
     lazy: list[_LazyModule] = field(default_factory=list)
     """Modules that held uninitialised parameters or buffers when the snapshot was taken."""
 
@@ -99,7 +99,7 @@ def take_snapshot(model: nn.Module) -> ModelSnapshot:
             buffers.append((module, buffer_name, buf, copy))
         if _has_lazy_tensors(module):
             lazy.append(_watch_lazy(name, module))
-    return ModelSnapshot(params, buffers, training, _rng_state(), lazy)
+    return ModelSnapshot(params, buffers, training, capture_rng(), lazy)
 
 
 def restore_snapshot(snapshot: ModelSnapshot) -> None:
@@ -121,7 +121,7 @@ def restore_snapshot(snapshot: ModelSnapshot) -> None:
         materialised = [name for name in map(_restore_lazy, snapshot.lazy) if name is not None]
     for module, training in snapshot.training:
         module.training = training
-    _set_rng_state(snapshot.rng)
+    restore_rng(snapshot.rng)
     if materialised:
         warnings.warn(f"gradcheck materialised the lazy modules {', '.join(materialised)} in the probe's "
                       "first forward; they stay materialised, with the values they were initialised "
@@ -163,21 +163,3 @@ def _restore_lazy(entry: _LazyModule) -> str | None:
             entry.module._buffers[key] = value.to(entry.device)
     return f"{entry.name} ({entry.lazy_class} -> {type(entry.module).__name__})"
 
-
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "random": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    numpy = sys.modules.get("numpy")
-    if numpy is not None:
-        state["numpy"] = numpy.random.get_state()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["random"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if "numpy" in state:
-        sys.modules["numpy"].random.set_state(state["numpy"])

@@ -215,6 +215,7 @@ from torch import nn
 
 torch.set_default_dtype(torch.float64)
 torch.set_grad_enabled(False)
+torch.set_num_threads(torch.get_num_threads() + 1)
 os.makedirs("data", exist_ok=True)
 os.chdir("data")
 
@@ -452,9 +453,10 @@ def test_a_chdir_at_import_does_not_break_the_next_scan_of_a_recipe(tmp_path: Pa
     assert Path.cwd() == tmp_path
 
 
-def test_the_api_gives_back_default_dtype_grad_mode_and_working_directory(
+def test_the_api_gives_back_default_dtype_grad_mode_threads_and_working_directory(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
     _write(tmp_path, {"model.py": STATE_CHANGER})
     with torch.no_grad():  # the caller's grad mode: the probe runs with grad all the same
         report = scan("model.py", batches=1)
@@ -463,5 +465,6 @@ def test_the_api_gives_back_default_dtype_grad_mode_and_working_directory(
     assert report.loss.kind == "cross_entropy"
     assert torch.get_default_dtype() == torch.float32
     assert torch.is_grad_enabled()
+    assert torch.get_num_threads() == threads
     assert Path.cwd() == tmp_path
     assert (tmp_path / "data").is_dir()  # the model's own chdir did happen, during the scan
