@@ -533,7 +533,8 @@ def _forward_loss(model: nn.Module, inputs: Any, target: Any, loss_fn: Any,
         raise
     except Exception as exc:  # the user's forward failed: say where and with which inputs
         raise forward_failure(model, inputs, exc, state["stack"]) from exc
-    return compute_loss(output, target, loss_fn)
+    with torch.enable_grad():  # a make_batch that switched grad off must not detach the loss
+        return compute_loss(output, target, loss_fn)
 
 
 def _layer_grad_sq(grads: tuple[torch.Tensor | None, ...], owner_of: list[int], owner: torch.Tensor,

@@ -429,6 +429,23 @@ def test_grad_switched_off_at_import_is_scanned_with_grad_not_misdiagnosed(
     assert json.loads(plain.stdout)["layers"] == json.loads(result.stdout)["layers"]
 
 
+NO_GRAD_IN_MAKE_BATCH = HEALTHY + """
+
+def make_batch(batch_size):
+    torch.set_grad_enabled(False)  # as an inference data pipeline might, left switched off
+    return torch.randn(batch_size, 8), torch.randint(0, 4, (batch_size,))
+"""
+
+
+def test_grad_switched_off_in_make_batch_still_gives_the_loss_its_gradient(tmp_path: Path) -> None:
+    _write(tmp_path, {"model.py": NO_GRAD_IN_MAKE_BATCH})
+    with torch.enable_grad():
+        report = scan(str(tmp_path / "model.py"), batches=2)
+        assert torch.is_grad_enabled()
+    assert report.verdict.value == "healthy"
+    assert all(layer.status.value == "healthy" for layer in report.layers)
+
+
 def test_output_and_baseline_land_where_the_user_meant_after_a_chdir_at_import(tmp_path: Path) -> None:
     _write(tmp_path, {"model.py": CHDIR_AT_IMPORT})
     code, stdout, stderr = _finish(_start(tmp_path, "scan", "model.py", "--format", "json",
