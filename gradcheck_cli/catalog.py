@@ -144,7 +144,8 @@ _THROUGH_TIME_MEASURED = (
     "peak_step_grad_rms, grad_norm, weight_norm, grad_to_weight, grad_rms, output_grad_rms, "
     "activation_rms, zero_steps, recurrent_cell, cell_calls, "
     "max_largest_singular_value, max_spectral_radius, recurrent_bound, and per weight_hh "
-    "<name>.spectral_radius, <name>.largest_singular_value, <name>.bound.")
+    "<name>.spectral_radius, <name>.largest_singular_value, <name>.bound; margin, present when "
+    "far_over_near (or far over peak) lies within 2x of its threshold: how many times past it.")
 _THROUGH_TIME_ELSEWHERE = (
     "A recurrent layer whose status comes from the gradient through time is reported as "
     "vanishing-through-time or exploding-through-time instead (see gradcheck explain).")
@@ -479,9 +480,15 @@ FINDINGS: dict[FindingKind, Entry] = {
             f"recurrent layers are left to their own checks.\n\n{_STACK_MEASURED}\n\n"
             "Evidence keys: weight_std, target_std, scheme (he, xavier or lecun), default_std, band_low, "
             "band_high, std_ratio (weight_std / target_std), fan_in, fan_out, follower (the activation), "
-            "direction ('too small' or 'too large'), activation_rms, output_grad_rms, and the stack_* keys."),
+            "direction ('too small' or 'too large'), activation_rms, output_grad_rms, and the stack_* keys."
+            f"\n\n{_COLLAPSE_MEASURED}\n\n{_MARGIN} Here the number is the std and the threshold the "
+            "band's edge."),
         thresholds=(
             f"- outside the band: {_INIT_BAND}\n"
+            "- or inside it but below the variance-preserving std, for a layer that feeds an activation "
+            "in a plain segment whose signal collapses (see vanishing): the band accepts PyTorch's "
+            "default and LeCun's 1/fan_in because shallow nets train with them; the measured collapse "
+            "shows this stack is too deep for them (He et al. 2015).\n"
             "- and the mismatch matters: the layer lies in a geometric run in the predicted direction; or "
             f"its std is more than {_num(_init_scale.GROSS)}x above the band, which no activation can "
             "absorb. A std below the band always needs the measured decay, because a deliberately small "
