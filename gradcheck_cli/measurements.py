@@ -35,7 +35,9 @@ class LayerProbe:
     fan_in: int | None
     """Fan-in of the layer's weight matrix or kernel (None without one)."""
     weight_std: float | None
-    """Standard deviation of that weight, to compare with the variance-preserving init."""
+    """Standard deviation of that weight, to compare with the variance-preserving init. With --steps
+    this, weight_norm, bias_mean, output_rms and output_grad_rms are those of the model as built:
+    measured on the first probe batch, before the first optimizer step (probe._built_fields)."""
     trainable: bool
     order: int
     """Execution order of the first call; -1 when the module never ran."""
@@ -68,8 +70,6 @@ class LayerProbe:
     update_to_weight: float | None = None
     """With --steps: the largest, over the optimizer steps, relative change of the layer's weights
     per step, |Δw| / |w| (lr * |g| / |w| for SGD; measured around optimizer.step() otherwise)."""
-    # With --steps, weight_norm, weight_std, bias_mean, output_rms and output_grad_rms are those of
-    # the model as built: measured on the first probe batch, before the first optimizer step.
     attention_scores: bool = False
     """The layer's output feeds a softmax over scores (a query/key projection; attention_scores.py)."""
 
