@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch.nn.parameter import is_lazy
 
 REENTRANT_NODES = frozenset({"CheckpointFunctionBackward"})
 """Autograd nodes whose backward calls .backward() itself (torch.utils.checkpoint's reentrant
@@ -25,6 +26,12 @@ variant)."""
 
 def gradients(loss: torch.Tensor, tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor | None, ...]:
     """d loss / d tensors, None for a tensor the loss does not depend on."""
+    if any(is_lazy(t) for t in tensors):
+        # A lazy module the forward never reached still holds an UninitializedParameter, which
+        # autograd refuses outright; it received no gradient, like any unused parameter.
+        ready = [k for k, t in enumerate(tensors) if not is_lazy(t)]
+        found = dict(zip(ready, gradients(loss, [tensors[k] for k in ready])))
+        return tuple(found.get(k) for k in range(len(tensors)))
     leaves = _reentrant_graph_leaves(loss)
     if leaves is None:
         return torch.autograd.grad(loss, list(tensors), allow_unused=True)

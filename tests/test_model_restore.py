@@ -153,3 +153,23 @@ def test_cli_scans_a_lazy_model_without_noise(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""  # the CLI discards the model: the materialisation notice is not for it
     assert '"verdict": "healthy"' in done.stdout
+
+
+class _UnreachedLazyHead(nn.Module):
+    """An auxiliary lazy head the forward never calls: its parameters are never created."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(5, 8)
+        self.aux = nn.LazyLinear(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def test_a_lazy_module_the_forward_never_calls_is_left_out_and_stays_lazy() -> None:
+    torch.manual_seed(0)
+    model = _UnreachedLazyHead()
+    result = run_probe(model, lambda n: torch.randn(n, 5), None, ScanConfig(batches=2, batch_size=4))
+    assert [layer.name for layer in result.layers] == ["body"]
+    assert nn.parameter.is_lazy(model.aux.weight)
