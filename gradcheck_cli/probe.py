@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from .activation_watch import ActivationSite, CompositeActivations, FunctionalWatch, channels_first_layer, new_site
 from .activations import KNOWN as ACTIVATIONS
@@ -221,7 +222,7 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
                              update_to_weight=updates[li], **_built_fields(as_built, li),
                              attention_scores=layer.name in state["scores"].layers,
                              **state["cells"].layer_fields(layer.name, layer.module))
-                     for li, layer in enumerate(layers)),
+                     for li, layer in enumerate(layers) if not _still_lazy(layer, params)),
         losses=tuple(losses),
         loss_kind=loss_kind,
         nonfinite_input=nonfinite_input,
@@ -251,10 +252,18 @@ def _built_fields(as_built: list[LayerProbe] | None, li: int) -> dict[str, Any]:
             "output_rms": built.output_rms, "output_grad_rms": built.output_grad_rms}
 
 
+def _still_lazy(layer: _LayerAcc, params: list[nn.Parameter]) -> bool:
+    """A lazy module the forward never called: its parameters have no shape or values yet, so
+    there is nothing to measure; it is left out of the report (restore.py gives it back lazy)."""
+    return any(is_lazy(params[pi]) for pi in layer.param_indices)
+
+
 def _nonfinite_weights(layers: list[_LayerAcc], params: list[nn.Parameter]) -> NonfiniteOrigin | None:
     """The first layer, in execution order, whose own weights are NaN/Inf (after diverged optimizer
     steps, or from a checkpoint): every op reading them is non-finite, so no op is the origin."""
     for layer in sorted(layers, key=lambda acc: (acc.order < 0, acc.order)):
+        if _still_lazy(layer, params):
+            continue
         own = [params[pi].detach() for pi in layer.param_indices]
         if all(bool(torch.isfinite(p).all()) for p in own):
             continue
