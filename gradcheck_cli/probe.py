@@ -138,7 +138,7 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
     step_owner = torch.tensor(owner_of, device=device)
     update_rows: list[torch.Tensor] = []
     step_rounds: list[tuple[float, ...]] = []
-    as_built: list[LayerProbe] | None = None
+    as_built: dict[int, LayerProbe] | None = None
 
     for batch_index in range(config.batches):
         stage("making the batch", batch_index + 1, config.batches)
@@ -195,8 +195,9 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
 
         if optimizer is not None and batch_index < config.batches - 1:
             if batch_index == 0:  # the model as built, before the probe's own steps change it
-                as_built = [_finish_layer(layer, li, params, received[li], grad_norm_rows, 0, None)
-                            for li, layer in enumerate(layers)]
+                _refuse_steps_with_unbuilt_lazy(layers, params)
+                as_built = {li: _finish_layer(layer, li, params, received[li], grad_norm_rows, 0, None)
+                            for li, layer in enumerate(layers) if not _still_lazy(layer, params)}
             stage("optimizer steps", batch_index + 1, config.batches)
             stepped = _take_steps(model, inputs, target, loss_fn, trainable, optimizer, config.steps, state,
                                   grads, step_owner, len(layers), update_rows)
@@ -241,7 +242,7 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
     )
 
 
-def _built_fields(as_built: list[LayerProbe] | None, li: int) -> dict[str, Any]:
+def _built_fields(as_built: dict[int, LayerProbe] | None, li: int) -> dict[str, Any]:
     """With --steps, the weight statistics and activation scales of the model as built (the first
     probe batch, before any step): the init checks judge the user's init, not weights that the
     probe's own (possibly diverging) steps moved. Without steps nothing changed, so nothing to swap."""
@@ -256,6 +257,15 @@ def _still_lazy(layer: _LayerAcc, params: list[nn.Parameter]) -> bool:
     """A lazy module the forward never called: its parameters have no shape or values yet, so
     there is nothing to measure; it is left out of the report (restore.py gives it back lazy)."""
     return any(is_lazy(params[pi]) for pi in layer.param_indices)
+
+
+def _refuse_steps_with_unbuilt_lazy(layers: list[_LayerAcc], params: list[nn.Parameter]) -> None:
+    """An optimizer cannot step a parameter that has no shape yet (torch refuses it mid-step)."""
+    unbuilt = [acc for acc in layers if _still_lazy(acc, params)]
+    if unbuilt:
+        raise UserError(f"module '{unbuilt[0].name}' ({type(unbuilt[0].module).__name__}) is never called by the "
+                        "forward, so its lazy parameters were never created and --steps cannot update them; "
+                        "scan without --steps, or replace it with its non-lazy class")
 
 
 def _nonfinite_weights(layers: list[_LayerAcc], params: list[nn.Parameter]) -> NonfiniteOrigin | None:

@@ -397,6 +397,25 @@ ROWS: list[Row] = [
             def make_batch(batch_size):
                 return torch.randint(0, 50, (batch_size, 5)), torch.randint(0, 2, (batch_size,))
             """)),
+    Row("option-steps-unbuilt-lazy", ("model.py", "--steps", "1"),
+        ("module 'aux' (LazyLinear)", "never called by the forward", "--steps", "without --steps"),
+        _model("""
+            class Net(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.body = nn.Linear(5, 3)
+                    self.aux = nn.LazyLinear(2)  # an auxiliary head the forward never calls
+
+                def forward(self, x):
+                    return self.body(x)
+
+            def build_model():
+                torch.manual_seed(0)
+                return Net()
+
+            def make_batch(batch_size):
+                return torch.randn(batch_size, 5), torch.randint(0, 3, (batch_size,))
+            """)),
     Row("option-device-cuda", ("builtin:relu-he", "--device", "cuda"), ("no CUDA device", "--device cpu")),
     Row("option-device-bogus", ("builtin:relu-he", "--device", "gpu0"), ("--device", "gpu0", "cuda:")),
     Row("option-format", ("builtin:relu-he", "--format", "xml"), ("--format", "xml", "table, json")),
