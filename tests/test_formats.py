@@ -267,6 +267,7 @@ def test_junit_fail_on_any_makes_every_finding_a_testcase() -> None:
     ("a\nb\r\nc", "a%0Ab%0D%0Ac", "a%0Ab%0D%0Ac"),
     ("key: a, b", "key: a, b", "key%3A a%2C b"),
     ("%0A literal", "%250A literal", "%250A literal"),
+    ("\x1b[31mred\x1b[0m", "\\x1b[31mred\\x1b[0m", "\\x1b[31mred\\x1b[0m"),
 ])
 def test_github_escaping(text: str, data: str, prop: str) -> None:
     assert escape_data(text) == data

@@ -12,13 +12,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from gradcheck_cli.gate import fingerprint
-from gradcheck_cli.render.common import gate_fingerprints, target_file, where
+from gradcheck_cli.render.common import gate_fingerprints, target_file, visible, where
 from gradcheck_cli.report import Finding, ScanResult, Severity
 
 
 def escape_data(text: str) -> str:
-    """A workflow command's message: ``%`` first, so the escapes themselves survive."""
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    """A workflow command's message: ``%`` first, so the escapes themselves survive; other control
+    characters (an ANSI colour code in an error message) are written as visible escapes, as in the
+    other machine formats, so they can neither garble the log nor hide part of the line."""
+    return visible(text.replace("%", "%25")).replace("\r", "%0D").replace("\n", "%0A")
 
 
 def escape_property(text: str) -> str:
