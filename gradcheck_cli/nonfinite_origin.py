@@ -122,12 +122,17 @@ class OriginWatch(TorchFunctionMode):
             return None
         return self.raised_by[:3]
 
-    def raised_on_nonfinite(self, error: BaseException) -> bool:
+    def raised_on_nonfinite(self, error: BaseException, output_nonfinite: bool) -> bool:
         """Whether a NaN/Inf born in this forward is what made it raise `error`: an origin was
         seen, and the error came from an op whose inputs held NaN/Inf, or from Python code (a
-        loss_fn's own check), not from an op whose inputs were all finite (a shape mistake)."""
+        loss_fn's own check) after the NaN/Inf reached a module's output (`output_nonfinite`);
+        not from an op whose inputs were all finite (a shape mistake), nor from Python code while
+        every output was finite: an Inf that the model masks on purpose (T5's log of a zero
+        relative position, replaced by torch.where) does not explain an AttributeError."""
         op = self._raising_op(error)
-        return self.forward_origin is not None and (op is None or not op[2])
+        if self.forward_origin is None:
+            return False
+        return output_nonfinite if op is None else not op[2]
 
     def describe_raise(self, error: BaseException) -> str:
         """"`binary_cross_entropy` in the loss raised RuntimeError: ..." for the report."""

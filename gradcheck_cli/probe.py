@@ -253,6 +253,11 @@ def _built_fields(as_built: dict[int, LayerProbe] | None, li: int) -> dict[str, 
             "output_rms": built.output_rms, "output_grad_rms": built.output_grad_rms}
 
 
+def _outputs_nonfinite(state: dict[str, Any]) -> bool:
+    """Whether a module output of the probe forward that just ran held NaN/Inf."""
+    return bool(state["nonfinite"]) and not bool(torch.isfinite(torch.stack(state["nonfinite"])).all())
+
+
 def _still_lazy(layer: _LayerAcc, params: list[nn.Parameter]) -> bool:
     """A lazy module the forward never called: its parameters have no shape or values yet, so
     there is nothing to measure; it is left out of the report (restore.py gives it back lazy)."""
@@ -329,7 +334,8 @@ def _replay_origin(model: nn.Module, inputs: Any, target: Any, loss_fn: Any, sta
         # (Only an error of the user's code, which a UserError wraps as its cause: "loss_fn returned a
         # tensor of shape (16,)" is a mistake whatever the values.)
         origin, cause = watch.forward_origin, error.__cause__
-        if forward_bad and origin is not None and cause is not None and watch.raised_on_nonfinite(cause):
+        if (forward_bad and origin is not None and cause is not None
+                and watch.raised_on_nonfinite(cause, _outputs_nonfinite(state))):
             return replace(origin, raised=watch.describe_raise(cause))
         return None  # a model that cannot run the same batch twice: the report goes on without an origin
     finally:

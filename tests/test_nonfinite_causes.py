@@ -94,6 +94,28 @@ def test_a_healthy_model_whose_loss_fn_raises_stays_a_user_error() -> None:
         scan(target, batches=1)
 
 
+class _MaskedLogThenTypo(nn.Module):
+    """T5's relative-position buckets take the log of |position| (log(0) = -inf) and discard that
+    entry with torch.where; the forward then fails on a Python mistake unrelated to any NaN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        position = torch.arange(x.shape[1], dtype=torch.float32).abs()
+        buckets = torch.where(position < 1, position, torch.log(position))  # -inf at 0, discarded
+        h = self.fc(x + buckets)
+        return h * self.config.scale  # AttributeError: the model has no config
+
+
+def test_a_python_error_after_an_inf_the_model_masks_stays_a_user_error() -> None:
+    target = Target("masked-log", _MaskedLogThenTypo, lambda n: (torch.randn(n, 8), torch.randn(n, 4)), None)
+    with pytest.raises(UserError, match="AttributeError.*config"):
+        scan(target, batches=1)
+
+
 class _SampleFromNaN(nn.Module):
     """A NaN from sqrt of a negative variance reaches torch.multinomial inside the forward,
     which raises: a later op of the forward, not loss_fn."""
