@@ -197,6 +197,16 @@ def batch_has_nonfinite(inputs: Any, target: Any) -> bool:
     """True when a floating (or complex) tensor anywhere in the batch holds NaN or Inf."""
     for tensor in tensors_in((inputs, target)):
         if (tensor.is_floating_point() or tensor.is_complex()) and tensor.numel():
-            if not bool(torch.isfinite(tensor).all()):
+            if not bool(torch.isfinite(_stored_values(tensor)).all()):
                 return True
     return False
+
+
+def _stored_values(tensor: torch.Tensor) -> torch.Tensor:
+    """The values a tensor stores: a sparse tensor's specified elements (torch.isfinite has no
+    sparse kernel; a GCN's sparse adjacency matrix is a common input), a dense tensor itself."""
+    if tensor.layout == torch.sparse_coo:
+        return tensor._values()
+    if tensor.layout in (torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc):
+        return tensor.values()
+    return tensor

@@ -164,6 +164,17 @@ def test_batch_has_nonfinite() -> None:
     assert not batch_has_nonfinite(torch.empty(0), None)
 
 
+def test_batch_has_nonfinite_reads_the_stored_values_of_sparse_tensors() -> None:
+    # torch.isfinite has no sparse kernel: a GCN's sparse adjacency matrix crashed the check.
+    indices = torch.tensor([[0, 1], [1, 0]])
+    finite = torch.sparse_coo_tensor(indices, torch.tensor([0.5, 0.5]), (2, 2))
+    nan = torch.sparse_coo_tensor(indices, torch.tensor([0.5, float("nan")]), (2, 2))
+    assert not batch_has_nonfinite((torch.ones(2), finite), None)
+    assert batch_has_nonfinite((torch.ones(2), nan), None)
+    assert not batch_has_nonfinite(finite.to_sparse_csr(), None)
+    assert batch_has_nonfinite(nan.to_sparse_csr(), None)
+
+
 # ------------------------------------------------------------------------------------ outputs
 
 

@@ -192,6 +192,49 @@ def test_sparse_embedding_gradients_match_plain_autograd() -> None:
     _assert_matches_plain_autograd(_sparse_model, _tokens, nn.functional.cross_entropy, rel=1e-5)
 
 
+class _SparseAdjacencyGraphConv(nn.Module):
+    """A graph convolution as GCN code writes it: features x weight, then torch.spmm with a sparse
+    normalised adjacency matrix passed in as the second input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Linear(8, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, features: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.spmm(adjacency, torch.relu(self.conv(features))))
+
+
+def _graph(batch_size: int) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    adjacency = ((torch.rand(batch_size, batch_size) < 0.3).float() + torch.eye(batch_size))
+    adjacency = adjacency / adjacency.sum(1, keepdim=True)
+    return (torch.randn(batch_size, 8), adjacency.to_sparse()), torch.randint(0, 3, (batch_size,))
+
+
+@pytest.mark.parametrize("layout", ["coo", "csr"])
+def test_sparse_input_tensor_is_scanned_like_plain_autograd(layout: str) -> None:
+    # Found on pytorch/examples' gcn: the probe's non-finite input check crashed on a sparse input.
+    def make_batch(batch_size: int) -> Any:
+        (features, adjacency), target = _graph(batch_size)
+        return (features, adjacency if layout == "coo" else adjacency.to_sparse_csr()), target
+
+    torch.manual_seed(0)
+    model = _SparseAdjacencyGraphConv()
+    probed = {layer.name: sum(layer.grad_norms) / len(layer.grad_norms) for layer in
+              run_probe(model, make_batch, nn.functional.cross_entropy,
+                        ScanConfig(batches=BATCHES, batch_size=BATCH_SIZE)).layers}
+    reference = dict.fromkeys(probed, 0.0)
+    for b in range(BATCHES):
+        torch.manual_seed(b)
+        inputs, target = make_batch(BATCH_SIZE)
+        model.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(*inputs), target).backward()
+        for name in reference:
+            reference[name] += _norm64(torch.cat([p.grad.flatten() for p in
+                                                  model.get_submodule(name).parameters()])) / BATCHES
+    assert probed == pytest.approx(reference, rel=1e-5)
+
+
 # --- reentrant activation checkpointing ----------------------------------------------------------
 
 class _CheckpointedMLP(nn.Module):
