@@ -91,6 +91,7 @@ def apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], path: 
     """Copy `state` into the model's parameters and buffers; every key and shape must match."""
     expected = model.state_dict()
     state, stripped = _strip_shared_prefix(state, expected)
+    state = _with_tied_names(model, state)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     mismatched = [f"{k} (checkpoint {_shape(state[k])}, model {_shape(expected[k])})"
@@ -200,6 +201,29 @@ def _state_dict_of(loaded: Any, path: str) -> dict[str, torch.Tensor]:
     # The mapping itself, not a copy: torch's OrderedDict carries `_metadata` (module versions)
     # that load_state_dict uses.
     return loaded if isinstance(loaded, dict) else dict(loaded)
+
+
+def _with_tied_names(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    """The state with every name of a tied parameter (one Parameter under several names, like a
+    language model's lm_head.weight = embedding weight) given the tensor stored under another of its
+    names. safetensors' save_model and transformers' save_pretrained store a tied parameter once,
+    under one name, and safetensors' load_model accepts such a file the same way."""
+    names_of: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(param), []).append(name)
+    filled: dict[str, torch.Tensor] = {}
+    for names in names_of.values():
+        stored = next((name for name in names if name in state), None)
+        if stored is not None:
+            filled.update({name: state[stored] for name in names if name not in state})
+    if not filled:
+        return state
+    with_tied: OrderedDict[str, torch.Tensor] = OrderedDict(state)
+    with_tied.update(filled)
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:
+        with_tied._metadata = metadata  # type: ignore[attr-defined]
+    return with_tied
 
 
 def _is_state_dict(obj: Mapping[Any, Any]) -> bool:

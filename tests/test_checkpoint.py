@@ -203,3 +203,59 @@ def test_bad_checkpoint_files_exit_2_in_one_line(tmp_path: Path, case: str) -> N
     path = tmp_path / name
     make(path)
     assert_one_line_error(_scan_checkpoint(tmp_path, path), str(path), needle)
+
+
+# ------------------------------------------------------------------------------------ tied weights
+
+
+class _TiedLM(nn.Module):
+    """A language model whose output layer shares the embedding's weight (GPT-2, T5, BERT's MLM)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(20, 8)
+        self.head = nn.Linear(8, 20, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(ids).mean(dim=1))
+
+
+def test_tied_weight_stored_once_is_loaded_under_both_names(tmp_path: Path) -> None:
+    # safetensors' save_model and transformers' save_pretrained keep one name of a tied parameter
+    state = {k: v * 2.0 for k, v in _TiedLM().state_dict().items() if k != "head.weight"}
+    path = tmp_path / "tied.pt"
+    torch.save(state, path)
+    model = _TiedLM()
+    target = Target("lm", lambda: model, lambda n: (torch.randint(0, 20, (n, 5)), torch.randint(0, 20, (n,))))
+    scan(target, checkpoint=str(path))
+    assert torch.equal(model.embed.weight, state["embed.weight"])
+    assert model.head.weight is model.embed.weight
+
+
+def test_transformers_save_pretrained_checkpoint_loads(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("safetensors.torch")
+    config = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+    torch.manual_seed(1)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "saved")  # lm_head.weight left out
+    model_file = tmp_path / "gpt2_model.py"
+    model_file.write_text(textwrap.dedent("""
+        import torch
+        import transformers
+
+        def build_model():
+            torch.manual_seed(0)
+            config = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2)
+            return transformers.GPT2LMHeadModel(config)
+
+        def make_batch(batch_size):
+            ids = torch.randint(0, 50, (batch_size, 8))
+            return {"input_ids": ids, "labels": ids}
+        """))
+    result = runner.invoke(app, ["scan", str(model_file), "--checkpoint",
+                                 str(tmp_path / "saved" / "model.safetensors"), "--batches", "1",
+                                 "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert '"verdict": "healthy"' in result.stdout
