@@ -20,6 +20,8 @@ those from changing what gradcheck reports or the process the caller had:
   names a debugger explicitly. Not covered: `os._exit()` ends the process on the spot (no report,
   no handler runs; nothing in the process can intercept it), and a thread the user code started
   that keeps writing after the scan returned.
+- The command line a script expects: while the file is imported, sys.argv is `[file]`, as
+  `python file` gives it, so a top-level `parser.parse_args()` sees its defaults (`script_argv`).
 - Every exit honest: SystemExit and any other BaseException from user code (KeyboardInterrupt and
   gradcheck's own ScanTimeout aside) is a user error, exit 2, naming the function and file:line.
 
@@ -149,6 +151,20 @@ def restore_process_state(state: ProcessState) -> None:
         raise UserError(f"the model's code changed the working directory and gradcheck cannot go back "
                         f"to {state.cwd}: {exc.strerror or exc}; do not remove or lock that folder "
                         "from the model file") from None
+
+
+@contextlib.contextmanager
+def script_argv(path: str) -> Iterator[None]:
+    """sys.argv as `python path` with no arguments sets it, while the model file is imported.
+    Training scripts parse their options at import (`opt = parser.parse_args()` at top level, as
+    pytorch/examples' dcgan, vae and reinforcement_learning do); with gradcheck's own argv they
+    failed with "unrecognized arguments: scan model.py ..." under gradcheck's name."""
+    saved = sys.argv
+    sys.argv = [path]
+    try:
+        yield
+    finally:
+        sys.argv = saved
 
 
 def fresh_start(seed: int) -> None:

@@ -21,7 +21,7 @@ from types import FrameType, ModuleType
 from typing import Any
 
 from .errors import UserError
-from .isolation import exit_fix, is_user_code_failure
+from .isolation import exit_fix, is_user_code_failure, script_argv
 from .text import exception_text as _exc_text
 from .text import with_article as _a
 
@@ -237,7 +237,7 @@ def _import_file(src: _Source) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[src.module_name] = module  # dataclasses, pickling and typing need it registered
     try:
-        with src.on_path():
+        with src.on_path(), script_argv(src.main_file):
             spec.loader.exec_module(module)
     except BaseException as exc:
         if not is_user_code_failure(exc):

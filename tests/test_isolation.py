@@ -401,6 +401,37 @@ def test_an_exit_in_one_scan_of_a_recipe_does_not_end_the_others(tmp_path: Path,
 # --------------------------------------------------------------------------------------------------
 
 
+ARGPARSE_AT_IMPORT = """
+import argparse
+import sys
+import torch
+from torch import nn
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--hidden", type=int, default=16)
+opt = parser.parse_args()
+ARGV_AT_IMPORT = list(sys.argv)
+
+def build_model():
+    torch.manual_seed(0)
+    assert ARGV_AT_IMPORT == [__file__], ARGV_AT_IMPORT
+    return nn.Sequential(nn.Linear(8, opt.hidden), nn.ReLU(), nn.Linear(opt.hidden, 4))
+"""
+
+
+def test_a_script_parsing_its_options_at_import_sees_its_defaults_not_gradchecks_argv(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # pytorch/examples' dcgan, vae and reinforce call parser.parse_args() at top level: with
+    # gradcheck's argv they exited with "unrecognized arguments: scan model.py --format json".
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, {"model.py": ARGPARSE_AT_IMPORT})
+    argv = list(sys.argv)
+    result = runner.invoke(app, ["scan", "model.py", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["verdict"] == "healthy"
+    assert sys.argv == argv
+
+
 NO_GRAD_AT_IMPORT = HEALTHY.replace("from torch import nn\n", "from torch import nn\n\ntorch.set_grad_enabled(False)\n")
 
 CHDIR_AT_IMPORT = """
