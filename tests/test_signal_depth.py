@@ -283,7 +283,16 @@ def test_a_normalization_layer_cuts_the_segment() -> None:
     second = [_dense(f"m{i}", 13 + i, x.output_rms or 0.0, x.output_grad_rms or 0.0) for i, x in enumerate(halves)]
     layers = [*halves, _dense("norm", 12, 1.0, 1.0, role="normalization"), *second]
     assert not find_collapses(layers, Thresholds().collapse)
-    assert find_collapses([*halves, *second], Thresholds().collapse)
+    assert find_collapses(_stack(0.7, 0.7, 24), Thresholds().collapse)  # the same depth, uncut
+
+
+def test_per_layer_decays_that_the_network_does_not_show_end_to_end_are_no_collapse() -> None:
+    """Branch layers of a residual stream shrink the signal 0.5x each, and every fourth layer reads
+    the stream again at full scale: the median factor compounds to 0.5^23 ~ 1e-7, but from the
+    first layer to the last the signal keeps its scale (end to end 1.0), so nothing collapsed."""
+    scale = [0.5 ** (i % 4) for i in range(24)]
+    layers = [_dense(f"l{i}", i, scale[i], scale[23 - i]) for i in range(24)]
+    assert not find_collapses(layers, Thresholds().collapse)
 
 
 def test_collapse_reason_names_both_decays() -> None:
