@@ -237,6 +237,7 @@ def measure(mod: Any, model: nn.Module, seeds: tuple[int, ...] = SEEDS) -> dict[
                     "wgrad_norm": _norm(wgrads),
                     "weight_norm": _norm(weights),
                     "nonfinite": sum(count_nonfinite(g) for g in grads),
+                    "has_weight": any("weight" in n for n, _ in trainable),
                 }
             per_batch.append(rows)
             if rnn_inputs and rnn_inputs[0][0].grad is not None:
@@ -286,12 +287,17 @@ def measure(mod: Any, model: nn.Module, seeds: tuple[int, ...] = SEEDS) -> dict[
         for key in ("grad_norm", "wgrad_norm", "weight_norm"):
             entry[key] = sum(r[key] for r in batch_rows) / len(batch_rows)
         entry["nonfinite"] = sum(r["nonfinite"] for r in batch_rows)
+        entry["has_weight"] = batch_rows[0]["has_weight"]
         w = entry["weight_norm"]
         entry["grad_to_weight"] = entry["grad_norm"] / w if w > 0 else float("nan")
         entry["wgrad_to_weight"] = entry["wgrad_norm"] / w if w > 0 else float("nan")
         table.append(entry)
 
     active = [e for e in table if e["status"] == "ok"]
+    # Weight-only ratios over the layers that own a parameter named "weight": a tied decoder (its
+    # weight is the embedding's) or a layer whose matrix is called "kernel" has no weight gradient
+    # of its own, and would read as 0 (vanishing) or make first/last infinite (exploding).
+    weighted = [e for e in active if e["has_weight"]]
     result: dict[str, Any] = {
         "loss_kind": loss_kind,
         "losses": losses,
@@ -308,12 +314,14 @@ def measure(mod: Any, model: nn.Module, seeds: tuple[int, ...] = SEEDS) -> dict[
     if len(active) >= 2:
         first, last = active[0], active[-1]
         result["first_last"] = _ratio(first["grad_norm"], last["grad_norm"])
-        result["first_last_weight"] = _ratio(first["wgrad_norm"], last["wgrad_norm"])
         result["first_last_names"] = (first["name"], last["name"])
+    if len(weighted) >= 2:
+        result["first_last_weight"] = _ratio(weighted[0]["wgrad_norm"], weighted[-1]["wgrad_norm"])
     if active:
         gw = [e["grad_to_weight"] for e in active]
-        wgw = [e["wgrad_to_weight"] for e in active]
         result["g_w_range"] = (min(gw), max(gw))
+    if weighted:
+        wgw = [e["wgrad_to_weight"] for e in weighted]
         result["wg_w_range"] = (min(wgw), max(wgw))
     if time_grads:
         first_t = sum(t[0] for t in time_grads) / len(time_grads)
@@ -551,7 +559,7 @@ def report(
         )
     if res["g_w_range"] is not None:
         lo, hi = res["g_w_range"]
-        wlo, whi = res["wg_w_range"]
+        wlo, whi = res["wg_w_range"] or (math.nan, math.nan)
         out.append(
             f"   grad/weight range: {fmt(lo)} .. {fmt(hi)}   (weight-only {fmt(wlo)} .. {fmt(whi)})"
         )
