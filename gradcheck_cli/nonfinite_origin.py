@@ -298,15 +298,3 @@ def _float_tensors(tree: Any) -> list[torch.Tensor]:
 def _all_finite(tensors: list[torch.Tensor]) -> bool:
     with torch.no_grad():
         return all(bool(torch.isfinite(t).all()) for t in tensors)
-
-
-def rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The RNG state before a batch's forward, so that a replay sees the same dropout masks."""
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return torch.get_rng_state(), cuda
-
-
-def set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1], device)

@@ -31,10 +31,10 @@ from .config import ScanConfig
 from .errors import UserError
 from .forward_error import forward_failure
 from .guards import is_out_of_memory
-from .isolation import seed_all
+from .isolation import RngStates, capture_rng, restore_rng, seed_all
 from .losses import compute_loss
 from .measurements import LayerProbe, NonfiniteOrigin, ProbeResult
-from .nonfinite_origin import OriginWatch, rng_state, set_rng_state
+from .nonfinite_origin import OriginWatch
 from .norms import count_nonfinite, squared_norms, tensor_norm
 from .recurrence import recurrent_weights
 from .restore import restore_snapshot, take_snapshot
@@ -148,7 +148,7 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
         bad_input = batch_has_nonfinite(inputs, target)
         nonfinite_input = nonfinite_input or bad_input
         state["active"], state["nonfinite"], state["leaves"] = True, [], []
-        rng = rng_state(device)  # so that a replay of this batch sees the same dropout masks
+        rng = capture_rng()  # so that a replay of this batch sees the same dropout masks (and random/numpy draws)
         stage("forward pass", batch_index + 1, config.batches)
         try:
             loss, loss_kind = _forward_loss(model, inputs, target, loss_fn, state)
@@ -158,7 +158,7 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
             # Only the user's own errors can be (a UserError wrapping them); never out-of-memory.
             if not origin_pending or bad_input or error.__cause__ is None or is_out_of_memory(error.__cause__):
                 raise
-            raised = _replay_origin(model, inputs, target, loss_fn, state, trainable, rng, device, True)
+            raised = _replay_origin(model, inputs, target, loss_fn, state, trainable, rng, True)
             if raised is None or raised.raised is None:
                 raise
             origin, origin_pending = raised, False
@@ -188,7 +188,7 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
             origin_pending = False
             stage("finding where the NaN/Inf starts", batch_index + 1, config.batches)
             origin = _nonfinite_weights(layers, params) or _replay_origin(
-                model, inputs, target, loss_fn, state, trainable, rng, device, forward_bad)
+                model, inputs, target, loss_fn, state, trainable, rng, forward_bad)
         for li, norm in enumerate(row):
             if not math.isfinite(norm):
                 nonfinite_counts[li] += _count_nonfinite(layers[li], trainable_idx, grads)
@@ -293,8 +293,7 @@ def _nonfinite_weights(layers: list[_LayerAcc], params: list[nn.Parameter]) -> N
 
 
 def _replay_origin(model: nn.Module, inputs: Any, target: Any, loss_fn: Any, state: dict[str, Any],
-                   trainable: list[nn.Parameter], rng: Any, device: torch.device,
-                   forward_bad: bool) -> NonfiniteOrigin | None:
+                   trainable: list[nn.Parameter], rng: RngStates, forward_bad: bool) -> NonfiniteOrigin | None:
     """Run a failing batch again under OriginWatch (nonfinite_origin.py) to name the op where the
     first NaN/Inf appears: in the forward when its outputs or loss were non-finite, else in the
     backward (node hooks, removed in `finally`). The probe's own hooks stay inactive."""
@@ -317,7 +316,7 @@ def _replay_origin(model: nn.Module, inputs: Any, target: Any, loss_fn: Any, sta
     watch = OriginWatch(where, None if forward_bad else on_node)
     state["active"], state["finished"] = False, None
     state["replay_output"] = None if forward_bad else on_module_output
-    set_rng_state(rng, device)
+    restore_rng(rng)
     try:
         with watch:
             loss, _ = _forward_loss(model, inputs, target, loss_fn, state)
