@@ -28,10 +28,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gradcheck_cli import probe
 from gradcheck_cli.api import scan
-from gradcheck_cli.targets import Target, resolve_target
-from gradcheck_cli.zoo import BUILTINS
+from gradcheck_cli.measure import probe
+from gradcheck_cli.target.resolve import Target, resolve_target
+from gradcheck_cli.target.zoo import BUILTINS
 
 
 class _Block(nn.Module):

@@ -48,10 +48,10 @@ from typing import Any
 import torch
 
 from gradcheck_cli import api
-from gradcheck_cli.batches import call_model, split_batch
-from gradcheck_cli.losses import compute_loss
-from gradcheck_cli.report import FindingKind, Report
-from gradcheck_cli.targets import Target, resolve_target
+from gradcheck_cli.report.records import FindingKind, Report
+from gradcheck_cli.target.batches import call_model, split_batch
+from gradcheck_cli.target.losses import compute_loss
+from gradcheck_cli.target.resolve import Target, resolve_target
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tests" / "corpus"

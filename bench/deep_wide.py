@@ -17,7 +17,7 @@ Linux). ``ratio`` = scan / plain; ``loss ok`` checks both paths computed the sam
 
 Python's default recursion limit (1,000) is too low for the nested model's own forward (~4 frames
 per level): the script raises it for the whole process, so both paths run with the same limit
-(the scan itself makes room for deep nesting on its own, see gradcheck_cli/guards.py).
+(the scan itself makes room for deep nesting on its own, see gradcheck_cli/target/guards.py).
 
     python bench/deep_wide.py                   # all three, 5 repeats (~2 min on a quiet 2-core machine)
     python bench/deep_wide.py --models wide --repeats 3
@@ -39,7 +39,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from overhead import bench_model, print_table  # noqa: E402  (the shared timing method)
 
-from gradcheck_cli.targets import Target  # noqa: E402
+from gradcheck_cli.target.resolve import Target  # noqa: E402
 
 FEATURES = 16
 WIDE_FEATURES = 4

@@ -23,7 +23,7 @@ run (both taken in the last timed repeat), each measured from the memory in use 
 CUDA's peak allocated memory on a GPU, the process's peak RSS (VmHWM, reset through
 /proc/self/clear_refs, after malloc_trim) on the CPU; "n/a" where the CPU peak cannot be reset.
 
-Models: the gradcheck zoo (``gradcheck_cli.zoo.BUILTINS``, except nan-log, whose NaN loss is not a
+Models: the gradcheck zoo (``gradcheck_cli.target.zoo.BUILTINS``, except nan-log, whose NaN loss is not a
 training step) and ``gpt2-small``: a GPT-2-small-sized causal pre-LN transformer built here
 (12 layers, d_model 768, 12 heads, MLP 3072, vocabulary 50257, head tied to the token embedding,
 124M parameters, random init; nothing is downloaded), on random token batches.
@@ -54,9 +54,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradcheck_cli import api, zoo
-from gradcheck_cli.batches import call_model, move_to, split_batch
-from gradcheck_cli.targets import Target
+from gradcheck_cli import api
+from gradcheck_cli.target import zoo
+from gradcheck_cli.target.batches import call_model, move_to, split_batch
+from gradcheck_cli.target.resolve import Target
 
 GPT2 = "gpt2-small"
 SKIPPED_BUILTINS = ("nan-log",)

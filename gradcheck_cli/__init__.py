@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .report import Report
+    from gradcheck_cli.report.records import Report
 
 
 def scan(target: Any, config: Any = None, thresholds: Any = None, **options: Any) -> Report:
     """Scan a model (TARGET string or Target) and return a Report. See gradcheck_cli.api.scan."""
-    from .api import scan as _scan
+    from gradcheck_cli.api import scan as _scan
 
     return _scan(target, config, thresholds, **options)
 

@@ -6,17 +6,17 @@ from contextlib import ExitStack
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from .checks import CheckContext, run_checks
-from .classify import Thresholds, classify_layers, verdict
-from .config import ScanConfig
-from .errors import UserError
-from .fixes import recommend
-from .report import LayerReport, LossInfo, Report, Status
-from .targets import Target, resolve_target
+from gradcheck_cli import __version__
+from gradcheck_cli.analyse.checks import CheckContext, run_checks
+from gradcheck_cli.analyse.classify import Thresholds, classify_layers, verdict
+from gradcheck_cli.analyse.fixes import recommend
+from gradcheck_cli.config import ScanConfig
+from gradcheck_cli.errors import UserError
+from gradcheck_cli.report.records import LayerReport, LossInfo, Report, Status
+from gradcheck_cli.target.resolve import Target, resolve_target
 
 if TYPE_CHECKING:
-    from .probe import StageCallback
+    from gradcheck_cli.measure.probe import StageCallback
 
 
 def scan(target: str | Target, config: ScanConfig | None = None,
@@ -33,8 +33,15 @@ def scan(target: str | Target, config: ScanConfig | None = None,
     process comes back as it was: RNG states, default dtype, grad mode, working directory. A
     SystemExit (or other BaseException but KeyboardInterrupt) from the user's code is a UserError.
     """
-    from .guards import ScanTimeout, StageClock, is_out_of_memory, out_of_memory_error, time_limit, timeout_error
-    from .isolation import is_exit_from_user_code, isolated_scan, user_exit_error
+    from gradcheck_cli.target.guards import (
+        ScanTimeout,
+        StageClock,
+        is_out_of_memory,
+        out_of_memory_error,
+        time_limit,
+        timeout_error,
+    )
+    from gradcheck_cli.target.isolation import is_exit_from_user_code, isolated_scan, user_exit_error
 
     config = replace(config or ScanConfig(), **options)
     _validate(config)
@@ -61,13 +68,13 @@ def _scan(target: str | Target, config: ScanConfig, thresholds: Thresholds, stag
           scan_context: ExitStack) -> Report:
     import torch
 
-    from .batches import synthetic_batch_maker
-    from .checkpoint import apply_state_dict, read_checkpoint
-    from .guards import recursion_room
-    from .isolation import fresh_start
-    from .probe import run_probe
-    from .scannable import check_scannable, unwrap_model
-    from .stats import compute_stats
+    from gradcheck_cli.analyse.stats import compute_stats
+    from gradcheck_cli.measure.probe import run_probe
+    from gradcheck_cli.target.batches import synthetic_batch_maker
+    from gradcheck_cli.target.checkpoint import apply_state_dict, read_checkpoint
+    from gradcheck_cli.target.guards import recursion_room
+    from gradcheck_cli.target.isolation import fresh_start
+    from gradcheck_cli.target.scannable import check_scannable, unwrap_model
 
     stage("loading the target", 0, config.batches)
     # A bad checkpoint stops the scan before the user's model code runs.
@@ -118,7 +125,7 @@ def _scan(target: str | Target, config: ScanConfig, thresholds: Thresholds, stag
 
 
 def _validate(config: ScanConfig) -> None:
-    from .config import OPTIMIZERS
+    from gradcheck_cli.config import OPTIMIZERS
 
     if config.batches < 1:
         raise UserError(f"--batches must be at least 1 (got {config.batches})")

@@ -7,7 +7,7 @@ break, a file target, a builtin target and a scan that errored.
 
 from __future__ import annotations
 
-from gradcheck_cli.report import (
+from gradcheck_cli.report.records import (
     Finding,
     FindingKind,
     LayerReport,

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from gradcheck_cli import scan
-from gradcheck_cli.report import FindingKind, RecommendationId, Report, Severity
-from gradcheck_cli.targets import Target
+from gradcheck_cli.report.records import FindingKind, RecommendationId, Report, Severity
+from gradcheck_cli.target.resolve import Target
 
 BATCHES, BATCH = 3, 16
 
@@ -233,7 +233,7 @@ def test_corpus_model_with_a_dead_layer_names_the_bias() -> None:
 
 def test_dead_majority_needs_more_than_symmetry_explains() -> None:
     """One-sided binomial test against 'each unit dead with chance 1/2' (dead_relu.SIGNIFICANCE)."""
-    from gradcheck_cli.checks.dead_relu import SIGNIFICANCE, chance_of_at_least
+    from gradcheck_cli.analyse.checks.dead_relu import SIGNIFICANCE, chance_of_at_least
 
     assert chance_of_at_least(5, 8) == pytest.approx(93 / 256)
     assert chance_of_at_least(24, 32) < SIGNIFICANCE < chance_of_at_least(20, 32)

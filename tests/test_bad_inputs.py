@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from gradcheck_cli.cli import app
+from gradcheck_cli.cli.app import app
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "bad-inputs.md"
 runner = CliRunner()
@@ -514,7 +514,7 @@ def _make_unreadable(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path.chmod(0)
     if os.geteuid() != 0:
         return
-    import gradcheck_cli.targets as targets
+    import gradcheck_cli.target.resolve as targets
 
     real_open = open
 

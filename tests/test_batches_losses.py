@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradcheck_cli.batches import (
+from gradcheck_cli.errors import UserError
+from gradcheck_cli.target.batches import (
     batch_has_nonfinite,
     call_model,
     move_to,
@@ -19,8 +20,7 @@ from gradcheck_cli.batches import (
     split_batch,
     synthetic_batch_maker,
 )
-from gradcheck_cli.errors import UserError
-from gradcheck_cli.losses import compute_loss, primary_tensor
+from gradcheck_cli.target.losses import compute_loss, primary_tensor
 
 
 def message_of(fn, *args, **kwargs) -> str:

@@ -17,12 +17,12 @@ import torch
 from torch import nn
 
 from gradcheck_cli import scan
-from gradcheck_cli.cell_watch import MIN_CALLS, _combined_rms, _scaled_square
+from gradcheck_cli.analyse.recurrence import effective_horizon
 from gradcheck_cli.config import ScanConfig
-from gradcheck_cli.probe import run_probe
-from gradcheck_cli.recurrence import effective_horizon
-from gradcheck_cli.report import FindingKind, RecommendationId, Report, Severity, Status
-from gradcheck_cli.targets import Target
+from gradcheck_cli.measure.cell_watch import MIN_CALLS, _combined_rms, _scaled_square
+from gradcheck_cli.measure.probe import run_probe
+from gradcheck_cli.report.records import FindingKind, RecommendationId, Report, Severity, Status
+from gradcheck_cli.target.resolve import Target
 
 FEATURES, HIDDEN, CLASSES, BATCHES, BATCH = 8, 32, 4, 3, 16
 THROUGH_TIME = {FindingKind.VANISHING_THROUGH_TIME, FindingKind.EXPLODING_THROUGH_TIME}

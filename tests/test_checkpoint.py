@@ -15,10 +15,10 @@ from torch import nn
 from typer.testing import CliRunner
 
 from gradcheck_cli import scan
-from gradcheck_cli.checkpoint import read_checkpoint
-from gradcheck_cli.cli import app
+from gradcheck_cli.cli.app import app
 from gradcheck_cli.errors import UserError
-from gradcheck_cli.targets import Target
+from gradcheck_cli.target.checkpoint import read_checkpoint
+from gradcheck_cli.target.resolve import Target
 
 runner = CliRunner()
 

@@ -25,9 +25,9 @@ from torch import nn
 from typer.testing import CliRunner
 
 from gradcheck_cli import scan
-from gradcheck_cli.checkpoint import MAX_INFLATION, read_checkpoint
-from gradcheck_cli.cli import app
-from gradcheck_cli.targets import Target
+from gradcheck_cli.cli.app import app
+from gradcheck_cli.target.checkpoint import MAX_INFLATION, read_checkpoint
+from gradcheck_cli.target.resolve import Target
 
 runner = CliRunner()
 
@@ -211,7 +211,7 @@ def test_crafted_file_is_what_torch_reads(tmp_path: Path) -> None:
 
 PEAK_RSS = """
 import resource, sys
-from gradcheck_cli.cli import app
+from gradcheck_cli.cli.app import app
 try:
     app(sys.argv[1:])
 except SystemExit as exc:

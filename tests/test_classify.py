@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from gradcheck_cli.classify import Thresholds, classify_layers, verdict
-from gradcheck_cli.report import Status
-from gradcheck_cli.stats import LayerStats
+from gradcheck_cli.analyse.classify import Thresholds, classify_layers, verdict
+from gradcheck_cli.analyse.stats import LayerStats
+from gradcheck_cli.report.records import Status
 
 T = Thresholds()
 

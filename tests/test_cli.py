@@ -14,7 +14,7 @@ from model_files import HEALTHY_FILE
 from typer.testing import CliRunner
 
 from gradcheck_cli import __version__
-from gradcheck_cli.cli import app
+from gradcheck_cli.cli.app import app
 
 runner = CliRunner()
 
@@ -165,7 +165,7 @@ def test_debug_shows_the_traceback() -> None:
 
 
 def test_list_builtins_names_every_builtin() -> None:
-    from gradcheck_cli.zoo import BUILTINS
+    from gradcheck_cli.target.zoo import BUILTINS
 
     result = runner.invoke(app, ["list", "builtins"])
     assert result.exit_code == 0
@@ -177,7 +177,7 @@ def test_list_builtins_names_every_builtin() -> None:
 
 @pytest.mark.parametrize("argv", [["--help"], ["list", "builtins"], ["scan", "--help"]])
 def test_help_and_list_do_not_import_torch(argv: list[str]) -> None:
-    code = ("import sys; from gradcheck_cli.cli import app\n"
+    code = ("import sys; from gradcheck_cli.cli.app import app\n"
             f"try:\n    app({argv!r})\nexcept SystemExit:\n    pass\n"
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

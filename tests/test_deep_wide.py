@@ -13,11 +13,11 @@ from torch import nn
 from typer.testing import CliRunner
 
 from gradcheck_cli import scan
-from gradcheck_cli.cli import app
-from gradcheck_cli.guards import nesting_depth
-from gradcheck_cli.render import OutputFormat, render
-from gradcheck_cli.report import ScanResult
-from gradcheck_cli.targets import Target
+from gradcheck_cli.cli.app import app
+from gradcheck_cli.report.records import ScanResult
+from gradcheck_cli.report.render import OutputFormat, render
+from gradcheck_cli.target.guards import nesting_depth
+from gradcheck_cli.target.resolve import Target
 
 runner = CliRunner()
 

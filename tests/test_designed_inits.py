@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from gradcheck_cli import scan
-from gradcheck_cli.report import Status
-from gradcheck_cli.targets import Target
+from gradcheck_cli.report.records import Status
+from gradcheck_cli.target.resolve import Target
 
 
 class ScaledBlock(nn.Module):

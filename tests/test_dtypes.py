@@ -18,15 +18,15 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from gradcheck_cli import norms
 from gradcheck_cli.api import scan
-from gradcheck_cli.catalog import FINDINGS
 from gradcheck_cli.config import ScanConfig
 from gradcheck_cli.errors import UserError
-from gradcheck_cli.forward_error import InternalError
-from gradcheck_cli.probe import run_probe
-from gradcheck_cli.report import FindingKind, RecommendationId, Status
-from gradcheck_cli.targets import Target
+from gradcheck_cli.measure import norms
+from gradcheck_cli.measure.probe import run_probe
+from gradcheck_cli.report.catalog import FINDINGS
+from gradcheck_cli.report.records import FindingKind, RecommendationId, Status
+from gradcheck_cli.target.forward_error import InternalError
+from gradcheck_cli.target.resolve import Target
 
 BATCHES, BATCH_SIZE = 3, 16
 
@@ -386,7 +386,7 @@ def test_an_error_in_gradchecks_hook_code_is_internal_not_the_users(monkeypatch:
     with pytest.raises(InternalError) as raised:
         run_probe(_mlp(), _float_batch, None, ScanConfig(batches=1, batch_size=4))
     assert not isinstance(raised.value, UserError)
-    assert "gradcheck_cli/norms.py" in str(raised.value) and "not in the model" in str(raised.value)
+    assert "gradcheck_cli/measure/norms.py" in str(raised.value) and "not in the model" in str(raised.value)
 
 
 def test_an_error_in_the_users_forward_is_still_the_users() -> None:

@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from gradcheck_cli import scan
-from gradcheck_cli.checks import CheckContext
-from gradcheck_cli.checks.divergence import check as divergence_check
-from gradcheck_cli.checks.divergence import suggested_lr, trailing_rises
-from gradcheck_cli.classify import Thresholds
-from gradcheck_cli.report import FindingKind, RecommendationId
-from gradcheck_cli.targets import Target
+from gradcheck_cli.analyse.checks import CheckContext
+from gradcheck_cli.analyse.checks.divergence import check as divergence_check
+from gradcheck_cli.analyse.checks.divergence import suggested_lr, trailing_rises
+from gradcheck_cli.analyse.classify import Thresholds
+from gradcheck_cli.report.records import FindingKind, RecommendationId
+from gradcheck_cli.target.resolve import Target
 
 
 @pytest.mark.parametrize("optimizer,lr", [("sgd", 0.01), ("adam", 1e-3)])
@@ -150,7 +150,7 @@ def test_rises_and_suggested_lr() -> None:
 
 
 def test_the_table_shows_update_ratios_only_with_steps() -> None:
-    from gradcheck_cli.render.table import render_table
+    from gradcheck_cli.report.render.table import render_table
 
     target = Target("tiny", _Tiny, _tiny_batch, None)
     stepped = render_table(scan(target, steps=2), width=80, color=False)

@@ -19,13 +19,13 @@ import torch
 from torch import nn
 
 from gradcheck_cli import scan
-from gradcheck_cli.checks import CheckContext
-from gradcheck_cli.checks.divergence import check as divergence_check
-from gradcheck_cli.checks.divergence import largest_rise, pre_divergence, step_factors
-from gradcheck_cli.classify import Thresholds
+from gradcheck_cli.analyse.checks import CheckContext
+from gradcheck_cli.analyse.checks.divergence import check as divergence_check
+from gradcheck_cli.analyse.checks.divergence import largest_rise, pre_divergence, step_factors
+from gradcheck_cli.analyse.classify import Thresholds
 from gradcheck_cli.config import ScanConfig
-from gradcheck_cli.probe import run_probe
-from gradcheck_cli.report import FindingKind, RecommendationId
+from gradcheck_cli.measure.probe import run_probe
+from gradcheck_cli.report.records import FindingKind, RecommendationId
 
 DATA = Path(__file__).parent / "data" / "dynamics"
 NORMAL_INIT = DATA / "normal_init_relu_mlp.py"

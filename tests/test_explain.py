@@ -16,15 +16,15 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from gradcheck_cli import catalog
-from gradcheck_cli.catalog import FINDINGS, FIXES, NOT_YET_MEASURED, NOT_YET_RECOMMENDED, Entry
-from gradcheck_cli.checks import CHECKS
-from gradcheck_cli.classify import Thresholds
-from gradcheck_cli.cli import app
-from gradcheck_cli.fixes import recommend
-from gradcheck_cli.render.explain import SECTIONS, render_explain
-from gradcheck_cli.report import Finding, FindingKind, RecommendationId, Severity
-from gradcheck_cli.stats import LayerStats
+from gradcheck_cli.analyse.checks import CHECKS
+from gradcheck_cli.analyse.classify import Thresholds
+from gradcheck_cli.analyse.fixes import recommend
+from gradcheck_cli.analyse.stats import LayerStats
+from gradcheck_cli.cli.app import app
+from gradcheck_cli.report import catalog
+from gradcheck_cli.report.catalog import FINDINGS, FIXES, NOT_YET_MEASURED, NOT_YET_RECOMMENDED, Entry
+from gradcheck_cli.report.records import Finding, FindingKind, RecommendationId, Severity
+from gradcheck_cli.report.render.explain import SECTIONS, render_explain
 
 runner = CliRunner()
 ALL_IDS = [k.value for k in FindingKind] + [r.value for r in RecommendationId]
@@ -190,7 +190,7 @@ def test_every_builtin_scan_agrees_with_the_catalogue() -> None:
     """Real scans: each recommendation is justified by a finding the catalogue links to it, and
     every evidence key a finding carries is named in its kind's "What gradcheck measures"."""
     from gradcheck_cli import scan
-    from gradcheck_cli.zoo import BUILTINS
+    from gradcheck_cli.target.zoo import BUILTINS
 
     # Healthy built-ins have no findings; a healthy one trained at a far too large learning rate
     # diverges (the dynamics findings need --steps).
@@ -317,7 +317,7 @@ def test_list_builtins_still_works() -> None:
 def test_explain_and_list_do_not_import_torch(args: list[str]) -> None:
     code = (
         "import sys\n"
-        "from gradcheck_cli.cli import app\n"
+        "from gradcheck_cli.cli.app import app\n"
         "try:\n"
         f"    app({args!r})\n"
         "except SystemExit as exc:\n"

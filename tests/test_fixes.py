@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from gradcheck_cli.checks import CHECKS
-from gradcheck_cli.fixes import RANK, TITLES, recommend
-from gradcheck_cli.report import Finding, FindingKind, RecommendationId, Severity
-from gradcheck_cli.stats import LayerStats
+from gradcheck_cli.analyse.checks import CHECKS
+from gradcheck_cli.analyse.fixes import RANK, TITLES, recommend
+from gradcheck_cli.analyse.stats import LayerStats
+from gradcheck_cli.report.records import Finding, FindingKind, RecommendationId, Severity
 
 
 def _layer(name: str, *, gtw: float = 0.5, function: str = "ReLU", fan_in: int = 64,

@@ -18,12 +18,12 @@ from format_reports import (
     run_results,
 )
 
-from gradcheck_cli.catalog import FINDINGS
-from gradcheck_cli.render import OutputFormat, render
-from gradcheck_cli.render.github import command, escape_data, escape_property, render_github
-from gradcheck_cli.render.markdown import cell, code_span, render_markdown
-from gradcheck_cli.render.sarif import render_sarif
-from gradcheck_cli.report import FindingKind, ScanResult
+from gradcheck_cli.report.catalog import FINDINGS
+from gradcheck_cli.report.records import FindingKind, ScanResult
+from gradcheck_cli.report.render import OutputFormat, render
+from gradcheck_cli.report.render.github import command, escape_data, escape_property, render_github
+from gradcheck_cli.report.render.markdown import cell, code_span, render_markdown
+from gradcheck_cli.report.render.sarif import render_sarif
 
 SARIF_SCHEMA = json.loads((Path(__file__).parent / "data" / "sarif-schema-2.1.0.json").read_text(encoding="utf-8"))
 KNOWN = frozenset({"exploding:net.0", "exploding:net.2"})

@@ -10,8 +10,8 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gradcheck_cli.recipes import Recipe, RecipeError, parse_recipe
-from gradcheck_cli.settings import SETTINGS, resolve
+from gradcheck_cli.cli.recipes import Recipe, RecipeError, parse_recipe
+from gradcheck_cli.cli.settings import SETTINGS, resolve
 
 FOLDER = Path(__file__).resolve().parent
 SHOWN = "fuzz.yaml"

@@ -24,9 +24,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gradcheck_cli import targets
 from gradcheck_cli.errors import UserError
-from gradcheck_cli.targets import Target, resolve_target
+from gradcheck_cli.target import resolve as targets
+from gradcheck_cli.target.resolve import Target, resolve_target
 
 SAFE_MODULES = ("json", "os.path", "collections", "gc_fuzz_pkg", "gc_fuzz_pkg.models")
 """What the fake import may really import; everything else is 'not installed'."""

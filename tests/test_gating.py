@@ -13,12 +13,12 @@ from cli_errors import assert_one_line_error
 from format_reports import errored_result, exploding_result, healthy_result, run_results
 from typer.testing import CliRunner
 
-from gradcheck_cli import cli_output
-from gradcheck_cli.baseline import SCHEMA, baseline_text, parse_baseline
-from gradcheck_cli.cli import app
+from gradcheck_cli.cli import output as cli_output
+from gradcheck_cli.cli.app import app
+from gradcheck_cli.cli.baseline import SCHEMA, baseline_text, parse_baseline
+from gradcheck_cli.cli.output_file import write_output
 from gradcheck_cli.errors import UserError
-from gradcheck_cli.gate import run_exit_code, scan_exit_code
-from gradcheck_cli.output_file import write_output
+from gradcheck_cli.report.gate import run_exit_code, scan_exit_code
 
 runner = CliRunner()
 EXPLODING = "builtin:relu-normal-init"  # every Linear explodes (zoo docstring)

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from gradcheck_cli.cli import app
+from gradcheck_cli.cli.app import app
 
 runner = CliRunner()
 EXPLODING = "builtin:relu-normal-init"

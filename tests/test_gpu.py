@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gradcheck_cli import scan
-from gradcheck_cli.zoo import load_target
+from gradcheck_cli.target.zoo import load_target
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

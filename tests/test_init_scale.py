@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from gradcheck_cli import scan
-from gradcheck_cli.init_std import init_target
-from gradcheck_cli.report import FindingKind, RecommendationId, Report
-from gradcheck_cli.targets import Target
-from gradcheck_cli.targets import resolve_target as load_target
+from gradcheck_cli.analyse.init_std import init_target
+from gradcheck_cli.report.records import FindingKind, RecommendationId, Report
+from gradcheck_cli.target.resolve import Target
+from gradcheck_cli.target.resolve import resolve_target as load_target
 
 WIDTH, DEPTH = 256, 6
 

@@ -17,8 +17,8 @@ from torch import nn
 from typer.testing import CliRunner
 
 from gradcheck_cli import scan
-from gradcheck_cli.cli import app
-from gradcheck_cli.targets import Target
+from gradcheck_cli.cli.app import app
+from gradcheck_cli.target.resolve import Target
 
 runner = CliRunner()
 

@@ -23,8 +23,8 @@ from cli_errors import assert_one_line_error
 from typer.testing import CliRunner
 
 from gradcheck_cli import scan
-from gradcheck_cli.cli import app
-from gradcheck_cli.isolation import capture_rng, restore_rng, seed_all
+from gradcheck_cli.cli.app import app
+from gradcheck_cli.target.isolation import capture_rng, restore_rng, seed_all
 
 HAS_NUMPY = importlib.util.find_spec("numpy") is not None  # optional for gradcheck
 

@@ -23,12 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradcheck_cli import scan
-from gradcheck_cli.classify import LayerVerdict, Thresholds, classify_layers
+from gradcheck_cli.analyse.classify import LayerVerdict, Thresholds, classify_layers
+from gradcheck_cli.analyse.stats import LayerStats
 from gradcheck_cli.config import ScanConfig
-from gradcheck_cli.probe import run_probe
-from gradcheck_cli.report import Status
-from gradcheck_cli.stats import LayerStats
-from gradcheck_cli.targets import Target
+from gradcheck_cli.measure.probe import run_probe
+from gradcheck_cli.report.records import Status
+from gradcheck_cli.target.resolve import Target
 
 
 def _probe(build: Any, make_batch: Any) -> dict[str, Any]:

@@ -19,8 +19,8 @@ from model_state import assert_unchanged, snapshot
 from torch import nn
 
 from gradcheck_cli.config import ScanConfig
-from gradcheck_cli.probe import run_probe
-from gradcheck_cli.restore import LazyModulesMaterialised
+from gradcheck_cli.measure.probe import run_probe
+from gradcheck_cli.measure.restore import LazyModulesMaterialised
 
 
 class EmbeddingBag(nn.Module):

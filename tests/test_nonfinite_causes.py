@@ -19,8 +19,8 @@ from torch import nn
 
 from gradcheck_cli import scan
 from gradcheck_cli.errors import UserError
-from gradcheck_cli.report import FindingKind, RecommendationId, Status
-from gradcheck_cli.targets import Target
+from gradcheck_cli.report.records import FindingKind, RecommendationId, Status
+from gradcheck_cli.target.resolve import Target
 
 CORPUS = Path(__file__).parent / "corpus"
 R = RecommendationId
@@ -254,7 +254,7 @@ def test_a_nan_spreading_to_28_layers_is_one_finding_at_its_origin() -> None:
 def test_fully_masked_rows_reads_each_mask_convention() -> None:
     """softmax: -inf along `dim`; sdpa: bool True = attend, float -inf = masked; MHA: bool True =
     masked, float -inf = masked, key_padding_mask (B, S) with attn_mask (B * heads, L, S)."""
-    from gradcheck_cli.nonfinite_origin import fully_masked_rows
+    from gradcheck_cli.measure.nonfinite_origin import fully_masked_rows
 
     scores = torch.zeros(2, 3, 4)
     scores[0, 1] = float("-inf")  # one row of the last dim

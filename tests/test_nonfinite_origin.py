@@ -14,12 +14,13 @@ import pytest
 import torch
 from torch import nn
 
-from gradcheck_cli import probe, scan
-from gradcheck_cli.checks.nonfinite import classify_cause
-from gradcheck_cli.measurements import NonfiniteOrigin
-from gradcheck_cli.report import FindingKind, RecommendationId
-from gradcheck_cli.targets import Target
-from gradcheck_cli.zoo.models import NanLog
+from gradcheck_cli import scan
+from gradcheck_cli.analyse.checks.nonfinite import classify_cause
+from gradcheck_cli.measure import probe
+from gradcheck_cli.measure.records import NonfiniteOrigin
+from gradcheck_cli.report.records import FindingKind, RecommendationId
+from gradcheck_cli.target.resolve import Target
+from gradcheck_cli.target.zoo.models import NanLog
 
 CORPUS = Path(__file__).parent / "corpus"
 

@@ -23,12 +23,12 @@ from cli_errors import assert_one_line_error
 from format_reports import exploding_report, healthy_result
 from typer.testing import CliRunner
 
-from gradcheck_cli.cli import app
-from gradcheck_cli.render.common import visible
-from gradcheck_cli.render.junit import render_junit
-from gradcheck_cli.render.markdown import render_markdown
-from gradcheck_cli.render.sarif import render_sarif
-from gradcheck_cli.report import ScanResult
+from gradcheck_cli.cli.app import app
+from gradcheck_cli.report.records import ScanResult
+from gradcheck_cli.report.render.common import visible
+from gradcheck_cli.report.render.junit import render_junit
+from gradcheck_cli.report.render.markdown import render_markdown
+from gradcheck_cli.report.render.sarif import render_sarif
 
 runner = CliRunner()
 HEALTHY = "builtin:relu-he"

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from gradcheck_cli.config import ScanConfig
-from gradcheck_cli.probe import run_probe
+from gradcheck_cli.measure.probe import run_probe
 
 
 def _mlp(inplace: bool = False) -> nn.Module:

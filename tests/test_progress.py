@@ -7,8 +7,8 @@ import io
 from rich.console import Console
 from typer.testing import CliRunner
 
-from gradcheck_cli.cli import app
-from gradcheck_cli.cli_progress import ScanProgress
+from gradcheck_cli.cli.app import app
+from gradcheck_cli.cli.progress import ScanProgress
 
 runner = CliRunner()
 

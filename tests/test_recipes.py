@@ -11,11 +11,11 @@ import pytest
 from model_files import HEALTHY_FILE
 from typer.testing import CliRunner
 
-from gradcheck_cli.cli import app
-from gradcheck_cli.gate import matches
-from gradcheck_cli.recipes import RecipeError, load_recipe
-from gradcheck_cli.report import Finding, FindingKind, Severity
-from gradcheck_cli.settings import resolve
+from gradcheck_cli.cli.app import app
+from gradcheck_cli.cli.recipes import RecipeError, load_recipe
+from gradcheck_cli.cli.settings import resolve
+from gradcheck_cli.report.gate import matches
+from gradcheck_cli.report.records import Finding, FindingKind, Severity
 
 runner = CliRunner()
 

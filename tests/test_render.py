@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gradcheck_cli.render import OutputFormat, format_number, render, render_json, render_table
-from gradcheck_cli.report import (
+from gradcheck_cli.report.records import (
     Finding,
     FindingKind,
     LayerReport,
@@ -23,6 +22,7 @@ from gradcheck_cli.report import (
     Severity,
     Status,
 )
+from gradcheck_cli.report.render import OutputFormat, format_number, render, render_json, render_table
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 CONFIG = {"batches": 3, "batch_size": 16, "seed": 0, "device": "cpu", "steps": 0,

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from gradcheck_cli import scan
-from gradcheck_cli.render import OutputFormat, render
-from gradcheck_cli.report import FindingKind, RecommendationId, ScanResult, Severity, Status
-from gradcheck_cli.zoo import BUILTINS
+from gradcheck_cli.report.records import FindingKind, RecommendationId, ScanResult, Severity, Status
+from gradcheck_cli.report.render import OutputFormat, render
+from gradcheck_cli.target.zoo import BUILTINS
 
 NUMBER = (int, float)
 NUMBER_OR_NONFINITE = (int, float, str)

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from gradcheck_cli.cli import app
-from gradcheck_cli.zoo import BUILTINS
+from gradcheck_cli.cli.app import app
+from gradcheck_cli.target.zoo import BUILTINS
 
 runner = CliRunner()
 SEEDS = range(5)
@@ -24,8 +24,8 @@ STEPS = ["--steps", "2", "--optimizer", "adam"]
 _DUMP_ALL = """
 import json, sys
 from typer.testing import CliRunner
-from gradcheck_cli.cli import app
-from gradcheck_cli.zoo import BUILTINS
+from gradcheck_cli.cli.app import app
+from gradcheck_cli.target.zoo import BUILTINS
 runner = CliRunner()
 for b in BUILTINS:
     for extra in ([], STEPS):

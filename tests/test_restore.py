@@ -11,7 +11,7 @@ from torch import nn
 
 from gradcheck_cli.config import ScanConfig
 from gradcheck_cli.errors import UserError
-from gradcheck_cli.probe import run_probe
+from gradcheck_cli.measure.probe import run_probe
 
 
 class Net(nn.Module):

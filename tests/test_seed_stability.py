@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from gradcheck_cli import scan
-from gradcheck_cli.gate import matches
-from gradcheck_cli.zoo import names
+from gradcheck_cli.report.gate import matches
+from gradcheck_cli.target.zoo import names
 
 SEEDS = range(5)
 FAMILIES = ("vanishing", "exploding", "nonfinite")

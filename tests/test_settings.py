@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from gradcheck_cli.classify import Thresholds
-from gradcheck_cli.cli import app
+from gradcheck_cli.analyse.classify import Thresholds
+from gradcheck_cli.cli.app import app
+from gradcheck_cli.cli.pyproject import find_pyproject, pyproject_layer
+from gradcheck_cli.cli.settings import BUILTIN_SOURCE, SETTINGS, resolve
 from gradcheck_cli.config import ScanConfig
 from gradcheck_cli.errors import UserError
-from gradcheck_cli.pyproject import find_pyproject, pyproject_layer
-from gradcheck_cli.settings import BUILTIN_SOURCE, SETTINGS, resolve
 
 runner = CliRunner()
 

@@ -21,12 +21,12 @@ import torch
 from torch import nn
 
 from gradcheck_cli import scan
-from gradcheck_cli.checks.context import margin_evidence
-from gradcheck_cli.classify import Thresholds
-from gradcheck_cli.depth import find_collapses
-from gradcheck_cli.report import FindingKind, RecommendationId, Report, Status
-from gradcheck_cli.stats import LayerStats
-from gradcheck_cli.targets import Target
+from gradcheck_cli.analyse.checks.context import margin_evidence
+from gradcheck_cli.analyse.classify import Thresholds
+from gradcheck_cli.analyse.depth import find_collapses
+from gradcheck_cli.analyse.stats import LayerStats
+from gradcheck_cli.report.records import FindingKind, RecommendationId, Report, Status
+from gradcheck_cli.target.resolve import Target
 
 DEPTH = 32
 WIDTH = 64

@@ -11,12 +11,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from gradcheck_cli import scan
+from gradcheck_cli.analyse.depth import find_trends, stack_kind, trend_of
+from gradcheck_cli.analyse.stats import LayerStats
 from gradcheck_cli.config import ScanConfig
-from gradcheck_cli.depth import find_trends, stack_kind, trend_of
-from gradcheck_cli.probe import run_probe
-from gradcheck_cli.report import FindingKind, RecommendationId
-from gradcheck_cli.stats import LayerStats
-from gradcheck_cli.targets import Target, resolve_target
+from gradcheck_cli.measure.probe import run_probe
+from gradcheck_cli.report.records import FindingKind, RecommendationId
+from gradcheck_cli.target.resolve import Target, resolve_target
 
 STRUCTURE = {RecommendationId.ADD_NORMALIZATION, RecommendationId.ADD_SKIP}
 

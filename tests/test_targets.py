@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from gradcheck_cli.errors import UserError
-from gradcheck_cli.targets import Target, resolve_target
+from gradcheck_cli.target.resolve import Target, resolve_target
 
 HEADER = "import torch\nfrom torch import nn\n"
 
@@ -402,7 +402,7 @@ def test_unknown_forms(tmp_path: Path) -> None:
 
 def test_builtin() -> None:
     assert "needs a model name" in error_of("builtin:")
-    zoo = pytest.importorskip("gradcheck_cli.zoo")
+    zoo = pytest.importorskip("gradcheck_cli.target.zoo")
     if not hasattr(zoo, "load_target"):
         pytest.skip("the zoo is not written yet")
     with pytest.raises(UserError):

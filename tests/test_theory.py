@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from gradcheck_cli import scan
-from gradcheck_cli.report import Finding, FindingKind, LayerReport, Report
-from gradcheck_cli.targets import Target
+from gradcheck_cli.report.records import Finding, FindingKind, LayerReport, Report
+from gradcheck_cli.target.resolve import Target
 
 WIDTH, DEPTH = 256, 10
 

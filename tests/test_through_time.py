@@ -17,12 +17,13 @@ import torch
 from torch import nn
 
 from gradcheck_cli import scan
-from gradcheck_cli.classify import Thresholds, classify_layers
-from gradcheck_cli.measurements import RecurrentWeight
-from gradcheck_cli.recurrence import effective_horizon, near_end, oriented_steps, recurrent_weights
-from gradcheck_cli.report import FindingKind, RecommendationId, Report, Severity, Status
-from gradcheck_cli.stats import LayerStats
-from gradcheck_cli.targets import Target
+from gradcheck_cli.analyse.classify import Thresholds, classify_layers
+from gradcheck_cli.analyse.recurrence import effective_horizon, near_end, oriented_steps
+from gradcheck_cli.analyse.stats import LayerStats
+from gradcheck_cli.measure.records import RecurrentWeight
+from gradcheck_cli.measure.spectra import recurrent_weights
+from gradcheck_cli.report.records import FindingKind, RecommendationId, Report, Severity, Status
+from gradcheck_cli.target.resolve import Target
 
 FEATURES, HIDDEN, CLASSES, BATCHES, BATCH = 8, 32, 4, 3, 16
 THROUGH_TIME = {FindingKind.VANISHING_THROUGH_TIME, FindingKind.EXPLODING_THROUGH_TIME}
@@ -302,7 +303,7 @@ def test_entry_profile_is_the_output_gradient_per_step() -> None:
     """step_entry_grad_rms (which tells a bidirectional layer's near end) against autograd's
     gradient w.r.t. the layer's output sequence, (seq, batch) layout."""
     from gradcheck_cli.config import ScanConfig
-    from gradcheck_cli.probe import run_probe
+    from gradcheck_cli.measure.probe import run_probe
 
     target = _target(lambda: SeqClassifier("GRU", bidirectional=True, batch_first=False, read="first"),
                      12, batch_first=False)

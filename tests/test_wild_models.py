@@ -14,9 +14,9 @@ from torch import nn
 
 from gradcheck_cli import scan
 from gradcheck_cli.errors import UserError
-from gradcheck_cli.report import Report
-from gradcheck_cli.scannable import unwrap_model
-from gradcheck_cli.targets import Target
+from gradcheck_cli.report.records import Report
+from gradcheck_cli.target.resolve import Target
+from gradcheck_cli.target.scannable import unwrap_model
 
 # torch.jit.script/trace are deprecated upstream; scripting models is exactly what is tested here.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:torch.jit")

@@ -19,9 +19,9 @@ import pytest
 import torch
 from torch import nn
 
-from gradcheck_cli import zoo
 from gradcheck_cli.errors import UserError
-from gradcheck_cli.zoo import models
+from gradcheck_cli.target import zoo
+from gradcheck_cli.target.zoo import models
 
 REQUIRED = {
     "deep-sigmoid": "vanishing",
@@ -124,7 +124,7 @@ def test_catalogue_does_not_import_torch() -> None:
     code = (
         "import sys, gradcheck_cli\n"
         "before = 'torch' in sys.modules\n"
-        "import gradcheck_cli.zoo as z\n"
+        "import gradcheck_cli.target.zoo as z\n"
         "z.names(); z.get_builtin('lstm')\n"
         "print(before or 'torch' not in sys.modules)\n"
     )

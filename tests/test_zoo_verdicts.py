@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from gradcheck_cli import scan
-from gradcheck_cli.gate import STATUS_FAMILY
-from gradcheck_cli.report import RecommendationId
-from gradcheck_cli.zoo import BUILTINS
+from gradcheck_cli.report.gate import STATUS_FAMILY
+from gradcheck_cli.report.records import RecommendationId
+from gradcheck_cli.target.zoo import BUILTINS
 
 # What each broken built-in must be told to change (DOMAIN.md's fix for its cause).
 EXPECTED_FIX = {

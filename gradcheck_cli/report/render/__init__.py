@@ -1,0 +1,73 @@
+"""Output formats: one module per format, each turning scan results into a string.
+
+Renderers never print, never import torch and hold no state; ``cli.py`` writes what they return.
+Every format takes the same input, a sequence of ScanResult: one for ``gradcheck scan``, one per
+scan for ``gradcheck run RECIPE`` (``combined=True``), and the baseline's fingerprints (``known``),
+whose findings are shown as baselined and do not fail the gate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import Enum
+
+from gradcheck_cli.report.records import ScanResult
+from gradcheck_cli.report.render.github import render_github
+from gradcheck_cli.report.render.json import render_json, render_run_json
+from gradcheck_cli.report.render.junit import render_junit
+from gradcheck_cli.report.render.markdown import render_markdown
+from gradcheck_cli.report.render.run_table import render_results_table
+from gradcheck_cli.report.render.sarif import render_sarif
+from gradcheck_cli.report.render.table import format_number, render_table
+
+__all__ = ["OutputFormat", "format_number", "render", "render_json",
+           "render_table"]
+
+
+class OutputFormat(str, Enum):
+    """The ``--format`` choices."""
+
+    TABLE = "table"
+    """A Rich table per layer, findings, ranked fixes and a verdict line, for humans."""
+    JSON = "json"
+    """The gradcheck/report@1 document (gradcheck/run@1 for a recipe run), for machines."""
+    MARKDOWN = "markdown"
+    """GitHub-flavoured Markdown for pull-request comments and $GITHUB_STEP_SUMMARY."""
+    SARIF = "sarif"
+    """SARIF 2.1.0, for code-scanning dashboards (GitHub code scanning, GitLab, Azure DevOps)."""
+    JUNIT = "junit"
+    """JUnit XML: one testcase per scan and per failing finding, for CI test reports."""
+    GITHUB = "github"
+    """GitHub Actions workflow commands (::error/::warning annotations)."""
+
+
+def render(results: Sequence[ScanResult], fmt: OutputFormat, *, combined: bool = False,
+           width: int = 100, color: bool = False, known: frozenset[str] = frozenset()) -> str:
+    """Render ``results`` in format ``fmt``.
+
+    ``combined=False`` with one result is ``gradcheck scan`` (its JSON is the report@1 document);
+    ``combined=True`` is a recipe run (JSON run@1, a table per scan and an overall line).
+    ``width`` and ``color`` apply to the table only.
+    """
+    if not results:
+        raise ValueError("render needs at least one scan result")
+    if fmt is OutputFormat.TABLE:
+        single = results[0].report
+        if not combined and len(results) == 1 and single is not None:
+            return render_table(single, width=width, color=color, known=known)
+        return render_results_table(results, width=width, color=color, known=known)
+    if fmt is OutputFormat.JSON:
+        single = results[0].report
+        if not combined and len(results) == 1 and single is not None:
+            return render_json(single)
+        return render_run_json(results, known)
+    if fmt is OutputFormat.MARKDOWN:
+        return render_markdown(results, known)
+    if fmt is OutputFormat.SARIF:
+        return render_sarif(results, known)
+    if fmt is OutputFormat.JUNIT:
+        return render_junit(results, known)
+    if fmt is OutputFormat.GITHUB:
+        return render_github(results, known)
+    # Reached only by a format added to the enum without a renderer (tests walk every member).
+    raise ValueError(f"no renderer for output format {fmt!r}")

@@ -1,0 +1,57 @@
+"""Small helpers the machine formats share: where a finding is, what a scan's outcome is.
+
+Pure functions of the records; no torch, no printing.
+"""
+
+from __future__ import annotations
+
+import re
+
+from gradcheck_cli.report.gate import failing_findings, fingerprint, scan_exit_code
+from gradcheck_cli.report.records import Finding, ScanResult
+
+OUTCOMES = {0: "pass", 1: "fail", 2: "error"}
+"""A scan's exit code in words, as the markdown and table summaries show it."""
+
+INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+"""Control characters other than tab, LF and CR (C0, DEL, C1), lone surrogates (a file name read
+with surrogateescape) and the noncharacters U+FFFE/U+FFFF: XML 1.0 cannot hold most of them at all
+(one ESC from an ANSI-coloured error message makes a JUnit file unparseable), and in Markdown or a
+SARIF viewer they garble the text or hide part of it."""
+
+
+def visible(text: str) -> str:
+    """``text`` with every INVISIBLE character written as a visible escape: ESC -> ``\\x1b``."""
+    return INVISIBLE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def target_file(target: str) -> str | None:
+    """The model file of a TARGET (``model.py`` or ``model.py:NAME``), or None for a builtin or
+    an installed module, which have no file the user can open."""
+    path = target
+    head, sep, tail = target.rpartition(":")
+    if sep and head.endswith(".py") and tail.isidentifier():
+        path = head
+    return path if path.endswith(".py") else None
+
+
+def where(finding: Finding) -> str:
+    """``at fc1`` or ``(whole model)``, as the table writes it."""
+    return f"at {finding.layer}" if finding.layer is not None else "(whole model)"
+
+
+def outcome(result: ScanResult, known: frozenset[str]) -> str:
+    """``pass``, ``fail`` or ``error``."""
+    return OUTCOMES[scan_exit_code(result, known)]
+
+
+def gate_fingerprints(result: ScanResult, known: frozenset[str]) -> set[str]:
+    """Fingerprints of the scan's findings that fail its gate (after the baseline)."""
+    if result.report is None:
+        return set()
+    return {fingerprint(f) for f in failing_findings(result.report, known)}
