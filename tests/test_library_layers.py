@@ -32,7 +32,7 @@ from gradcheck_cli.target.resolve import Target
 
 
 def _probe(build: Any, make_batch: Any) -> dict[str, Any]:
-    """Per-layer probe measurements (LayerProbe) by name, from one probe batch."""
+    """Per-layer probe measurements (LayerMeasurement) by name, from one probe batch."""
     return {layer.name: layer for layer in run_probe(build(), make_batch, None, ScanConfig(batches=1)).layers}
 
 

@@ -8,7 +8,7 @@ from functools import cached_property
 from typing import Any
 
 from gradcheck_cli.analyse.init_std import InitTarget, init_target
-from gradcheck_cli.measure.records import LayerProbe, RecurrentWeight
+from gradcheck_cli.measure.records import LayerMeasurement, RecurrentWeight
 
 # Weights whose RMS is below this are "zero" (zero-initialised heads, LoRA B): a gradient/weight
 # ratio would be meaningless there.
@@ -46,7 +46,7 @@ class LayerStats:
     bidirectional: bool = False
     recurrent_weights: tuple[RecurrentWeight, ...] = ()
     recurrent_cell: str = ""
-    """vanilla | gated | unknown for a layer called in a hand-written recurrent loop (LayerProbe)."""
+    """vanilla | gated | unknown for a layer called in a hand-written recurrent loop (LayerMeasurement)."""
     update_to_weight: float | None = None
     """With --steps: the largest relative weight change per optimizer step, |Δw| / |w|."""
     attention_scores: bool = False
@@ -71,13 +71,13 @@ def layer_role(type_name: str, param_dims: int) -> str:
     return "dense" if param_dims >= 2 else "other"
 
 
-def compute_stats(layers: tuple[LayerProbe, ...]) -> list[LayerStats]:
+def compute_stats(layers: tuple[LayerMeasurement, ...]) -> list[LayerStats]:
     """One LayerStats per layer, in execution order (layers that never ran last)."""
     ordered = sorted(layers, key=lambda lp: (lp.order < 0, lp.order))
     return [_layer_stats(lp, index) for index, lp in enumerate(ordered)]
 
 
-def _layer_stats(lp: LayerProbe, index: int) -> LayerStats:
+def _layer_stats(lp: LayerMeasurement, index: int) -> LayerStats:
     grad_norm = sum(lp.grad_norms) / len(lp.grad_norms) if lp.grad_norms else None
     weight_rms = lp.weight_norm / math.sqrt(lp.params) if lp.params else 0.0
     gtw = None

@@ -183,7 +183,7 @@ class CellWatch:
         return CellLoop(steps, kind, cell_state_weights(module, profile.state_columns, profile.activation))
 
     def layer_fields(self, name: str, module: nn.Module) -> dict[str, Any]:
-        """The LayerProbe fields of a layer that runs as a cell in a loop ({} for any other): its
+        """The LayerMeasurement fields of a layer that runs as a cell in a loop ({} for any other): its
         chain profile replaces what a fused recurrent layer measures within one call."""
         loop = self.loop(name, module)
         if loop is None:

@@ -37,7 +37,7 @@ from gradcheck_cli.measure.backward import gradients
 from gradcheck_cli.measure.cell_watch import CellWatch
 from gradcheck_cli.measure.nonfinite_origin import OriginWatch
 from gradcheck_cli.measure.norms import count_nonfinite, squared_norms, tensor_norm
-from gradcheck_cli.measure.records import LayerProbe, NonfiniteOrigin, ProbeResult
+from gradcheck_cli.measure.records import LayerMeasurement, Measurements, NonfiniteOrigin
 from gradcheck_cli.measure.restore import restore_snapshot, take_snapshot
 from gradcheck_cli.measure.spectra import recurrent_weights
 from gradcheck_cli.target.batches import batch_has_nonfinite, call_model, move_to, split_batch
@@ -90,7 +90,7 @@ def _no_stage(stage: str, batch: int, batches: int) -> None:
 
 
 def run_probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any,
-              config: ScanConfig, on_stage: StageCallback | None = None) -> ProbeResult:
+              config: ScanConfig, on_stage: StageCallback | None = None) -> Measurements:
     """Probe `model` with config.batches batches; the model comes back exactly as it was."""
     stage = on_stage or _no_stage
     snapshot = take_snapshot(model)
@@ -106,7 +106,7 @@ def run_probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any,
 
 
 def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, config: ScanConfig,
-           handles: list[Any], stage: StageCallback) -> ProbeResult:
+           handles: list[Any], stage: StageCallback) -> Measurements:
     device = torch.device(config.device)
     model.to(device)
     model.train()
@@ -144,7 +144,7 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
     step_owner = torch.tensor(owner_of, device=device)
     update_rows: list[torch.Tensor] = []
     step_rounds: list[tuple[float, ...]] = []
-    as_built: dict[int, LayerProbe] | None = None
+    as_built: dict[int, LayerMeasurement] | None = None
 
     for batch_index in range(config.batches):
         stage("making the batch", batch_index + 1, config.batches)
@@ -221,7 +221,7 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
     first_site: dict[str, ActivationSite] = {}
     for site in state["sites"].values():
         first_site.setdefault(site.producer, site)
-    return ProbeResult(
+    return Measurements(
         layers=tuple(replace(_finish_layer(layer, li, params,
                                            received[li] if set(layer.param_indices) & trainable_set else None,
                                            grad_norm_rows,
@@ -248,7 +248,7 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
     )
 
 
-def _built_fields(as_built: dict[int, LayerProbe] | None, li: int) -> dict[str, Any]:
+def _built_fields(as_built: dict[int, LayerMeasurement] | None, li: int) -> dict[str, Any]:
     """With --steps, the weight statistics and activation scales of the model as built (the first
     probe batch, before any step): the init checks judge the user's init, not weights that the
     probe's own (possibly diverging) steps moved. Without steps nothing changed, so nothing to swap."""
@@ -601,7 +601,7 @@ def _wide(t: torch.Tensor) -> torch.dtype:
 
 def _finish_layer(layer: _LayerAcc, li: int, params: list[nn.Parameter], received: bool | None,
                   grad_norm_rows: list[list[float]], nonfinite: int,
-                  site: ActivationSite | None) -> LayerProbe:
+                  site: ActivationSite | None) -> LayerMeasurement:
     own = [params[pi] for pi in layer.param_indices]
     main_weight = max((p for p in own if p.dim() >= 2), key=lambda p: p.numel(), default=None)
     with torch.no_grad():
@@ -612,7 +612,7 @@ def _finish_layer(layer: _LayerAcc, li: int, params: list[nn.Parameter], receive
     activation: dict[str, Any] = site.summary() if site is not None else {}
     bias = layer.module._parameters.get("bias")
     got_grad = received is True
-    return LayerProbe(
+    return LayerMeasurement(
         name=layer.name,
         type_name=type(layer.module).__name__,
         params=sum(p.numel() for p in own),

@@ -24,7 +24,7 @@ class RecurrentWeight:
 
 
 @dataclass(frozen=True)
-class LayerProbe:
+class LayerMeasurement:
     """Raw measurements of one layer (a module owning parameters directly)."""
 
     name: str
@@ -107,8 +107,8 @@ class NonfiniteOrigin:
 
 
 @dataclass(frozen=True)
-class ProbeResult:
-    layers: tuple[LayerProbe, ...]
+class Measurements:
+    layers: tuple[LayerMeasurement, ...]
     losses: tuple[float, ...]
     loss_kind: str
     nonfinite_input: bool
