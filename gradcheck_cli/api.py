@@ -1,4 +1,4 @@
-"""The scan pipeline: target -> probe -> stats -> classify -> checks -> fixes -> Report."""
+"""The scan: load the target -> measure it (measure/) -> analyse the measurements (analyse/) -> Report."""
 
 from __future__ import annotations
 
@@ -6,13 +6,10 @@ from contextlib import ExitStack
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from gradcheck_cli import __version__
-from gradcheck_cli.analyse.checks import CheckContext, run_checks
-from gradcheck_cli.analyse.classify import Thresholds, classify_layers, verdict
-from gradcheck_cli.analyse.fixes import recommend
+from gradcheck_cli.analyse.classify import Thresholds
 from gradcheck_cli.config import ScanConfig
 from gradcheck_cli.errors import UserError
-from gradcheck_cli.report.records import LayerReport, LossInfo, Report, Status
+from gradcheck_cli.report.records import Report
 from gradcheck_cli.target.resolve import Target, resolve_target
 
 if TYPE_CHECKING:
@@ -68,7 +65,7 @@ def _scan(target: str | Target, config: ScanConfig, thresholds: Thresholds, stag
           scan_context: ExitStack) -> Report:
     import torch
 
-    from gradcheck_cli.analyse.stats import compute_stats
+    from gradcheck_cli.analyse.pipeline import analyse
     from gradcheck_cli.measure.probe import run_probe
     from gradcheck_cli.target.batches import synthetic_batch_maker
     from gradcheck_cli.target.checkpoint import apply_state_dict, read_checkpoint
@@ -89,39 +86,9 @@ def _scan(target: str | Target, config: ScanConfig, thresholds: Thresholds, stag
         apply_state_dict(model, checkpoint, config.checkpoint)
     make_batch = resolved.make_batch or synthetic_batch_maker(model, config.input_shape, source=resolved.name)
     torch.set_grad_enabled(True)  # build_model may have switched it off: the probe needs it
-    probe = run_probe(model, make_batch, resolved.loss_fn, config, stage)
+    measurements = run_probe(model, make_batch, resolved.loss_fn, config, stage)
     stage("analysing the measurements", 0, config.batches)
-
-    layers = compute_stats(probe.layers)
-    verdicts = classify_layers(layers, thresholds)
-    statuses = [v.status for v in verdicts]
-    context = CheckContext(layers, verdicts, thresholds, probe.losses, probe.nonfinite_input,
-                           probe.first_nonfinite_module, nonfinite_origin=probe.nonfinite_origin,
-                           loss_trace=probe.loss_trace, steps=config.steps, optimizer=config.optimizer,
-                           lr=config.lr, first_grad_norm=probe.first_grad_norm,
-                           first_step_update=probe.first_step_update,
-                           step_rounds=probe.step_rounds, step_updates=probe.step_updates,
-                           residual_modules=probe.residual_modules)
-    findings = run_checks(context)
-    model_verdict = verdict(statuses)
-    if model_verdict != Status.NONFINITE and any(f.kind.value.startswith("nonfinite") for f in findings):
-        model_verdict = Status.NONFINITE  # a NaN loss or NaN input with finite gradients
-    return Report(
-        target=resolved.name,
-        tool_version=__version__,
-        config=config.as_dict(),
-        loss=LossInfo(probe.loss_kind, probe.loss_trace),
-        verdict=model_verdict,
-        layers=tuple(
-            LayerReport(
-                name=s.name, type=s.type_name, index=s.index, params=s.params, status=v.status,
-                grad_norm=s.grad_norm, weight_norm=s.weight_norm, grad_to_weight=s.grad_to_weight,
-                nonfinite_grads=s.nonfinite_grads, activation=s.activation,
-                update_to_weight=s.update_to_weight)
-            for s, v in zip(layers, verdicts)),
-        findings=tuple(findings),
-        recommendations=tuple(recommend(findings, layers, probe.has_normalization)),
-    )
+    return analyse(measurements, config, thresholds, target=resolved.name)
 
 
 def _validate(config: ScanConfig) -> None:
