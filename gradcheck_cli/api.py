@@ -6,7 +6,7 @@ from contextlib import ExitStack
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from gradcheck_cli.analyse.classify import Thresholds
+from gradcheck_cli.analyse.thresholds import Thresholds
 from gradcheck_cli.config import ScanConfig
 from gradcheck_cli.errors import UserError
 from gradcheck_cli.report.records import Report

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from gradcheck_cli.analyse.classify import Thresholds, classify_layers, verdict
+from gradcheck_cli.analyse.classify import classify_layers, verdict
 from gradcheck_cli.analyse.stats import LayerStats
+from gradcheck_cli.analyse.thresholds import Thresholds
 from gradcheck_cli.report.records import Status
 
 T = Thresholds()

@@ -13,7 +13,7 @@ from gradcheck_cli import scan
 from gradcheck_cli.analyse.checks import CheckContext
 from gradcheck_cli.analyse.checks.divergence import check as divergence_check
 from gradcheck_cli.analyse.checks.divergence import suggested_lr, trailing_rises
-from gradcheck_cli.analyse.classify import Thresholds
+from gradcheck_cli.analyse.thresholds import Thresholds
 from gradcheck_cli.report.records import FindingKind, RecommendationId
 from gradcheck_cli.target.resolve import Target
 

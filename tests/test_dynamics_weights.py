@@ -22,7 +22,7 @@ from gradcheck_cli import scan
 from gradcheck_cli.analyse.checks import CheckContext
 from gradcheck_cli.analyse.checks.divergence import check as divergence_check
 from gradcheck_cli.analyse.checks.divergence import largest_rise, pre_divergence, step_factors
-from gradcheck_cli.analyse.classify import Thresholds
+from gradcheck_cli.analyse.thresholds import Thresholds
 from gradcheck_cli.config import ScanConfig
 from gradcheck_cli.measure.probe import run_probe
 from gradcheck_cli.report.records import FindingKind, RecommendationId

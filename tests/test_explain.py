@@ -17,9 +17,9 @@ import pytest
 from typer.testing import CliRunner
 
 from gradcheck_cli.analyse.checks import CHECKS
-from gradcheck_cli.analyse.classify import Thresholds
 from gradcheck_cli.analyse.fixes import recommend
 from gradcheck_cli.analyse.stats import LayerStats
+from gradcheck_cli.analyse.thresholds import Thresholds
 from gradcheck_cli.cli.app import app
 from gradcheck_cli.report import catalog
 from gradcheck_cli.report.catalog import FINDINGS, FIXES, NOT_YET_MEASURED, NOT_YET_RECOMMENDED, Entry

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradcheck_cli import scan
-from gradcheck_cli.analyse.classify import LayerVerdict, Thresholds, classify_layers
+from gradcheck_cli.analyse.classify import LayerVerdict, classify_layers
 from gradcheck_cli.analyse.stats import LayerStats
+from gradcheck_cli.analyse.thresholds import Thresholds
 from gradcheck_cli.config import ScanConfig
 from gradcheck_cli.measure.probe import run_probe
 from gradcheck_cli.report.records import Status

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from gradcheck_cli.analyse.classify import Thresholds
+from gradcheck_cli.analyse.thresholds import Thresholds
 from gradcheck_cli.cli.app import app
 from gradcheck_cli.cli.pyproject import find_pyproject, pyproject_layer
 from gradcheck_cli.cli.settings import BUILTIN_SOURCE, SETTINGS, resolve

@@ -22,9 +22,9 @@ from torch import nn
 
 from gradcheck_cli import scan
 from gradcheck_cli.analyse.checks.context import margin_evidence
-from gradcheck_cli.analyse.classify import Thresholds
 from gradcheck_cli.analyse.depth import find_collapses
 from gradcheck_cli.analyse.stats import LayerStats
+from gradcheck_cli.analyse.thresholds import Thresholds
 from gradcheck_cli.report.records import FindingKind, RecommendationId, Report, Status
 from gradcheck_cli.target.resolve import Target
 

@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from gradcheck_cli import scan
-from gradcheck_cli.analyse.classify import Thresholds, classify_layers
+from gradcheck_cli.analyse.classify import classify_layers
 from gradcheck_cli.analyse.recurrence import effective_horizon, near_end, oriented_steps
 from gradcheck_cli.analyse.stats import LayerStats
+from gradcheck_cli.analyse.thresholds import Thresholds
 from gradcheck_cli.measure.records import RecurrentWeight
 from gradcheck_cli.measure.spectra import recurrent_weights
 from gradcheck_cli.report.records import FindingKind, RecommendationId, Report, Severity, Status
@@ -229,7 +230,7 @@ def test_recurrent_weights_match_torch_per_gate_block() -> None:
     spectra = {(w.name, w.block): w for w in recurrent_weights(lstm)}
     assert set(spectra) == {(f"weight_hh_l{k}{s}", b) for k in (0, 1) for s in ("", "_reverse")
                             for b in ("cell", "gates")}
-    w = lstm.weight_hh_l1_reverse.detach().double()
+    w = lstm.get_parameter("weight_hh_l1_reverse").detach().double()
     i, f, g, o = w.chunk(4)
     cell = spectra[("weight_hh_l1_reverse", "cell")]
     assert cell.largest_singular_value == pytest.approx(float(torch.linalg.matrix_norm(g, ord=2)))
@@ -247,7 +248,7 @@ def test_recurrent_weights_of_rnn_gru_and_projected_lstm() -> None:
     (whole,) = recurrent_weights(rnn)
     assert (whole.name, whole.block, whole.bound) == ("weight_hh_l0", "all", 1.0)
     assert whole.spectral_radius == pytest.approx(
-        float(torch.linalg.eigvals(rnn.weight_hh_l0.detach().double()).abs().max()))
+        float(torch.linalg.eigvals(rnn.get_parameter("weight_hh_l0").detach().double()).abs().max()))
     gru_cell = next(w for w in recurrent_weights(nn.GRU(3, 5)) if w.block == "cell")
     assert gru_cell.bound == 1.0
     projected = recurrent_weights(nn.LSTM(3, 6, proj_size=2))

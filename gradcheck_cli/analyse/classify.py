@@ -94,27 +94,10 @@ from dataclasses import dataclass
 from gradcheck_cli.analyse.depth import Collapse, collapse_of, describe_collapse, find_collapses
 from gradcheck_cli.analyse.recurrence import near_end, oriented_steps
 from gradcheck_cli.analyse.stats import LayerStats
+from gradcheck_cli.analyse.thresholds import Thresholds
 from gradcheck_cli.report.records import VERDICT_ORDER, Status
 
 VANILLA_RECURRENT = {"RNN"}
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    vanish_relative: float = 1e-3
-    """grad_to_weight below this fraction of the best dense layer's: vanishing (AUTOTRAINER)."""
-    vanish_grad_rms: float = 1e-7
-    """Typical gradient element below this, for zero-weight layers: vanishing (SageMaker Debugger)."""
-    vanish_grad_to_weight: float = 1e-7
-    """grad_to_weight below this: vanishing (TheDeepChecker's 1e-4 bound, at lr = 1, / 1e3)."""
-    explode_grad_to_weight: float = 1e3
-    """grad_to_weight above this: exploding (TheDeepChecker's 1e-1 bound at lr = 1e-4)."""
-    explode_relative: float = 70.0
-    """Output-gradient growth through a stack, or through time: exploding (AUTOTRAINER)."""
-    min_stack: int = 4
-    """Identical dense layers needed before their gradient growth is called geometric."""
-    collapse: float = 1e-3
-    """Activation and output-gradient decay through a plain stack below this: vanishing (depth.py)."""
 
 
 @dataclass(frozen=True)

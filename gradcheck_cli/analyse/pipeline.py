@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from gradcheck_cli import __version__
 from gradcheck_cli.analyse.checks import CheckContext, run_checks
-from gradcheck_cli.analyse.classify import Thresholds, classify_layers, verdict
+from gradcheck_cli.analyse.classify import classify_layers, verdict
 from gradcheck_cli.analyse.fixes import recommend
 from gradcheck_cli.analyse.stats import compute_stats
+from gradcheck_cli.analyse.thresholds import Thresholds
 from gradcheck_cli.config import ScanConfig
 from gradcheck_cli.measure.records import Measurements
 from gradcheck_cli.report.records import LayerReport, LossInfo, Report, Status

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from gradcheck_cli.analyse.classify import Thresholds
+from gradcheck_cli.analyse.thresholds import Thresholds
 from gradcheck_cli.config import OPTIMIZERS, ScanConfig
 from gradcheck_cli.report.gate import valid_fail_on_words
 

@@ -20,8 +20,8 @@ from gradcheck_cli.analyse.checks import divergence as _divergence
 from gradcheck_cli.analyse.checks import init_scale as _init_scale
 from gradcheck_cli.analyse.checks import nonfinite as _nonfinite
 from gradcheck_cli.analyse.checks import saturated_activation as _saturated
-from gradcheck_cli.analyse.classify import Thresholds
 from gradcheck_cli.analyse.recurrence import HORIZON_FRACTION
+from gradcheck_cli.analyse.thresholds import Thresholds
 from gradcheck_cli.errors import UserError
 from gradcheck_cli.report.records import FindingKind, RecommendationId
 
@@ -210,8 +210,8 @@ FINDINGS: dict[FindingKind, Entry] = {
             f"- absolute: grad/weight below {_num(T.vanish_grad_to_weight)}: even at lr = 1 the weights "
             "would move by less than 1e-7 per step, three decades under TheDeepChecker's lower bound of "
             "1e-4 on the update ratio.\n"
-            f"- zero weights (no ratio exists): gradient RMS below {_num(T.vanish_grad_rms)} (SageMaker "
-            "Debugger's vanishing_gradient rule).\n"
+            f"- zero weights (weight RMS below {_num(T.zero_weight_rms)}: no ratio exists): gradient RMS "
+            f"below {_num(T.vanish_grad_rms)} (SageMaker Debugger's vanishing_gradient rule).\n"
             f"- signal collapse: in a plain segment of consecutive dense layers (no normalization layer "
             "between two of them), the median per-layer factor of the output RMS (towards the output) and "
             "of the output-gradient RMS (towards the input), each compounded over the segment, both below "

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 
-from gradcheck_cli.analyse.classify import LayerVerdict, Thresholds
+from gradcheck_cli.analyse.classify import LayerVerdict
 from gradcheck_cli.analyse.depth import (
     Collapse,
     Trend,
@@ -18,6 +18,7 @@ from gradcheck_cli.analyse.depth import (
     trend_of,
 )
 from gradcheck_cli.analyse.stats import LayerStats
+from gradcheck_cli.analyse.thresholds import Thresholds
 from gradcheck_cli.measure.records import NonfiniteOrigin
 from gradcheck_cli.report.records import Finding, FindingKind, Number, Severity, Status
 
