@@ -24,7 +24,7 @@ from torch import nn
 
 from gradcheck_cli import scan
 from gradcheck_cli.analyse.classify import LayerVerdict, classify_layers
-from gradcheck_cli.analyse.stats import LayerStats
+from gradcheck_cli.analyse.stats import LayerStats, compute_stats
 from gradcheck_cli.analyse.thresholds import Thresholds
 from gradcheck_cli.config import ScanConfig
 from gradcheck_cli.measure.probe import run_probe
@@ -33,8 +33,10 @@ from gradcheck_cli.target.resolve import Target
 
 
 def _probe(build: Any, make_batch: Any) -> dict[str, Any]:
-    """Per-layer probe measurements (LayerMeasurement) by name, from one probe batch."""
-    return {layer.name: layer for layer in run_probe(build(), make_batch, None, ScanConfig(batches=1)).layers}
+    """Per-layer statistics (LayerStats: measurements and the fans derived from them) by name, from one
+    probe batch."""
+    measured = run_probe(build(), make_batch, None, ScanConfig(batches=1)).layers
+    return {layer.name: layer for layer in compute_stats(measured)}
 
 
 def _scan(name: str, build: Any, make_batch: Any) -> Any:

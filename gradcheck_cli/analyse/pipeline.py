@@ -13,6 +13,7 @@ from gradcheck_cli.analyse.checks import CheckContext, run_checks
 from gradcheck_cli.analyse.classify import classify_layers, verdict
 from gradcheck_cli.analyse.fixes import recommend
 from gradcheck_cli.analyse.stats import compute_stats
+from gradcheck_cli.analyse.structure import has_normalization
 from gradcheck_cli.analyse.thresholds import Thresholds
 from gradcheck_cli.config import ScanConfig
 from gradcheck_cli.measure.records import Measurements
@@ -50,5 +51,5 @@ def analyse(measurements: Measurements, config: ScanConfig, thresholds: Threshol
                 update_to_weight=s.update_to_weight)
             for s, v in zip(layers, verdicts)),
         findings=tuple(findings),
-        recommendations=tuple(recommend(findings, layers, measurements.has_normalization)),
+        recommendations=tuple(recommend(findings, layers, has_normalization(measurements.module_types))),
     )

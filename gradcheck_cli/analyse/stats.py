@@ -8,6 +8,7 @@ from functools import cached_property
 from typing import Any
 
 from gradcheck_cli.analyse.init_std import InitTarget, init_target
+from gradcheck_cli.analyse.structure import fan_in, fan_out, layer_role
 from gradcheck_cli.measure.records import LayerMeasurement, RecurrentWeight
 
 # Weights whose RMS is below this are "zero" (zero-initialised heads, LoRA B): a gradient/weight
@@ -62,15 +63,6 @@ class LayerStats:
         return init_target(self.fan_in, self.fan_out, str(follower) if follower else None)
 
 
-def layer_role(type_name: str, param_dims: int) -> str:
-    """Role from the module type (also third-party norms such as LlamaRMSNorm, T5LayerNorm)."""
-    if "Norm" in type_name:
-        return "normalization"
-    if "Embedding" in type_name:
-        return "embedding"
-    return "dense" if param_dims >= 2 else "other"
-
-
 def compute_stats(layers: tuple[LayerMeasurement, ...]) -> list[LayerStats]:
     """One LayerStats per layer, in execution order (layers that never ran last)."""
     ordered = sorted(layers, key=lambda lp: (lp.order < 0, lp.order))
@@ -91,13 +83,13 @@ def _layer_stats(lp: LayerMeasurement, index: int) -> LayerStats:
         activation["output_grad_rms"] = lp.output_grad_rms
     return LayerStats(
         name=lp.name, type_name=lp.type_name, index=index, params=lp.params,
-        role=layer_role(lp.type_name, lp.param_dim), fan_in=lp.fan_in,
+        role=layer_role(lp.type_name, lp.param_dim), fan_in=fan_in(lp.weight_shape, lp.io_features),
         weight_std=lp.weight_std, trainable=lp.trainable,
         received=bool(lp.grad_norms), grad_norm=grad_norm, weight_norm=lp.weight_norm,
         grad_to_weight=gtw, grad_rms=grad_rms, nonfinite_grads=lp.nonfinite_grads,
         output_rms=lp.output_rms, output_grad_rms=lp.output_grad_rms,
         output_nonfinite=lp.output_nonfinite, activation=activation,
-        fan_out=lp.fan_out, bias_mean=lp.bias_mean,
+        fan_out=fan_out(lp.weight_shape, lp.io_features), bias_mean=lp.bias_mean,
         step_grad_rms=lp.step_grad_rms, step_entry_grad_rms=lp.step_entry_grad_rms,
         bidirectional=lp.bidirectional, recurrent_weights=lp.recurrent_weights, recurrent_cell=lp.recurrent_cell,
         update_to_weight=lp.update_to_weight,

@@ -22,7 +22,6 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from gradcheck_cli.activations import KNOWN as ACTIVATIONS
-from gradcheck_cli.analyse.stats import layer_role
 from gradcheck_cli.config import ScanConfig
 from gradcheck_cli.errors import UserError
 from gradcheck_cli.measure.activation_watch import (
@@ -67,7 +66,7 @@ class _LayerAcc:
     """Recurrent layers whose input is watched: the (batch, feature) dims to average over."""
     io_features: tuple[int, int] | None = None
     """Last dim of the input and of the output on the first call: tells a weight stored
-    (in, out) from nn.Linear's (out, in) (_transposed)."""
+    (in, out) from nn.Linear's (out, in) (analyse/structure.py)."""
 
 
 @dataclass
@@ -235,8 +234,7 @@ def _probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any, con
         nonfinite_input=nonfinite_input,
         first_nonfinite_module=origin.module if origin is not None and origin.direction == "forward" else None,
         # The root is left out: its class name is the user's ("ReluNormalInitMLP" is no norm layer).
-        has_normalization=any(layer_role(type(m).__name__, 1) == "normalization"
-                              for m in model.modules() if m is not model),
+        module_types=tuple(type(m).__name__ for m in model.modules() if m is not model),
         residual_modules=tuple(sorted(state["residual_in"])),
         step_losses=tuple(step_losses),
         loss_trace=tuple(trace),
@@ -618,8 +616,8 @@ def _finish_layer(layer: _LayerAcc, li: int, params: list[nn.Parameter], receive
         params=sum(p.numel() for p in own),
         # Dimensions of size 1 do not count: a (C, 1, 1) layer scale is a vector, not a kernel.
         param_dim=max(sum(1 for size in p.shape if size > 1) for p in own),
-        fan_in=_fan_in(main_weight, layer.io_features),
-        fan_out=_fan_out(main_weight, layer.io_features),
+        weight_shape=tuple(main_weight.shape) if main_weight is not None else None,
+        io_features=layer.io_features,
         bias_mean=float(_real(bias).mean()) if bias is not None and bias.numel() else None,
         weight_std=float(main_weight.detach().to(_wide(main_weight)).std()) if main_weight is not None else None,
         trainable=received is not None,
@@ -653,32 +651,6 @@ def _io_features(args: tuple[Any, ...], out: torch.Tensor) -> tuple[int, int] | 
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() == 0 or out.dim() == 0:
         return None
     return int(x.shape[-1]), int(out.shape[-1])
-
-
-def _transposed(weight: torch.Tensor, io_features: tuple[int, int] | None) -> bool:
-    """Whether a 2-D weight is stored (in_features, out_features) and applied as x @ W (Hugging
-    Face's Conv1D in GPT-2, hand-written `x @ self.W` layers), not as nn.Linear's (out, in): the
-    layer's own input and output widths say so. A square weight has equal fans either way."""
-    return (weight.dim() == 2 and io_features is not None and weight.shape[0] != weight.shape[1]
-            and tuple(weight.shape) == io_features)
-
-
-def _fan_out(weight: torch.Tensor | None, io_features: tuple[int, int] | None = None) -> int | None:
-    """As torch.nn.init computes it (dim 0 times the kernel size), for the weight's real layout."""
-    if weight is None:
-        return None
-    if _transposed(weight, io_features):
-        return int(weight.shape[1])
-    return int(weight.shape[0] * math.prod(weight.shape[2:]))
-
-
-def _fan_in(weight: torch.Tensor | None, io_features: tuple[int, int] | None = None) -> int | None:
-    """As torch.nn.init computes it (dim 1 times the kernel size), for the weight's real layout."""
-    if weight is None:
-        return None
-    if _transposed(weight, io_features):
-        return int(weight.shape[0])
-    return int(weight.shape[1] * math.prod(weight.shape[2:]))
 
 
 def _composite_candidates(model: nn.Module) -> set[str]:

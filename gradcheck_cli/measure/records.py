@@ -32,8 +32,9 @@ class LayerMeasurement:
     params: int
     param_dim: int
     """Largest number of dimensions among the layer's parameters (2+ means a weight matrix)."""
-    fan_in: int | None
-    """Fan-in of the layer's weight matrix or kernel (None without one)."""
+    weight_shape: tuple[int, ...] | None
+    """Shape of the layer's weight matrix or kernel: its largest parameter of 2+ dims (None without
+    one). The analysis derives the fans from it (analyse/structure.py)."""
     weight_std: float | None
     """Standard deviation of that weight, to compare with the variance-preserving init. With --steps
     this, weight_norm, bias_mean, output_rms and output_grad_rms are those of the model as built:
@@ -50,8 +51,9 @@ class LayerMeasurement:
     output_nonfinite: bool
     activation: dict[str, Any] = field(default_factory=dict)
     """Statistics of the activation fed by this layer, if any (activation_watch.py)."""
-    fan_out: int | None = None
-    """Fan-out of that weight as torch.nn.init computes it (dim 0 times the kernel size)."""
+    io_features: tuple[int, int] | None = None
+    """Last dim of the layer's input and of its output on its first call: tells a weight stored
+    (in, out) and applied as x @ W from nn.Linear's (out, in) (analyse/structure.py)."""
     bias_mean: float | None = None
     """Mean of the layer's `bias` parameter (None without one): a large negative one kills ReLUs."""
     step_grad_rms: tuple[float, ...] = ()
@@ -114,7 +116,8 @@ class Measurements:
     nonfinite_input: bool
     first_nonfinite_module: str | None
     """First module in execution order whose output turned non-finite (None: forward was finite)."""
-    has_normalization: bool
+    module_types: tuple[str, ...]
+    """Class names of every module below the root (the root's name is the user's own)."""
     residual_modules: tuple[str, ...] = ()
     """Modules whose input was added to a result computed inside them (y = x + F(x))."""
     step_losses: tuple[float, ...] = ()
