@@ -20,9 +20,9 @@ from gradcheck_cli.analyse.checks import CHECKS
 from gradcheck_cli.analyse.fixes import recommend
 from gradcheck_cli.analyse.stats import LayerStats
 from gradcheck_cli.analyse.thresholds import Thresholds
+from gradcheck_cli.cli import knowledge as catalog
 from gradcheck_cli.cli.app import app
-from gradcheck_cli.report import catalog
-from gradcheck_cli.report.catalog import FINDINGS, FIXES, NOT_YET_MEASURED, NOT_YET_RECOMMENDED, Entry
+from gradcheck_cli.cli.knowledge import FINDINGS, FIXES, NOT_YET_MEASURED, NOT_YET_RECOMMENDED, Entry
 from gradcheck_cli.report.records import Finding, FindingKind, RecommendationId, Severity
 from gradcheck_cli.report.render.explain import SECTIONS, render_explain
 
@@ -36,8 +36,10 @@ TEXT_FIELDS = ("title", "summary", "mechanism", "measured", "thresholds", "fix")
 def test_every_stable_id_has_exactly_one_entry() -> None:
     assert set(FINDINGS) == set(FindingKind)
     assert set(FIXES) == set(RecommendationId)
-    for key, entry in (*FINDINGS.items(), *FIXES.items()):
-        assert entry.id == key.value
+    for kind, entry in FINDINGS.items():
+        assert entry.id == kind.value
+    for fix_id, fix in FIXES.items():
+        assert fix.id == fix_id.value
     assert sorted(catalog.all_ids()) == sorted(ALL_IDS)
 
 
@@ -292,7 +294,7 @@ def test_list_prints_every_id_exactly_once_aligned(command: str, ids: list[str])
         assert words.count(entry_id) == 1, entry_id
     # Aligned: every title starts in the same column.
     titles = FINDINGS if command == "checks" else FIXES
-    columns = {line.index(titles[key].title) for key, line in zip(titles, lines)}
+    columns = {line.index(entry.title) for entry, line in zip(titles.values(), lines)}
     assert len(columns) == 1
 
 

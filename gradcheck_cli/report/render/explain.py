@@ -1,7 +1,9 @@
 """Plain text for `gradcheck explain ID` and `gradcheck list checks|fixes`.
 
-Pure: returns strings, never prints; cli.py writes them. The words come from catalog.py; this
-module only lays them out (wrapping to the terminal width, indenting, aligning the lists).
+Pure: returns strings, never prints; cli/app.py writes them. The words come from the docs pages
+(docs/findings/, docs/fixes/, read by report/catalog.py, with the thresholds registry added by
+cli/knowledge.py); this module only lays them out (wrapping to the terminal width, indenting,
+aligning the lists).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Collection
 
-from gradcheck_cli.report.catalog import FINDINGS, FIXES, NOT_YET_RECOMMENDED, Entry, justifying_findings, related_fixes
+from gradcheck_cli.report.catalog import FINDINGS, FIXES, NOT_RECOMMENDED, Entry, justifying_findings, related_fixes
 from gradcheck_cli.report.records import FindingKind, RecommendationId
 
 INDENT = "  "
@@ -39,7 +41,7 @@ def render_explain(entry: Entry, measured: Collection[FindingKind], width: int =
     for heading, attribute in SECTIONS:
         lines += ["", heading, *_body(getattr(entry, attribute), width)]
     if kind is not None:
-        rows = [(r.value, FIXES[r].title + _note(_not_recommended(FIXES[r]), NOT_RECOMMENDED_NOTE))
+        rows = [(r.value, FIXES[r].title + _note(r in NOT_RECOMMENDED, NOT_RECOMMENDED_NOTE))
                 for r in related_fixes(kind)]
         lines += ["", "Recommendations it can justify", *_aligned(rows, INDENT)]
     else:
@@ -63,8 +65,8 @@ def render_check_list(measured: Collection[FindingKind]) -> str:
 def render_fix_list() -> str:
     """One line per recommendation id: id, title, summary (and a note when no rule emits it yet)."""
     rows = []
-    for entry in FIXES.values():
-        note = f" ({NOT_RECOMMENDED_NOTE})" if _not_recommended(entry) else ""
+    for rid, entry in FIXES.items():
+        note = f" ({NOT_RECOMMENDED_NOTE})" if rid in NOT_RECOMMENDED else ""
         rows.append((entry.id, entry.title, entry.summary + note))
     return _table(rows)
 
@@ -76,18 +78,14 @@ def _finding_kind(entry_id: str) -> FindingKind | None:
         return None
 
 
-def _not_recommended(entry: Entry) -> bool:
-    return NOT_YET_RECOMMENDED in entry.measured
-
-
 def _status_note(entry: Entry, kind: FindingKind | None, measured: Collection[FindingKind]) -> str:
     if kind is not None:
         return "" if kind in measured else NOT_MEASURED_NOTE
-    return NOT_RECOMMENDED_NOTE if _not_recommended(entry) else ""
+    return NOT_RECOMMENDED_NOTE if RecommendationId(entry.id) in NOT_RECOMMENDED else ""
 
 
 def _body(text: str, width: int) -> list[str]:
-    """Indent and wrap catalogue text: paragraphs, "- " list items, 4-space code kept verbatim."""
+    """Indent and wrap page text: paragraphs, "- " list items, 4-space code kept verbatim."""
     out: list[str] = []
     for i, paragraph in enumerate(text.split("\n\n")):
         if i:
