@@ -315,7 +315,7 @@ def explain(
 ) -> None:
     """Explain a finding kind or recommendation: mechanism, what is measured, thresholds, fix, references."""
     from gradcheck_cli.analyse.checks import CHECKS
-    from gradcheck_cli.report.catalog import get
+    from gradcheck_cli.cli.knowledge import get
     from gradcheck_cli.report.render.explain import render_explain
 
     try:
