@@ -6,9 +6,13 @@ Records are frozen dataclasses of Python floats, ints and strings; no tensor rea
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gradcheck_cli.report.parameters import Parameters
 
 SCHEMA = "gradcheck/report@1"
 
@@ -100,7 +104,9 @@ class Finding:
     """The layer concerned, or None for the whole model (e.g. divergence)."""
     severity: Severity
     message: str
-    evidence: dict[str, Number]
+    evidence: Mapping[str, Number]
+    """The measured numbers: a typed record per kind (report/evidence.py) from a check, which reads
+    as the mapping of its JSON keys; a plain dict when read back from a JSON report."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +117,10 @@ class Recommendation:
     why: str
     """The measured numbers that justify it."""
     code: str
-    """A snippet the user can paste."""
+    """A snippet the user can paste, rendered from `parameters` when it has them."""
+    parameters: Parameters | None = None
+    """What a program needs to apply it (report/parameters.py: one record per id); None for a
+    recommendation written by hand. Not in the JSON document yet (see the README)."""
 
 
 @dataclass(frozen=True)

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import cached_property
 
+from gradcheck_cli.analyse.checks.parts import collapse_run, layer_numbers, margin_of, stack_run
 from gradcheck_cli.analyse.classify import LayerVerdict
-from gradcheck_cli.analyse.depth import (
-    Collapse,
-    Trend,
-    collapse_evidence,
-    collapse_of,
-    find_collapses,
-    find_trends,
-    trend_evidence,
-    trend_of,
-)
+from gradcheck_cli.analyse.depth import Collapse, Trend, collapse_of, find_collapses, find_trends, trend_of
 from gradcheck_cli.analyse.stats import LayerStats
-from gradcheck_cli.analyse.thresholds import Thresholds
+from gradcheck_cli.analyse.thresholds import DEFAULTS, Thresholds
 from gradcheck_cli.measure.records import NonfiniteOrigin
+from gradcheck_cli.report.evidence import CollapseRun, StackRun, StatusEvidence
 from gradcheck_cli.report.records import Finding, FindingKind, Number, Severity, Status
 
 
@@ -52,73 +44,39 @@ class CheckContext:
     @cached_property
     def trends(self) -> list[Trend]:
         """Geometric decay/growth runs of the gradient and activation scale (depth.py)."""
-        return find_trends(self.layers)
+        return find_trends(self.layers, self.thresholds)
 
-    def structure_evidence(self, layer: str, direction: str | None) -> dict[str, Number]:
-        """The geometric run through `layer` as stack_* evidence ({} when there is none)."""
+    def structure_run(self, layer: str, direction: str | None) -> StackRun | None:
+        """The geometric run through `layer` as stack_* evidence (None when there is none)."""
         trend = trend_of(layer, self.trends, direction)
-        return trend_evidence(trend, self.residual_modules) if trend is not None else {}
+        return stack_run(trend, self.residual_modules) if trend is not None else None
 
     @cached_property
     def collapses(self) -> list[Collapse]:
         """Plain segments whose activation and output-gradient scales both collapse (depth.py)."""
-        return find_collapses(self.layers, self.thresholds.collapse)
+        return find_collapses(self.layers, self.thresholds)
 
-    def collapse_evidence(self, layer: str) -> dict[str, Number]:
-        """The collapse through `layer` as collapse_* evidence ({} when there is none)."""
+    def collapse_run(self, layer: str) -> CollapseRun | None:
+        """The collapse through `layer` as collapse_* evidence (None when there is none)."""
         collapse = collapse_of(layer, self.collapses)
-        return collapse_evidence(collapse) if collapse is not None else {}
+        return collapse_run(collapse) if collapse is not None else None
 
     def layers_with(self, status: Status) -> list[tuple[LayerStats, LayerVerdict]]:
         return [(layer, v) for layer, v in zip(self.layers, self.verdicts) if v.status == status]
 
 
-def layer_evidence(layer: LayerStats) -> dict[str, Number]:
-    """The numbers every per-layer finding carries."""
-    evidence: dict[str, Number] = {
-        "grad_norm": layer.grad_norm,
-        "weight_norm": layer.weight_norm,
-        "grad_to_weight": layer.grad_to_weight,
-        "grad_rms": layer.grad_rms,
-    }
-    if layer.output_grad_rms is not None:
-        evidence["output_grad_rms"] = layer.output_grad_rms
-    if layer.output_rms is not None:
-        evidence["activation_rms"] = layer.output_rms
-    if layer.step_grad_rms:
-        finite = [s for s in layer.step_grad_rms if math.isfinite(s)]
-        evidence["first_step_grad_rms"] = layer.step_grad_rms[0]
-        evidence["last_step_grad_rms"] = layer.step_grad_rms[-1]
-        if finite:
-            evidence["peak_step_grad_rms"] = max(finite)
-    return evidence
+def margin_evidence(measured: float | None, threshold: float | None,
+                    borderline: float = DEFAULTS.borderline) -> dict[str, Number]:
+    """{"margin": factor} when the call is borderline (parts.margin_of), else {}."""
+    margin = margin_of(measured, threshold, borderline)
+    return margin.as_dict() if margin is not None else {}
 
 
-BORDERLINE = 2.0
-"""A number within this factor of its threshold is a borderline call (the finding's `margin`)."""
-
-
-def margin_evidence(measured: float | None, threshold: float | None) -> dict[str, Number]:
-    """{"margin": how many times past its threshold the deciding number lies} when that factor is
-    below BORDERLINE, else {}: one place for every threshold finding to say it is borderline, so
-    that a user can tell a call that another batch could flip from a clear one."""
-    if measured is None or threshold is None or not measured > 0 or not threshold > 0:
-        return {}
-    factor = max(measured / threshold, threshold / measured)
-    return {"margin": factor} if math.isfinite(factor) and factor < BORDERLINE else {}
-
-
-def activation_evidence(layer: LayerStats, **measured: Number) -> dict[str, Number]:
-    """The evidence of a dead-relu or saturated-activation finding: the activation, the
-    `measured` shares, its units, and the feeding layer's activation RMS."""
+def activation_counts(layer: LayerStats) -> tuple[str, str, int, int]:
+    """The activation after `layer`: its function, module, units and outputs per unit."""
     act = layer.activation
-    evidence: dict[str, Number] = {
-        "function": str(act.get("function")), "activation_module": str(act.get("activation_module")),
-        **measured, "units": int(act.get("units", 0)), "outputs_per_unit": int(act.get("outputs_per_unit", 0)),
-    }
-    if layer.output_rms is not None:
-        evidence["activation_rms"] = layer.output_rms
-    return evidence
+    return (str(act.get("function")), str(act.get("activation_module")), int(act.get("units", 0)),
+            int(act.get("outputs_per_unit", 0)))
 
 
 def status_findings(context: CheckContext, status: Status, kind: FindingKind, severity: Severity,
@@ -132,7 +90,7 @@ def status_findings(context: CheckContext, status: Status, kind: FindingKind, se
     direction = {Status.VANISHING: "decay", Status.EXPLODING: "growth"}.get(status)
     return [Finding(kind, layer.name, severity,
                     f"{layer.name} ({layer.type_name}) {phrase}: {verdict.reason}",
-                    {**layer_evidence(layer), **context.structure_evidence(layer.name, direction),
-                     **context.collapse_evidence(layer.name),
-                     **margin_evidence(verdict.measured, verdict.threshold)})
+                    StatusEvidence(layer_numbers(layer), context.structure_run(layer.name, direction),
+                                   context.collapse_run(layer.name),
+                                   margin_of(verdict.measured, verdict.threshold, context.thresholds.borderline)))
             for layer, verdict in context.layers_with(status) if not verdict.through_time]

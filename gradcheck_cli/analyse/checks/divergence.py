@@ -4,40 +4,42 @@ Detects (layer null: it concerns the whole training run), from the losses of the
 batch, then the optimizer steps taken on it, then the next batch); the first rule that matches:
 * nonfinite: the loss turns NaN/Inf after having been finite at the first probe batch (a NaN
   already at the start is the nonfinite finding's, not a dynamics problem);
-* same-batch-rise: compounded over consecutive optimizer steps, the loss rose more than RISE
-  (100) times, each step judged on the batch it was taken on (probe.py measures that batch's loss
-  before the steps and after each of them). This is the descent lemma read directly: with a
-  learning rate below the stability limit 2/L (L the local curvature) a gradient step lowers the
-  loss of the batch it was taken on, so a healthy run's same-batch factors are <= ~1 (dropout's
-  fresh masks add tens of percent, not 100x); above the limit the error along the sharpest
-  direction is multiplied by |1 - lr L| > 1 per step and the loss grows geometrically. Comparing
-  a step's loss with the *next* batch's instead mixes the step with the data: a rise of 1e5x
-  could end on a batch whose loss is a little lower than the previous value, and a rule on the
+* same-batch-rise: compounded over consecutive optimizer steps, the loss rose more than
+  divergence_same_batch_rise (100) times, each step judged on the batch it was taken on (probe.py
+  measures that batch's loss before the steps and after each of them). This is the descent lemma
+  read directly: with a learning rate below the stability limit 2/L (L the local curvature) a
+  gradient step lowers the loss of the batch it was taken on, so a healthy run's same-batch factors
+  are <= ~1 (dropout's fresh masks add tens of percent, not 100x); above the limit the error along
+  the sharpest direction is multiplied by |1 - lr L| > 1 per step and the loss grows geometrically.
+  Comparing a step's loss with the *next* batch's instead mixes the step with the data: a rise of
+  1e5x could end on a batch whose loss is a little lower than the previous value, and a rule on the
   trailing transitions then missed it in some seeds and not others. The window is the largest
-  product over any run of consecutive steps (from the lowest point), so it does not matter where
-  the divergence starts relative to the batches. Losses <= 0 (negative log-likelihoods) have no
-  ratio: their steps count as factor 1 and the two rules below cover them;
-* steady-rise: the loss rises at each of the last RISES transitions of the trace (all of them if
-  the trace is shorter, and at least MIN_RISES) and ends more than GROWTH times its starting value
-  above it (last - first > (GROWTH - 1) * |first|); or
-* sustained-rise: every loss after the first (at least MIN_SUSTAINED of them) is more than
-  GROWTH times the start above it: the run jumped up and never came back, even if it wobbles
-  up there (Adam at a far too large learning rate: 3.5, 4.6e7, 2.3e6, 8.9e4, ..., 2.1e3).
-Why RISES and GROWTH: DOMAIN.md's signature of a learning rate too large is "loss grows step over
-step, then inf/NaN". One rise is ordinary batch-to-batch noise, RISES = 3 consecutive rises is
-not, and GROWTH = 2 (the loss doubled) keeps the small oscillations of a learning rate near the
-limit (which still trains) from counting; healthy probe batches differ by tens of percent, not 2x.
+  product over any run of consecutive steps (from the lowest point), so it does not matter where the
+  divergence starts relative to the batches. Losses <= 0 (negative log-likelihoods) have no ratio:
+  their steps count as factor 1 and the two rules below cover them;
+* steady-rise: the loss rises at each of the last divergence_rises transitions of the trace (all
+  of them if the trace is shorter, and at least divergence_min_rises) and ends more than
+  divergence_growth times its starting value above it (last - first > (divergence_growth - 1) *
+  |first|); or
+* sustained-rise: every loss after the first (at least divergence_min_sustained of them) is more
+  than divergence_growth times the start above it: the run jumped up and never came back, even if
+  it wobbles up there (Adam at a far too large learning rate: 3.5, 4.6e7, 2.3e6, 8.9e4, ..., 2.1e3).
+Why divergence_rises and divergence_growth (analyse/thresholds.py): DOMAIN.md's signature of a
+learning rate too large is "loss grows step over step, then inf/NaN". One rise is ordinary
+batch-to-batch noise, 3 consecutive rises is not, and a growth of 2 (the loss doubled) keeps the
+small oscillations of a learning rate near the limit (which still trains) from counting; healthy
+probe batches differ by tens of percent, not 2x.
 
 The suggested learning rate (lower-lr) comes from the steps taken before the loss started rising
 (the pre-divergence steps: every step up to and including the first one that raised the loss of
 its batch; all of them if none did): their largest update/weight ratio r = |Δw| / |w| was measured
 at weights the divergence had not yet moved. The ratio is linear in lr at given weights and
-gradients (SGD: Δw = lr g; Adam: Δw ~ lr m / sqrt(v)), so lr x HEALTHY_UPDATE / r is the largest
+gradients (SGD: Δw = lr g; Adam: Δw ~ lr m / sqrt(v)), so lr x healthy_update / r is the largest
 rate at which none of those steps would have moved any layer by more than the healthy ~1e-3 of its
-norm. It is clamped to [lr / 1000, lr / 10]:
+norm. It is clamped to [lr / 1000, lr / 10] (lr_floor, lr_cut):
 * at most lr / 10, DOMAIN.md's "a learning rate 10x lower": the run diverged, so the rate is past
   the stability limit, and a cut smaller than 10x leaves it oscillating near that limit;
-* at least lr / 1000 (FLOOR): a derived rate below it means r > 1, one step moved a layer by more
+* at least lr / 1000 (lr_floor): a derived rate below it means r > 1, one step moved a layer by more
   than its own norm before anything diverged. That is not a learning rate mis-set by some factor
   but gradients out of scale (an init too large makes every gradient ~1e7: lr would come out at
   ~1e-9), and a rate that tames them would freeze every layer once the cause (init-scale,
@@ -60,24 +62,9 @@ import math
 from collections.abc import Sequence
 
 from gradcheck_cli.analyse.checks.context import CheckContext
-from gradcheck_cli.report.records import Finding, FindingKind, Number, Severity
-
-RISES = 3
-"""Consecutive rises at the end of the loss trace that make a steady rise."""
-GROWTH = 2.0
-"""The last loss must exceed the first by more than (GROWTH - 1) x |first|."""
-MIN_RISES = 2
-"""A shorter trace needs all its transitions to rise, but at least this many: one is not a trend."""
-MIN_SUSTAINED = 2
-"""Losses after the start needed before "all of them above GROWTH x the start" counts."""
-RISE = 100.0
-"""Compounded same-batch rise over consecutive steps that is divergence (see the docstring)."""
-HEALTHY_UPDATE = 1e-3
-"""The update/weight ratio of a healthy step (DOMAIN.md; the CS231n notes, "somewhere around 1e-3")."""
-FLOOR = 1e-3
-"""The suggested rate is never below lr x FLOOR (see the docstring: below it the ratio exceeds 1)."""
-CUT = 0.1
-"""The suggested rate is at most lr x CUT (DOMAIN.md: "a learning rate 10x lower")."""
+from gradcheck_cli.analyse.thresholds import DEFAULTS, Thresholds
+from gradcheck_cli.report.evidence import DivergenceEvidence
+from gradcheck_cli.report.records import Finding, FindingKind, Severity
 
 
 def check(context: CheckContext) -> list[Finding]:
@@ -89,33 +76,28 @@ def check(context: CheckContext) -> list[Finding]:
     went_nonfinite = first_bad is not None or any(not math.isfinite(v) for r in context.step_rounds for v in r)
     finite = trace if first_bad is None else trace[:first_bad]
     rises = trailing_rises(finite)
-    start = trace[0]
+    start, t = trace[0], context.thresholds
 
     def far_above(value: float) -> bool:
-        return value - start > (GROWTH - 1.0) * abs(start)
+        return value - start > (t.divergence_growth - 1.0) * abs(start)
 
     rise, rise_steps = largest_rise(factors)
-    needed = max(MIN_RISES, min(RISES, len(trace) - 1))
+    needed = max(t.divergence_min_rises, min(t.divergence_rises, len(trace) - 1))
     steady = first_bad is None and rises >= needed and far_above(trace[-1])
-    sustained = first_bad is None and len(trace) - 1 >= MIN_SUSTAINED and all(map(far_above, trace[1:]))
-    rule = ("nonfinite" if went_nonfinite else "same-batch-rise" if rise > RISE
+    sustained = (first_bad is None and len(trace) - 1 >= t.divergence_min_sustained
+                 and all(map(far_above, trace[1:])))
+    rule = ("nonfinite" if went_nonfinite else "same-batch-rise" if rise > t.divergence_same_batch_rise
             else "steady-rise" if steady else "sustained-rise" if sustained else None)
     if rule is None:
         return []
     pre = pre_divergence(context.step_rounds)
     layer, ratio = largest_update(context.step_updates[:pre]) if context.step_updates \
         else (context.first_step_update or (None, None))
-    suggested = suggested_lr(context.lr, ratio)
-    evidence: dict[str, Number] = {
-        "rule": rule, "losses": ", ".join(f"{v:.4g}" for v in trace),
-        "first_loss": trace[0], "last_loss": trace[-1], "rises": rises,
-        "first_nonfinite_at": first_bad, "same_batch_rise": rise, "rise_steps": rise_steps,
-        "optimizer": context.optimizer, "lr": context.lr, "steps": context.steps,
-        "pre_divergence_steps": pre if context.step_updates else 1,
-        "max_update_to_weight": ratio, "max_update_layer": layer,
-        "suggested_lr": suggested, "suggested_lr_basis": suggested_lr_basis(context.lr, ratio),
-        "initial_grad_norm": context.first_grad_norm,
-    }
+    suggested = suggested_lr(context.lr, ratio, t)
+    evidence = DivergenceEvidence(
+        rule, tuple(trace), trace[0], trace[-1], rises, first_bad, rise, rise_steps, context.optimizer,
+        context.lr, context.steps, pre if context.step_updates else 1, ratio, layer, suggested,
+        suggested_lr_basis(context.lr, ratio, t), context.first_grad_norm)
     if rule == "nonfinite":
         where = f"at value {first_bad + 1} of {len(trace)}" if first_bad is not None else \
             "on the batch the last steps were taken on"
@@ -126,10 +108,10 @@ def check(context: CheckContext) -> list[Finding]:
     elif steady:
         what = f"the loss rose at each of the last {rises} steps, from {trace[0]:.4g} to {trace[-1]:.4g}"
     else:
-        what = (f"after the first step the loss stayed above {GROWTH:g}x its start {trace[0]:.4g} "
+        what = (f"after the first step the loss stayed above {t.divergence_growth:g}x its start {trace[0]:.4g} "
                 f"(peak {max(trace):.4g}, last {trace[-1]:.4g})")
     update = (f"; before the loss rose, a step changed {layer}'s weights by {ratio:.3g} of their norm "
-              f"(healthy ~{HEALTHY_UPDATE:g})" if ratio is not None and math.isfinite(ratio) else "")
+              f"(healthy ~{t.healthy_update:g})" if ratio is not None and math.isfinite(ratio) else "")
     return [Finding(FindingKind.DIVERGENCE, None, Severity.ERROR,
                     f"training diverges with {context.optimizer} at lr {context.lr:g}: {what}{update}",
                     evidence)]
@@ -188,23 +170,24 @@ def largest_update(updates: Sequence[tuple[str, float]]) -> tuple[str | None, fl
     return layer, ratio
 
 
-def suggested_lr(lr: float, ratio: float | None) -> float:
-    """lr * 1e-3 / ratio within [lr * FLOOR, lr * CUT], one significant figure; lr * CUT without a
-    usable ratio (see the module docstring)."""
+def suggested_lr(lr: float, ratio: float | None, t: Thresholds = DEFAULTS) -> float:
+    """lr * healthy_update / ratio within [lr * lr_floor, lr * lr_cut], one significant figure;
+    lr * lr_cut without a usable ratio (see the module docstring)."""
+    floor, cut = lr * t.lr_floor, lr * t.lr_cut
     if ratio is not None and math.isfinite(ratio) and ratio > 0:
-        value = min(max(lr * HEALTHY_UPDATE / ratio, lr * FLOOR), lr * CUT)
+        value = min(max(lr * t.healthy_update / ratio, floor), cut)
     else:
-        value = lr * CUT
+        value = cut
     rounded = float(f"{value:.1g}")
     # Rounding must not cross the bounds it was clamped to (lr 0.45: lr / 1000 = 4.5e-4 -> 4e-4).
-    return rounded if lr * FLOOR <= rounded <= lr * CUT else float(f"{value:.2g}")
+    return rounded if floor <= rounded <= cut else float(f"{value:.2g}")
 
 
-def suggested_lr_basis(lr: float, ratio: float | None) -> str:
-    """update-ratio (lr * 1e-3 / ratio), floor (clamped at lr / 1000) or 10x-lower."""
+def suggested_lr_basis(lr: float, ratio: float | None, t: Thresholds = DEFAULTS) -> str:
+    """update-ratio (lr * healthy_update / ratio), floor (clamped at lr * lr_floor) or 10x-lower."""
     if ratio is None or not math.isfinite(ratio) or ratio <= 0:
         return "10x-lower"
-    value = lr * HEALTHY_UPDATE / ratio
-    if value < lr * FLOOR:
+    value = lr * t.healthy_update / ratio
+    if value < lr * t.lr_floor:
         return "floor"
-    return "update-ratio" if value < lr * CUT else "10x-lower"
+    return "update-ratio" if value < lr * t.lr_cut else "10x-lower"

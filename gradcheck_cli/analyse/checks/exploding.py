@@ -23,8 +23,10 @@ from __future__ import annotations
 
 from gradcheck_cli.analyse.checks.context import CheckContext, status_findings
 from gradcheck_cli.analyse.checks.nonfinite import classify_cause
-from gradcheck_cli.analyse.depth import describe, trend_evidence
-from gradcheck_cli.report.records import Finding, FindingKind, Number, Severity, Status
+from gradcheck_cli.analyse.checks.parts import stack_run
+from gradcheck_cli.analyse.depth import describe
+from gradcheck_cli.report.evidence import OverflowGrowthEvidence
+from gradcheck_cli.report.records import Finding, FindingKind, Severity, Status
 
 
 def check(context: CheckContext) -> list[Finding]:
@@ -43,9 +45,8 @@ def _growth_into_overflow(context: CheckContext) -> list[Finding]:
         return []
     run = max(runs, key=lambda t: len(t.layers))
     where = "the loss" if origin.module == "(loss)" else f"{origin.module} ({origin.module_type})"
-    evidence: dict[str, Number] = {
-        **trend_evidence(run, context.residual_modules), "origin": origin.module, "op": origin.op,
-        "direction": origin.direction, "input_max_abs": origin.input_max_abs, "dtype": origin.dtype}
+    evidence = OverflowGrowthEvidence(stack_run(run, context.residual_modules), origin.module, origin.op,
+                                      origin.direction, origin.input_max_abs, origin.dtype)
     return [Finding(
         FindingKind.EXPLODING, None, Severity.ERROR,
         f"{describe(dict(evidence))}, until `{origin.op}` in {where} overflows {origin.dtype} "

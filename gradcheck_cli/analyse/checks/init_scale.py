@@ -8,7 +8,7 @@ family, He et al. 2015; Xavier sqrt(2 / (fan_in + fan_out)) for tanh, sigmoid or
 Bengio 2010; LeCun sqrt(1 / fan_in) for SELU). PyTorch's default init, std 1 / sqrt(3 fan_in), is
 accepted too, and so is He with mode="fan_out", sqrt(2 / fan_out) (torchvision's convolutions), so
 the accepted band is [min(sane stds) / 2, max(sane stds) * 2]; every standard init lies inside it
-(init_std.MARGIN). A std outside the band is a finding only with
+(Thresholds.init_band_margin). A std outside the band is a finding only with
 evidence that it matters (DOMAIN.md: too small, "activations shrink layer by layer; gradients are
 uniformly tiny"; too large, "activations and gradients grow by ~sqrt(fan_in * gain) per layer"):
 
@@ -19,7 +19,7 @@ uniformly tiny"; too large, "activations and gradients grow by ~sqrt(fan_in * ga
   overflow it ends in) (a drift that left every layer healthy is
   nothing to fix: torchvision's ResNet-50, EfficientNet-B0, RegNet and Swin-T show mild runs of
   1.6-2x per layer through their 1x1 convolutions and MLPs and train as designed); or
-* the std is more than `GROSS` (10) times above the band (20x the larger of the two stds): no
+* the std is more than `init_gross` (10) times above the band (20x the larger of the two stds): no
   activation can absorb that. Too-small weights need the measured decay, because a deliberately
   small last layer or residual branch (GPT-2's 0.02 std, zero-init heads) is a sane design; or
 * the layer feeds an activation, lies in a plain segment whose signal collapses (depth.py: the
@@ -44,13 +44,13 @@ Fixes: he-init (ReLU family) or xavier-init (tanh / sigmoid / linear) with the e
 
 from __future__ import annotations
 
-from gradcheck_cli.analyse.checks.context import CheckContext, margin_evidence
-from gradcheck_cli.analyse.depth import collapse_evidence, collapse_of, describe, describe_collapse
+from gradcheck_cli.analyse.checks.context import CheckContext
+from gradcheck_cli.analyse.checks.parts import collapse_run, margin_of
+from gradcheck_cli.analyse.depth import collapse_of, describe, describe_collapse
 from gradcheck_cli.analyse.init_std import SCHEME_NAMES
-from gradcheck_cli.analyse.stats import ZERO_WEIGHT_RMS
-from gradcheck_cli.report.records import Finding, FindingKind, Number, Severity, Status
+from gradcheck_cli.report.evidence import InitScaleEvidence, StackRun
+from gradcheck_cli.report.records import Finding, FindingKind, Severity, Status
 
-GROSS = 10.0
 CHECKED_TYPES = ("Linear", "Conv")
 
 
@@ -63,10 +63,11 @@ def check(context: CheckContext) -> list[Finding]:
     # "overflow to inf, then NaN"), e.g. once --steps diverged from such an init.
     overflowed = any(v.status == Status.NONFINITE for v in context.verdicts)
     collapses = context.collapses
+    limits = context.thresholds
     for layer in context.layers:
         target = layer.init_target
         if (layer.role != "dense" or target is None or layer.weight_std is None
-                or layer.weight_std <= ZERO_WEIGHT_RMS or not layer.received
+                or layer.weight_std <= limits.zero_weight_rms or not layer.received
                 or not any(t in layer.type_name for t in CHECKED_TYPES)):
             continue
         follower = layer.activation.get("function")
@@ -76,23 +77,19 @@ def check(context: CheckContext) -> list[Finding]:
         if mismatch == 1.0 and not collapsed:
             continue
         too_small = mismatch < 1.0 or collapsed
-        structure = context.structure_evidence(layer.name, "decay" if too_small else "growth")
-        if (not (mismatch > GROSS) and not (structure and (troubled or (overflowed and not too_small)))
+        structure = context.structure_run(layer.name, "decay" if too_small else "growth")
+        if (not (mismatch > limits.init_gross)
+                and not (structure is not None and (troubled or (overflowed and not too_small)))
                 and not collapsed):
             continue
         ratio = layer.weight_std / target.std
         direction = "too small" if too_small else "too large"
-        evidence: dict[str, Number] = {
-            "weight_std": layer.weight_std, "target_std": target.std, "scheme": target.scheme,
-            "default_std": target.default_std, "band_low": target.low, "band_high": target.high,
-            "std_ratio": ratio, "fan_in": layer.fan_in, "fan_out": layer.fan_out,
-            "follower": str(follower) if follower else "none", "direction": direction, **structure,
-            **(collapse_evidence(collapse) if collapse is not None and collapsed else {}),
-            **(margin_evidence(mismatch, 1.0) if mismatch != 1.0 else {})}
-        if layer.output_rms is not None:
-            evidence["activation_rms"] = layer.output_rms
-        if layer.output_grad_rms is not None:
-            evidence["output_grad_rms"] = layer.output_grad_rms
+        evidence = InitScaleEvidence(
+            layer.weight_std, target.std, target.scheme, target.default_std, target.low, target.high,
+            ratio, layer.fan_in, layer.fan_out, str(follower) if follower else "none", direction,
+            stack=structure, collapse=collapse_run(collapse) if collapse is not None and collapsed else None,
+            margin=margin_of(mismatch, 1.0, limits.borderline) if mismatch != 1.0 else None,
+            activation_rms=layer.output_rms, output_grad_rms=layer.output_grad_rms)
         consequence = (describe_collapse(collapse) if collapse is not None and collapsed
                        else _consequence(structure, layer.weight_std / target.high))
         findings.append(Finding(
@@ -103,7 +100,7 @@ def check(context: CheckContext) -> list[Finding]:
     return findings
 
 
-def _consequence(structure: dict[str, Number], over_band: float) -> str:
-    if structure:
+def _consequence(structure: StackRun | None, over_band: float) -> str:
+    if structure is not None:
         return describe(dict(structure))
     return f"{over_band:.3g}x above the largest sane std, more than any activation can absorb"

@@ -57,7 +57,8 @@ import math
 from gradcheck_cli.analyse.checks.context import CheckContext
 from gradcheck_cli.analyse.stats import LayerStats
 from gradcheck_cli.measure.records import NonfiniteOrigin
-from gradcheck_cli.report.records import Finding, FindingKind, Number, Severity, Status
+from gradcheck_cli.report.evidence import NonfiniteEvidence, OriginFacts
+from gradcheck_cli.report.records import Finding, FindingKind, Severity, Status
 
 UNSAFE_OPS = frozenset({
     "log", "log_", "log2", "log10", "log1p", "sqrt", "sqrt_", "rsqrt", "div", "div_", "true_divide",
@@ -83,18 +84,12 @@ def classify_cause(origin: NonfiniteOrigin) -> str:
     return "unsafe-op" if origin.op in UNSAFE_OPS else "overflow"
 
 
-def origin_evidence(origin: NonfiniteOrigin | None) -> dict[str, Number]:
-    if origin is None:
-        return {"origin": None, "cause": "unknown"}
-    evidence: dict[str, Number] = {
-        "origin": origin.module, "origin_type": origin.module_type, "op": origin.op,
-        "direction": origin.direction, "cause": classify_cause(origin), "after": origin.after,
-        "input_max_abs": origin.input_max_abs, "produced": origin.produced}
-    if origin.masked_rows:
-        evidence.update(masked_rows=origin.masked_rows, rows=origin.rows)
-    if origin.raised:
-        evidence["raised"] = origin.raised
-    return evidence
+def origin_facts(origin: NonfiniteOrigin) -> OriginFacts:
+    """The replay's origin and its cause, as evidence (masked_rows/rows only for all-masked)."""
+    return OriginFacts(origin.module, origin.module_type, origin.op, origin.direction, classify_cause(origin),
+                       origin.after, origin.input_max_abs, origin.produced,
+                       masked_rows=origin.masked_rows or None, rows=origin.rows if origin.masked_rows else None,
+                       raised=origin.raised or None)
 
 
 def describe_origin(origin: NonfiniteOrigin) -> str:
@@ -130,13 +125,10 @@ def check(context: CheckContext) -> list[Finding]:
     affected = [layer for layer, _ in context.layers_with(Status.NONFINITE)]
     if not affected and not bad_losses:
         return []
-    evidence: dict[str, Number] = {
-        "nonfinite_grads": sum(layer.nonfinite_grads for layer in affected),
-        "params": sum(layer.params for layer in affected),
-        "nonfinite_losses": bad_losses,
-        "affected_layers": ", ".join(layer.name for layer in affected),
-        "affected_count": len(affected),
-        **origin_evidence(origin)}
+    evidence = NonfiniteEvidence(
+        sum(layer.nonfinite_grads for layer in affected), sum(layer.params for layer in affected), bad_losses,
+        tuple(layer.name for layer in affected), len(affected),
+        origin_facts(origin) if origin is not None else None)
     return [Finding(FindingKind.NONFINITE, _finding_layer(origin, affected, context), Severity.ERROR,
                     _message(origin, affected, bad_losses, len(context.losses)), evidence)]
 

@@ -9,6 +9,7 @@ Severity: error.
 from __future__ import annotations
 
 from gradcheck_cli.analyse.checks.context import CheckContext
+from gradcheck_cli.report.evidence import NonfiniteInputEvidence
 from gradcheck_cli.report.records import Finding, FindingKind, Severity
 
 
@@ -17,4 +18,4 @@ def check(context: CheckContext) -> list[Finding]:
         return []
     return [Finding(FindingKind.NONFINITE_INPUT, None, Severity.ERROR,
                     "the probe batch (inputs or target) already holds NaN/Inf values",
-                    {"nonfinite_input": 1})]
+                    NonfiniteInputEvidence())]

@@ -2,7 +2,7 @@
 
 Detects: an activation fed by a layer (module: nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Softsign,
 nn.Hardsigmoid; functional calls seen during the forward: torch.sigmoid, torch.tanh, x.sigmoid(),
-F.hardtanh, F.softsign, ...) where more than half of the units (`MOST_UNITS`, 0.5) are saturated.
+F.hardtanh, F.softsign, ...) where more than half of the units (`saturated_majority`, 0.5) are saturated.
 A unit (a feature, or a channel of a conv output) is saturated when more than half of its outputs
 over every sample, position and probe batch lie in the flat region (activation_watch.py):
 sigmoid outside [0.02, 0.98] and tanh |y| > 0.96 (DOMAIN.md; there the derivative is below ~8% of
@@ -22,30 +22,34 @@ above the accepted band (init_std.py): then the init is what drives the units in
 
 from __future__ import annotations
 
-from gradcheck_cli.analyse.checks.context import CheckContext, activation_evidence
+from gradcheck_cli.analyse.checks.context import CheckContext, activation_counts
+from gradcheck_cli.report.evidence import SaturationEvidence
 from gradcheck_cli.report.records import Finding, FindingKind, Severity
-
-MOST_UNITS = 0.5
 
 
 def check(context: CheckContext) -> list[Finding]:
     findings = []
+    majority = context.thresholds.saturated_majority
     for layer in context.layers:
         act = layer.activation
         share = act.get("saturated_units")
-        if share is None or not float(share) > MOST_UNITS:
+        if share is None or not float(share) > majority:
             continue
         outputs = float(act.get("saturated_fraction", 0.0))
-        evidence = activation_evidence(layer, saturated_units=float(share), saturated_fraction=outputs)
+        function, module, units, per_unit = activation_counts(layer)
         cause = ""
         target = layer.init_target
-        if layer.weight_std is not None and target is not None and layer.weight_std > target.high:
-            evidence.update(weight_std=layer.weight_std, target_std=target.std)
+        too_large = layer.weight_std is not None and target is not None and layer.weight_std > target.high
+        evidence = SaturationEvidence(function, module, float(share), outputs, units, per_unit,
+                                      activation_rms=layer.output_rms,
+                                      weight_std=layer.weight_std if too_large else None,
+                                      target_std=target.std if too_large and target else None)
+        if too_large and target is not None and layer.weight_std is not None:
             cause = (f"; the weight std {layer.weight_std:.3g} of {layer.name} is "
                      f"{layer.weight_std / target.std:.3g}x the Xavier std {target.std:.3g}")
         findings.append(Finding(
             FindingKind.SATURATED_ACTIVATION, layer.name, Severity.WARNING,
-            f"{float(share):.0%} of the {evidence['units']} units of {act.get('function')} "
+            f"{float(share):.0%} of the {evidence.units} units of {act.get('function')} "
             f"'{act.get('activation_module')}' after {layer.name} ({layer.type_name}) sit in the flat "
             f"region on most probe samples ({outputs:.0%} of all outputs)"
             f"{cause}", evidence))

@@ -42,11 +42,14 @@ from __future__ import annotations
 
 import math
 
-from gradcheck_cli.analyse.checks.context import CheckContext, layer_evidence, margin_evidence
-from gradcheck_cli.analyse.recurrence import HORIZON_FRACTION, effective_horizon, near_end, oriented_steps
+from gradcheck_cli.analyse.checks.context import CheckContext
+from gradcheck_cli.analyse.checks.parts import layer_numbers, margin_of
+from gradcheck_cli.analyse.recurrence import effective_horizon, near_end, oriented_steps
 from gradcheck_cli.analyse.stats import LayerStats
+from gradcheck_cli.analyse.thresholds import DEFAULTS, quote
 from gradcheck_cli.measure.records import RecurrentWeight
-from gradcheck_cli.report.records import Finding, FindingKind, Number, Severity, Status
+from gradcheck_cli.report.evidence import MainRecurrentWeights, Margin, RecurrentWeightNumbers, ThroughTimeEvidence
+from gradcheck_cli.report.records import Finding, FindingKind, Severity, Status
 
 
 def check_vanishing(context: CheckContext) -> list[Finding]:
@@ -65,11 +68,13 @@ def _findings(context: CheckContext, status: Status, kind: FindingKind, severity
     for layer, verdict in context.layers_with(status):
         if not verdict.through_time:
             continue
-        evidence = {**through_time_evidence(layer), **margin_evidence(verdict.measured, verdict.threshold)}
-        horizon = evidence["effective_horizon"]
-        reach = ("the gradient stays above 1e-3 of its value at the near end over the whole sequence"
+        margin = margin_of(verdict.measured, verdict.threshold, context.thresholds.borderline)
+        evidence = through_time_evidence(layer, margin, context.thresholds.horizon_fraction)
+        horizon = evidence.effective_horizon
+        fraction = quote(context.thresholds.horizon_fraction)
+        reach = (f"the gradient stays above {fraction} of its value at the near end over the whole sequence"
                  if horizon == "all" else
-                 f"the gradient falls below 1e-3 of its value at the near end {horizon} steps back")
+                 f"the gradient falls below {fraction} of its value at the near end {horizon} steps back")
         loop = f" called {len(layer.step_grad_rms) + 1} times in a loop" if layer.recurrent_cell else ""
         findings.append(Finding(kind, layer.name, severity,
                                 f"{layer.name} ({layer.type_name}{loop}) {phrase}: {verdict.reason}; "
@@ -77,38 +82,29 @@ def _findings(context: CheckContext, status: Status, kind: FindingKind, severity
     return findings
 
 
-def through_time_evidence(layer: LayerStats) -> dict[str, Number]:
-    """The numbers of a through-time finding (see the module docstring)."""
-    evidence = layer_evidence(layer)
+def through_time_evidence(layer: LayerStats, margin: Margin | None = None,
+                          horizon_fraction: float = DEFAULTS.horizon_fraction) -> ThroughTimeEvidence:
+    """The numbers of a through-time finding (see the module docstring); the effective horizon
+    ends below `horizon_fraction` (Thresholds.horizon_fraction) of the near end's gradient."""
     steps = oriented_steps(layer.step_grad_rms, layer.step_entry_grad_rms, layer.bidirectional)
     far, near = steps[0], steps[-1]
-    evidence["steps"] = len(steps)
-    evidence["bidirectional"] = int(layer.bidirectional)
-    evidence["near_end"] = near_end(layer.step_entry_grad_rms, layer.bidirectional)
-    evidence["far_end_step_grad_rms"] = far
-    evidence["near_end_step_grad_rms"] = near
-    evidence["far_over_near"] = far / near if near > 0 else None
-    evidence["per_step_factor"] = _per_step_factor(steps)
     silent = next((k for k, value in enumerate(steps) if value > 0), len(steps))
-    if silent:
-        evidence["zero_steps"] = silent
-    if layer.recurrent_cell:
-        evidence["recurrent_cell"] = layer.recurrent_cell
-        evidence["cell_calls"] = len(steps) + 1
-    horizon = effective_horizon(steps, HORIZON_FRACTION)
-    evidence["effective_horizon"] = "all" if horizon is None else horizon
-    for w in layer.recurrent_weights:
-        key = w.name if w.block == "all" else f"{w.name}[{w.block}]"
-        evidence[f"{key}.spectral_radius"] = w.spectral_radius
-        evidence[f"{key}.largest_singular_value"] = w.largest_singular_value
-        evidence[f"{key}.bound"] = w.bound
+    horizon = effective_horizon(steps, horizon_fraction)
+    weights = tuple(RecurrentWeightNumbers(w.name if w.block == "all" else f"{w.name}[{w.block}]",
+                                           w.spectral_radius, w.largest_singular_value, w.bound)
+                    for w in layer.recurrent_weights)
     main = _main_weights(layer)
-    if main:
-        evidence["max_largest_singular_value"] = max(w.largest_singular_value for w in main)
-        radii = [w.spectral_radius for w in main if w.spectral_radius is not None]
-        evidence["max_spectral_radius"] = max(radii) if radii else None
-        evidence["recurrent_bound"] = main[0].bound
-    return evidence
+    radii = [w.spectral_radius for w in main if w.spectral_radius is not None]
+    summary = MainRecurrentWeights(max(w.largest_singular_value for w in main), max(radii) if radii else None,
+                                   main[0].bound) if main else None
+    return ThroughTimeEvidence(
+        layer_numbers(layer), len(steps), layer.bidirectional,
+        near_end(layer.step_entry_grad_rms, layer.bidirectional), far, near,
+        far / near if near > 0 else None, _per_step_factor(steps), zero_steps=silent or None,
+        recurrent_cell=layer.recurrent_cell or None,
+        cell_calls=len(steps) + 1 if layer.recurrent_cell else None,
+        effective_horizon="all" if horizon is None else horizon, weights=weights,
+        main_weights=summary, margin=margin)
 
 
 def _per_step_factor(steps: tuple[float, ...]) -> float | None:
