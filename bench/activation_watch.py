@@ -81,7 +81,8 @@ def main() -> None:
     for target in _targets(args.models.split(",") if args.models else None):
         model: Any = target.build_model()
         _time(target, model, True), _time(target, model, False)  # warm-up
-        on, off = [], []
+        on: list[float] = []
+        off: list[float] = []
         for r in range(args.repeats):
             for watch in ((True, False) if r % 2 == 0 else (False, True)):
                 (on if watch else off).append(_time(target, model, watch))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from typed_modules import narrow
 
 from gradcheck_cli import scan
 from gradcheck_cli.report.records import FindingKind, RecommendationId, Report, Severity
@@ -31,8 +32,13 @@ def _inputs(make_batch: Callable[[int], object] = _batch) -> list[torch.Tensor]:
     for b in range(BATCHES):
         torch.manual_seed(b)
         batch = make_batch(BATCH)
-        batches.append(batch[0] if isinstance(batch, tuple) else batch)  # type: ignore[index]
+        batches.append(_tensor(batch[0] if isinstance(batch, tuple) else batch))
     return batches
+
+
+def _tensor(value: object) -> torch.Tensor:
+    assert isinstance(value, torch.Tensor), type(value)
+    return value
 
 
 def _of(report: Report, kind: FindingKind) -> dict[str, dict[str, object]]:
@@ -40,11 +46,11 @@ def _of(report: Report, kind: FindingKind) -> dict[str, dict[str, object]]:
             for f in report.findings if f.kind == kind}
 
 
-def _sigmoid_mlp(std: float) -> nn.Module:
+def _sigmoid_mlp(std: float) -> nn.Sequential:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 32), nn.Sigmoid(), nn.Linear(32, 32), nn.Sigmoid(), nn.Linear(32, 4))
     with torch.no_grad():
-        for layer in (model[0], model[2]):
+        for layer in (narrow(model[0], nn.Linear), narrow(model[2], nn.Linear)):
             layer.weight.normal_(0.0, std)
             layer.bias.zero_()
     return model
@@ -99,7 +105,7 @@ class _FunctionalTanh(nn.Module):
         return self.head(self.act(self.mid(torch.tanh(self.fc(x)))))
 
 
-def _functional(gain: float) -> nn.Module:
+def _functional(gain: float) -> _FunctionalTanh:
     torch.manual_seed(1)
     return _FunctionalTanh(gain)
 
@@ -128,11 +134,11 @@ def test_functional_tanh_at_default_init_is_silent() -> None:
 
 
 def test_hardtanh_uses_its_own_clamp_values() -> None:
-    def build() -> nn.Module:
+    def build() -> nn.Sequential:
         torch.manual_seed(2)
         model = nn.Sequential(nn.Linear(16, 20), nn.Hardtanh(-0.5, 0.5), nn.Linear(20, 4))
         with torch.no_grad():
-            model[0].weight.mul_(20.0)
+            narrow(model[0], nn.Linear).weight.mul_(20.0)
         return model
     model = build()
     with torch.no_grad():
@@ -142,15 +148,15 @@ def test_hardtanh_uses_its_own_clamp_values() -> None:
     assert found["0"]["saturated_units"] == pytest.approx(units) and units > 0.5
 
 
-def _relu_mlp(bias: float | None) -> nn.Module:
+def _relu_mlp(bias: float | None) -> nn.Sequential:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
     with torch.no_grad():
-        for layer in (model[0], model[2]):
+        for layer in (narrow(model[0], nn.Linear), narrow(model[2], nn.Linear)):
             nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
             layer.bias.zero_()
         if bias is not None:
-            model[2].bias.fill_(bias)
+            narrow(model[2], nn.Linear).bias.fill_(bias)
     return model
 
 
@@ -169,10 +175,10 @@ def test_relu_with_bias_minus_10_is_a_whole_dead_layer() -> None:
 
 
 def test_majority_of_dead_units_matches_a_plain_forward() -> None:
-    def build() -> nn.Module:
+    def build() -> nn.Sequential:
         model = _relu_mlp(None)
         with torch.no_grad():
-            model[2].bias[:20] = -10.0  # 20 of 32 units can never fire
+            narrow(model[2], nn.Linear).bias[:20] = -10.0  # 20 of 32 units can never fire
         return model
     model = build()
     with torch.no_grad():
@@ -195,8 +201,10 @@ def test_conv_units_are_channels() -> None:
     def build() -> nn.Module:
         torch.manual_seed(3)
         model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+        conv = narrow(model[0], nn.Conv2d)
+        assert conv.bias is not None
         with torch.no_grad():
-            model[0].bias[:6] = -100.0
+            conv.bias[:6] = -100.0
         return model
 
     def images(batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,8 +240,10 @@ def test_corpus_model_with_a_dead_layer_names_the_bias() -> None:
 
 
 def test_dead_majority_needs_more_than_symmetry_explains() -> None:
-    """One-sided binomial test against 'each unit dead with chance 1/2' (dead_relu.SIGNIFICANCE)."""
-    from gradcheck_cli.analyse.checks.dead_relu import SIGNIFICANCE, chance_of_at_least
+    """One-sided binomial test against 'each unit dead with chance 1/2' (Thresholds.dead_significance)."""
+    from gradcheck_cli.analyse.checks.dead_relu import chance_of_at_least
+    from gradcheck_cli.analyse.thresholds import Thresholds
+    SIGNIFICANCE = Thresholds().dead_significance
 
     assert chance_of_at_least(5, 8) == pytest.approx(93 / 256)
     assert chance_of_at_least(24, 32) < SIGNIFICANCE < chance_of_at_least(20, 32)
@@ -246,10 +256,11 @@ def test_small_squeeze_layer_with_chance_dead_units(negative_rows: int, fires: b
     def build() -> nn.Module:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+        squeeze = narrow(model[0], nn.Linear)
         with torch.no_grad():
-            model[0].weight.abs_()
-            model[0].weight[:negative_rows].neg_()
-            model[0].bias.zero_()
+            squeeze.weight.abs_()
+            squeeze.weight[:negative_rows].neg_()
+            squeeze.bias.zero_()
         return model
 
     report = scan(Target("squeeze", build, lambda bs: (torch.rand(bs, 16), torch.randint(0, 4, (bs,))), None))

@@ -178,14 +178,18 @@ def _torch_file(path: Path, obj: object) -> None:
     torch.save(obj, path)
 
 
+def _truncated_torch_file(path: Path) -> None:
+    _torch_file(path, {"a": torch.ones(64)})
+    path.write_bytes(path.read_bytes()[:200])
+
+
 BAD_FILES = {
     "missing": (lambda p: None, "weights.pt", "no such file"),
     "directory": (lambda p: p.mkdir(), "ckpt.pt", "is a directory"),
     "unknown extension": (lambda p: p.write_bytes(b"x"), "weights.onnx", "unknown checkpoint format '.onnx'"),
     "empty": (lambda p: p.write_bytes(b""), "weights.pt", "it is empty"),
     "corrupt": (lambda p: p.write_bytes(b"this is not a checkpoint"), "weights.pt", "not a readable checkpoint"),
-    "truncated": (lambda p: (_torch_file(p, {"a": torch.ones(64)}),
-                             p.write_bytes(p.read_bytes()[:200])), "weights.pt", "truncated or corrupted"),
+    "truncated": (_truncated_torch_file, "weights.pt", "truncated or corrupted"),
     "not a state_dict": (lambda p: _torch_file(p, [1, 2, 3]), "weights.pt", "does not hold a state_dict"),
     "dict without tensors": (lambda p: _torch_file(p, {"epoch": 3}), "weights.pt",
                              "does not hold a state_dict (found a dict with keys epoch)"),

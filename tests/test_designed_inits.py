@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from typed_modules import narrow
 
 from gradcheck_cli import scan
 from gradcheck_cli.report.records import Status
@@ -27,7 +28,7 @@ class ScaledBlock(nn.Module):
         return x + self.gamma.squeeze(1) * branch
 
 
-def _layer_scale_net(scale: float) -> nn.Module:
+def _layer_scale_net(scale: float) -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(16, 32), *[ScaledBlock(32, scale) for _ in range(4)], nn.Linear(32, 10))
 
@@ -54,8 +55,9 @@ def test_a_real_explosion_behind_a_layer_scale_is_still_caught() -> None:
     def build() -> nn.Module:
         model = _layer_scale_net(1e-6)
         with torch.no_grad():
-            model[-1].weight.mul_(1e-5)   # the head is tiny: its grad/weight is huge
-            model[-1].bias.mul_(1e-5)
+            head = narrow(model[-1], nn.Linear)
+            head.weight.mul_(1e-5)   # the head is tiny: its grad/weight is huge
+            head.bias.mul_(1e-5)
         return model
     report = _scan(build)
     statuses = {layer.name: layer.status for layer in report.layers}  # type: ignore[attr-defined]
@@ -93,7 +95,7 @@ def test_zero_weights_without_a_zero_head_downstream_still_vanish() -> None:
     def build() -> nn.Module:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 10))
-        for layer in (model[0], model[2]):
+        for layer in (narrow(model[0], nn.Linear), narrow(model[2], nn.Linear)):
             nn.init.zeros_(layer.weight)
         return model
     report = scan(Target("zeros", build, lambda bs: (torch.randn(bs, 8), torch.randint(0, 10, (bs,))), None))
@@ -107,8 +109,9 @@ def test_a_tiny_init_classifier_is_no_yardstick_for_the_relative_rule() -> None:
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(16, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
                               nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
-        nn.init.normal_(model[6].weight, std=1e-4)
-        nn.init.zeros_(model[6].bias)
+        classifier = narrow(model[6], nn.Linear)
+        nn.init.normal_(classifier.weight, std=1e-4)
+        nn.init.zeros_(classifier.bias)
         return model
     report = _scan(build)
     ratios = {layer.name: layer.grad_to_weight for layer in report.layers}  # type: ignore[attr-defined]

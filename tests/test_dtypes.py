@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from typed_modules import grad_of, narrow
 
 from gradcheck_cli.api import scan
 from gradcheck_cli.config import ScanConfig
@@ -121,7 +122,7 @@ def test_bfloat16_default_dtype_matches_plain_autograd() -> None:
         def make_batch(batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
             return torch.randn(batch_size, 8), torch.randint(0, 4, (batch_size,))
 
-        assert build()[0].weight.dtype == torch.bfloat16
+        assert narrow(build().get_submodule("0"), nn.Linear).weight.dtype == torch.bfloat16
         # Both sides compute the same bf16 gradients; the probe sums their squares in float32.
         _assert_matches_plain_autograd(build, make_batch, nn.functional.cross_entropy, rel=1e-5)
     finally:
@@ -143,7 +144,7 @@ class _ComplexFilter(nn.Module):
         return self.head(self.filter(x.to(torch.cfloat)).abs())
 
 
-def _complex_model() -> nn.Module:
+def _complex_model() -> _ComplexFilter:
     torch.manual_seed(0)
     return _ComplexFilter()
 
@@ -230,7 +231,7 @@ def test_sparse_input_tensor_is_scanned_like_plain_autograd(layout: str) -> None
         model.zero_grad(set_to_none=True)
         nn.functional.cross_entropy(model(*inputs), target).backward()
         for name in reference:
-            reference[name] += _norm64(torch.cat([p.grad.flatten() for p in
+            reference[name] += _norm64(torch.cat([grad_of(p).flatten() for p in
                                                   model.get_submodule(name).parameters()])) / BATCHES
     assert probed == pytest.approx(reference, rel=1e-5)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import cast
 
 import pytest
 import torch
@@ -61,7 +62,7 @@ def test_a_learning_rate_far_too_large_diverges() -> None:
 def test_the_suggested_learning_rate_brings_the_update_ratio_near_1e3() -> None:
     first = scan("builtin:relu-he", steps=2, optimizer="sgd", lr=2.0)
     ev = next(f.evidence for f in first.findings if f.kind == FindingKind.DIVERGENCE)
-    again = scan("builtin:relu-he", steps=2, optimizer="sgd", lr=float(ev["suggested_lr"]))
+    again = scan("builtin:relu-he", steps=2, optimizer="sgd", lr=float(cast(float, ev["suggested_lr"])))
     assert not [f for f in again.findings if f.kind == FindingKind.DIVERGENCE]
     top = max(layer.update_to_weight or 0.0 for layer in again.layers)
     assert 2e-4 < top < 5e-3

@@ -214,8 +214,7 @@ def test_junit_parses_with_one_suite_per_scan_and_right_counts() -> None:
     suites = root.findall("testsuite")
     assert [s.get("name") for s in suites] == ["mlp", "he", "broken"]
     for suite in [root, *suites]:
-        cases = suite.iter("testcase")
-        cases = list(cases)
+        cases = list(suite.iter("testcase"))
         assert int(suite.get("tests", -1)) == len(cases)
         assert int(suite.get("failures", -1)) == sum(c.find("failure") is not None for c in cases)
         assert int(suite.get("errors", -1)) == sum(c.find("error") is not None for c in cases)

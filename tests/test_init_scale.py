@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import cast
 
 import pytest
 import torch
 from torch import nn
+from typed_modules import narrow
 
 from gradcheck_cli import scan
 from gradcheck_cli.analyse.init_std import init_target
@@ -19,7 +21,7 @@ from gradcheck_cli.target.resolve import resolve_target as load_target
 WIDTH, DEPTH = 256, 6
 
 
-def _relu_mlp(init: str) -> nn.Module:
+def _relu_mlp(init: str) -> nn.Sequential:
     torch.manual_seed(0)
     layers: list[nn.Module] = []
     for _ in range(DEPTH - 1):
@@ -49,7 +51,7 @@ def _init_findings(report: Report) -> dict[str, dict[str, object]]:
             for f in report.findings if f.kind == FindingKind.INIT_SCALE}
 
 
-def _activation_rms(model: nn.Module) -> list[float]:
+def _activation_rms(model: nn.Sequential) -> list[float]:
     """Plain forward over the probe's 3 batches: RMS of each Linear's output."""
     sq = {i: 0.0 for i, m in enumerate(model) if isinstance(m, nn.Linear)}
     n = dict.fromkeys(sq, 0)
@@ -89,7 +91,7 @@ def test_normal_1_init_is_too_large_with_both_numbers_and_the_exact_he_std() -> 
     first = found["0"]
     assert first["direction"] == "too large" and first["scheme"] == "he"
     assert first["target_std"] == pytest.approx(he)
-    weight = _relu_mlp("large")[0].weight
+    weight = narrow(_relu_mlp("large")[0], nn.Linear).weight
     std = float(weight.detach().std())
     assert first["weight_std"] == pytest.approx(std, rel=1e-5)
     assert first["std_ratio"] == pytest.approx(std / he, rel=1e-5)
@@ -101,7 +103,7 @@ def test_normal_1_init_is_too_large_with_both_numbers_and_the_exact_he_std() -> 
     assert rms[1] / rms[0] > 5  # ~ std * sqrt(fan_in / 2) = 11 per layer
     # The run's per-layer gain is the geometric mean of the measured steps along the signal.
     key = "output_grad_rms" if first["stack_signal"] == "gradient" else "rms"
-    scale = [float(x.activation[key]) for x in report.layers]
+    scale = [float(cast(float, x.activation[key])) for x in report.layers]
     steps = len(scale) - 1
     total = scale[0] / scale[-1] if key == "output_grad_rms" else scale[-1] / scale[0]
     assert first["stack_layers"] == len(scale)
@@ -136,7 +138,7 @@ def test_a_single_grossly_oversized_layer_fires_without_a_stack() -> None:
         torch.manual_seed(5)
         model = nn.Sequential(nn.Linear(WIDTH, 64), nn.ReLU(), nn.Linear(64, 10))
         with torch.no_grad():
-            model[0].weight.normal_(0.0, 5.0)  # 56x He's 0.088
+            narrow(model[0], nn.Linear).weight.normal_(0.0, 5.0)  # 56x He's 0.088
         return model
     found = _init_findings(scan(Target("gross", build, _batch)))
     assert set(found) == {"0"}

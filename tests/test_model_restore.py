@@ -83,7 +83,7 @@ def test_weights_changed_by_forward_come_back_bit_identical(build, make_batch, s
     assert_unchanged(before, model)
 
 
-def _lazy_model() -> nn.Module:
+def _lazy_model() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(nn.LazyLinear(8), nn.LazyBatchNorm1d(), nn.ReLU(), nn.Linear(8, 1))
 
@@ -92,7 +92,7 @@ def _lazy_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, 5), torch.randn(n, 1)
 
 
-def _scan_lazy(steps: int) -> tuple[nn.Module, list[warnings.WarningMessage]]:
+def _scan_lazy(steps: int) -> tuple[nn.Sequential, list[warnings.WarningMessage]]:
     model = _lazy_model()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -109,8 +109,9 @@ def test_lazy_modules_come_back_materialised_usable_and_as_initialised(steps: in
     linear, norm = model[0], model[1]
     assert type(linear) is nn.Linear and linear.weight.shape == (8, 5) and linear.weight.grad is None
     # the values of the initialisation, not those after the probe's optimizer steps or batches
-    assert torch.equal(norm.running_mean, torch.zeros(8)) and torch.equal(norm.running_var, torch.ones(8))
-    assert int(norm.num_batches_tracked) == 0
+    assert torch.equal(norm.get_buffer("running_mean"), torch.zeros(8))
+    assert torch.equal(norm.get_buffer("running_var"), torch.ones(8))
+    assert int(norm.get_buffer("num_batches_tracked")) == 0
     reference, _ = _scan_lazy(0)
     for (name, value), expected in zip(model.state_dict().items(), reference.state_dict().values()):
         assert torch.equal(value, expected), name
@@ -128,7 +129,8 @@ def test_a_lazy_module_the_failing_probe_never_reached_stays_lazy() -> None:
         warnings.simplefilter("error", LazyModulesMaterialised)
         with pytest.raises(OSError, match="not mounted"):
             run_probe(model, no_data, None, ScanConfig(batches=1, batch_size=4))
-    assert nn.parameter.is_lazy(model[0].weight) and nn.parameter.is_lazy(model[1].running_mean)
+    assert nn.parameter.is_lazy(model.get_parameter("0.weight"))
+    assert nn.parameter.is_lazy(model.get_buffer("1.running_mean"))
     assert [dict(m._forward_pre_hooks) for m in model] == hooks_before  # torch's own hooks only
 
 

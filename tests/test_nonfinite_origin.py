@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
+from typed_modules import narrow
 
 from gradcheck_cli import scan
 from gradcheck_cli.analyse.checks.nonfinite import classify_cause
@@ -99,7 +100,7 @@ class _Overflowing(nn.Module):
         self.layers = nn.Sequential(*(nn.Linear(64, 64) for _ in range(8)))
         with torch.no_grad():
             for layer in self.layers:
-                layer.weight.mul_(1e6)
+                narrow(layer, nn.Linear).weight.mul_(1e6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)

@@ -205,7 +205,9 @@ def test_junit_with_an_ansi_error_message_is_valid_xml(tmp_path: Path) -> None:
                 "--output", str(report), cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     root = ET.parse(report).getroot()  # raises on an ESC character
-    message = root.find("testsuite/testcase/error").get("message")  # type: ignore[union-attr]
+    error = root.find("testsuite/testcase/error")
+    assert error is not None
+    message = error.get("message", "")
     assert "\\x1b[31mValueError: the data loader failed\\x1b[0m\\x07" in message
     assert "\x1b" not in report.read_text()
 

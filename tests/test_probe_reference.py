@@ -7,12 +7,13 @@ import math
 import pytest
 import torch
 from torch import nn
+from typed_modules import grad_of, narrow
 
 from gradcheck_cli.config import ScanConfig
 from gradcheck_cli.measure.probe import run_probe
 
 
-def _mlp(inplace: bool = False) -> nn.Module:
+def _mlp(inplace: bool = False) -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(6, 8), nn.ReLU(inplace=inplace), nn.Linear(8, 8),
                          nn.Tanh(), nn.Linear(8, 3))
@@ -27,7 +28,7 @@ def _make_batch(batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(batch_size, 6), torch.randint(0, 3, (batch_size,))
 
 
-def _reference(model: nn.Module, batches: int) -> dict[str, dict[str, float]]:
+def _reference(model: nn.Sequential, batches: int) -> dict[str, dict[str, float]]:
     """Plain autograd: grad norms per layer per batch, output rms and output-gradient rms."""
     names = {m: n for n, m in model.named_modules() if list(m.parameters(recurse=False))}
     grad_norms: dict[str, list[float]] = {n: [] for n in names.values()}
@@ -86,8 +87,8 @@ def test_activation_statistics_dead_and_saturated() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 6), nn.Sigmoid(), nn.Linear(6, 2))
     with torch.no_grad():
-        model[0].bias[:3] = -100.0  # three units can never fire
-        model[2].weight.mul_(100.0)  # drive the sigmoid into its flat region
+        narrow(model[0], nn.Linear).bias[:3] = -100.0  # three units can never fire
+        narrow(model[2], nn.Linear).weight.mul_(100.0)  # drive the sigmoid into its flat region
     result = run_probe(model, lambda n: torch.randn(n, 4), None, ScanConfig(batches=2, batch_size=8))
     first, second, _ = result.layers
     fired = torch.zeros(6, dtype=torch.bool)
@@ -132,8 +133,8 @@ def test_tied_weights_once_and_reused_module_one_row() -> None:
     tokens, target = torch.randint(0, 10, (3, 5)), torch.randint(0, 10, (3, 5))
     loss = nn.functional.cross_entropy(model(tokens).reshape(-1, 10), target.reshape(-1))
     loss.backward()
-    assert result.layers[0].grad_norms[0] == pytest.approx(float(model.embed.weight.grad.norm()), rel=1e-5)
-    block_ref = math.sqrt(float(model.block.weight.grad.pow(2).sum() + model.block.bias.grad.pow(2).sum()))
+    assert result.layers[0].grad_norms[0] == pytest.approx(float(grad_of(model.embed.weight).norm()), rel=1e-5)
+    block_ref = math.sqrt(float(grad_of(model.block.weight).pow(2).sum() + grad_of(model.block.bias).pow(2).sum()))
     assert result.layers[1].grad_norms[0] == pytest.approx(block_ref, rel=1e-5)
 
 
@@ -159,7 +160,7 @@ def test_recurrent_step_gradient_matches_input_gradient(batch_first: bool) -> No
     x = torch.randn(*shape, requires_grad=True)
     out = Net()(x)
     out.pow(2).mean().backward()
-    per_step = x.grad.pow(2).mean(dim=(0, 2) if batch_first else (1, 2)).sqrt()
+    per_step = grad_of(x).pow(2).mean(dim=(0, 2) if batch_first else (1, 2)).sqrt()
     assert len(steps) == 7
     assert steps == pytest.approx(per_step.tolist(), rel=1e-5)
     assert steps[0] < steps[-1]  # the last step is closest to the loss

@@ -364,7 +364,7 @@ RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 # What each shipped recipe demonstrates, as its comments say: exit code, then per scan the
 # verdict and the finding kinds that fail its gate.
-SHIPPED = {
+SHIPPED: dict[str, tuple[int, dict[str, tuple[str, set[str]]]]] = {
     "quick.yaml": (0, {"mlp": ("healthy", set()), "transformer": ("healthy", set())}),
     "standard.yaml": (0, {"mlp": ("healthy", set()), "convnet": ("healthy", set()),
                           "deep-sigmoid": ("vanishing", set())}),

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
+from typed_modules import narrow
 
 from gradcheck_cli import scan
 from gradcheck_cli.analyse.depth import find_trends, stack_kind, trend_of
@@ -164,7 +165,7 @@ def test_a_residual_model_with_a_geometric_run_gets_normalization_but_no_skip() 
         model = _ResidualMLP(residual=True)
         with torch.no_grad():
             for block in model.blocks:
-                block.weight.normal_(0.0, 3.0)
+                narrow(block, nn.Linear).weight.normal_(0.0, 3.0)
         return model
 
     def batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:

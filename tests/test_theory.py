@@ -111,10 +111,10 @@ class PositiveIRNN(nn.Module):
         self.rnn = nn.RNN(FEATURES, HIDDEN, nonlinearity="relu", batch_first=True)
         self.head = nn.Linear(HIDDEN, 3)
         with torch.no_grad():
-            self.rnn.weight_hh_l0.copy_(a * torch.eye(HIDDEN))
-            self.rnn.weight_ih_l0.uniform_(0.0, 0.1)
-            self.rnn.bias_ih_l0.fill_(0.1)
-            self.rnn.bias_hh_l0.zero_()
+            self.rnn.get_parameter("weight_hh_l0").copy_(a * torch.eye(HIDDEN))
+            self.rnn.get_parameter("weight_ih_l0").uniform_(0.0, 0.1)
+            self.rnn.get_parameter("bias_ih_l0").fill_(0.1)
+            self.rnn.get_parameter("bias_hh_l0").zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.rnn(x)
@@ -165,7 +165,7 @@ def test_tanh_rnn_with_spectral_norm_below_one_vanishes_at_least_that_fast() -> 
         model = PositiveIRNN(1.0)
         model.rnn = nn.RNN(FEATURES, HIDDEN, batch_first=True)  # tanh, default init
         with torch.no_grad():
-            w = model.rnn.weight_hh_l0
+            w = model.rnn.get_parameter("weight_hh_l0")
             w.mul_(0.5 / torch.linalg.matrix_norm(w, ord=2))
         return model
 

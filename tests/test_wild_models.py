@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
+from typed_modules import narrow
 
 from gradcheck_cli import scan
 from gradcheck_cli.errors import UserError
@@ -49,7 +50,7 @@ def test_torch_compile_scans_the_original_module() -> None:
     a future gradcheck did call it). Creating the wrapper imports torch._dynamo: the slowest test
     here, a few seconds."""
     model = _mlp()
-    compiled = torch.compile(model, backend="eager")
+    compiled = narrow(torch.compile(model, backend="eager"), nn.Module)  # an OptimizedModule
     assert [n for n, _ in compiled.named_modules()][1] == "_orig_mod"  # what we must not report
     assert unwrap_model(compiled) is model
     report = _scan(compiled)

@@ -27,7 +27,7 @@ class DeepLinear(nn.Module):
         super().__init__()
         self.layers = nn.Sequential(*[nn.Linear(dim, dim, bias=False) for _ in range(depth)])
         for layer in self.layers:
-            nn.init.orthogonal_(layer.weight, gain=gain)
+            nn.init.orthogonal_(layer.weight, gain=gain)  # type: ignore[arg-type]  # stub: Tensor | Module
 
     def forward(self, x):
         return self.layers(x)

@@ -31,7 +31,7 @@ class ReLURNN(nn.Module):
         super().__init__()
         self.rnn = nn.RNN(input_size, hidden_size, nonlinearity="relu", batch_first=True)
         self.readout = nn.Linear(hidden_size, 1)
-        nn.init.orthogonal_(self.rnn.weight_hh_l0, gain=1.5)
+        nn.init.orthogonal_(self.rnn.weight_hh_l0, gain=1.5)  # type: ignore[arg-type]  # stub: Tensor | Module
 
     def forward(self, x):
         out, _ = self.rnn(x)

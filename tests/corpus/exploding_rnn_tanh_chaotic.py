@@ -29,7 +29,7 @@ class TanhRNN(nn.Module):
         super().__init__()
         self.rnn = nn.RNN(input_size, hidden_size, nonlinearity="tanh", batch_first=True)
         self.readout = nn.Linear(hidden_size, 1)
-        nn.init.orthogonal_(self.rnn.weight_hh_l0, gain=2.5)
+        nn.init.orthogonal_(self.rnn.weight_hh_l0, gain=2.5)  # type: ignore[arg-type]  # stub: Tensor | Module
 
     def forward(self, x):
         out, _ = self.rnn(x)

@@ -52,6 +52,8 @@ class CausalLMOutput:
 
 
 class CausalSelfAttention(nn.Module):
+    bias: torch.Tensor  # a buffer (register_buffer)
+
     def __init__(self, config):
         super().__init__()
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)

@@ -29,7 +29,7 @@ class DeepMLP(nn.Module):
         self.hidden = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in zip(dims[:-1], dims[1:]))
         self.head = nn.Linear(width, classes, bias=False)
         for layer in self.hidden:
-            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")  # type: ignore[arg-type]  # stub: Tensor | Module
         nn.init.xavier_normal_(self.head.weight)
 
     def forward(self, x):

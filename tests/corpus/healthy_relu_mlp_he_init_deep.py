@@ -27,8 +27,8 @@ class MLP(nn.Module):
         self.hidden = nn.ModuleList([nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:])])
         self.head = nn.Linear(width, num_classes)
         for layer in self.hidden:
-            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-            nn.init.zeros_(layer.bias)
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")  # type: ignore[arg-type]  # stub: Tensor | Module
+            nn.init.zeros_(layer.bias)  # type: ignore[arg-type]  # stub: Tensor | Module
 
     def forward(self, x):
         for layer in self.hidden:

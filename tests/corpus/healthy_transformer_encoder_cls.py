@@ -40,6 +40,8 @@ SEQ = 24
 
 
 class PositionalEncoding(nn.Module):
+    pe: torch.Tensor  # a buffer (register_buffer)
+
     def __init__(self, d_model, max_len=512):
         super().__init__()
         position = torch.arange(max_len).unsqueeze(1)

@@ -27,7 +27,7 @@ CFG = [16, 16, "M", 32, 32, "M", 64, 64, "M"]
 
 
 def make_layers(cfg, in_channels=3):
-    layers = []
+    layers: list[nn.Module] = []
     for v in cfg:
         if v == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))

@@ -38,7 +38,7 @@ class DiedMLP(nn.Module):
                     nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                     nn.init.zeros_(m.bias)
             # what a too-large step on the biases leaves behind
-            self.net[4].bias.normal_(-8.0, 0.5)
+            self.net[4].bias.normal_(-8.0, 0.5)  # type: ignore[operator]  # stub: Tensor | Module
 
     def forward(self, x):
         return self.net(x)

@@ -29,7 +29,7 @@ class RNNClassifier(nn.Module):
         self.rnn = nn.RNN(input_size, hidden_size, nonlinearity="tanh", batch_first=True)
         self.fc = nn.Linear(hidden_size, num_classes)
         with torch.no_grad():
-            self.rnn.weight_hh_l0.normal_(0.0, 0.6 / hidden_size**0.5)
+            self.rnn.weight_hh_l0.normal_(0.0, 0.6 / hidden_size**0.5)  # type: ignore[operator]  # stub: Tensor | Module
 
     def forward(self, x):
         output, h_n = self.rnn(x)
