@@ -90,13 +90,13 @@ def parse_page(text: str, where: str) -> Page:
     if len(summary) != 1:
         raise PageError(f"{where}: the summary is one paragraph below the title")
     bodies = [_blocks(rest[i + 1:j]) for i, j in zip(heads, [*heads[1:], len(rest)])]
-    references = tuple(item[2:] for item in "\n".join(bodies[-1]).split("\n"))
-    if not all(bodies) or not all(ref and not ref.startswith("- ") for ref in references):
+    items = "\n".join(bodies[-1]).split("\n")
+    if not all(bodies) or not all(item.startswith("- ") and item[2:].strip() for item in items):
         raise PageError(f"{where}: every section needs text, References a '- ' list")
     return Page(
         id=str(front[0][1]), title=rest[titles[0]][2:].strip(), summary=summary[0],
         sections=tuple((h, "\n\n".join(b)) for h, b in zip(SECTIONS[:-1], bodies[:-1])),
-        references=references, front=front)
+        references=tuple(item[2:] for item in items), front=front)
 
 
 def _outside_code(lines: list[str]) -> list[bool]:
