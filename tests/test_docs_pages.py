@@ -85,7 +85,7 @@ def test_every_page_has_every_section_and_known_front_matter(folder: str) -> Non
 def test_every_relation_names_a_recommendation_and_every_recommendation_is_justified() -> None:
     named: set[str] = set()
     for page_id, page in load_folder("findings").items():
-        fixes = page.meta("fixes", None)
+        fixes = page.meta("fixes", ())
         assert isinstance(fixes, tuple) and fixes, page_id
         assert set(fixes) <= {r.value for r in RecommendationId}, page_id
         assert len(set(fixes)) == len(fixes), page_id
