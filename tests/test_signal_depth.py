@@ -263,7 +263,7 @@ def _stack(gain_fwd: float, gain_bwd: float, n: int = 24) -> list[LayerStats]:
 
 
 def test_collapse_needs_both_decays_through_depth() -> None:
-    threshold = Thresholds().collapse
+    threshold = Thresholds()
     assert find_collapses(_stack(0.7, 0.7), threshold)  # LeCun ReLU: 0.7^23 ~ 3e-4 both ways
     assert not find_collapses(_stack(1.0, 0.7), threshold)  # He fan_in funnel: only the gradient
     assert not find_collapses(_stack(0.7, 1.0), threshold)  # only the activations
@@ -274,7 +274,7 @@ def test_one_small_step_is_no_collapse_through_depth() -> None:
     """A deliberately tiny head (or one pooling step) drops both scales once: not a decay with depth."""
     layers = [_dense(f"l{i}", i, 1.0, 1e-4 if i < 7 else 1.0) for i in range(8)]
     layers[-1] = _dense("head", 7, 1e-4, 1.0)
-    assert not find_collapses(layers, Thresholds().collapse)
+    assert not find_collapses(layers, Thresholds())
 
 
 def test_a_normalization_layer_cuts_the_segment() -> None:
@@ -282,8 +282,8 @@ def test_a_normalization_layer_cuts_the_segment() -> None:
     halves = _stack(0.7, 0.7, 12)
     second = [_dense(f"m{i}", 13 + i, x.output_rms or 0.0, x.output_grad_rms or 0.0) for i, x in enumerate(halves)]
     layers = [*halves, _dense("norm", 12, 1.0, 1.0, role="normalization"), *second]
-    assert not find_collapses(layers, Thresholds().collapse)
-    assert find_collapses(_stack(0.7, 0.7, 24), Thresholds().collapse)  # the same depth, uncut
+    assert not find_collapses(layers, Thresholds())
+    assert find_collapses(_stack(0.7, 0.7, 24), Thresholds())  # the same depth, uncut
 
 
 def test_per_layer_decays_that_the_network_does_not_show_end_to_end_are_no_collapse() -> None:
@@ -292,7 +292,7 @@ def test_per_layer_decays_that_the_network_does_not_show_end_to_end_are_no_colla
     first layer to the last the signal keeps its scale (end to end 1.0), so nothing collapsed."""
     scale = [0.5 ** (i % 4) for i in range(24)]
     layers = [_dense(f"l{i}", i, scale[i], scale[23 - i]) for i in range(24)]
-    assert not find_collapses(layers, Thresholds().collapse)
+    assert not find_collapses(layers, Thresholds())
 
 
 def test_collapse_reason_names_both_decays() -> None:

@@ -69,7 +69,7 @@ with a broken twin in tests/test_designed_inits.py that is still caught):
 * The absolute ceiling applies to weight matrices and kernels only (role "dense"; size-1
   dimensions do not count, so a (C, 1, 1) layer scale is a vector): a vector initialised near zero
   (ConvNeXt's layer scale 1e-6, ReZero's 0) has a huge grad/weight by construction. Such a gate
-  (typical element below `GATE_RMS`) also exempts the layers of the branch it scales (its
+  (typical element below `gate_rms`) also exempts the layers of the branch it scales (its
   submodules) from vanishing: their gradient is scaled by the gate, by design.
 * The relative rule's reference is the fastest *sanely initialised* dense layer (weight std inside
   init_std's band): SqueezeNet's and RegNet's N(0, 0.01) classifiers learn fast relative to their
@@ -119,8 +119,8 @@ def classify_layers(layers: list[LayerStats], thresholds: Thresholds) -> list[La
     reference = _best_dense_ratio(layers, yardsticks)
     growth = _stack_growth(layers, thresholds.min_stack)
     zero_layer = _first_zero_weight_layer(layers)
-    gates = _near_zero_gates(layers)
-    collapses = find_collapses(layers, thresholds.collapse)
+    gates = _near_zero_gates(layers, thresholds.gate_rms)
+    collapses = find_collapses(layers, thresholds)
     verdicts = []
     for layer, upstream in zip(layers, _upstream_best_ratios(layers, yardsticks)):
         ran_before_zero = zero_layer is not None and (layer.index < zero_layer.index or layer.output_rms is None)
@@ -152,14 +152,12 @@ def _first_zero_weight_layer(layers: list[LayerStats]) -> LayerStats | None:
                  and layer.trainable), None)
 
 
-# A vector parameter whose typical element is below this is a gate initialised near zero (layer
-# scale starts at 1e-6..1e-4, ReZero at 0), far below any affine scale (1.0) or bias in use.
-GATE_RMS = 1e-3
-
-
-def _near_zero_gates(layers: list[LayerStats]) -> list[LayerStats]:
+def _near_zero_gates(layers: list[LayerStats], gate_rms: float) -> list[LayerStats]:
+    """Vector parameters whose typical element is below `gate_rms` (Thresholds.gate_rms): gates
+    initialised near zero (layer scale starts at 1e-6..1e-4, ReZero at 0), far below any affine
+    scale (1.0) or bias in use."""
     return [layer for layer in layers if layer.role == "other" and layer.params > 0 and layer.trainable
-            and layer.weight_norm / math.sqrt(layer.params) < GATE_RMS]
+            and layer.weight_norm / math.sqrt(layer.params) < gate_rms]
 
 
 

@@ -10,10 +10,10 @@ scales of the dense layers (weight matrices and kernels), in execution order:
   towards the input (the way it travels);
 * activation: the RMS of each layer's output, followed from the input towards the output.
 
-A run is `MIN_LAYERS` (4, the classifier's `min_stack`) or more consecutive dense layers whose
-every step changes the scale in the same direction, by at least `MIN_GAIN` (1.2) per layer on
-geometric average and by `MIN_TOTAL` (10, one decade) over the run. A healthy, well-initialised
-stack measures per-layer factors that alternate around 1 (the He-init ReLU stack and the
+A run is `run_min_layers` (4, like the classifier's `min_stack`) or more consecutive dense layers
+whose every step changes the scale in the same direction, by at least `run_min_gain` (1.2) per layer
+on geometric average and by `run_min_total` (10, one decade) over the run (analyse/thresholds.py).
+A healthy, well-initialised stack measures per-layer factors that alternate around 1 (the He-init ReLU stack and the
 residual and normalized built-ins); one decade over four layers (1.8 per layer) is far outside
 that noise, and 1.2 per layer catches the slow growth of a deep plain BatchNorm stack (Yang et
 al. 2019, measured 1.24 per layer in the corpus) once it has compounded to a decade.
@@ -36,7 +36,7 @@ segment that median compounded over its steps: the median keeps one deliberately
 0.01-std head, a zero-init branch) or one pooling/stride step (which changes the per-element scale
 of one step by design: pooling averages or picks, a stride spreads the gradient over fewer
 outputs) from passing for a decay through depth, and makes the call stable from batch to batch.
-A segment of `MIN_LAYERS` or more collapses when both decays are below `COLLAPSE` (1e-3,
+A segment of `run_min_layers` or more collapses when both decays are below `collapse` (1e-3,
 AUTOTRAINER's first/last threshold; He et al. 2015 train a 30-layer ReLU net at variance 1/fan_in,
 2^-14.5 ~ 4e-5 over its depth, and it does not learn, while their 22-layer one, 2^-10.5 ~ 7e-4,
 learns slowly). Pooling, strides and width changes move the two directions apart instead (a
@@ -53,12 +53,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gradcheck_cli.analyse.stats import LayerStats
+from gradcheck_cli.analyse.thresholds import DEFAULTS, Thresholds
 from gradcheck_cli.report.records import Number
 
-MIN_LAYERS = 4
-MIN_GAIN = 1.2
-MIN_TOTAL = 10.0
-COLLAPSE = 1e-3
 SEQUENCE_TYPES = ("RNN", "LSTM", "GRU", "MultiheadAttention", "Embedding", "Transformer")
 
 
@@ -109,16 +106,16 @@ class Collapse:
 
     @property
     def worst_total(self) -> float:
-        """The weaker of the two decays: the number the COLLAPSE threshold decides on."""
+        """The weaker of the two decays: the number the `collapse` threshold decides on."""
         return max(self.forward_total, self.backward_total)
 
 
-def find_collapses(layers: Sequence[LayerStats], threshold: float = COLLAPSE) -> list[Collapse]:
+def find_collapses(layers: Sequence[LayerStats], t: Thresholds = DEFAULTS) -> list[Collapse]:
     """The plain segments whose activation and output-gradient scales both decay below
-    `threshold` through depth (see the module docstring); layers in execution order."""
+    `t.collapse` through depth (see the module docstring); layers in execution order."""
     found = []
     for segment in _plain_segments(layers):
-        if len(segment) < MIN_LAYERS:
+        if len(segment) < t.run_min_layers:
             continue
         outs = [x.output_rms or 0.0 for x in segment]
         grads = [x.output_grad_rms or 0.0 for x in segment]
@@ -130,7 +127,7 @@ def find_collapses(layers: Sequence[LayerStats], threshold: float = COLLAPSE) ->
         # execution order compound to a collapse the network does not have (measured on a
         # residual image-transform net without normalization: median^15 ~ 1e-6, end to end 0.013).
         end_to_end = max(outs[-1] / outs[0], grads[0] / grads[-1])
-        if forward < 1 and backward < 1 and collapse.worst_total < threshold and end_to_end < threshold:
+        if forward < 1 and backward < 1 and collapse.worst_total < t.collapse and end_to_end < t.collapse:
             found.append(collapse)
     return found
 
@@ -184,14 +181,14 @@ def _plain_segments(layers: Sequence[LayerStats]) -> list[list[LayerStats]]:
     return [s for s in segments if s]
 
 
-def find_trends(layers: Sequence[LayerStats]) -> list[Trend]:
+def find_trends(layers: Sequence[LayerStats], t: Thresholds = DEFAULTS) -> list[Trend]:
     """Geometric runs of the gradient and activation scale (layers in execution order)."""
     chain = _chain(layers)
     norm_positions = [x.index for x in layers if x.role == "normalization"]
     trends = []
     for signal in ("gradient", "activation"):
         values = [x.output_grad_rms if signal == "gradient" else x.output_rms for x in chain]
-        for start, end in _runs(values, backward=signal == "gradient"):
+        for start, end in _runs(values, signal == "gradient", t):
             run = chain[start:end + 1]
             factors = [_factor(values, i, signal == "gradient") for i in range(start, end)]
             total = math.prod(factors)
@@ -247,7 +244,7 @@ def _usable(value: float | None) -> bool:
     return value is not None and math.isfinite(value) and value > 0
 
 
-def _runs(values: Sequence[float | None], backward: bool) -> list[tuple[int, int]]:
+def _runs(values: Sequence[float | None], backward: bool, t: Thresholds) -> list[tuple[int, int]]:
     """(first, last) chain indices of the geometric runs."""
     found = []
     i = 0
@@ -261,10 +258,10 @@ def _runs(values: Sequence[float | None], backward: bool) -> list[tuple[int, int
                and _factor(values, j, backward) != 1 and (_factor(values, j, backward) > 1) == sign):
             j += 1
         steps = j - i
-        if steps + 1 >= MIN_LAYERS:
+        if steps + 1 >= t.run_min_layers:
             total = math.prod(_factor(values, k, backward) for k in range(i, j))
             gain = total ** (1.0 / steps)
-            if max(total, 1 / total) >= MIN_TOTAL and max(gain, 1 / gain) >= MIN_GAIN:
+            if max(total, 1 / total) >= t.run_min_total and max(gain, 1 / gain) >= t.run_min_gain:
                 found.append((i, j))
         i = max(j, i + 1)
     return found

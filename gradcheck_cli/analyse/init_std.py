@@ -10,7 +10,8 @@ Variance-preserving std for the activation that follows the layer (DOMAIN.md, "w
 PyTorch's own default init (nn.Linear / nn.Conv*: kaiming_uniform_ with a = sqrt(5), i.e.
 U(-1/sqrt(fan_in), 1/sqrt(fan_in)), std 1/sqrt(3 fan_in)) is a sane init too: models built with it
 train, and the tool must stay silent on them. So the accepted band runs from the smaller of the
-two stds divided by MARGIN to the larger times MARGIN. MARGIN = 2: a std off by 2x scales the
+two stds divided by a margin to the larger times the margin (Thresholds.init_band_margin,
+analyse/thresholds.py). The margin is 2: a std off by 2x scales the
 signal by 2x per layer, which compounds to 2^depth (the same factor the recommendation catalogue
 used before this module existed); every standard init (He, Xavier, LeCun, PyTorch default, their
 uniform variants, Xavier with tanh gain 5/3) lies inside the band for square layers.
@@ -22,10 +23,9 @@ import math
 from dataclasses import dataclass
 
 from gradcheck_cli.activations import RELU_FAMILY
+from gradcheck_cli.analyse.thresholds import DEFAULTS
 
 SCHEME_NAMES = {"he": "He", "xavier": "Xavier", "lecun": "LeCun"}
-MARGIN = 2.0
-"""How far outside [min(target, default), max(target, default)] a std may be before it is mis-scaled."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class InitTarget:
     """PyTorch's default-init std, 1 / sqrt(3 fan_in)."""
     low: float
     high: float
-    """The accepted band [min(std, default_std) / MARGIN, max(std, default_std) * MARGIN]."""
+    """The accepted band [min(sane stds) / margin, max(sane stds) * margin] (init_target)."""
 
     def mismatch(self, measured: float) -> float:
         """How many times outside the band: < 1 too small (measured / low), > 1 too large
@@ -50,8 +50,10 @@ class InitTarget:
         return 1.0
 
 
-def init_target(fan_in: int, fan_out: int | None, follower: str | None) -> InitTarget:
-    """The variance-preserving std for a layer of this fan-in/fan-out followed by `follower`."""
+def init_target(fan_in: int, fan_out: int | None, follower: str | None,
+                margin: float = DEFAULTS.init_band_margin) -> InitTarget:
+    """The variance-preserving std for a layer of this fan-in/fan-out followed by `follower`, and
+    the band of sane stds widened by `margin` (Thresholds.init_band_margin) on both sides."""
     if follower in RELU_FAMILY:
         scheme, std = "he", math.sqrt(2.0 / fan_in)
     elif follower == "SELU":
@@ -65,4 +67,4 @@ def init_target(fan_in: int, fan_out: int | None, follower: str | None) -> InitT
     sane = [std, default]
     if scheme == "he" and fan_out:
         sane.append(math.sqrt(2.0 / fan_out))
-    return InitTarget(scheme, std, default, min(sane) / MARGIN, max(sane) * MARGIN)
+    return InitTarget(scheme, std, default, min(sane) / margin, max(sane) * margin)

@@ -24,7 +24,7 @@ def analyse(measurements: Measurements, config: ScanConfig, thresholds: Threshol
             target: str = "") -> Report:
     """The Report of `measurements` taken under `config`; `target` names what was measured."""
     thresholds = thresholds or Thresholds()
-    layers = compute_stats(measurements.layers)
+    layers = compute_stats(measurements.layers, thresholds)
     verdicts = classify_layers(layers, thresholds)
     context = CheckContext(layers, verdicts, thresholds, measurements.losses, measurements.nonfinite_input,
                            measurements.first_nonfinite_module, nonfinite_origin=measurements.nonfinite_origin,

@@ -15,9 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-HORIZON_FRACTION = 1e-3
-"""The effective horizon ends where the per-step gradient is below this fraction of its value at
-the step nearest the loss (the same 1e-3 as the vanishing rules, after AUTOTRAINER)."""
+from gradcheck_cli.analyse.thresholds import DEFAULTS
 
 
 def near_end(entry: Sequence[float], bidirectional: bool) -> str:
@@ -45,8 +43,9 @@ def oriented_steps(steps: Sequence[float], entry: Sequence[float], bidirectional
     return tuple(steps)
 
 
-def effective_horizon(oriented: Sequence[float], fraction: float = HORIZON_FRACTION) -> int | None:
-    """Steps back from the step nearest the loss until the gradient is below `fraction` of its value there.
+def effective_horizon(oriented: Sequence[float], fraction: float = DEFAULTS.horizon_fraction) -> int | None:
+    """Steps back from the step nearest the loss until the gradient is below `fraction` of its value there
+    (Thresholds.horizon_fraction: the same 1e-3 as the vanishing rules, after AUTOTRAINER).
 
     None when it never falls that low within the sequence (the whole sequence is within reach),
     or when no gradient arrives at the near end at all.

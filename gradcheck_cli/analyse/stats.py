@@ -9,11 +9,8 @@ from typing import Any
 
 from gradcheck_cli.analyse.init_std import InitTarget, init_target
 from gradcheck_cli.analyse.structure import fan_in, fan_out, layer_role
+from gradcheck_cli.analyse.thresholds import DEFAULTS, Thresholds
 from gradcheck_cli.measure.records import LayerMeasurement, RecurrentWeight
-
-# Weights whose RMS is below this are "zero" (zero-initialised heads, LoRA B): a gradient/weight
-# ratio would be meaningless there.
-ZERO_WEIGHT_RMS = 1e-12
 
 
 @dataclass(frozen=True)
@@ -52,6 +49,8 @@ class LayerStats:
     """With --steps: the largest relative weight change per optimizer step, |Δw| / |w|."""
     attention_scores: bool = False
     """Its output feeds a softmax over scores: a query/key projection (attention_scores.py)."""
+    init_band_margin: float = DEFAULTS.init_band_margin
+    """Thresholds.init_band_margin of the analysis: how far outside the sane stds init_target's band reaches."""
 
     @cached_property
     def init_target(self) -> InitTarget | None:
@@ -60,20 +59,22 @@ class LayerStats:
         if not self.fan_in:
             return None
         follower = self.activation.get("function")
-        return init_target(self.fan_in, self.fan_out, str(follower) if follower else None)
+        return init_target(self.fan_in, self.fan_out, str(follower) if follower else None, self.init_band_margin)
 
 
-def compute_stats(layers: tuple[LayerMeasurement, ...]) -> list[LayerStats]:
+def compute_stats(layers: tuple[LayerMeasurement, ...], thresholds: Thresholds = DEFAULTS) -> list[LayerStats]:
     """One LayerStats per layer, in execution order (layers that never ran last)."""
     ordered = sorted(layers, key=lambda lp: (lp.order < 0, lp.order))
-    return [_layer_stats(lp, index) for index, lp in enumerate(ordered)]
+    return [_layer_stats(lp, index, thresholds) for index, lp in enumerate(ordered)]
 
 
-def _layer_stats(lp: LayerMeasurement, index: int) -> LayerStats:
+def _layer_stats(lp: LayerMeasurement, index: int, t: Thresholds) -> LayerStats:
     grad_norm = sum(lp.grad_norms) / len(lp.grad_norms) if lp.grad_norms else None
     weight_rms = lp.weight_norm / math.sqrt(lp.params) if lp.params else 0.0
     gtw = None
-    if grad_norm is not None and weight_rms > ZERO_WEIGHT_RMS:
+    # Weights whose RMS is below t.zero_weight_rms are zero (zero-initialised heads, LoRA B): a
+    # gradient/weight ratio would be meaningless there.
+    if grad_norm is not None and weight_rms > t.zero_weight_rms:
         gtw = grad_norm / lp.weight_norm
     grad_rms = grad_norm / math.sqrt(lp.params) if grad_norm is not None and lp.params else None
     activation = dict(lp.activation)
@@ -93,5 +94,5 @@ def _layer_stats(lp: LayerMeasurement, index: int) -> LayerStats:
         step_grad_rms=lp.step_grad_rms, step_entry_grad_rms=lp.step_entry_grad_rms,
         bidirectional=lp.bidirectional, recurrent_weights=lp.recurrent_weights, recurrent_cell=lp.recurrent_cell,
         update_to_weight=lp.update_to_weight,
-        attention_scores=lp.attention_scores,
+        attention_scores=lp.attention_scores, init_band_margin=t.init_band_margin,
     )

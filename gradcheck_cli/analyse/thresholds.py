@@ -80,6 +80,31 @@ class ThresholdEntry:
     """Where the value comes from: the paper, tool or measurement, or why it was chosen."""
     kinds: tuple[str, ...]
     """The finding kinds (report.records.FindingKind values) whose decision or fix it enters."""
+    domain: str = "positive"
+    """The values that make sense (DOMAINS): count, fraction, factor or positive."""
+
+
+DOMAINS = {
+    "count": "a positive integer",
+    "fraction": "a number above 0 and at most 1",
+    "factor": "a number >= 1",
+    "positive": "a positive number",
+}
+"""What each domain admits, in the words of an error message."""
+
+# Factors compared against a growth or a distance from a threshold: below 1 they would invert the rule.
+_AT_LEAST_ONE = {"explode_relative", "init_band_margin", "run_min_gain", "run_min_total", "borderline",
+                 "init_gross", "divergence_growth", "divergence_same_batch_rise", "clip_headroom"}
+# Decays and shares of a whole: 1 or less by meaning.
+_AT_MOST_ONE = {"vanish_relative", "collapse", "horizon_fraction", "lr_floor", "lr_cut"}
+
+
+def _domain(name: str, unit: str, default: float) -> str:
+    if isinstance(default, int):
+        return "count"
+    if unit in ("fraction", "probability") or name in _AT_MOST_ONE:
+        return "fraction"
+    return "factor" if name in _AT_LEAST_ONE else "positive"
 
 
 K = FindingKind
@@ -119,7 +144,7 @@ _TABLE: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
     ("min_stack",
      "identical dense layers needed before their gradient growth is called geometric",
      "count",
-     "chosen: a product of fewer factors is no trend (residual BatchNorm nets measure growth < 5)",
+     "chosen: a product of fewer factors is no trend",
      (_E,)),
     ("collapse",
      "activation and output-gradient decay through a plain stack both below this: vanishing",
@@ -136,7 +161,7 @@ _TABLE: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
     ("zero_weight_rms",
      "weights whose RMS is below this are zero (zero-init heads, LoRA B): no grad/weight ratio",
      "weight RMS",
-     "chosen: a ratio to zero weights is meaningless; any real init is many decades above 1e-12",
+     "chosen: a gradient/weight ratio to zero weights is meaningless",
      (_V, _E, _INIT)),
     ("init_band_margin",
      "a weight std more than this factor outside [min, max] of the sane stds is mis-scaled",
@@ -168,7 +193,7 @@ _TABLE: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
     ("borderline",
      "a deciding number within this factor of its threshold is a borderline call (evidence `margin`)",
      "factor",
-     "chosen: within 2x another probe batch could flip the call; a user can tell it from a clear one",
+     "chosen (no measurement recorded): lets a user tell a call another batch could flip from a clear one",
      (_V, _E, _VT, _ET, _INIT)),
     ("dead_majority",
      "share of a ReLU's units that never fire above which the layer is reported",
@@ -183,13 +208,14 @@ _TABLE: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
      (_DEAD,)),
     ("dead_bias_share",
      "a bias mean below -this x the pre-activation RMS is the visible cause of dead units",
-     "fraction",
+     "multiple of RMS",
      "chosen: half the pre-activation RMS means the bias alone pushes most units below zero",
      (_DEAD,)),
     ("saturated_majority",
      "share of a sigmoid/tanh-like activation's units in the flat region above which it is reported",
      "fraction",
-     "chosen: more than half of the units; Glorot & Bengio 2010 (saturated top sigmoid layers stall training)",
+     "chosen: more than half of the units (no measurement recorded); saturated units pass almost no "
+     "gradient (Glorot & Bengio 2010: saturated top sigmoid layers stall training)",
      (_SAT,)),
     ("init_gross",
      "a weight std more than this factor above the sane band is reported without a measured run",
@@ -209,7 +235,7 @@ _TABLE: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
     ("divergence_min_sustained",
      "losses after the start needed before 'all of them above divergence_growth x the start' counts",
      "count",
-     "chosen: one loss above the start is not a sustained rise",
+     "chosen (no reason recorded in the code)",
      (_DIV,)),
     ("divergence_growth",
      "a rising loss must end more than this factor above its start (last - first > (g - 1) |first|)",
@@ -241,12 +267,12 @@ _TABLE: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
     ("clip_healthy_ratio",
      "layers with grad/weight at most this calibrate clip-gradients' max_norm",
      "grad/weight",
-     "chosen: a layer whose gradient is no larger than its weights is not exploding",
+     "chosen (no reason recorded in the code)",
      (_E, _ET)),
     ("clip_headroom",
      "clip-gradients' max_norm is this factor times the total norm of the calibrating layers",
      "factor",
-     "chosen: headroom so that clipping never touches a healthy step",
+     "chosen (no reason recorded in the code): twice the norm of the layers that are not exploding",
      (_E, _ET)),
     ("clip_default",
      "clip-gradients' max_norm when no layer is healthy enough to calibrate on",
@@ -262,7 +288,8 @@ _TABLE: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
 )
 
 REGISTRY: tuple[ThresholdEntry, ...] = tuple(
-    ThresholdEntry(name, getattr(DEFAULTS, name), meaning, unit, source, kinds)
+    ThresholdEntry(name, getattr(DEFAULTS, name), meaning, unit, source, kinds,
+                   _domain(name, unit, getattr(DEFAULTS, name)))
     for name, meaning, unit, source, kinds in _TABLE)
 """One entry per Thresholds field, in field order (tests/test_thresholds.py keeps them in step)."""
 
@@ -278,6 +305,27 @@ def entry(name: str) -> ThresholdEntry:
 def entries_for(kind: str) -> list[ThresholdEntry]:
     """The thresholds behind finding kind `kind` (a FindingKind value such as "dead-relu")."""
     return [item for item in REGISTRY if kind in item.kinds]
+
+
+def quote(value: float) -> str:
+    """A threshold as the docs and messages write it: 1e-3, 1e-12, 0.5, 70, 1e3 (shortest exact
+    form; below 0.01 and from 1000 on in e-notation without zero padding)."""
+    if value != 0 and not 0.01 <= abs(value) < 1000:
+        mantissa, exponent = f"{value:.6e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{value:g}"
+
+
+def check_value(name: str, value: float) -> float:
+    """`value` for threshold `name` (an int for counts); ValueError saying what is expected."""
+    domain = entry(name).domain
+    ok = {"count": lambda: isinstance(value, int) and value >= 1,
+          "fraction": lambda: 0 < value <= 1,
+          "factor": lambda: value >= 1,
+          "positive": lambda: value > 0}[domain]()
+    if not ok:
+        raise ValueError(f"expected {DOMAINS[domain]}")
+    return value
 
 
 def field_names() -> tuple[str, ...]:

@@ -37,7 +37,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-list_app = typer.Typer(help="List built-in models, finding kinds (checks) and recommendation ids (fixes).",
+list_app = typer.Typer(help="List built-in models, finding kinds (checks), recommendation ids (fixes) "
+                       "and thresholds.",
                        no_args_is_help=True)
 app.add_typer(list_app, name="list")
 
@@ -306,6 +307,14 @@ def list_fixes() -> None:
     from gradcheck_cli.report.render.explain import render_fix_list
 
     sys.stdout.write(render_fix_list())
+
+
+@list_app.command("thresholds")
+def list_thresholds() -> None:
+    """The thresholds the analysis decides on: name, default, meaning, source; set them as thresholds.NAME."""
+    from gradcheck_cli.cli.thresholds_list import render_threshold_list
+
+    sys.stdout.write(render_threshold_list())
 
 
 @app.command()

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from gradcheck_cli.analyse.thresholds import Thresholds
+from gradcheck_cli.analyse.thresholds import REGISTRY, ThresholdEntry, Thresholds, check_value
 from gradcheck_cli.config import OPTIMIZERS, ScanConfig
 from gradcheck_cli.report.gate import valid_fail_on_words
 
@@ -203,13 +203,23 @@ class Setting:
     """Only a scan (or the command line) sets it: it describes one model, not a default."""
 
 
+def _threshold_parser(item: ThresholdEntry) -> Callable[[Any], Any]:
+    """A positive integer (counts) or number, then inside the threshold's domain (thresholds.py)."""
+    base = _int(1, "a positive integer") if item.domain == "count" else _positive_float
+
+    def parse(value: Any) -> Any:
+        number = base(value)
+        try:
+            return check_value(item.name, number)
+        except ValueError as exc:
+            raise ValueError(f"{exc}, got {shown(value)}") from None
+
+    return parse
+
+
 def _threshold_settings() -> list[Setting]:
-    out = []
-    for f in fields(Thresholds):
-        is_int = isinstance(getattr(Thresholds(), f.name), int)
-        parse = _int(1, "a positive integer") if is_int else _positive_float
-        out.append(Setting(f"thresholds.{f.name}", parse, "classification threshold (classify.py)"))
-    return out
+    """One setting per entry of the thresholds registry (`gradcheck list thresholds`)."""
+    return [Setting(f"thresholds.{item.name}", _threshold_parser(item), item.meaning) for item in REGISTRY]
 
 
 SETTINGS: dict[str, Setting] = {s.key: s for s in [
