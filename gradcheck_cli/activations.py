@@ -1,7 +1,7 @@
 """Pure: the activation types gradcheck knows, by class name (no torch here, so the catalogue,
 fixes and init targets can use them without importing torch).
 
-Flat regions from DOMAIN.md: sigmoid outside ~[0.02, 0.98], tanh with |y| > ~0.96; softsign at
+Flat regions (docs/findings/saturated-activation.md): sigmoid outside ~[0.02, 0.98], tanh with |y| > ~0.96; softsign at
 the same ~8%-of-peak derivative level; hardtanh/hardsigmoid at their clamp values.
 """
 

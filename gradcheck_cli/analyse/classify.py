@@ -1,6 +1,6 @@
 """Pure: per-layer statistics + thresholds -> per-layer status and the model verdict.
 
-Why these quantities (DOMAIN.md, "The mechanism"): backpropagation multiplies the local Jacobians of
+Why these quantities (docs/findings/vanishing.md, "Mechanism"): backpropagation multiplies the local Jacobians of
 the layers, so a vanishing or exploding network shows a gradient that changes geometrically with
 depth, or one that is uniformly far too small or too large.
 

@@ -1,6 +1,6 @@
 """Pure: geometric decay or growth of the signal scale through a stack of layers.
 
-DOMAIN.md ("depth without a short path"): backpropagation multiplies one local Jacobian per
+docs/findings/vanishing.md ("depth without a short path"): backpropagation multiplies one local Jacobian per
 layer, so in a stack without a short path the gradient changes by a roughly constant factor per
 layer, a geometric decay or growth from the output to the input; the forward activation scale does
 the same when the init is mis-scaled. This module finds such runs in the measured per-layer
@@ -24,7 +24,7 @@ first and last layer means the stack is already normalized; a residual add obser
 A residual stack also shows itself in the numbers: the skip path resets the scale at every block,
 so its per-layer factors are not geometric and no run is found.
 
-Signal collapse (`find_collapses`, DOMAIN.md "ReLU init at half the He variance"): in a plain stack
+Signal collapse (`find_collapses`, docs/findings/init-scale.md, signal collapse): in a plain stack
 whose layers all shrink the signal (a ReLU stack at weight variance 1/fan_in: LeCun, or kaiming with
 the wrong gain) the activation scale decays towards the output AND the output-gradient scale decays
 towards the input, by the same ~2^-1/2 per layer. The weight gradient dW = delta h^T multiplies the

@@ -1,6 +1,6 @@
 """Pure: the weight std that preserves signal variance for a layer, and the band accepted as sane.
 
-Variance-preserving std for the activation that follows the layer (DOMAIN.md, "weight init"):
+Variance-preserving std for the activation that follows the layer (docs/findings/init-scale.md):
 * ReLU family (ReLU, LeakyReLU, PReLU, GELU, SiLU, ELU, ...): He, sqrt(2 / fan_in)
   (He, Zhang, Ren & Sun 2015, "Delving deep into rectifiers").
 * SELU: LeCun, sqrt(1 / fan_in) (Klambauer et al. 2017, self-normalizing networks).

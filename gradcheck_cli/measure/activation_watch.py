@@ -21,7 +21,7 @@ Definitions (used by checks/saturated_activation.py and checks/dead_relu.py):
   its output can be compared with GELU (exact, tanh, sigmoid forms), SiLU and Mish of its input).
   A GELU formula written inline in a larger module's forward (a function, not a module of its
   own) is not told apart: its tanh still counts as a Tanh of the layer before it.
-* Flat region, from the output y (DOMAIN.md): sigmoid outside [0.02, 0.98]; tanh |y| > 0.96. Both
+* Flat region (docs/findings/saturated-activation.md): sigmoid outside [0.02, 0.98]; tanh |y| > 0.96. Both
   are where the derivative is below ~8% of its peak (0.0196 / 0.25 and 1 - 0.96^2 = 0.078);
   softsign uses the same level: its derivative (1 - |y|)^2 < 0.078 when |y| > 0.72. Hardtanh and
   hardsigmoid are flat (derivative exactly 0) at and beyond their clamp values.

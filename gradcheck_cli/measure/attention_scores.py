@@ -1,6 +1,6 @@
 """Which layers compute attention scores: layers whose output feeds a softmax.
 
-Why (DOMAIN.md, "designed small gradients"): a query or key projection reaches the loss only
+Why (docs/findings/vanishing.md, "Not judged at step 0, by design"): a query or key projection reaches the loss only
 through the softmax of its scores. At init (BERT/GPT std 0.02) the scores are close to zero, the
 attention is near uniform, and the softmax's Jacobian diag(p) - p p^T is small there, so these
 layers get small gradients by design while the value path at the same depth learns normally.

@@ -5,7 +5,7 @@ once more (same weights, same RNG state) under `OriginWatch`, a TorchFunctionMod
 torch function the user's forward and loss call:
 
 * forward: the first op whose output holds NaN/Inf while all its floating inputs were finite
-  (DOMAIN.md, "numerically unsafe ops": the first place a non-finite value appears). Ops whose
+  (docs/findings/nonfinite.md, unsafe ops: the first place a non-finite value appears). Ops whose
   inputs are already non-finite only propagate it. The op is named as the user wrote it (`log`,
   `div`, `exp`, `linear`), with the innermost module running at that moment and the module that
   finished just before it (usually the producer of the op's input).

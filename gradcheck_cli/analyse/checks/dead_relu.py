@@ -4,7 +4,7 @@ Detects: a ReLU-like activation (nn.ReLU, nn.ReLU6, nn.Hardswish, or F.relu / to
 x.relu() called in a forward) fed by a layer, where more than half of the units (`dead_majority`, 0.5)
 never produce a non-zero output over every sample, position and probe batch (48 samples with
 the defaults). A unit is a feature, or a channel of a conv output (activation_watch.py). A dead
-unit's gradient is exactly zero, so the weights that feed it never change (DOMAIN.md, "dead
+unit's gradient is exactly zero, so the weights that feed it never change (docs/findings/dead-relu.md, "dead
 ReLUs"): the layer has lost that share of its capacity, and a whole dead layer passes no gradient
 at all to anything before it. At PyTorch's default init a bias-dominated layer has about half of
 its units dead by symmetry (the healthy corpus autoencoder measures 48%), so only a majority

@@ -24,7 +24,7 @@ batch, then the optimizer steps taken on it, then the next batch); the first rul
 * sustained-rise: every loss after the first (at least divergence_min_sustained of them) is more
   than divergence_growth times the start above it: the run jumped up and never came back, even if
   it wobbles up there (Adam at a far too large learning rate: 3.5, 4.6e7, 2.3e6, 8.9e4, ..., 2.1e3).
-Why divergence_rises and divergence_growth (analyse/thresholds.py): DOMAIN.md's signature of a
+Why divergence_rises and divergence_growth (analyse/thresholds.py): the signature of a
 learning rate too large is "loss grows step over step, then inf/NaN". One rise is ordinary
 batch-to-batch noise, 3 consecutive rises is not, and a growth of 2 (the loss doubled) keeps the
 small oscillations of a learning rate near the limit (which still trains) from counting; healthy
@@ -37,7 +37,7 @@ at weights the divergence had not yet moved. The ratio is linear in lr at given 
 gradients (SGD: Δw = lr g; Adam: Δw ~ lr m / sqrt(v)), so lr x healthy_update / r is the largest
 rate at which none of those steps would have moved any layer by more than the healthy ~1e-3 of its
 norm. It is clamped to [lr / 1000, lr / 10] (lr_floor, lr_cut):
-* at most lr / 10, DOMAIN.md's "a learning rate 10x lower": the run diverged, so the rate is past
+* at most lr / 10, "a learning rate 10x lower" (docs/fixes/lower-lr.md): the run diverged, so the rate is past
   the stability limit, and a cut smaller than 10x leaves it oscillating near that limit;
 * at least lr / 1000 (lr_floor): a derived rate below it means r > 1, one step moved a layer by more
   than its own norm before anything diverged. That is not a learning rate mis-set by some factor

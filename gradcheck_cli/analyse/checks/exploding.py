@@ -7,7 +7,7 @@ identical dense layers, after AUTOTRAINER). Recurrent layers that explode throug
 dedicated exploding-through-time finding instead (checks/through_time.py).
 Evidence: grad_norm, weight_norm, grad_to_weight, grad_rms, output gradient and activation RMS.
 
-Also detects an explosion that ends in overflow (DOMAIN.md, "weight init too large": activations
+Also detects an explosion that ends in overflow (docs/findings/exploding.md, init too large: activations
 and gradients grow by ~sqrt(fan_in * gain) per layer, "overflow to inf, then NaN"): when the first
 NaN/Inf is an overflow (checks/nonfinite.py cause "overflow": the op's inputs had reached
 sqrt(dtype max)) and the probe measured a geometric growth run towards it (depth.py; the

@@ -9,7 +9,7 @@ Bengio 2010; LeCun sqrt(1 / fan_in) for SELU). PyTorch's default init, std 1 / s
 accepted too, and so is He with mode="fan_out", sqrt(2 / fan_out) (torchvision's convolutions), so
 the accepted band is [min(sane stds) / 2, max(sane stds) * 2]; every standard init lies inside it
 (Thresholds.init_band_margin). A std outside the band is a finding only with
-evidence that it matters (DOMAIN.md: too small, "activations shrink layer by layer; gradients are
+evidence that it matters (docs/findings/init-scale.md: too small, "activations shrink layer by layer; gradients are
 uniformly tiny"; too large, "activations and gradients grow by ~sqrt(fan_in * gain) per layer"):
 
 * the layer lies in a geometric run (depth.py: 4+ dense layers, every step the same way, >= 1.2x
@@ -59,7 +59,7 @@ def check(context: CheckContext) -> list[Finding]:
     # A drift that left every layer healthy is no problem to fix: below the gross level, an init
     # is reported only when some layer actually vanishes or explodes (the consequence to explain).
     troubled = any(v.status in (Status.VANISHING, Status.EXPLODING) for v in context.verdicts)
-    # Too large a std ends in overflow, so NaN/Inf gradients are its consequence too (DOMAIN.md:
+    # Too large a std ends in overflow, so NaN/Inf gradients are its consequence too (docs/findings/init-scale.md:
     # "overflow to inf, then NaN"), e.g. once --steps diverged from such an init.
     overflowed = any(v.status == Status.NONFINITE for v in context.verdicts)
     collapses = context.collapses

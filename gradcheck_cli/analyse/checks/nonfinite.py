@@ -1,7 +1,7 @@
 """nonfinite: NaN or Inf in a layer's gradient (or in the loss), with where it was born and why.
 
 Detects: any gradient element that is NaN/Inf, and a non-finite loss. NaN is usually a consequence
-of explosion or of one unsafe op, not a cause (DOMAIN.md), so the finding names the origin, found
+of explosion or of one unsafe op, not a cause (docs/findings/nonfinite.md), so the finding names the origin, found
 by a diagnostic replay of the first failing batch (nonfinite_origin.py; never run on a healthy
 model):
 * forward: the first op, in execution order, whose output is NaN/Inf while all its inputs were
@@ -18,7 +18,7 @@ Cause (evidence `cause`), from the op and the magnitude of its inputs:
   an unbounded activation scale, huge raw inputs), not a flaw of the op. Also every NaN/Inf made
   by an op that is not numerically unsafe (linear, matmul, add, mul, sum, ...): such arithmetic can
   only leave the range by overflowing it. (IEEE 754 binary32/binary16 ranges.)
-* "unsafe-op": an op of UNSAFE_OPS (log, sqrt, div, pow, exp, ...: DOMAIN.md, "numerically unsafe
+* "unsafe-op": an op of UNSAFE_OPS (log, sqrt, div, pow, exp, ...: docs/findings/nonfinite.md, "numerically unsafe
   ops": log/sqrt/div of non-positive values, exp overflow, 0/0) whose inputs were moderate.
 * "backward": the forward was clean and an UNSAFE_OPS op's derivative was infinite or undefined
   at a finite input (d sqrt(u)/du at u = 0, d log(u)/du at 0, ...), or a custom

@@ -1,7 +1,7 @@
 """nonfinite-input: the probe batch or its target already holds NaN/Inf.
 
 Detects: any NaN/Inf in a floating-point input or target tensor of a probe batch. Then every NaN
-downstream is the data's fault, not the model's (DOMAIN.md: "check-inputs").
+downstream is the data's fault, not the model's (docs/fixes/check-inputs.md).
 Evidence: whether the inputs were non-finite (1/0).
 Severity: error.
 """

@@ -5,7 +5,7 @@ nn.Hardsigmoid; functional calls seen during the forward: torch.sigmoid, torch.t
 F.hardtanh, F.softsign, ...) where more than half of the units (`saturated_majority`, 0.5) are saturated.
 A unit (a feature, or a channel of a conv output) is saturated when more than half of its outputs
 over every sample, position and probe batch lie in the flat region (activation_watch.py):
-sigmoid outside [0.02, 0.98] and tanh |y| > 0.96 (DOMAIN.md; there the derivative is below ~8% of
+sigmoid outside [0.02, 0.98] and tanh |y| > 0.96 (docs/findings/saturated-activation.md; the derivative is below ~8% of
 its peak: 0.0196 vs 0.25, 0.078 vs 1), softsign |y| > 0.72 (the same 8% level), hardtanh and
 hardsigmoid at their clamp values (derivative exactly 0). A saturated unit passes almost no
 gradient back to the layer that feeds it (Glorot & Bengio 2010, where saturated top sigmoid
