@@ -120,7 +120,7 @@ def test_update_to_weight_is_null_without_steps_and_in_the_json() -> None:
 
 
 def _context(trace: tuple[float, ...], steps: int = 3) -> CheckContext:
-    return CheckContext([], [], Thresholds(), trace, False, None, loss_trace=trace, steps=steps,
+    return CheckContext([], [], Thresholds(), trace, False, loss_trace=trace, steps=steps,
                         optimizer="sgd", lr=0.1, first_step_update=("fc", 0.5))
 
 

@@ -213,7 +213,7 @@ def test_the_suggested_rate_comes_from_the_steps_before_the_rise_and_trains() ->
 
 def _context(trace: tuple[float, ...], rounds: tuple[tuple[float, ...], ...],
              updates: tuple[tuple[str, float], ...] = ()) -> CheckContext:
-    return CheckContext([], [], Thresholds(), trace, False, None, loss_trace=trace, steps=3,
+    return CheckContext([], [], Thresholds(), trace, False, loss_trace=trace, steps=3,
                         optimizer="sgd", lr=0.45, step_rounds=rounds, step_updates=updates)
 
 

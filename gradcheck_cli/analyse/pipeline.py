@@ -27,7 +27,7 @@ def analyse(measurements: Measurements, config: ScanConfig, thresholds: Threshol
     layers = compute_stats(measurements.layers, thresholds)
     verdicts = classify_layers(layers, thresholds)
     context = CheckContext(layers, verdicts, thresholds, measurements.losses, measurements.nonfinite_input,
-                           measurements.first_nonfinite_module, nonfinite_origin=measurements.nonfinite_origin,
+                           nonfinite_origin=measurements.nonfinite_origin,
                            loss_trace=measurements.loss_trace, steps=config.steps, optimizer=config.optimizer,
                            lr=config.lr, first_grad_norm=measurements.first_grad_norm,
                            first_step_update=measurements.first_step_update,
@@ -51,5 +51,5 @@ def analyse(measurements: Measurements, config: ScanConfig, thresholds: Threshol
                 update_to_weight=s.update_to_weight)
             for s, v in zip(layers, verdicts)),
         findings=tuple(findings),
-        recommendations=tuple(recommend(findings, layers, has_normalization(measurements.module_types))),
+        recommendations=tuple(recommend(findings, layers, has_normalization(measurements.module_types), thresholds)),
     )

@@ -63,11 +63,6 @@ MAX_LISTED = 5
 """Keys listed per kind of mismatch before '... and N more' (the message stays one line)."""
 
 
-def load_checkpoint(model: nn.Module, path: str) -> None:
-    """Load the state_dict in `path` into `model` (strict); UserError when it cannot or does not fit."""
-    apply_state_dict(model, read_checkpoint(path), path)
-
-
 def read_checkpoint(path: str) -> dict[str, torch.Tensor]:
     """The state_dict stored in `path` (.pt, .pth or .safetensors), as tensors on the CPU."""
     if not os.path.exists(path):

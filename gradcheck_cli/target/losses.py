@@ -20,7 +20,6 @@ from gradcheck_cli.errors import UserError
 from gradcheck_cli.text import exception_text as _exc_text
 from gradcheck_cli.text import with_article as _a
 
-LOSS_KINDS = ("loss_fn", "model_loss", "cross_entropy", "mse", "mean_square")
 _IGNORE_INDEX = -100
 """F.cross_entropy's default ignore_index: targets equal to it are skipped, not out of range."""
 
@@ -181,7 +180,8 @@ def _default_loss(output: Any, target: Any) -> tuple[torch.Tensor, str]:
 
 
 def compute_loss(output: Any, target: Any, loss_fn: Any = None) -> tuple[torch.Tensor, str]:
-    """(scalar loss tensor, kind); kind is one of LOSS_KINDS. Every user mistake is a UserError."""
+    """(scalar loss tensor, kind); kind is one of loss_fn, model_loss,
+    cross_entropy, mse, mean_square (the report's loss.kind). Every user mistake is a UserError."""
     if loss_fn is not None:
         try:
             loss = loss_fn(output, target)

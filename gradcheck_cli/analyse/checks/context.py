@@ -22,7 +22,6 @@ class CheckContext:
     thresholds: Thresholds
     losses: tuple[float, ...]
     nonfinite_input: bool
-    first_nonfinite_module: str | None
     nonfinite_origin: NonfiniteOrigin | None = None
     """Where the first NaN/Inf appeared (op, module, direction, input magnitude), from the replay."""
     loss_trace: tuple[float, ...] = ()

@@ -18,9 +18,6 @@ from gradcheck_cli.errors import UserError
 if TYPE_CHECKING:
     from gradcheck_cli.target.resolve import Target
 
-VERDICTS = ("healthy", "vanishing", "exploding", "nonfinite")
-
-
 @dataclass(frozen=True)
 class Builtin:
     """One entry of the catalogue."""
@@ -30,7 +27,7 @@ class Builtin:
     summary: str
     """One line for `gradcheck list builtins`."""
     verdict: str
-    """The documented verdict of a default scan: one of VERDICTS."""
+    """The documented verdict of a default scan: healthy, vanishing, exploding or nonfinite."""
     factory: str
     """Name of the nn.Module class in gradcheck_cli.target.zoo.models that builds it."""
 
