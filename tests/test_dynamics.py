@@ -146,7 +146,7 @@ def test_rises_and_suggested_lr() -> None:
     assert trailing_rises((3.0, 1.0, 2.0, 3.0)) == 2
     assert trailing_rises((1.0,)) == 0
     assert suggested_lr(0.1, 0.5) == 0.0002
-    assert suggested_lr(0.1, None) == 0.01  # no ratio: DOMAIN.md's 10x lower
+    assert suggested_lr(0.1, None) == 0.01  # no ratio: 10x lower (docs/fixes/lower-lr.md)
     assert suggested_lr(0.1, 1e-5) == 0.01  # would raise the lr: 10x lower instead
 
 

@@ -9,7 +9,7 @@ from gradcheck_cli.report.gate import STATUS_FAMILY
 from gradcheck_cli.report.records import RecommendationId
 from gradcheck_cli.target.zoo import BUILTINS
 
-# What each broken built-in must be told to change (DOMAIN.md's fix for its cause).
+# What each broken built-in must be told to change (docs/fixes/: the fix for its cause).
 EXPECTED_FIX = {
     "deep-sigmoid": RecommendationId.SWAP_ACTIVATION,
     "relu-normal-init": RecommendationId.HE_INIT,

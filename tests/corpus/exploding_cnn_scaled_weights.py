@@ -1,7 +1,7 @@
 """Label: exploding. Plain 6-conv ReLU CNN (no normalisation) whose conv weights were multiplied
 by 8 after PyTorch's default init (a "scale up to speed up training" hack).
 
-Mechanism (DOMAIN.md, "weight init too large"): default conv init has gain ~0.41 per ReLU
+Mechanism (docs/findings/init-scale.md, "weight init too large"): default conv init has gain ~0.41 per ReLU
 layer; times 8 it is ~3.3, so activations and backpropagated signals grow geometrically
 through the 6 convs; the loss and every gradient are orders of magnitude above the same
 network with default init.

@@ -1,7 +1,7 @@
 """Label: exploding. Very deep plain MLP with BatchNorm: 32 x (Linear -> BatchNorm1d -> ReLU), no
 residual connections, PyTorch default init.
 
-Mechanism (DOMAIN.md, "depth without a short path"; Yang et al. 2019, "A mean field theory of
+Mechanism (docs/findings/exploding.md, "depth without a short path"; Yang et al. 2019, "A mean field theory of
 batch normalization"): BatchNorm keeps the forward activation scale fixed, but its backward pass
 (the batch-statistics Jacobian) amplifies the gradient by a roughly constant factor > 1 per
 layer in a plain deep stack, so the gradient grows geometrically from the output back to the

@@ -1,7 +1,8 @@
 """Label: exploding. Deep linear network (10 nn.Linear layers, no activation, no bias), each
 weight orthogonal with gain 3, regression with MSE.
 
-Mechanism (DOMAIN.md, "depth without a short path", Saxe et al. 2014): in a deep linear net the
+Mechanism (docs/findings/exploding.md, "depth without a short path", Saxe et al. 2014): in a deep
+linear net the
 input-output Jacobian is the product of the layer matrices; with every singular value equal to
 3, it is 3^10 ~ 5.9e4 in every direction, so outputs, loss and all weight gradients are
 astronomically larger than with a gain-1 (isometric) init (gradient ~3^19 times).

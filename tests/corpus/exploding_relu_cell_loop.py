@@ -1,7 +1,8 @@
 """Label: exploding. A ReLU nn.RNNCell stepped over 40 steps in a Python loop, its recurrent
 weight initialised orthogonal with gain 2 (spectral radius 2), loss on the final hidden state.
 
-Mechanism (DOMAIN.md, "recurrent spectral radius", Pascanu et al. 2013): gain=2.0 was meant as
+Mechanism (docs/findings/exploding-through-time.md, "recurrent spectral radius", Pascanu et al.
+2013): gain=2.0 was meant as
 "the ReLU gain" (nn.init.calculate_gain("relu") is sqrt(2)). Every eigenvalue of W_hh has modulus
 2 > 1/gamma = 1 (ReLU), so the gradient sent back through the 40 calls of the same cell grows by
 a roughly constant factor per step: exploding through time.

@@ -1,7 +1,8 @@
 """Label: exploding. 8-layer ReLU MLP whose weights were initialised with nn.init.normal_(w)
 (std 1, the classic "forgot to scale the init" mistake), width 128.
 
-Mechanism (DOMAIN.md, "weight init too large (e.g. N(0, 1))"): each ReLU layer multiplies the
+Mechanism (docs/findings/init-scale.md, "weight init too large (e.g. N(0, 1))"): each ReLU layer
+multiplies the
 activation scale by ~sqrt(fan_in / 2) = 8, so logits reach ~1e7, the loss is huge and every
 weight gradient is ~1e7x that of the same network with PyTorch's default init. (With a
 cross-entropy loss the output gradient is bounded, so the growth shows as uniformly huge

@@ -1,7 +1,8 @@
 """Label: exploding. 32-layer ReLU MLP whose weights were initialised with nn.init.normal_(w)
 (std 1), width 128: the 8-layer exploding_relu_mlp_normal_init, four times deeper.
 
-Mechanism (DOMAIN.md, "weight init too large (e.g. N(0, 1))"): each ReLU layer multiplies the
+Mechanism (docs/findings/init-scale.md, "weight init too large (e.g. N(0, 1))"): each ReLU layer
+multiplies the
 activation scale by ~sqrt(fan_in / 2) = 8, so after 32 layers the logits reach ~1e28 and every
 weight gradient is ~1e28 (dW = delta h^T: the forward growth and the backward growth multiply).
 Everything stays finite in float32 (max 3.4e38), but the squares do not: 1e28^2 = 1e56 overflows

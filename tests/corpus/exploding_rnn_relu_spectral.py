@@ -2,7 +2,8 @@
 recurrent matrix of spectral radius 1.5 (orthogonal init, gain 1.5), regression from the last
 hidden state.
 
-Mechanism (DOMAIN.md, "recurrent spectral radius", Pascanu et al. 2013): the same W_hh is
+Mechanism (docs/findings/exploding-through-time.md, "recurrent spectral radius", Pascanu et al.
+2013): the same W_hh is
 applied once per step; with spectral radius 1.5 > 1 and a non-saturating activation, the
 gradient w.r.t. the hidden state grows by up to 1.5x per step going back in time: exploding
 through time (the first time step's input gradient dwarfs the last one's), and the hidden

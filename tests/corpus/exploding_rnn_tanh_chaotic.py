@@ -1,7 +1,8 @@
 """Label: exploding. Vanilla tanh nn.RNN over 60 steps with a recurrent matrix of spectral
 radius 2.5 (orthogonal init, gain 2.5), regression from the last hidden state.
 
-Mechanism (DOMAIN.md, "recurrent spectral radius", Pascanu et al. 2013): tanh bounds the hidden
+Mechanism (docs/findings/exploding-through-time.md, "recurrent spectral radius", Pascanu et al.
+2013): tanh bounds the hidden
 state, so the forward pass and the loss look normal (same order as with default init), but with
 spectral radius 2.5 the unsaturated units still give a per-step backward gain > 1: the gradient
 w.r.t. early inputs and the recurrent weights explodes through time. A hard case: nothing in the

@@ -1,7 +1,7 @@
 """Label: exploding. 10-layer tanh MLP with N(0, 1) weights (nn.init.normal_ with the default
 std), width 128.
 
-Mechanism (DOMAIN.md, "weight init too large"; Poole et al. 2016 / Schoenholz et al. 2017,
+Mechanism (docs/findings/init-scale.md, "weight init too large"; Poole et al. 2016 / Schoenholz et al. 2017,
 the "chaotic" phase): pre-activations have std ~sqrt(128) ~ 11, so most tanh units are
 saturated, yet the few unsaturated units times the huge weights give a per-layer backward
 gain sigma_w^2 * E[tanh'(h)^2] ~ 6 > 1 (~2.5x in norm): the gradient GROWS from the output to

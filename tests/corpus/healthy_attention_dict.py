@@ -5,7 +5,7 @@ pooling (Ilse et al. 2018: softmax over instances of w^T (tanh(Vh) * sigmoid(Uh)
 forward() returns {"logits": ..., "attention": ...}; loss_fn picks the logits.
 
 Mechanism: shallow; the tanh/sigmoid units are single gating layers, not a deep stack, and are
-far from saturation at default init (DOMAIN.md: no cause applies).
+far from saturation at default init (none of the causes in docs/findings/ applies).
 
 Reference measurement (tests/corpus/reference.py; plain autograd, loss.backward() on 3
 batches of 16, seeds 0, 1, 2; torch 2.13.0, CPU; per-layer numbers are means over the 3 batches):

@@ -4,7 +4,7 @@ Encoder 784-256-64-16 (ReLU), decoder 16-64-256-784 (ReLU, Sigmoid output); make
 (x, x) so the default loss (float target of the output's shape) is MSE.
 
 Mechanism: depth 6 with default init and one sigmoid at the output only (no stack of saturating
-units); DOMAIN.md: no cause applies.
+units); none of the causes in docs/findings/ applies.
 
 Reference measurement (tests/corpus/reference.py; plain autograd, loss.backward() on 3
 batches of 16, seeds 0, 1, 2; torch 2.13.0, CPU; per-layer numbers are means over the 3 batches):

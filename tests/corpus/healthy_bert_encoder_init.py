@@ -5,7 +5,7 @@ Linear, scaled dot-product softmax attention with a padding mask, output dense, 
 512 -> 256) -> tanh pooler on [CLS] -> Linear. `_init_weights` is BertPreTrainedModel's:
 N(0, 0.02) for Linear and Embedding weights, zero biases, LayerNorm 1/0.
 
-Mechanism: residual + LayerNorm after each sub-layer, no gradient problem (DOMAIN.md). The
+Mechanism: residual + LayerNorm after each sub-layer, no gradient problem (docs/findings/). The
 query/key projections get ~0.1x the value projection's grad/weight because the scores are near
 zero at this init, attention is near uniform and the softmax passes little gradient back to them
 ("designed small gradients": query/key projections at init). The same ratio holds in both blocks:

@@ -1,7 +1,7 @@
 """Label: healthy. Sequence tagger (NER/POS style): Embedding -> 2-layer bidirectional GRU
 (batch_first) -> Linear over the tags, cross-entropy at every token of a 24-token sentence.
 
-Mechanism: gated recurrence in both directions (DOMAIN.md fix "gated-rnn") with a loss at every
+Mechanism: gated recurrence in both directions (docs/fixes/gated-rnn.md) with a loss at every
 position, so every token has a short path to the loss from both sides; PyTorch default init.
 A bidirectional layer sums the gradients of its two directions at every input step, and the
 forward direction's far end (the first token) is the reverse direction's near end: neither end

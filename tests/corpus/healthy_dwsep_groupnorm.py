@@ -2,7 +2,7 @@
 (stem / blocks / forward_features / forward_head), 5 separable blocks with SiLU.
 
 Mechanism: every conv is followed by GroupNorm (batch-size independent normalisation,
-DOMAIN.md fix "add-normalization"), and the stride-1 blocks with equal widths are residual
+docs/fixes/add-normalization.md), and the stride-1 blocks with equal widths are residual
 ("add-skip"); no cause applies.
 
 Reference measurement (tests/corpus/reference.py; plain autograd, loss.backward() on 3

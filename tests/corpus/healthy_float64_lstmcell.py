@@ -3,7 +3,7 @@
 Mechanism: an nn.LSTMCell unrolled in a Python loop over 16 steps of a 3-channel series, in
 float64 (`model.double()`, float64 batches), predicting the next value of channel 0 at every step
 (teacher forcing), MSE. Default init. The loss reads every step, so each step's state gets a
-direct gradient and nothing has to survive many gated steps (DOMAIN.md: gated cells are the fix
+direct gradient and nothing has to survive many gated steps (docs/fixes/gated-rnn.md: gated cells are the fix
 for vanishing through time, not a cause). The dtype is the point: float64 statistics must be
 measured as such, not cast to float32 (gradcheck once crashed on them).
 

@@ -6,7 +6,7 @@ trained checkpoint would be (Kaiming init, BN running stats warmed on data). Onl
 (Linear-ReLU-Dropout-Linear) trains.
 
 Mechanism: frozen layers get no gradient by design: that is "frozen", not vanishing. The
-trainable head is shallow with default init (DOMAIN.md: no cause applies).
+trainable head is shallow with default init (none of the causes in docs/findings/ applies).
 
 Reference measurement (tests/corpus/reference.py; plain autograd, loss.backward() on 3
 batches of 16, seeds 0, 1, 2; torch 2.13.0, CPU; per-layer numbers are means over the 3 batches):

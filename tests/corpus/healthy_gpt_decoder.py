@@ -7,7 +7,7 @@ input_ids and optional labels (HF keyword style) and returns an output object wi
 when labels are given, .loss (shifted next-token cross-entropy). make_batch returns only the
 inputs dict, so the loss comes from output.loss.
 
-Mechanism: residual stream + LayerNorm (DOMAIN.md fixes "add-skip", "add-normalization"); no
+Mechanism: residual stream + LayerNorm (docs/fixes/add-skip.md, docs/fixes/add-normalization.md); no
 cause applies.
 
 Reference measurement (tests/corpus/reference.py; plain autograd, loss.backward() on 3

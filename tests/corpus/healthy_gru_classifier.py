@@ -1,6 +1,6 @@
 """Label: healthy. Sequence classifier: 2-layer GRU over 30 steps, mean-pooled over time -> Linear.
 
-Mechanism: gated recurrence (DOMAIN.md fix "gated-rnn") and mean pooling, so every time step has
+Mechanism: gated recurrence (docs/fixes/gated-rnn.md) and mean pooling, so every time step has
 a short path to the loss; PyTorch default init. Note: with the loss on the LAST hidden state
 only, the same GRU at default init shows input-gradient decay of ~0.63 per step (30 steps:
 t_first/t_last ~1e-6, comparable to a vanilla RNN's ~0.5 per step); pooling over time is what a

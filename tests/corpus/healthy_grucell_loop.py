@@ -4,7 +4,7 @@ Python loop (teacher forcing), with a loss at every step.
 Mechanism: the same cell is called once per step, as in a vanilla RNN loop, but the GRU's update
 gate gives the state a path h_t = (1 - z) h_(t-1) + z h~ around W_hh (Cho et al. 2014), and each
 step receives its own share of the loss, so every step is within reach of the gradient
-(DOMAIN.md fix "gated-rnn").
+(docs/fixes/gated-rnn.md).
 
 Reference measurement (tests/corpus/reference.py; plain autograd, loss.backward() on 3
 batches of 16, seeds 0, 1, 2; torch 2.13.0, CPU; per-layer numbers are means over the 3 batches):

@@ -1,7 +1,7 @@
 """Label: healthy. LeNet-5 style CNN (conv-relu-pool x2, three Linear layers) on 1x32x32 images.
 
 Mechanism: shallow (5 parameterised layers) with PyTorch default init and ReLU; no saturating
-activation, no mis-scaled init, no depth problem (DOMAIN.md: none of the causes applies).
+activation, no mis-scaled init, no depth problem (none of the causes in docs/findings/ applies).
 
 Reference measurement (tests/corpus/reference.py; plain autograd, loss.backward() on 3
 batches of 16, seeds 0, 1, 2; torch 2.13.0, CPU; per-layer numbers are means over the 3 batches):

@@ -3,7 +3,7 @@
 Embedding(1000, 64) -> 2-layer LSTM(128) with dropout -> Linear decoder over the vocabulary;
 next-token cross-entropy at every position of a 30-token BPTT window.
 
-Mechanism: gated recurrence (DOMAIN.md fix "gated-rnn") with a loss at every step; uniform
+Mechanism: gated recurrence (docs/fixes/gated-rnn.md) with a loss at every step; uniform
 init(-0.1, 0.1) for the encoder/decoder as in the PyTorch example. Only the ~380 distinct tokens
 in a batch (480 positions) get embedding gradient (vocab 1000 >> tokens seen), so the
 embedding's gradient is sparse by rows; that is normal, not vanishing.

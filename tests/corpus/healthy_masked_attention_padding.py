@@ -6,7 +6,7 @@ Mechanism: the twin of nonfinite_fully_masked_attention. Here every sequence hol
 token, so each attention row has at least one unmasked key: the -inf entries get weight exactly 0
 and each row's softmax is finite (partially masked rows). Padding masks written with -inf are the
 standard idiom, not a NaN source; nothing else in the block is unsafe, and at depth 1 with a
-residual and LayerNorm there is no gradient problem (DOMAIN.md: none of the causes applies).
+residual and LayerNorm there is no gradient problem (none of the causes in docs/findings/ applies).
 
 Reference measurement (tests/corpus/reference.py; plain autograd, loss.backward() on 3
 batches of 16, seeds 0, 1, 2; torch 2.13.0, CPU; per-layer numbers are means over the 3 batches):

@@ -1,8 +1,8 @@
 """Label: healthy. Tabular classifier: Linear -> BatchNorm1d -> ReLU -> Dropout blocks.
 
 Mechanism: BatchNorm re-standardises every hidden pre-activation, so the activation scale cannot
-drift with depth (DOMAIN.md fix "add-normalization"); Dropout(0.3) only rescales surviving units.
-No cause from DOMAIN.md applies.
+drift with depth (docs/fixes/add-normalization.md); Dropout(0.3) only rescales surviving units.
+No cause from docs/findings/ applies.
 
 Reference measurement (tests/corpus/reference.py; plain autograd, loss.backward() on 3
 batches of 16, seeds 0, 1, 2; torch 2.13.0, CPU; per-layer numbers are means over the 3 batches):

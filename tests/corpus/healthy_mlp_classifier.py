@@ -2,7 +2,7 @@
 
 Mechanism: 4 Linear layers with nn.Linear's default (Kaiming-uniform, a=sqrt(5)) init and ReLU;
 the per-layer Jacobian gain stays within a small factor of 1, so no geometric decay or growth
-(DOMAIN.md, "depth without a short path" does not bite at depth 4).
+(docs/findings/vanishing.md, "depth without a short path" does not bite at depth 4).
 
 Reference measurement (tests/corpus/reference.py; plain autograd, loss.backward() on 3
 batches of 16, seeds 0, 1, 2; torch 2.13.0, CPU; per-layer numbers are means over the 3 batches):

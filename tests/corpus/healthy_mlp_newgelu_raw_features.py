@@ -5,7 +5,7 @@
 (0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))), as in minGPT and Hugging Face's
 NewGELUActivation.
 
-Mechanism: none of DOMAIN.md's causes: He init for a rectifier keeps the signal's scale, and
+Mechanism: none of the causes in docs/findings/: He init for a rectifier keeps the signal's scale, and
 GELU does not saturate for large inputs (its derivative tends to 1). The tanh inside it does sit
 at +-1 for most inputs here (pre-activations of std 4.7..6.4, 61..75% of them with |x| > 1.94):
 that is GELU's linear regime, not a saturated Tanh activation.

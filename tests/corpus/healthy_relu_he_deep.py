@@ -1,7 +1,7 @@
 """Label: healthy. The 32-layer bias-free ReLU MLP of vanishing_relu_lecun_deep.py, initialised
 with kaiming_normal_(nonlinearity="relu") (He: variance 2 / fan_in).
 
-Mechanism (DOMAIN.md, "he-init"; He et al. 2015): variance 2/fan_in exactly compensates the half
+Mechanism (docs/fixes/he-init.md; He et al. 2015): variance 2/fan_in exactly compensates the half
 of every pre-activation that ReLU zeroes, so the activation scale and the gradient reaching each
 layer's output stay level through all 32 layers (per-layer factors scatter around 1). The
 healthy twin of the LeCun-initialised stack: same depth, same width, same data.

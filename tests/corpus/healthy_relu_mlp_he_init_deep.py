@@ -1,6 +1,6 @@
 """Label: healthy. The 32-layer ReLU MLP of exploding_relu_mlp_normal_init_deep, He-initialised.
 
-Mechanism (He et al. 2015, DOMAIN.md "he-init"): weights N(0, 2 / fan_in) keep the variance of a
+Mechanism (He et al. 2015, docs/fixes/he-init.md): weights N(0, 2 / fan_in) keep the variance of a
 ReLU stack's activations and gradients from layer to layer, so 32 plain layers neither grow nor
 shrink the signal geometrically: the fix the exploding twin is told to apply, measured.
 

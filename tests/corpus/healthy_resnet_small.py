@@ -1,9 +1,9 @@
 """Label: healthy. CIFAR-style ResNet-14 (3 stages x 2 BasicBlocks, BatchNorm, identity/1x1
 shortcuts).
 
-Mechanism: residual blocks y = x + F(x) give the gradient a path with factor 1 (DOMAIN.md fix
-"add-skip") and BatchNorm keeps the activation scale fixed ("add-normalization"); Kaiming-normal
-init for convs, BN weight 1 / bias 0 (torchvision's recipe).
+Mechanism: residual blocks y = x + F(x) give the gradient a path with factor 1
+(docs/fixes/add-skip.md) and BatchNorm keeps the activation scale fixed
+(docs/fixes/add-normalization.md); Kaiming-normal init for convs, BN weight 1 / bias 0 (torchvision's recipe).
 
 Reference measurement (tests/corpus/reference.py; plain autograd, loss.backward() on 3
 batches of 16, seeds 0, 1, 2; torch 2.13.0, CPU; per-layer numbers are means over the 3 batches):

@@ -2,8 +2,8 @@
 transformer style recurrence in depth), with nn.ReLU(inplace=True) inside the block.
 
 Mechanism: the block is one module (one row) called twice, so its gradient is the sum of two
-contributions; the residual connection and LayerNorm keep the gain near 1 (DOMAIN.md fixes
-"add-skip", "add-normalization"). In-place ReLU is fine for autograd (and breaks full backward
+contributions; the residual connection and LayerNorm keep the gain near 1 (docs/fixes/add-skip.md,
+docs/fixes/add-normalization.md). In-place ReLU is fine for autograd (and breaks full backward
 hooks, which is why a probe must not use them).
 
 Reference measurement (tests/corpus/reference.py; plain autograd, loss.backward() on 3

@@ -2,7 +2,7 @@
 layers initialised xavier_normal_(gain=calculate_gain("tanh")) instead of N(0, 0.02), the output
 layer again at PyTorch's default init.
 
-Mechanism (DOMAIN.md, "xavier-init"; Glorot & Bengio 2010): with the tanh gain 5/3 each hidden
+Mechanism (docs/fixes/xavier-init.md; Glorot & Bengio 2010): with the tanh gain 5/3 each hidden
 layer keeps the backpropagated signal's scale (tanh' < 1 is compensated by the gain), so the
 gradient reaching the first layers is of the same order as the output layer's. The healthy twin
 of the small-init stack: same depth, width and data.

@@ -4,7 +4,7 @@ Token Embedding scaled by sqrt(d_model) + sinusoidal positions -> 2 x nn.Transfo
 (norm_first=False, ReLU FFN, batch_first) with a key-padding mask -> masked mean pool -> Linear.
 
 Mechanism: residual + LayerNorm after each sub-layer; at depth 2 post-LN has no gradient
-problem (DOMAIN.md: none of the causes applies).
+problem (none of the causes in docs/findings/ applies).
 
 Reference measurement (tests/corpus/reference.py; plain autograd, loss.backward() on 3
 batches of 16, seeds 0, 1, 2; torch 2.13.0, CPU; per-layer numbers are means over the 3 batches):

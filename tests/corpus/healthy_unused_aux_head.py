@@ -5,7 +5,7 @@ Inception/GoogLeNet-style training script, switched off) is registered in __init
 used in forward(), so its parameters require grad and receive none.
 
 Mechanism: an unused module gets no gradient at all: that is "unused", not vanishing; the path
-that is used is a shallow default-init ReLU MLP (DOMAIN.md: no cause applies).
+that is used is a shallow default-init ReLU MLP (none of the causes in docs/findings/ applies).
 
 Reference measurement (tests/corpus/reference.py; plain autograd, loss.backward() on 3
 batches of 16, seeds 0, 1, 2; torch 2.13.0, CPU; per-layer numbers are means over the 3 batches):

@@ -1,7 +1,7 @@
 """Label: healthy. Small VGG-style CNN: 6 conv3x3-BN-ReLU layers, 3 max-pools, Linear classifier.
 
 Mechanism: a plain (no skip) stack, but BatchNorm after every conv holds the activation scale
-constant (DOMAIN.md fix "add-normalization"), so depth 7 shows no geometric decay or growth.
+constant (docs/fixes/add-normalization.md), so depth 7 shows no geometric decay or growth.
 
 Reference measurement (tests/corpus/reference.py; plain autograd, loss.backward() on 3
 batches of 16, seeds 0, 1, 2; torch 2.13.0, CPU; per-layer numbers are means over the 3 batches):

@@ -5,7 +5,8 @@ Frame encoder (Linear-ReLU-Linear-ReLU) -> per-frame event presence squashed wit
 author meant sigmoid: tanh's range is (-1, 1), not (0, 1)) -> geometric-mean pooling over frames,
 exp(mean(log p)) -> clip probabilities -> loss_fn: F.binary_cross_entropy.
 
-Mechanism (DOMAIN.md, "numerically unsafe ops": log of non-positive values): about half of the
+Mechanism (docs/findings/nonfinite.md, "numerically unsafe ops": log of non-positive values): about
+half of the
 tanh outputs are negative, so torch.log turns them into NaN inside forward(); with 32 frames every
 clip gets a NaN. F.binary_cross_entropy then refuses the NaN probabilities ("all elements of input
 should be between 0 and 1") and raises: the raise is the consequence, the log in forward() (right

@@ -2,7 +2,7 @@
 pose vector, computed as sqrt(sum(v ** 2)) in a small `CapsuleLength` module; capsules of parts
 that are absent from the sample are zeroed by a presence mask that comes with the batch.
 
-Mechanism (DOMAIN.md, "numerically unsafe ops": sqrt at 0, in the backward only): a masked
+Mechanism (docs/findings/nonfinite.md, "numerically unsafe ops": sqrt at 0, in the backward only): a masked
 capsule has length sqrt(0) = 0, a finite forward value, but d sqrt(u)/du = 1/(2 sqrt(u)) is
 inf at u = 0 and inf * 0 = NaN in the chain rule (through the mask's multiplication), so every
 gradient behind `lengths` is NaN while the loss stays an ordinary number. Unlike

@@ -2,7 +2,7 @@
 the number of real tokens; the batch contains empty (all-padding) sequences, so that count is
 exactly zero.
 
-Mechanism (DOMAIN.md, "numerically unsafe ops": division by a quantity that is exactly zero):
+Mechanism (docs/findings/nonfinite.md, "numerically unsafe ops": division by a quantity that is exactly zero):
 for an empty sequence the pooled vector is 0 / 0 = NaN, the logits and the loss are NaN and
 backward spreads NaN into every gradient. Fix: "guard-nonfinite" (.clamp(min=1) on the count)
 or "check-inputs" (drop empty sequences).

@@ -1,7 +1,7 @@
 """Label: nonfinite. Poisson regression on raw (unnormalised) count features: log_rate = MLP(x),
 rate = exp(log_rate), loss = mean(rate - y * log_rate).
 
-Mechanism (DOMAIN.md, "numerically unsafe ops": exp overflow): the features are raw counts in
+Mechanism (docs/findings/nonfinite.md, "numerically unsafe ops": exp overflow): the features are raw counts in
 the hundreds, so the network's log-rate reaches > 88.7 for some samples and float32 exp
 overflows to inf; rate - y * log(rate) is then inf - inf = NaN, and backward produces NaN
 gradients. Fix:

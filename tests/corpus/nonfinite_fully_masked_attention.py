@@ -5,7 +5,8 @@ Turn encoder (Linear-ReLU) on precomputed utterance embeddings -> query from the
 keys/values from the history turns -> masked dot-product attention over the history ->
 [current, context] -> Linear classifier (default cross-entropy on intent labels).
 
-Mechanism (DOMAIN.md, "numerically unsafe ops": softmax of inf): a batch holds consecutive turns
+Mechanism (docs/findings/nonfinite.md, "numerically unsafe ops": softmax of inf): a batch holds
+consecutive turns
 of dialogues (8 turns each), so the first turn of every dialogue has no history and its mask row
 is all False. masked_fill(-inf) makes every score of that row -inf; softmax computes
 exp(-inf) / sum(exp(-inf)) = 0 / 0 = NaN. The NaN runs through the context into the logits, the

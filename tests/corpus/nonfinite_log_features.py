@@ -2,7 +2,8 @@
 (a "learnable log-mel front end"): log(filterbank(power_spectrum)) without a floor, then a small
 MLP.
 
-Mechanism (DOMAIN.md, "numerically unsafe ops": log of non-positive values): the filterbank is a
+Mechanism (docs/findings/nonfinite.md, "numerically unsafe ops": log of non-positive values): the
+filterbank is a
 plain nn.Linear (default init, weights of both signs), so about half of its outputs are
 negative and torch.log turns them into NaN inside forward(); the NaN propagates through the
 classifier to the logits and the loss, and backward makes every gradient NaN. The first module

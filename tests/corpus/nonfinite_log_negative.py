@@ -2,7 +2,8 @@
 trained with the Gaussian negative log-likelihood written by hand; the variance head is a plain
 Linear (no softplus / exp), so about half of the predicted "variances" are negative.
 
-Mechanism (DOMAIN.md, "numerically unsafe ops": log of non-positive values): torch.log(var) is
+Mechanism (docs/findings/nonfinite.md, "numerically unsafe ops": log of non-positive values):
+torch.log(var) is
 NaN wherever var < 0, so the loss is NaN. A subtle case: the NaN sits only in the loss value;
 d log(v)/dv = 1/v is finite for v < 0 and the mean's backward does not read the NaN, so the
 parameter gradients stay finite (but huge where var ~ 0). Fix:

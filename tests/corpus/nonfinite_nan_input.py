@@ -1,7 +1,7 @@
 """Label: nonfinite. A healthy tabular MLP fed a batch with missing values encoded as NaN
 (a CSV loaded with pandas, never imputed).
 
-Mechanism (DOMAIN.md, "numerically unsafe ops"; fix "check-inputs"): the model is fine (default
+Mechanism (docs/findings/nonfinite-input.md, docs/fixes/check-inputs.md): the model is fine (default
 init, shallow); NaN in the input propagates through the first Linear to every output, the loss
 is NaN and so is every weight gradient. The cause is the data, not the network.
 

@@ -1,7 +1,8 @@
 """Label: nonfinite. Metric-learning embedding net trained with a contrastive loss on pairwise
 Euclidean distances computed as sqrt(sum((a_i - a_j)^2)) over ALL pairs, including i == j.
 
-Mechanism (DOMAIN.md, "numerically unsafe ops": sqrt of a non-positive value): the forward pass
+Mechanism (docs/findings/nonfinite.md, "numerically unsafe ops": sqrt of a non-positive value): the
+forward pass
 is finite (sqrt(0) = 0, the loss is an ordinary number), but d sqrt(u)/du = 1/(2 sqrt(u)) is
 inf at the zero self-distances on the diagonal, and inf * 0 = NaN in the chain rule, so every
 gradient is NaN. Only the backward pass is non-finite. Fix: "guard-nonfinite"

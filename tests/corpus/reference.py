@@ -40,7 +40,7 @@ Printed per file:
                  loss > 1e3 x the default-init baseline (when that baseline is itself healthy:
                  healthy_baseline), or signal growth: the output-gradient RMS of the first
                  dense layer > 1e3 x the last's AND the output RMS of the last > 1e3 x the
-                 first's (signal_growth: the mirror of signal collapse, DOMAIN.md "weight init
+                 first's (signal_growth: the mirror of signal collapse, docs/findings/init-scale.md, "weight init
                  too large": activations and gradients both grow through depth);
       vanishing  first/last < 1e-3, or every grad/weight < 1e-6, or t_first/t_last < 1e-3, or
                  signal collapse: the output-gradient RMS of the first dense layer < 1e-3 x the
@@ -387,7 +387,8 @@ def cell_time_grad(calls: dict[str, list[torch.Tensor]]) -> tuple[float, float, 
 
 
 def signal_collapse(mod: Any, model: nn.Module, seeds: tuple[int, ...] = SEEDS) -> dict[str, Any] | None:
-    """Signal collapse through depth (He et al. 2015; DOMAIN.md "ReLU init at half the He variance").
+    """Signal collapse through depth (He et al. 2015; docs/findings/init-scale.md "ReLU init at
+    half the He variance").
 
     The dense layers are the modules whose own `weight` has 2+ dimensions, embeddings left out
     (nn.Linear, nn.Conv*), in the order of their first forward call. For each, a forward hook

@@ -5,7 +5,8 @@ Word + position Embeddings -> 2 x (attention: query/key/value Linear, softmax, o
 FFN 256 -> 512 -> 256), each sub-layer's output replacing its input -> tanh pooler -> Linear.
 N(0, 0.02) weights, zero biases (BertPreTrainedModel._init_weights).
 
-Mechanism: weight init too small + depth without a short path (DOMAIN.md). With std 0.02 each
+Mechanism: weight init too small + depth without a short path (docs/findings/init-scale.md). With
+std 0.02 each
 Linear scales the signal by ~0.02 sqrt(fan_in) = 0.32 (0.45 for fan-in 512), and near-uniform
 attention averages the positions, so the gradient decays geometrically towards the input: every
 layer of block 0 (value path included) gets ~7e-3 of block 1's and the embeddings ~1e-6 of the

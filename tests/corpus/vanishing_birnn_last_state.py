@@ -2,7 +2,8 @@
 layout over 80 steps, classifying from output[-1] (the last time step of both directions), with
 small recurrent weights (orthogonal, gain 0.6).
 
-Mechanism (DOMAIN.md, "recurrent spectral radius", Pascanu et al. 2013): every W_hh has all its
+Mechanism (docs/findings/vanishing-through-time.md, "recurrent spectral radius", Pascanu et al.
+2013): every W_hh has all its
 singular values at 0.6 < 1/gamma = 1 (tanh), so the gradient shrinks by at least 0.6 per step.
 output[-1] is the forward direction's final state, which has to carry the gradient back to the
 first step, and the reverse direction's first output, which has seen only the last step: nothing

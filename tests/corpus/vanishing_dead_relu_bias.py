@@ -1,6 +1,7 @@
 """Label: vanishing. 5-layer ReLU MLP whose third layer died: every unit's bias is far below zero.
 
-Mechanism (DOMAIN.md, "dead ReLUs (large negative bias, large LR step)"): the model mimics the
+Mechanism (docs/findings/dead-relu.md, "dead ReLUs (large negative bias, large LR step)"): the
+model mimics the
 state after one oversized update pushed the biases of `net.4` to about -8 while its pre-activations
 w.x have a standard deviation near 1, so no unit of the ReLU after it fires on any sample. A dead
 ReLU passes exactly zero gradient, so `net.0`, `net.2` and `net.4` receive none at all; `net.6`

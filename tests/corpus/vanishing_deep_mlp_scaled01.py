@@ -1,7 +1,8 @@
 """Label: vanishing. 12-layer ReLU MLP whose parameters were multiplied by 0.1 after PyTorch's
 default init (the "times 0.1" shrink someone adds to "stabilise" training).
 
-Mechanism (DOMAIN.md, "weight init too small" + "depth without a short path"): default Linear
+Mechanism (docs/findings/init-scale.md, "weight init too small" + "depth without a short path"):
+default Linear
 init already has gain ~sqrt(1/6) ~ 0.41 per ReLU layer; times 0.1 makes it ~0.04, so the
 backpropagated signal shrinks ~25x per layer and the first layers get essentially no gradient.
 

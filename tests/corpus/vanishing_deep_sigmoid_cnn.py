@@ -1,7 +1,8 @@
 """Label: vanishing. Plain 10-conv CNN with sigmoid activations, no normalisation, no skips
 (a 1990s-style deep convnet), PyTorch default conv init.
 
-Mechanism (DOMAIN.md, "saturating activations" + "depth without a short path"): each conv-sigmoid
+Mechanism (docs/findings/saturated-activation.md, "saturating activations" + "depth without a short
+path"): each conv-sigmoid
 stage multiplies the backpropagated signal by sigmoid' <= 0.25 times a default-init conv whose
 gain is < 1, so the gradient decays geometrically from the classifier to the first conv.
 

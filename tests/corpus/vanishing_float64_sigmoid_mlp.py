@@ -1,6 +1,7 @@
 """Label: vanishing. A float64 10-layer sigmoid MLP regressor, as in scientific surrogate models.
 
-Mechanism (DOMAIN.md, "saturating activations (sigmoid, tanh)" + "depth without a short path"):
+Mechanism (docs/findings/saturated-activation.md, "saturating activations (sigmoid, tanh)" + "depth
+without a short path"):
 sigmoid'(x) <= 0.25 everywhere, so each of the 9 hidden sigmoid layers divides the gradient
 by >= 4 on its way to the input; with PyTorch's default init the first layer receives ~1e-6 of
 the gradient of the last. float64 throughout (`model.double()`, float64 batches), the usual

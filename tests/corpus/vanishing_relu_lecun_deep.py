@@ -1,7 +1,8 @@
 """Label: vanishing. 32-layer bias-free ReLU MLP initialised with xavier_normal_ (variance
 2 / (fan_in + fan_out) = 1 / fan_in for its square layers: LeCun, half the He variance).
 
-Mechanism (DOMAIN.md, "ReLU init at half the He variance"; He et al. 2015): ReLU zeroes half of
+Mechanism (docs/findings/init-scale.md, "ReLU init at half the He variance"; He et al. 2015): ReLU
+zeroes half of
 every pre-activation, so a layer at weight variance 1/fan_in halves the signal variance: the
 activation scale falls ~2^-1/2 per layer towards the output and the gradient reaching each
 layer's output falls ~2^-1/2 per layer towards the input. Over 31 steps both reach ~1e-5. The

@@ -1,7 +1,8 @@
 """Label: vanishing. Vanilla tanh nn.RNN over 150 steps, small recurrent weights, loss only on the
 last step (sequence classification from the final hidden state).
 
-Mechanism (DOMAIN.md, "recurrent spectral radius", Pascanu et al. 2013): weight_hh_l0 is
+Mechanism (docs/findings/vanishing-through-time.md, "recurrent spectral radius", Pascanu et al.
+2013): weight_hh_l0 is
 N(0, (0.6/sqrt(H))^2) (spectral radius ~0.7 < 1) and tanh' <= 1, so the gradient w.r.t. the
 hidden state shrinks by a roughly constant factor < 1 per step: vanishing through time. The
 per-layer weight gradients look fine (the last steps dominate them); the evidence is the input

@@ -1,7 +1,8 @@
 """Label: vanishing. A tanh nn.RNNCell stepped over a 100-step sequence in a Python loop, loss only
 on the final hidden state (sequence classification, PyTorch's default init).
 
-Mechanism (DOMAIN.md, "recurrent spectral radius", Pascanu et al. 2013): the cell is one module
+Mechanism (docs/findings/vanishing-through-time.md, "recurrent spectral radius", Pascanu et al.
+2013): the cell is one module
 called once per step, so the gradient reaching step t is a product of 100 - t factors
 W_hh^T diag(tanh'(a)). At PyTorch's default init (U(-1/sqrt(H), 1/sqrt(H)), spectral radius
 ~0.6 for H = 32) each factor shrinks it by about half: the first steps receive nothing, while the

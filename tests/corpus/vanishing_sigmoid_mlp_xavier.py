@@ -1,6 +1,7 @@
 """Label: vanishing. 10-layer sigmoid MLP with Xavier-uniform init (Glorot & Bengio 2010 setup).
 
-Mechanism (DOMAIN.md, "saturating activations" + "depth without a short path"): sigmoid'(x) <=
+Mechanism (docs/findings/saturated-activation.md, "saturating activations" + "depth without a short
+path"): sigmoid'(x) <=
 0.25, so each of the 9 hidden sigmoid layers divides the backpropagated signal by >= 4 while
 Xavier keeps ||W|| ~ 1; the gradient decays geometrically from the output layer to the input
 layer.

@@ -2,7 +2,8 @@
 "std=0.02 like BERT" init applied to a plain tanh stack) under an output layer left at PyTorch's
 default init.
 
-Mechanism (DOMAIN.md, "weight init too small" + "depth without a short path"): tanh is ~linear
+Mechanism (docs/findings/init-scale.md, "weight init too small" + "depth without a short path"):
+tanh is ~linear
 near 0, so each hidden layer scales the backpropagated signal by about 0.02 * sqrt(64) = 0.16:
 the gradient decays ~0.15x per layer from the output towards the input. The forward activations
 do not shrink with it (the default biases keep them at ~0.07), so the weight gradients of the

@@ -1,6 +1,7 @@
 """Label: vanishing. 6-layer tanh MLP initialised with N(0, 0.001^2) weights ("times 0.001").
 
-Mechanism (DOMAIN.md, "weight init too small"): with std 1e-3 and width 128 each layer scales
+Mechanism (docs/findings/init-scale.md, "weight init too small"): with std 1e-3 and width 128 each
+layer scales
 activations and backpropagated signals by ~1e-3 * sqrt(128) ~ 0.011, so activations shrink layer
 by layer and every weight gradient is a product of five such factors: gradients are uniformly
 tiny (grad/weight << 1e-6 on every weight matrix); only the output bias sees an O(1) gradient.
