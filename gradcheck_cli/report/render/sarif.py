@@ -1,9 +1,10 @@
 """The SARIF renderer: a SARIF 2.1.0 log for code-scanning dashboards.
 
 One run whose tool.driver has one rule per finding kind (every FindingKind, in enum order, so a
-rule's index never depends on what a scan found), with the catalogue's title, summary and fix as
-its help. Each finding is a result with ruleId/ruleIndex, a level from its severity, the model
-file as a physical location when the target is a file (relative to the current directory when
+rule's index never depends on what a scan found), with the title, summary, mechanism and fix of
+the kind's docs page (docs/findings/<kind>.md, read by report/catalog.py) as its help. Each
+finding is a result with ruleId/ruleIndex, a level from its severity, the model file as a
+physical location when the target is a file (relative to the current directory when
 it lies below it) and the layer as a logical location, a ``partialFingerprints`` entry made of
 kind and layer only (numbers change from run to run; the identity of a finding must not), and
 its evidence as properties. A scan that errored is a toolExecutionNotification of a failed
