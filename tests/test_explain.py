@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-from dataclasses import fields
+from collections.abc import Mapping
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,18 @@ from gradcheck_cli.analyse.thresholds import Thresholds
 from gradcheck_cli.cli import knowledge as catalog
 from gradcheck_cli.cli.app import app
 from gradcheck_cli.cli.knowledge import FINDINGS, FIXES, NOT_YET_MEASURED, NOT_YET_RECOMMENDED, Entry
-from gradcheck_cli.report.records import Finding, FindingKind, RecommendationId, Severity
+from gradcheck_cli.report.evidence import (
+    DeadReluEvidence,
+    DivergenceEvidence,
+    InitScaleEvidence,
+    LayerNumbers,
+    NonfiniteEvidence,
+    OriginFacts,
+    SaturationEvidence,
+    StackRun,
+    StatusEvidence,
+)
+from gradcheck_cli.report.records import Finding, FindingKind, Number, RecommendationId, Severity
 from gradcheck_cli.report.render.explain import SECTIONS, render_explain
 
 runner = CliRunner()
@@ -117,13 +129,16 @@ def _layer(name: str, *, gtw: float = 0.5, function: str = "ReLU", weight_std: f
 
 HE = math.sqrt(2 / 64)
 XAVIER = math.sqrt(2 / 128)
-STACK = {"stack_signal": "gradient", "stack_trend": "decay", "stack_gain_per_layer": 0.3,
-         "stack_total": 0.027, "stack_layers": 4, "stack_first": "l0", "stack_last": "l3",
-         "stack_normalized": 0, "stack_residual": 0, "stack_plain": 1}
-INIT = {"weight_std": 0.01, "target_std": HE, "scheme": "he", "std_ratio": 0.06,
-        "direction": "too small"}
+RUN = StackRun(stack_signal="gradient", stack_trend="decay", stack_gain_per_layer=0.3,
+               stack_total=0.027, stack_layers=4, stack_first="l0", stack_last="l3",
+               stack_normalized=False, stack_residual=False, stack_plain=True)
+NUMBERS = LayerNumbers(grad_norm=8e-9, weight_norm=8.0, grad_to_weight=1e-9, grad_rms=1e-10)
+STACK = StatusEvidence(NUMBERS, stack=RUN)
+INIT = InitScaleEvidence(weight_std=0.01, target_std=HE, scheme="he", default_std=0.072, band_low=0.036,
+                         band_high=0.35, std_ratio=0.06, fan_in=64, fan_out=64, follower="ReLU",
+                         direction="too small")
 OK = _layer("head", gtw=0.5, weight_std=HE)
-Scenario = tuple[FindingKind, list[LayerStats], dict[str, object]]
+Scenario = tuple[FindingKind, list[LayerStats], Mapping[str, Number]]
 
 
 def _scenarios() -> list[Scenario]:
@@ -136,32 +151,35 @@ def _scenarios() -> list[Scenario]:
                   steps=(1e-9, 1e-4, 1e-2))]
     rnn_up = [_layer("rnn", gtw=0.5, function="", weight_std=1.0, type_name="RNN",
                      steps=(1e2, 1.0, 1e-1))]
-    overflow = {"origin": "l0", "op": "linear", "direction": "forward", "cause": "overflow",
-                "input_max_abs": 1e20, "produced": "inf"}
-    unsafe = {"origin": "l0", "op": "log", "direction": "forward", "cause": "unsafe-op",
-              "input_max_abs": 3.0, "produced": "nan"}
+    affected = ("l0", "l1", "l2", "l3", "t0", "t1", "t2", "t3")
+    overflow = NonfiniteEvidence(0, 0, 0, affected, len(affected), OriginFacts(
+        "l0", "Linear", "linear", "forward", "overflow", None, 1e20, "inf"))
+    unsafe = NonfiniteEvidence(0, 0, 0, (), 0, OriginFacts("l0", "Linear", "log", "forward", "unsafe-op",
+                                                           None, 3.0, "nan"))
     return [
         (FindingKind.VANISHING, [*stack(gtw=1e-9, function="Sigmoid", weight_std=0.01), OK], STACK),
-        (FindingKind.VANISHING, [*stack(gtw=1e-9, weight_std=0.001), OK], {}),
+        (FindingKind.VANISHING, [*stack(gtw=1e-9, weight_std=0.001), OK], StatusEvidence(NUMBERS)),
         (FindingKind.EXPLODING, [*stack(gtw=5e3, weight_std=10 * HE), OK], STACK),
-        (FindingKind.EXPLODING, [*stack(gtw=5e3, function="Tanh", weight_std=10.0), OK], {}),
+        (FindingKind.EXPLODING, [*stack(gtw=5e3, function="Tanh", weight_std=10.0), OK], StatusEvidence(NUMBERS)),
         (FindingKind.NONFINITE, [*stack(weight_std=10 * HE), *stack("t", function="Tanh", weight_std=10.0)],
          overflow),
         (FindingKind.NONFINITE, [OK], unsafe),
         (FindingKind.VANISHING_THROUGH_TIME, [*rnn, OK], {}),
         (FindingKind.EXPLODING_THROUGH_TIME, [*rnn_up, OK], {}),
         (FindingKind.SATURATED_ACTIVATION, [_layer("t0", function="Tanh", weight_std=1.0), OK],
-         {"function": "Tanh", "activation_module": "1", "saturated_units": 0.9,
-          "saturated_fraction": 0.9, "weight_std": 1.0, "target_std": XAVIER}),
+         SaturationEvidence("Tanh", "1", saturated_units=0.9, saturated_fraction=0.9, units=64,
+                            outputs_per_unit=48, weight_std=1.0, target_std=XAVIER)),
         (FindingKind.DEAD_RELU, [_layer("r0", weight_std=HE), OK],
-         {"function": "ReLU", "activation_module": "1", "dead_fraction": 0.9, "bias_mean": -3.0,
-          "negative_bias": 1}),
-        (FindingKind.INIT_SCALE, [*stack(weight_std=0.01), OK], {**INIT, **STACK}),
+         DeadReluEvidence("ReLU", "1", dead_fraction=0.9, dead_units=58, units=64, outputs_per_unit=48,
+                          bias_mean=-3.0, negative_bias=True)),
+        (FindingKind.INIT_SCALE, [*stack(weight_std=0.01), OK], replace(INIT, stack=RUN)),
         (FindingKind.INIT_SCALE, [_layer("x0", function="Tanh", weight_std=1.0), OK],
-         {**INIT, "scheme": "xavier", "target_std": XAVIER, "direction": "too large"}),
-        (FindingKind.DIVERGENCE, [OK], {"lr": 1.0, "suggested_lr": 0.01, "optimizer": "sgd",
-                                        "max_update_to_weight": 0.1, "max_update_layer": "head",
-                                        "initial_grad_norm": 3.0}),
+         replace(INIT, scheme="xavier", target_std=XAVIER, follower="Tanh", direction="too large")),
+        (FindingKind.DIVERGENCE, [OK], DivergenceEvidence(
+            rule="steady-rise", losses=(1.0, 2.0, 4.0, 8.0), first_loss=1.0, last_loss=8.0, rises=3,
+            first_nonfinite_at=None, same_batch_rise=1.0, rise_steps=0, optimizer="sgd", lr=1.0, steps=3,
+            pre_divergence_steps=1, max_update_to_weight=0.1, max_update_layer="head", suggested_lr=0.01,
+            suggested_lr_basis="update-ratio", initial_grad_norm=3.0)),
         (FindingKind.NONFINITE_INPUT, [OK], {}),
     ]
 
@@ -171,8 +189,8 @@ def test_fixes_emit_exactly_what_the_catalogue_links_to_each_finding_kind() -> N
     for kind, layers, evidence in _scenarios():
         per_layer = kind not in {FindingKind.DIVERGENCE, FindingKind.NONFINITE_INPUT}
         flagged = [x for x in layers if x is not OK] if per_layer else []
-        findings = [Finding(kind, x.name, Severity.ERROR, "m", dict(evidence)) for x in flagged] \
-            or [Finding(kind, None, Severity.ERROR, "m", dict(evidence))]  # type: ignore[arg-type]
+        findings = [Finding(kind, x.name, Severity.ERROR, "m", evidence) for x in flagged] \
+            or [Finding(kind, None, Severity.ERROR, "m", evidence)]  # type: ignore[arg-type]
         recs = recommend(findings, layers, has_normalization=False)
         assert recs, kind
         for rec in recs:

@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 
 from gradcheck_cli.analyse.checks import CHECKS
+from gradcheck_cli.analyse.checks.parts import layer_numbers
 from gradcheck_cli.analyse.fixes import RANK, TITLES, recommend
 from gradcheck_cli.analyse.stats import LayerStats
+from gradcheck_cli.report.evidence import NonfiniteEvidence, OriginFacts, StackRun, StatusEvidence
 from gradcheck_cli.report.records import Finding, FindingKind, RecommendationId, Severity
 
 
@@ -68,10 +70,11 @@ def test_sigmoid_vanishing_gets_swap_activation_and_tiny_tanh_init_gets_xavier()
 
 def test_normalization_is_not_recommended_to_a_normalized_model() -> None:
     stack = [_layer(f"l{i}", gtw=1e-9) for i in range(4)]
-    run = {"stack_signal": "gradient", "stack_trend": "decay", "stack_gain_per_layer": 0.1,
-           "stack_total": 1e-3, "stack_layers": 4, "stack_first": "l0", "stack_last": "l3",
-           "stack_normalized": 0, "stack_residual": 0, "stack_plain": 1}
-    findings = [Finding(FindingKind.VANISHING, x.name, Severity.WARNING, "m", dict(run)) for x in stack]
+    run = StackRun(stack_signal="gradient", stack_trend="decay", stack_gain_per_layer=0.1,
+                   stack_total=1e-3, stack_layers=4, stack_first="l0", stack_last="l3",
+                   stack_normalized=False, stack_residual=False, stack_plain=True)
+    findings = [Finding(FindingKind.VANISHING, x.name, Severity.WARNING, "m",
+                        StatusEvidence(layer_numbers(x), stack=run)) for x in stack]
     assert RecommendationId.ADD_NORMALIZATION in [r.id for r in recommend(findings, stack, False)]
     assert RecommendationId.ADD_NORMALIZATION not in [r.id for r in recommend(findings, stack, True)]
     # Without a measured geometric run (stack_* evidence) neither structural fix is offered.
@@ -101,7 +104,8 @@ def test_rnn_exploding_through_time_gets_clip_gradients_with_a_max_norm() -> Non
 def test_nan_input_gets_check_inputs_and_unsafe_op_gets_guard() -> None:
     recs = recommend([_finding(FindingKind.NONFINITE_INPUT, None)], [_layer("a")], False)
     assert [r.id for r in recs] == [RecommendationId.CHECK_INPUTS]
-    origin = Finding(FindingKind.NONFINITE, "a", Severity.ERROR, "m", {"origin": "log"})
+    origin = Finding(FindingKind.NONFINITE, "a", Severity.ERROR, "m", NonfiniteEvidence(
+        0, 0, 0, ("a",), 1, OriginFacts("log", "", "", "forward", "unsafe-op", None, 1.0, "nan")))
     recs = recommend([origin], [_layer("a")], False)
     assert [r.id for r in recs] == [RecommendationId.GUARD_NONFINITE] and recs[0].layers == ("log",)
 

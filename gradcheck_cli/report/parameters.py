@@ -176,9 +176,9 @@ class SkipParameters(Parameters):
 
 @dataclass(frozen=True)
 class GatedRnnParameters(Parameters):
-    """gated-rnn: the vanilla recurrent layer to replace, and with what."""
+    """gated-rnn: the vanilla recurrent layers to replace, and with what."""
 
-    layer: str
+    layers: tuple[str, ...]
     in_loop: bool
     """A cell called once per step in a Python loop (replaced by a gated cell in the same loop)."""
 
