@@ -12,13 +12,14 @@ from collections.abc import Sequence
 from enum import Enum
 
 from gradcheck_cli.report.records import ScanResult
+from gradcheck_cli.report.render.common import format_number
 from gradcheck_cli.report.render.github import render_github
 from gradcheck_cli.report.render.json import render_json, render_run_json
 from gradcheck_cli.report.render.junit import render_junit
 from gradcheck_cli.report.render.markdown import render_markdown
 from gradcheck_cli.report.render.run_table import render_results_table
 from gradcheck_cli.report.render.sarif import render_sarif
-from gradcheck_cli.report.render.table import format_number, render_table
+from gradcheck_cli.report.render.table import render_table
 
 __all__ = ["OutputFormat", "format_number", "render", "render_json",
            "render_table"]

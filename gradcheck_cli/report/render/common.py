@@ -5,10 +5,14 @@ Pure functions of the records; no torch, no printing.
 
 from __future__ import annotations
 
+import math
 import re
 
 from gradcheck_cli.report.gate import failing_findings, fingerprint, scan_exit_code
 from gradcheck_cli.report.records import Finding, ScanResult
+
+MISSING = "—"
+"""A number that was not measured."""
 
 OUTCOMES = {0: "pass", 1: "fail", 2: "error"}
 """A scan's exit code in words, as the markdown and table summaries show it."""
@@ -55,3 +59,24 @@ def gate_fingerprints(result: ScanResult, known: frozenset[str]) -> set[str]:
     if result.report is None:
         return set()
     return {fingerprint(f) for f in failing_findings(result.report, known)}
+
+
+def format_number(value: float | int | None) -> str:
+    """A number in at most 8 cells: ``1.2e-08``, ``3.40``, ``0.123``, ``512``, ``NaN``, ``—``."""
+    if value is None:
+        return MISSING
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Inf" if value > 0 else "-Inf"
+    if value == 0:
+        return "0"
+    magnitude = abs(value)
+    if magnitude < 0.01 or magnitude >= 1000:
+        return f"{value:.1e}"
+    if magnitude >= 100:
+        return f"{value:.0f}"
+    # "#" keeps trailing zeros (3.40); rounding up to 100 would leave "100." behind.
+    return f"{value:#.3g}".rstrip(".")

@@ -18,8 +18,7 @@ from collections.abc import Sequence
 
 from gradcheck_cli.report.gate import failing_findings, fingerprint, matches, scan_exit_code
 from gradcheck_cli.report.records import Finding, ScanResult
-from gradcheck_cli.report.render.common import visible
-from gradcheck_cli.report.render.table import format_number
+from gradcheck_cli.report.render.common import format_number, visible
 
 
 def render_junit(results: Sequence[ScanResult], known: frozenset[str] = frozenset()) -> str:

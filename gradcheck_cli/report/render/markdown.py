@@ -17,8 +17,7 @@ from collections.abc import Sequence
 
 from gradcheck_cli.report.gate import fingerprint
 from gradcheck_cli.report.records import Report, ScanResult, Status
-from gradcheck_cli.report.render.common import gate_fingerprints, outcome, visible, where
-from gradcheck_cli.report.render.table import format_number
+from gradcheck_cli.report.render.common import format_number, gate_fingerprints, outcome, visible, where
 
 OUTCOME_MARKS = {"pass": "✅ pass", "fail": "❌ fail", "error": "⚠️ error"}
 
