@@ -152,6 +152,23 @@ def test_each_stage_imports_only_what_its_init_allows() -> None:
     assert offenders == []
 
 
+def test_the_import_walker_sees_lazy_and_type_checking_imports() -> None:
+    source = ("import torch\nif TYPE_CHECKING:\n    from a import B\nclass C:\n    import c\n"
+              "def f():\n    import d\ntry:\n    import e\nexcept ImportError:\n    import g\n")
+    found = {(i.target, i.module_level) for i in _walk_imports("m", list(ast.parse(source).body), True)}
+    assert found == {("torch", True), ("a.B", False), ("c", True), ("d", False), ("e", True), ("g", True)}
+
+
+def test_the_stage_rules() -> None:
+    pkg = PACKAGE
+    assert _allowed("analyse", f"{pkg}.measure.records") and not _allowed("analyse", f"{pkg}.measure.probe")
+    assert _allowed("analyse", f"{pkg}.report.records") and not _allowed("report", f"{pkg}.analyse.stats")
+    assert not _allowed("target", f"{pkg}.measure.records") and _allowed("measure", f"{pkg}.target.losses")
+    assert not _allowed("measure", f"{pkg}.analyse.stats") and not _allowed("api", f"{pkg}.cli.app")
+    assert _allowed("__main__", f"{pkg}.cli.app") and _allowed("cli", f"{pkg}.api")
+    assert not _allowed("vocabulary", f"{pkg}.report.records")
+
+
 def _graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {name: set() for name in MODULES}
     for imp in IMPORTS:
