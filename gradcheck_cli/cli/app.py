@@ -26,6 +26,7 @@ from gradcheck_cli.text import exception_text
 
 if TYPE_CHECKING:
     from gradcheck_cli.cli.output import OutputOptions  # imports the renderers: loaded by the commands that report
+    from gradcheck_cli.cli.recipes import RecipeScan
     from gradcheck_cli.measure.probe import StageCallback  # probe imports torch: for the type checker only
 
 app = typer.Typer(
@@ -128,11 +129,7 @@ def scan(
 
     Settings resolve command line > [tool.gradcheck] in the nearest pyproject.toml > built-in defaults.
     """
-    # torch warns at import when the optional numpy is absent; gradcheck never needs numpy, and a
-    # warning on stderr would read like a problem with the user's model.
-    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
-    # The notice that lazy modules stay materialised is for API users: the CLI discards the model.
-    warnings.filterwarnings("ignore", message="gradcheck materialised the lazy modules")
+    _ignore_warnings_for_api_users()
     try:
         from gradcheck_cli.cli.progress import ScanProgress
 
@@ -204,22 +201,14 @@ def run(
     Settings resolve command line > recipe scan > recipe defaults > [tool.gradcheck] in the nearest
     pyproject.toml > built-in defaults. A scan that fails (exit 2) does not stop the others.
     """
-    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")  # see scan()
-    warnings.filterwarnings("ignore", message="gradcheck materialised the lazy modules")  # see scan()
+    _ignore_warnings_for_api_users()
     try:
         from gradcheck_cli.cli.progress import ScanProgress
 
         options = _output_options(output_format, output, baseline, write_baseline, exit_zero, quiet, no_color)
-        command_line = _command_line_layer(
+        plan = _recipe_plan(recipe, _command_line_layer(
             batches=batches, batch_size=batch_size, seed=seed, device=device, steps=steps,
-            optimizer=optimizer, lr=lr, input_shape=None, fail_on=fail_on, timeout=timeout)
-        from gradcheck_cli.cli.pyproject import pyproject_layer
-        from gradcheck_cli.cli.recipes import load_recipe
-        from gradcheck_cli.cli.settings import resolve
-
-        project, _ = pyproject_layer()
-        plan = [(scan, resolve(project, scan.defaults, scan.overrides, command_line))
-                for scan in load_recipe(recipe).scans]
+            optimizer=optimizer, lr=lr, input_shape=None, fail_on=fail_on, timeout=timeout))
     except UserError as exc:
         _fail(str(exc), exc, debug)
     if show_config:
@@ -238,6 +227,25 @@ def run(
         typer.echo("gradcheck: interrupted", err=True)
         raise typer.Exit(130) from None
     raise typer.Exit(_emit(results, options, True, debug))
+
+
+def _ignore_warnings_for_api_users() -> None:
+    # torch warns at import when the optional numpy is absent; gradcheck never needs numpy, and a
+    # warning on stderr would read like a problem with the user's model.
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+    # The notice that lazy modules stay materialised is for API users: the CLI discards the model.
+    warnings.filterwarnings("ignore", message="gradcheck materialised the lazy modules")
+
+
+def _recipe_plan(recipe: str, command_line: Layer) -> list[tuple[RecipeScan, Resolved]]:
+    """Each scan of the recipe with its settings: command line > scan > recipe defaults > pyproject."""
+    from gradcheck_cli.cli.pyproject import pyproject_layer
+    from gradcheck_cli.cli.recipes import load_recipe
+    from gradcheck_cli.cli.settings import resolve
+
+    project, _ = pyproject_layer()
+    return [(scan, resolve(project, scan.defaults, scan.overrides, command_line))
+            for scan in load_recipe(recipe).scans]
 
 
 def _output_options(output_format: str, output: Path | None, baseline: Path | None,
