@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from gradcheck_cli.analyse.cause_fixes import Fix, init_fixes
 from gradcheck_cli.analyse.fix_gradients import clip_fix, names, round_sig
 from gradcheck_cli.analyse.stats import LayerStats
-from gradcheck_cli.analyse.thresholds import Thresholds
+from gradcheck_cli.analyse.thresholds import Thresholds, quote
 from gradcheck_cli.report.evidence import DivergenceEvidence, NonfiniteEvidence, OriginFacts
 from gradcheck_cli.report.parameters import (
     GUARD_BOUNDS,
@@ -93,27 +93,29 @@ def _growth_fixes(origin: OriginFacts, where: str, flagged: Sequence[LayerStats]
     fixes = [clip_fix(flagged or dense, layers, what, t), Fix(
         R.LOWER_LR, names(flagged or dense),
         f"{what}; smaller steps keep the weights, and so the activations, from growing out of range",
-        LowerLrParameters(None, divide_by=10.0))]
+        LowerLrParameters(None, divide_by=1 / t.lr_cut))]
     if origin.cause == "overflow":  # weights made NaN by steps say nothing about the init
         fixes += init_fixes((), dense, layers)
     return fixes
 
 
-def divergence_fixes(ev: DivergenceEvidence) -> list[Fix]:
+def divergence_fixes(ev: DivergenceEvidence, t: Thresholds) -> list[Fix]:
     """lower-lr with the rate derived from the steps before the loss rose (checks/divergence.py:
-    their largest update/weight ratio brought to ~1e-3, within lr/1000..lr/10), and clip-gradients
-    at the norm measured before any step."""
+    their largest update/weight ratio brought to ~t.healthy_update, within lr x t.lr_floor..lr x
+    t.lr_cut), and clip-gradients at the norm measured before any step."""
     ratio = ev.max_update_to_weight
+    healthy, floor, cut = quote(t.healthy_update), f"lr/{1 / t.lr_floor:g}", f"{1 / t.lr_cut:g}x lower"
     moved = (f"before the loss rose, a step changed {ev.max_update_layer}'s weights by "
              f"{_number(ratio)} of their norm")
     basis = {
-        "update-ratio": f"{moved}; lr {_number(ev.lr)} x 1e-3 / {_number(ratio)} brings that near the healthy 1e-3",
-        "floor": (f"{moved}, more than the weights themselves: lr x 1e-3 / {_number(ratio)} would be below "
-                  "lr/1000, so the rate stops at lr/1000 (re-scan at it and read the update/w column: a "
-                  "ratio still far above 1e-3 means gradients out of scale, which the init and clip fixes "
+        "update-ratio": (f"{moved}; lr {_number(ev.lr)} x {healthy} / {_number(ratio)} brings that near the "
+                         f"healthy {healthy}"),
+        "floor": (f"{moved}, more than the weights themselves: lr x {healthy} / {_number(ratio)} would be below "
+                  f"{floor}, so the rate stops at {floor} (re-scan at it and read the update/w column: a "
+                  f"ratio still far above {healthy} means gradients out of scale, which the init and clip fixes "
                   "address, not a rate)"),
-    }.get(ev.suggested_lr_basis, "a learning rate 10x lower (the step ratio asks for no more)"
-          if isinstance(ratio, float) and math.isfinite(ratio) else "no step ratio to calibrate on, so 10x lower")
+    }.get(ev.suggested_lr_basis, f"a learning rate {cut} (the step ratio asks for no more)"
+          if isinstance(ratio, float) and math.isfinite(ratio) else f"no step ratio to calibrate on, so {cut}")
     optimizer = OPTIMIZERS.get(ev.optimizer or "sgd", ev.optimizer or "sgd")
     fixes = [Fix(R.LOWER_LR, (), f"the loss diverges at lr {_number(ev.lr)}: {basis}",
                  LowerLrParameters(ev.suggested_lr, optimizer=optimizer))]

@@ -92,7 +92,7 @@ def candidates(findings: Sequence[Finding], layers: Sequence[LayerStats], has_no
     add("structure", structure_fixes(findings, layers, has_normalization))
     divergence = next((f.evidence for f in findings if f.kind == FindingKind.DIVERGENCE), None)
     if isinstance(divergence, DivergenceEvidence):
-        add("divergence", divergence_fixes(divergence))
+        add("divergence", divergence_fixes(divergence, t))
     return found
 
 
