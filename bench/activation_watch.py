@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gradcheck_cli.api import scan
-from gradcheck_cli.measure import probe
+from gradcheck_cli.measure import hooks
 from gradcheck_cli.target.resolve import Target, resolve_target
 from gradcheck_cli.target.zoo import BUILTINS
 
@@ -60,15 +60,15 @@ def _targets(names: list[str] | None) -> list[Target]:
 
 
 def _time(target: Target, model: nn.Module, watch: bool) -> float:
-    original = probe._functional_watch
+    original = hooks._functional_watch
     if not watch:
-        probe._functional_watch = lambda state: nullcontext()  # type: ignore[assignment,return-value]
+        hooks._functional_watch = lambda state: nullcontext()  # type: ignore[assignment,return-value]
     try:
         start = time.perf_counter()
         scan(Target(target.name, lambda: model, target.make_batch, target.loss_fn))
         return time.perf_counter() - start
     finally:
-        probe._functional_watch = original
+        hooks._functional_watch = original
 
 
 def main() -> None:
