@@ -182,7 +182,7 @@ def structure_fixes(findings: Sequence[Finding], layers: Sequence[LayerStats],
     carrying.sort(key=lambda p: (p[1].stack_signal != "gradient", -p[1].stack_layers))
     run = carrying[0][1]
     names = tuple(dict.fromkeys(f.layer for f, _ in carrying if f.layer))
-    said = describe(dict(run))
+    said = describe(run)
     fixes = []
     if not run.stack_normalized and not has_normalization:
         norm, size = _normalization_for(layers)

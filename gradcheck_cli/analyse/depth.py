@@ -54,7 +54,7 @@ from dataclasses import dataclass
 
 from gradcheck_cli.analyse.stats import LayerStats
 from gradcheck_cli.analyse.thresholds import DEFAULTS, Thresholds
-from gradcheck_cli.report.records import Number
+from gradcheck_cli.report.evidence import StackRun
 
 SEQUENCE_TYPES = ("RNN", "LSTM", "GRU", "MultiheadAttention", "Embedding", "Transformer")
 
@@ -136,16 +136,6 @@ def collapse_of(layer: str, collapses: Sequence[Collapse]) -> Collapse | None:
     return next((c for c in collapses if layer in c.layers), None)
 
 
-def collapse_evidence(collapse: Collapse) -> dict[str, Number]:
-    """collapse_* evidence keys for a finding on a layer of a collapsed segment."""
-    return {"collapse_activation_gain": collapse.forward_gain,
-            "collapse_activation_total": collapse.forward_total,
-            "collapse_gradient_gain": collapse.backward_gain,
-            "collapse_gradient_total": collapse.backward_total,
-            "collapse_layers": len(collapse.layers), "collapse_first": collapse.layers[0],
-            "collapse_last": collapse.layers[-1]}
-
-
 def describe_collapse(collapse: Collapse) -> str:
     """The collapse in words: "the activation scale falls 0.71x per layer towards the output ..."."""
     return (f"through the {len(collapse.layers)} plain layers {collapse.layers[0]}..{collapse.layers[-1]} "
@@ -206,25 +196,15 @@ def trend_of(layer: str, trends: Sequence[Trend], direction: str | None = None) 
     return found[0] if found else None
 
 
-def trend_evidence(trend: Trend, residual_modules: Sequence[str]) -> dict[str, Number]:
-    """stack_* evidence keys for a finding on a layer of the run."""
-    plain = not trend.normalized and not residual_modules
-    return {"stack_signal": trend.signal, "stack_trend": trend.direction,
-            "stack_gain_per_layer": trend.gain, "stack_total": trend.total,
-            "stack_layers": len(trend.layers), "stack_first": trend.first, "stack_last": trend.last,
-            "stack_normalized": int(trend.normalized), "stack_residual": int(bool(residual_modules)),
-            "stack_plain": int(plain)}
-
-
-def describe(evidence: dict[str, object]) -> str:
-    """The run in words, from stack_* evidence: "the gradient decays 0.13x per layer ..."."""
-    signal = "gradient" if evidence["stack_signal"] == "gradient" else "activation scale"
-    verb = "decays" if evidence["stack_trend"] == "decay" else "grows"
-    way = "towards the input" if evidence["stack_signal"] == "gradient" else "towards the output"
-    kind = "plain " if evidence.get("stack_plain") else ""
-    return (f"the {signal} {verb} {float(str(evidence['stack_gain_per_layer'])):.3g}x per layer {way} "
-            f"({float(str(evidence['stack_total'])):.3g}x overall) through {evidence['stack_layers']} "
-            f"{kind}layers {evidence['stack_first']}..{evidence['stack_last']}")
+def describe(run: StackRun) -> str:
+    """The run in words, from its stack_* evidence: "the gradient decays 0.13x per layer ..."."""
+    signal = "gradient" if run.stack_signal == "gradient" else "activation scale"
+    verb = "decays" if run.stack_trend == "decay" else "grows"
+    way = "towards the input" if run.stack_signal == "gradient" else "towards the output"
+    kind = "plain " if run.stack_plain else ""
+    return (f"the {signal} {verb} {run.stack_gain_per_layer:.3g}x per layer {way} "
+            f"({run.stack_total:.3g}x overall) through {run.stack_layers} "
+            f"{kind}layers {run.stack_first}..{run.stack_last}")
 
 
 def stack_kind(layers: Sequence[LayerStats]) -> str:

@@ -49,5 +49,5 @@ def _growth_into_overflow(context: CheckContext) -> list[Finding]:
                                       origin.direction, origin.input_max_abs, origin.dtype)
     return [Finding(
         FindingKind.EXPLODING, None, Severity.ERROR,
-        f"{describe(dict(evidence))}, until `{origin.op}` in {where} overflows {origin.dtype} "
+        f"{describe(evidence.stack)}, until `{origin.op}` in {where} overflows {origin.dtype} "
         f"(max |x| {origin.input_max_abs:.3g}): the NaN/Inf is where this explosion ends", evidence)]

@@ -102,5 +102,5 @@ def check(context: CheckContext) -> list[Finding]:
 
 def _consequence(structure: StackRun | None, over_band: float) -> str:
     if structure is not None:
-        return describe(dict(structure))
+        return describe(structure)
     return f"{over_band:.3g}x above the largest sane std, more than any activation can absorb"
