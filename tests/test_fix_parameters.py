@@ -15,8 +15,8 @@ from gradcheck_cli import scan
 from gradcheck_cli.analyse.cause_fixes import Fix
 from gradcheck_cli.analyse.fixes import candidates, rank, recommend, resolve, to_recommendation
 from gradcheck_cli.report.evidence import (
+    RECORDS,
     DivergenceEvidence,
-    Evidence,
     InitScaleEvidence,
     LayerNumbers,
     Margin,
@@ -175,7 +175,7 @@ def test_every_finding_of_a_scan_has_a_typed_record_whose_dict_is_its_json() -> 
     for name in SCANS:
         report = _report(name)
         for finding, written in zip(report.findings, report.to_dict()["findings"]):
-            assert isinstance(finding.evidence, Evidence), finding.kind
+            assert isinstance(finding.evidence, RECORDS[finding.kind]), finding.kind
             assert list(written["evidence"]) == list(finding.evidence.as_dict())
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from gradcheck_cli.report.records import Number
+from gradcheck_cli.report.records import FindingKind, Number
 
 _OMIT = "omit"
 
@@ -317,3 +317,18 @@ class NonfiniteInputEvidence(Evidence):
     """nonfinite-input: the probe batch or its target holds NaN/Inf."""
 
     nonfinite_input: bool = True
+
+
+RECORDS: dict[FindingKind, tuple[type[Evidence], ...]] = {
+    FindingKind.VANISHING: (StatusEvidence,),
+    FindingKind.EXPLODING: (StatusEvidence, OverflowGrowthEvidence),
+    FindingKind.NONFINITE: (NonfiniteEvidence,),
+    FindingKind.VANISHING_THROUGH_TIME: (ThroughTimeEvidence,),
+    FindingKind.EXPLODING_THROUGH_TIME: (ThroughTimeEvidence,),
+    FindingKind.SATURATED_ACTIVATION: (SaturationEvidence,),
+    FindingKind.DEAD_RELU: (DeadReluEvidence,),
+    FindingKind.INIT_SCALE: (InitScaleEvidence,),
+    FindingKind.DIVERGENCE: (DivergenceEvidence,),
+    FindingKind.NONFINITE_INPUT: (NonfiniteInputEvidence,),
+}
+"""The evidence record(s) each finding kind's check builds (kinds without a check have none)."""
