@@ -30,7 +30,8 @@ __all__ = ["FINDINGS", "FIXES", "NOT_YET_MEASURED", "NOT_YET_RECOMMENDED", "Entr
            "justifying_findings", "lookup", "related_fixes", "suggest"]
 
 REGISTRY_INTRO = ("The values the analysis uses, from the thresholds registry (set one as "
-                  "thresholds.NAME in a recipe or [tool.gradcheck]):")
+                  "thresholds.NAME in a recipe or [tool.gradcheck]; gradcheck list thresholds shows "
+                  "them all):")
 
 
 def _num(value: float) -> str:
