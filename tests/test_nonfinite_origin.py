@@ -144,7 +144,7 @@ def test_healthy_models_are_never_replayed(monkeypatch: pytest.MonkeyPatch) -> N
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("replayed a healthy model")
 
-    monkeypatch.setattr(probe, "_replay_origin", refuse)
+    monkeypatch.setattr(probe, "replay_origin", refuse)
     report = scan("builtin:relu-he")
     assert report.verdict.value == "healthy"
 

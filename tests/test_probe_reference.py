@@ -183,7 +183,8 @@ def test_nonfinite_gradients_are_counted_and_the_origin_named() -> None:
 
     torch.manual_seed(0)
     result = run_probe(Bad(), lambda n: torch.randn(n, 3), None, ScanConfig(batches=2, batch_size=4))
-    assert result.first_nonfinite_module == "log"
+    origin = result.nonfinite_origin  # the first non-finite module: a forward origin's module
+    assert origin is not None and origin.direction == "forward" and origin.module == "log"
     assert not math.isfinite(result.losses[0])
     fc = result.layers[0]
     assert fc.nonfinite_grads > 0

@@ -1,6 +1,6 @@
 """Per-unit activation statistics for the probe: flat-region (saturated) and dead units.
 
-probe.py feeds every output of an activation to an `ActivationSite`: the outputs of parameter-free
+The session (hooks.py) feeds every output of an activation to an `ActivationSite`: the outputs of parameter-free
 activation modules (nn.Sigmoid, nn.ReLU, ...) from its forward hooks, and, through
 `FunctionalWatch` (a TorchFunctionMode active only during the probe's forward passes), the
 functional calls a forward makes itself (torch.sigmoid, torch.tanh, F.relu, x.relu(), ...). A site
@@ -30,7 +30,7 @@ Definitions (used by checks/saturated_activation.py and checks/dead_relu.py):
   Only activations whose gradient is exactly 0 where the output is 0 are counted (ReLU, ReLU6,
   Hardswish); LeakyReLU, ELU, GELU, SiLU, ... always pass some gradient and are the fix.
 
-No tensor leaves this module: `ActivationSite.summary()` returns plain numbers.
+No tensor leaves this module: `ActivationSite.counts()` returns plain numbers (statistics.py).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from torch.overrides import TorchFunctionMode
 
 from gradcheck_cli.activations import DEAD_ON_ZERO, FLAT_REGION, HARD_CLAMPS
 from gradcheck_cli.measure.attention_scores import ScoreTracker
+from gradcheck_cli.measure.statistics import ActivationCounts
 
 # torch function names (as TorchFunctionMode sees them) -> the module type they compute.
 FUNCTIONAL = {"sigmoid": "Sigmoid", "sigmoid_": "Sigmoid", "special_expit": "Sigmoid",
@@ -117,23 +118,12 @@ class ActivationSite:
             fired = (out != 0).any(dim=other) if other else out != 0
             self.fired = fired if self.fired is None else self.fired | fired
 
-    def summary(self) -> dict[str, Any]:
-        """Plain numbers: the layer's `activation` statistics (one host transfer per tensor)."""
-        result: dict[str, Any] = {"function": self.function, "activation_module": self.where}
-        if self.per_unit == 0:
-            return result
-        if self.saturated is not None:
-            share = (self.saturated / self.per_unit).tolist()
-            result["saturated_fraction"] = sum(share) / len(share)
-            result["saturated_units"] = sum(1 for s in share if s > 0.5) / len(share)
-            result["units"] = len(share)
-        if self.fired is not None:
-            dead = int((~self.fired).sum())
-            result["dead_fraction"] = dead / self.fired.numel()
-            result["dead_units"] = dead
-            result["units"] = self.fired.numel()
-        result["outputs_per_unit"] = self.per_unit
-        return result
+    def counts(self) -> ActivationCounts:
+        """The counts in plain numbers (records: ActivationCounts; one host transfer per tensor)."""
+        return ActivationCounts(
+            self.function, self.where, self.per_unit,
+            saturated=tuple(self.saturated.tolist()) if self.saturated is not None and self.per_unit else None,
+            fired=tuple(self.fired.tolist()) if self.fired is not None and self.per_unit else None)
 
 
 def new_site(where: str, function: str, producer: str, module: Any = None,

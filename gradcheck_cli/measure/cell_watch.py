@@ -3,7 +3,7 @@
 A cell module called in a loop (nn.RNNCell, nn.GRUCell, nn.LSTMCell, or a user's own cell such as
 makemore's `h = tanh(Linear(cat([x_t, h])))`) is one row of the report called T times. Its
 recurrence is the same as nn.RNN's, with the depth of the product of Jacobians equal to the number
-of calls (Pascanu, Mikolov & Bengio 2013), so probe.py measures it here and the through-time rules
+of calls (Pascanu, Mikolov & Bengio 2013), so the measurement session measures it here and the through-time rules
 of classify.py judge it like a fused recurrent layer.
 
 What counts as a recurrence (mechanism, not module type): within one forward, a layer (a module
@@ -56,6 +56,7 @@ from torch import nn
 
 from gradcheck_cli.measure.records import RecurrentWeight
 from gradcheck_cli.measure.spectra import cell_state_weights, recurrent_weights
+from gradcheck_cli.measure.statistics import StepSquares
 
 MIN_CALLS = 4
 WALK_BUDGET = 2048
@@ -123,8 +124,8 @@ class _Profile:
 
 
 class CellWatch:
-    """Chains of calls per layer; probe.py calls before_call/after_call from its module hooks and
-    end_forward after each probe batch's backward."""
+    """Chains of calls per layer; the session calls before_call/after_call from its module hooks
+    (hooks.py) and end_forward after each batch's backward (session.on_batch)."""
 
     def __init__(self) -> None:
         self._tracks: dict[str, _Track] = {}
@@ -188,7 +189,8 @@ class CellWatch:
         loop = self.loop(name, module)
         if loop is None:
             return {}
-        return {"step_grad_rms": loop.steps, "step_entry_grad_rms": (), "bidirectional": False,
+        steps = StepSquares(loop.steps, self._profiles[name].batches)
+        return {"steps": steps, "entry_steps": StepSquares(), "bidirectional": False,
                 "recurrent_cell": loop.kind, "recurrent_weights": loop.weights}
 
     def _close(self, track: _Track) -> None:

@@ -1,9 +1,25 @@
-"""The probe's results: plain numbers per layer and per scan (no tensors)."""
+"""What a measurement session saw: plain numbers per layer and per session (no tensors, no torch).
+
+The per-layer numbers are sufficient statistics (statistics.py): sums of squares, counts, maxima,
+flags. `Measurements.merge` combines two sessions (batches 1-2 and batch 3, two ranks, a watch's
+intervals) into the measurements of one session that saw both; the analysis (analyse/) reads the
+derived values (grad_norms, output_rms, ...) as properties.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, replace
 from typing import Any
+
+from gradcheck_cli.measure.statistics import (
+    ActivationCounts,
+    SquareSum,
+    StepSquares,
+    max_or_none,
+    merge_counts,
+    merge_square_sums,
+)
 
 
 @dataclass(frozen=True)
@@ -25,7 +41,8 @@ class RecurrentWeight:
 
 @dataclass(frozen=True)
 class LayerMeasurement:
-    """Raw measurements of one layer (a module owning parameters directly)."""
+    """Raw measurements of one layer (a module owning parameters directly), kept as sums that
+    merge (`merge`); the properties derive what the analysis reads (grad_norms, output_rms, ...)."""
 
     name: str
     type_name: str
@@ -37,29 +54,33 @@ class LayerMeasurement:
     one). The analysis derives the fans from it (analyse/structure.py)."""
     weight_std: float | None
     """Standard deviation of that weight, to compare with the variance-preserving init. With --steps
-    this, weight_norm, bias_mean, output_rms and output_grad_rms are those of the model as built:
-    measured on the first probe batch, before the first optimizer step (probe._built_fields)."""
+    this, weight_sq, bias_mean, output and output_grad are those of the model as built: measured on
+    the first probe batch, before the first optimizer step (probe.py, as_built)."""
     trainable: bool
     order: int
     """Execution order of the first call; -1 when the module never ran."""
-    weight_norm: float
-    grad_norms: tuple[float, ...]
-    """L2 norm of the layer's own parameter gradients, one per probe batch (empty: no gradient)."""
+    weight_sq: float
+    """Sum of squares of the layer's own parameters (when measured: the end of the session)."""
+    grad_sq: tuple[float, ...]
+    """Squared L2 norm of the layer's own parameter gradients, one per batch (empty: no gradient)."""
     nonfinite_grads: int
-    output_rms: float | None
-    output_grad_rms: float | None
-    output_nonfinite: bool
-    activation: dict[str, Any] = field(default_factory=dict)
-    """Statistics of the activation fed by this layer, if any (activation_watch.py)."""
+    output: SquareSum | None = None
+    """Sum of squares and count of the elements of the layer's outputs (None: no float output)."""
+    output_grad: SquareSum | None = None
+    """Sum of squares and count of the gradients reaching those outputs (None: none arrived)."""
+    output_nonfinite: bool = False
+    """An output held NaN/Inf (over all batches; with --steps too, unlike `output`)."""
+    activation_counts: ActivationCounts | None = None
+    """Per-unit counts of the activation fed by this layer, if any (activation_watch.py)."""
     io_features: tuple[int, int] | None = None
     """Last dim of the layer's input and of its output on its first call: tells a weight stored
     (in, out) and applied as x @ W from nn.Linear's (out, in) (analyse/structure.py)."""
     bias_mean: float | None = None
     """Mean of the layer's `bias` parameter (None without one): a large negative one kills ReLUs."""
-    step_grad_rms: tuple[float, ...] = ()
-    """Recurrent layers: RMS of the gradient w.r.t. the input at each time step (first → last)."""
-    step_entry_grad_rms: tuple[float, ...] = ()
-    """Recurrent layers: RMS of the gradient w.r.t. the output sequence at each time step, i.e.
+    steps: StepSquares = StepSquares()
+    """Recurrent layers: the gradient w.r.t. the input at each time step (first → last)."""
+    entry_steps: StepSquares = StepSquares()
+    """Recurrent layers: the gradient w.r.t. the output sequence at each time step, i.e.
     the share each step gets directly from the loss (tells a bidirectional layer's near end)."""
     bidirectional: bool = False
     recurrent_weights: tuple[RecurrentWeight, ...] = ()
@@ -67,13 +88,68 @@ class LayerMeasurement:
     """A layer called once per step of a hand-written loop, its output fed back (cell_watch.py):
     "vanilla" (every path from one state to the next passes through the layer: nn.RNNCell,
     makemore's tanh cell), "gated" (a path goes around it: nn.GRUCell/LSTMCell, gates, a residual
-    add) or "unknown"; "" when the layer is no such cell. Its step_grad_rms is then the gradient
+    add) or "unknown"; "" when the layer is no such cell. Its steps are then the gradient
     reaching the state passed from each call to the next, first call to last."""
     update_to_weight: float | None = None
     """With --steps: the largest, over the optimizer steps, relative change of the layer's weights
     per step, |Δw| / |w| (lr * |g| / |w| for SGD; measured around optimizer.step() otherwise)."""
     attention_scores: bool = False
     """The layer's output feeds a softmax over scores (a query/key projection; attention_scores.py)."""
+
+    @property
+    def weight_norm(self) -> float:
+        return math.sqrt(self.weight_sq)
+
+    @property
+    def grad_norms(self) -> tuple[float, ...]:
+        """L2 norm of the layer's own parameter gradients, one per batch (NaN/Inf kept as such)."""
+        return tuple(math.sqrt(v) if math.isfinite(v) else v for v in self.grad_sq)
+
+    @property
+    def output_rms(self) -> float | None:
+        return self.output.rms if self.output is not None else None
+
+    @property
+    def output_grad_rms(self) -> float | None:
+        return self.output_grad.rms if self.output_grad is not None else None
+
+    @property
+    def activation(self) -> dict[str, Any]:
+        """Statistics of the activation fed by this layer ({}: none; ActivationCounts.summary)."""
+        return self.activation_counts.summary() if self.activation_counts is not None else {}
+
+    @property
+    def step_grad_rms(self) -> tuple[float, ...]:
+        """Recurrent layers: RMS of the gradient w.r.t. the input at each time step (first → last)."""
+        return self.steps.rms
+
+    @property
+    def step_entry_grad_rms(self) -> tuple[float, ...]:
+        """Recurrent layers: RMS of the gradient w.r.t. the output sequence at each time step."""
+        return self.entry_steps.rms
+
+    def merge(self, other: LayerMeasurement, batches: int = 0, other_batches: int = 0) -> LayerMeasurement:
+        """This layer measured over both sessions, `other` taken after this one (see
+        Measurements.merge). `batches`, `other_batches`: each side's batch count, so that a side
+        where the layer got no gradient contributes zeros for its batches."""
+        grad_sq = (self.grad_sq or (0.0,) * batches) + (other.grad_sq or (0.0,) * other_batches)
+        return replace(
+            other,  # the weights as they are at the end of the later session
+            trainable=self.trainable or other.trainable,
+            order=self.order if self.order >= 0 else other.order,
+            grad_sq=grad_sq if self.grad_sq or other.grad_sq else (),
+            nonfinite_grads=self.nonfinite_grads + other.nonfinite_grads,
+            output=merge_square_sums(self.output, other.output),
+            output_grad=merge_square_sums(self.output_grad, other.output_grad),
+            output_nonfinite=self.output_nonfinite or other.output_nonfinite,
+            activation_counts=merge_counts(self.activation_counts, other.activation_counts),
+            io_features=self.io_features or other.io_features,
+            steps=self.steps.merge(other.steps),
+            entry_steps=self.entry_steps.merge(other.entry_steps),
+            update_to_weight=max_or_none(self.update_to_weight, other.update_to_weight),
+            attention_scores=self.attention_scores or other.attention_scores,
+            recurrent_cell=self.recurrent_cell or other.recurrent_cell,
+        )
 
 
 @dataclass(frozen=True)
@@ -110,13 +186,14 @@ class NonfiniteOrigin:
 
 @dataclass(frozen=True)
 class Measurements:
+    """Everything one measurement session (session.py) and the scan around it recorded."""
+
     layers: tuple[LayerMeasurement, ...]
     losses: tuple[float, ...]
-    loss_kind: str
-    nonfinite_input: bool
-    first_nonfinite_module: str | None
-    """First module in execution order whose output turned non-finite (None: forward was finite)."""
-    module_types: tuple[str, ...]
+    """The loss of each batch (NaN for a batch whose forward raised on a NaN/Inf)."""
+    loss_kind: str = ""
+    nonfinite_input: bool = False
+    module_types: tuple[str, ...] = ()
     """Class names of every module below the root (the root's name is the user's own)."""
     residual_modules: tuple[str, ...] = ()
     """Modules whose input was added to a result computed inside them (y = x + F(x))."""
@@ -137,3 +214,38 @@ class Measurements:
     step_updates: tuple[tuple[str, float], ...] = ()
     """With --steps: per optimizer step, in order, the layer it changed most and that update/weight
     ratio |Δw| / |w| (NaN when no layer's ratio was finite)."""
+    batches: int = 0
+    """Batches whose gradients were measured (one per on_batch)."""
+
+    def merge(self, other: Measurements) -> Measurements:
+        """The measurements of one session that saw this one's batches, then `other`'s.
+
+        Per layer (matched by name; a layer only one side has is kept as it is): per-batch gradient
+        norms concatenate (this side's batches first), sums of squares and counts add, per-step
+        recurrent mean squares average weighted by their calls, activation counts add (firing ORs),
+        non-finite counts add, update/weight ratios take the maximum, and what describes the
+        weights (weight_sq, weight_std, bias_mean, recurrent_weights) is the later side's, `other`.
+        Losses, loss traces, step rounds and updates concatenate; flags OR; residual modules unite;
+        the first NaN/Inf origin, first gradient norm and first step update are this side's when it
+        has one. Merging is associative, and a session of no batches is its identity.
+        """
+        theirs = {layer.name: layer for layer in other.layers}
+        mine = {layer.name for layer in self.layers}
+        layers = tuple(layer.merge(theirs[layer.name], self.batches, other.batches) if layer.name in theirs
+                       else layer for layer in self.layers)
+        return Measurements(
+            layers=layers + tuple(layer for layer in other.layers if layer.name not in mine),
+            losses=self.losses + other.losses,
+            loss_kind=self.loss_kind or other.loss_kind,
+            nonfinite_input=self.nonfinite_input or other.nonfinite_input,
+            module_types=self.module_types or other.module_types,
+            residual_modules=tuple(sorted(set(self.residual_modules) | set(other.residual_modules))),
+            step_losses=self.step_losses + other.step_losses,
+            loss_trace=self.loss_trace + other.loss_trace,
+            nonfinite_origin=self.nonfinite_origin or other.nonfinite_origin,
+            first_grad_norm=self.first_grad_norm if self.first_grad_norm is not None else other.first_grad_norm,
+            first_step_update=self.first_step_update or other.first_step_update,
+            step_rounds=self.step_rounds + other.step_rounds,
+            step_updates=self.step_updates + other.step_updates,
+            batches=self.batches + other.batches,
+        )
