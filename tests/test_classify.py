@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from stats_factory import layer_stats, with_values
 
 from gradcheck_cli.analyse.classify import classify_layers, verdict
 from gradcheck_cli.analyse.stats import LayerStats
@@ -16,7 +16,7 @@ def _layer(name: str, gtw: float | None, *, role: str = "dense", type_name: str 
            params: int = 1024, og: float | None = 1e-3, steps: tuple[float, ...] = ()) -> LayerStats:
     weight_norm = 10.0
     grad_norm = None if gtw is None else gtw * weight_norm
-    return LayerStats(
+    return layer_stats(
         name=name, type_name=type_name, index=0, params=params, role=role, fan_in=32, weight_std=0.1,
         trainable=True, received=True, grad_norm=grad_norm, weight_norm=weight_norm, grad_to_weight=gtw,
         grad_rms=None if grad_norm is None else grad_norm / params ** 0.5, nonfinite_grads=0,
@@ -72,16 +72,16 @@ def test_normalization_and_embedding_are_not_judged_relatively() -> None:
 
 
 def test_zero_weights_have_no_ratio_and_use_the_gradient_floor() -> None:
-    zero_head = replace(_layer("head", None), grad_norm=0.5, grad_rms=0.5 / 32)
-    dead = replace(_layer("dead", None), grad_norm=1e-9, grad_rms=1e-9 / 32)
+    zero_head = with_values(_layer("head", None), grad_norm=0.5, grad_rms=0.5 / 32)
+    dead = with_values(_layer("dead", None), grad_norm=1e-9, grad_rms=1e-9 / 32)
     assert _statuses([_layer("fc", 0.3), zero_head, dead]) == [Status.HEALTHY, Status.HEALTHY,
                                                                Status.VANISHING]
 
 
 def test_frozen_unused_and_nonfinite() -> None:
-    frozen = replace(_layer("f", None), trainable=False, received=False)
-    unused = replace(_layer("u", None), received=False)
-    nan = replace(_layer("n", float("nan")), grad_norm=float("nan"), nonfinite_grads=3)
+    frozen = with_values(_layer("f", None), trainable=False, received=False)
+    unused = with_values(_layer("u", None), received=False)
+    nan = with_values(_layer("n", float("nan")), grad_norm=float("nan"), nonfinite_grads=3)
     statuses = _statuses([frozen, unused, nan, _layer("ok", 0.3)])
     assert statuses == [Status.FROZEN, Status.UNUSED, Status.NONFINITE, Status.HEALTHY]
     assert verdict(statuses) == Status.NONFINITE

@@ -15,6 +15,8 @@ from gradcheck_cli.analyse.checks import CheckContext
 from gradcheck_cli.analyse.checks.divergence import check as divergence_check
 from gradcheck_cli.analyse.checks.divergence import suggested_lr, trailing_rises
 from gradcheck_cli.analyse.thresholds import Thresholds
+from gradcheck_cli.config import ScanConfig
+from gradcheck_cli.measure.records import Measurements
 from gradcheck_cli.report.records import FindingKind, RecommendationId
 from gradcheck_cli.target.resolve import Target
 
@@ -120,8 +122,8 @@ def test_update_to_weight_is_null_without_steps_and_in_the_json() -> None:
 
 
 def _context(trace: tuple[float, ...], steps: int = 3) -> CheckContext:
-    return CheckContext([], [], Thresholds(), trace, False, loss_trace=trace, steps=steps,
-                        optimizer="sgd", lr=0.1, first_step_update=("fc", 0.5))
+    measured = Measurements(layers=(), losses=trace, loss_trace=trace, first_step_update=("fc", 0.5))
+    return CheckContext([], [], Thresholds(), measured, ScanConfig(steps=steps, optimizer="sgd", lr=0.1))
 
 
 def test_divergence_rule() -> None:

@@ -25,6 +25,7 @@ from gradcheck_cli.analyse.checks.divergence import largest_rise, pre_divergence
 from gradcheck_cli.analyse.thresholds import Thresholds
 from gradcheck_cli.config import ScanConfig
 from gradcheck_cli.measure.probe import run_probe
+from gradcheck_cli.measure.records import Measurements
 from gradcheck_cli.report.records import FindingKind, RecommendationId
 
 DATA = Path(__file__).parent / "data" / "dynamics"
@@ -213,8 +214,8 @@ def test_the_suggested_rate_comes_from_the_steps_before_the_rise_and_trains() ->
 
 def _context(trace: tuple[float, ...], rounds: tuple[tuple[float, ...], ...],
              updates: tuple[tuple[str, float], ...] = ()) -> CheckContext:
-    return CheckContext([], [], Thresholds(), trace, False, loss_trace=trace, steps=3,
-                        optimizer="sgd", lr=0.45, step_rounds=rounds, step_updates=updates)
+    measured = Measurements(layers=(), losses=trace, loss_trace=trace, step_rounds=rounds, step_updates=updates)
+    return CheckContext([], [], Thresholds(), measured, ScanConfig(steps=3, optimizer="sgd", lr=0.45))
 
 
 # Seed 0 of the sane-init model at lr 0.45 (above): the trace ends on a fall and its first step

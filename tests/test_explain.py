@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from stats_factory import layer_stats
 from typer.testing import CliRunner
 
 from gradcheck_cli.analyse.checks import CHECKS
@@ -120,7 +121,7 @@ def _layer(name: str, *, gtw: float = 0.5, function: str = "ReLU", weight_std: f
     activation: dict[str, object] = {"function": function} if function else {}
     if saturated is not None:
         activation["saturated_fraction"] = saturated
-    return LayerStats(
+    return layer_stats(
         name=name, type_name=type_name, index=0, params=4096, role="dense", fan_in=64, fan_out=64,
         weight_std=weight_std, trainable=True, received=True, grad_norm=gtw * 8.0, weight_norm=8.0,
         grad_to_weight=gtw, grad_rms=gtw / 8, nonfinite_grads=0, output_rms=1.0,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import Any
 
 import pytest
+from stats_factory import layer_stats, with_values
 
 from gradcheck_cli.analyse.checks import CHECKS
 from gradcheck_cli.analyse.checks.parts import layer_numbers
@@ -18,7 +18,7 @@ from gradcheck_cli.report.records import Finding, FindingKind, RecommendationId,
 
 def _layer(name: str, *, gtw: float = 0.5, function: str = "ReLU", fan_in: int = 64,
            weight_std: float = math.sqrt(2 / 64), type_name: str = "Linear") -> LayerStats:
-    return LayerStats(
+    return layer_stats(
         name=name, type_name=type_name, index=0, params=4096, role="dense", fan_in=fan_in,
         weight_std=weight_std, trainable=True, received=True, grad_norm=gtw * 8.0, weight_norm=8.0,
         grad_to_weight=gtw, grad_rms=gtw / 8, nonfinite_grads=0, output_rms=1.0, output_grad_rms=1e-3,
@@ -62,7 +62,7 @@ def test_sigmoid_vanishing_gets_swap_activation_and_tiny_tanh_init_gets_xavier()
     recs = recommend([_finding(FindingKind.VANISHING, x.name) for x in sig], sig, False)
     assert RecommendationId.SWAP_ACTIVATION in [r.id for r in recs]
     tiny = [_layer(f"t{i}", gtw=1e-9, function="Tanh", weight_std=0.01) for i in range(3)]
-    tiny = [replace(x, activation={"function": "Tanh", "saturated_fraction": 0.0}) for x in tiny]
+    tiny = [with_values(x, activation={"function": "Tanh", "saturated_fraction": 0.0}) for x in tiny]
     ids = [r.id for r in recommend([_finding(FindingKind.VANISHING, x.name) for x in tiny], tiny, False)]
     assert RecommendationId.XAVIER_INIT in ids
     assert RecommendationId.SWAP_ACTIVATION not in ids  # unsaturated tanh is not the cause
@@ -84,7 +84,7 @@ def test_normalization_is_not_recommended_to_a_normalized_model() -> None:
 
 
 def test_vanilla_rnn_gets_gated_rnn() -> None:
-    rnn = replace(_layer("rnn", function="", type_name="RNN"), step_grad_rms=(1e-9, 1e-3, 1.0))
+    rnn = with_values(_layer("rnn", function="", type_name="RNN"), step_grad_rms=(1e-9, 1e-3, 1.0))
     recs = recommend([_finding(FindingKind.VANISHING_THROUGH_TIME, "rnn")], [rnn], False)
     gated = [r for r in recs if r.id == RecommendationId.GATED_RNN]
     assert gated and gated[0].layers == ("rnn",) and "1e-09" in gated[0].why
@@ -94,7 +94,7 @@ def test_vanilla_rnn_gets_gated_rnn() -> None:
 
 
 def test_rnn_exploding_through_time_gets_clip_gradients_with_a_max_norm() -> None:
-    rnn = replace(_layer("rnn", gtw=30.0, function="", type_name="RNN"), step_grad_rms=(5e3, 10.0, 1.0))
+    rnn = with_values(_layer("rnn", gtw=30.0, function="", type_name="RNN"), step_grad_rms=(5e3, 10.0, 1.0))
     head = _layer("head", gtw=0.5, function="")  # grad norm 4.0
     recs = recommend([_finding(FindingKind.EXPLODING_THROUGH_TIME, "rnn")], [rnn, head], False)
     clip = next(r for r in recs if r.id == RecommendationId.CLIP_GRADIENTS)

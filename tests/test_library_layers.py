@@ -14,12 +14,12 @@ transformers is not installed (the optional `hf` extra).
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
+from stats_factory import layer_stats, with_values
 from torch import nn
 
 from gradcheck_cli import scan
@@ -266,7 +266,7 @@ def test_a_square_xw_layer_has_equal_fans_either_way() -> None:
 # --- the attention exemption and its guards (pure) ---------------------------------------------
 
 def _layer(name: str, index: int, gtw: float, scores: bool = False) -> LayerStats:
-    return LayerStats(name=name, type_name="Linear", index=index, params=4096, role="dense", fan_in=64,
+    return layer_stats(name=name, type_name="Linear", index=index, params=4096, role="dense", fan_in=64,
                       weight_std=0.125, trainable=True, received=True, grad_norm=gtw * 8.0,
                       weight_norm=8.0, grad_to_weight=gtw, grad_rms=gtw / 8.0, nonfinite_grads=0,
                       output_rms=1.0, output_grad_rms=1e-3, output_nonfinite=False, fan_out=64,
@@ -290,7 +290,7 @@ def test_query_key_below_the_relative_rule_at_init_are_healthy() -> None:
     statuses = _statuses(_encoder(q0=4e-4, v0=3e-2, q1=5e-4))
     assert statuses["0.q"] == statuses["0.k"] == Status.HEALTHY
     # the same numbers on layers that do not feed a softmax are vanishing: the exemption is what acts
-    plain = _statuses([replace(x, attention_scores=False) for x in _encoder(q0=4e-4, v0=3e-2, q1=5e-4)])
+    plain = _statuses([with_values(x, attention_scores=False) for x in _encoder(q0=4e-4, v0=3e-2, q1=5e-4)])
     assert plain["0.q"] == Status.VANISHING
 
 
@@ -306,5 +306,5 @@ def test_query_key_stay_vanishing_when_they_decay_across_blocks() -> None:
 
 def test_query_key_with_too_large_weights_stay_vanishing() -> None:
     """Large scores saturate the softmax (one-hot attention): small gradients that are no design."""
-    layers = [replace(x, weight_std=1.0) if x.attention_scores else x for x in _encoder(q0=4e-4, v0=3e-2, q1=5e-4)]
+    layers = [with_values(x, weight_std=1.0) if x.attention_scores else x for x in _encoder(q0=4e-4, v0=3e-2, q1=5e-4)]
     assert _statuses(layers)["0.q"] == Status.VANISHING

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from stats_factory import layer_stats
 from torch import nn
 
 from gradcheck_cli import scan
@@ -252,7 +253,7 @@ def test_pooling_striding_attention_and_residual_adds_are_no_collapse(make: Call
 
 
 def _dense(name: str, index: int, out: float, og: float, role: str = "dense") -> LayerStats:
-    return LayerStats(name=name, type_name="Linear" if role == "dense" else "LayerNorm", index=index,
+    return layer_stats(name=name, type_name="Linear" if role == "dense" else "LayerNorm", index=index,
                       params=4096, role=role, fan_in=64, weight_std=0.1, trainable=True, received=True,
                       grad_norm=1e-3, weight_norm=1.0, grad_to_weight=1e-3, grad_rms=1e-5, nonfinite_grads=0,
                       output_rms=out, output_grad_rms=og, output_nonfinite=False)

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from stats_factory import layer_stats
 from torch import nn
 from torch.nn import functional as F
 from typed_modules import narrow
@@ -24,7 +25,7 @@ STRUCTURE = {RecommendationId.ADD_NORMALIZATION, RecommendationId.ADD_SKIP}
 
 def _layer(name: str, index: int, grad: float | None, act: float = 1.0, *, role: str = "dense",
            type_name: str = "Linear") -> LayerStats:
-    return LayerStats(
+    return layer_stats(
         name=name, type_name=type_name, index=index, params=100, role=role, fan_in=10,
         weight_std=0.3, trainable=True, received=True, grad_norm=1.0, weight_norm=1.0,
         grad_to_weight=1.0, grad_rms=0.1, nonfinite_grads=0, output_rms=act, output_grad_rms=grad,

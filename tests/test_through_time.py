@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import torch
+from stats_factory import layer_stats
 from torch import nn
 
 from gradcheck_cli import scan
@@ -269,7 +270,7 @@ def test_effective_horizon_and_orientation() -> None:
 
 def _rnn_stats(steps: tuple[float, ...], entry: tuple[float, ...] = (), bidirectional: bool = False,
                type_name: str = "RNN", gtw: float = 0.2) -> LayerStats:
-    return LayerStats(
+    return layer_stats(
         name="rnn", type_name=type_name, index=0, params=1024, role="dense", fan_in=32, weight_std=0.1,
         trainable=True, received=True, grad_norm=gtw * 10, weight_norm=10.0, grad_to_weight=gtw,
         grad_rms=0.06, nonfinite_grads=0, output_rms=1.0, output_grad_rms=1e-3, output_nonfinite=False,

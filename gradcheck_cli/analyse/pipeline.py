@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from gradcheck_cli import __version__
 from gradcheck_cli.analyse.checks import CheckContext, run_checks
-from gradcheck_cli.analyse.classify import classify_layers, verdict
+from gradcheck_cli.analyse.classify import LayerVerdict, classify_layers, verdict
 from gradcheck_cli.analyse.fixes import recommend
-from gradcheck_cli.analyse.stats import compute_stats
+from gradcheck_cli.analyse.stats import LayerStats, compute_stats
 from gradcheck_cli.analyse.structure import has_normalization
 from gradcheck_cli.analyse.thresholds import Thresholds
 from gradcheck_cli.config import ScanConfig
 from gradcheck_cli.measure.records import Measurements
-from gradcheck_cli.report.records import LayerReport, LossInfo, Report, Status
+from gradcheck_cli.report.records import FindingKind, LayerReport, LossInfo, Report, Status
+
+NONFINITE_KINDS = (FindingKind.NONFINITE, FindingKind.NONFINITE_INPUT)
+"""Findings that make the model's verdict nonfinite even when every gradient is finite."""
 
 
 def analyse(measurements: Measurements, config: ScanConfig, thresholds: Thresholds | None = None,
@@ -26,16 +29,10 @@ def analyse(measurements: Measurements, config: ScanConfig, thresholds: Threshol
     thresholds = thresholds or Thresholds()
     layers = compute_stats(measurements.layers, thresholds)
     verdicts = classify_layers(layers, thresholds)
-    context = CheckContext(layers, verdicts, thresholds, measurements.losses, measurements.nonfinite_input,
-                           nonfinite_origin=measurements.nonfinite_origin,
-                           loss_trace=measurements.loss_trace, steps=config.steps, optimizer=config.optimizer,
-                           lr=config.lr, first_grad_norm=measurements.first_grad_norm,
-                           first_step_update=measurements.first_step_update,
-                           step_rounds=measurements.step_rounds, step_updates=measurements.step_updates,
-                           residual_modules=measurements.residual_modules)
+    context = CheckContext(layers, verdicts, thresholds, measurements, config)
     findings = run_checks(context)
     model_verdict = verdict([v.status for v in verdicts])
-    if model_verdict != Status.NONFINITE and any(f.kind.value.startswith("nonfinite") for f in findings):
+    if model_verdict != Status.NONFINITE and any(f.kind in NONFINITE_KINDS for f in findings):
         model_verdict = Status.NONFINITE  # a NaN loss or NaN input with finite gradients
     return Report(
         target=target,
@@ -43,13 +40,17 @@ def analyse(measurements: Measurements, config: ScanConfig, thresholds: Threshol
         config=config.as_dict(),
         loss=LossInfo(measurements.loss_kind, measurements.loss_trace),
         verdict=model_verdict,
-        layers=tuple(
-            LayerReport(
-                name=s.name, type=s.type_name, index=s.index, params=s.params, status=v.status,
-                grad_norm=s.grad_norm, weight_norm=s.weight_norm, grad_to_weight=s.grad_to_weight,
-                nonfinite_grads=s.nonfinite_grads, activation=s.activation,
-                update_to_weight=s.update_to_weight)
-            for s, v in zip(layers, verdicts)),
+        layers=tuple(_report_row(layer, v) for layer, v in zip(layers, verdicts)),
         findings=tuple(findings),
         recommendations=tuple(recommend(findings, layers, has_normalization(measurements.module_types), thresholds)),
     )
+
+
+def _report_row(layer: LayerStats, layer_verdict: LayerVerdict) -> LayerReport:
+    """The layer's row of the public report (schema gradcheck/report@1): the subset of its
+    statistics that the report promises, and its status. The analysis itself reads `layer`."""
+    return LayerReport(
+        name=layer.name, type=layer.type_name, index=layer.index, params=layer.params,
+        status=layer_verdict.status, grad_norm=layer.grad_norm, weight_norm=layer.weight_norm,
+        grad_to_weight=layer.grad_to_weight, nonfinite_grads=layer.nonfinite_grads,
+        activation=layer.activation, update_to_weight=layer.update_to_weight)

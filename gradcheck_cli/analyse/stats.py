@@ -1,4 +1,4 @@
-"""Pure: probe numbers -> per-layer statistics (no torch)."""
+"""Pure: a layer's measurement -> what the analysis derives from it (no torch)."""
 
 from __future__ import annotations
 
@@ -15,42 +15,106 @@ from gradcheck_cli.measure.records import LayerMeasurement, RecurrentWeight
 
 @dataclass(frozen=True)
 class LayerStats:
-    name: str
-    type_name: str
+    """One layer as the analysis sees it: its measurement, never copied (`measured`: the sums as
+    the session recorded them, read through the properties below), and what the analysis derives
+    from it (the fields). Adding a measured number means adding it to LayerMeasurement only."""
+
+    measured: LayerMeasurement
     index: int
-    params: int
+    """Position in execution order (layers that never ran last)."""
     role: str
     """dense (a weight matrix or kernel), normalization (affine scale/shift), embedding (a lookup
     table whose rows are touched sparsely), other (scales, biases, positional parameters)."""
     fan_in: int | None
-    weight_std: float | None
-    trainable: bool
     received: bool
+    """Some batch gave the layer's parameters a gradient."""
     grad_norm: float | None
-    """Mean over probe batches of the L2 norm of the layer's own parameter gradients."""
-    weight_norm: float
+    """Mean over the batches of the L2 norm of the layer's own parameter gradients."""
     grad_to_weight: float | None
+    """grad_norm / weight_norm (None for zero weights: Thresholds.zero_weight_rms)."""
     grad_rms: float | None
     """grad_norm / sqrt(params): the typical size of one gradient element."""
-    nonfinite_grads: int
-    output_rms: float | None
-    output_grad_rms: float | None
-    output_nonfinite: bool
-    activation: dict[str, Any] = field(default_factory=dict)
-    step_grad_rms: tuple[float, ...] = ()
     fan_out: int | None = None
-    bias_mean: float | None = None
-    step_entry_grad_rms: tuple[float, ...] = ()
-    bidirectional: bool = False
-    recurrent_weights: tuple[RecurrentWeight, ...] = ()
-    recurrent_cell: str = ""
-    """vanilla | gated | unknown for a layer called in a hand-written recurrent loop (LayerMeasurement)."""
-    update_to_weight: float | None = None
-    """With --steps: the largest relative weight change per optimizer step, |Δw| / |w|."""
-    attention_scores: bool = False
-    """Its output feeds a softmax over scores: a query/key projection (attention_scores.py)."""
+    activation: dict[str, Any] = field(default_factory=dict)
+    """The measured activation summary, plus the layer's output RMS ("rms") and output-gradient RMS."""
     init_band_margin: float = DEFAULTS.init_band_margin
     """Thresholds.init_band_margin of the analysis: how far outside the sane stds init_target's band reaches."""
+
+    # The measured values the analysis reads, by the measurement's own names.
+    @property
+    def name(self) -> str:
+        return self.measured.name
+
+    @property
+    def type_name(self) -> str:
+        return self.measured.type_name
+
+    @property
+    def params(self) -> int:
+        return self.measured.params
+
+    @property
+    def trainable(self) -> bool:
+        return self.measured.trainable
+
+    @property
+    def weight_std(self) -> float | None:
+        return self.measured.weight_std
+
+    @property
+    def weight_norm(self) -> float:
+        return self.measured.weight_norm
+
+    @property
+    def bias_mean(self) -> float | None:
+        return self.measured.bias_mean
+
+    @property
+    def nonfinite_grads(self) -> int:
+        return self.measured.nonfinite_grads
+
+    @property
+    def output_rms(self) -> float | None:
+        return self.measured.output_rms
+
+    @property
+    def output_grad_rms(self) -> float | None:
+        return self.measured.output_grad_rms
+
+    @property
+    def output_nonfinite(self) -> bool:
+        return self.measured.output_nonfinite
+
+    @property
+    def step_grad_rms(self) -> tuple[float, ...]:
+        return self.measured.step_grad_rms
+
+    @property
+    def step_entry_grad_rms(self) -> tuple[float, ...]:
+        return self.measured.step_entry_grad_rms
+
+    @property
+    def bidirectional(self) -> bool:
+        return self.measured.bidirectional
+
+    @property
+    def recurrent_weights(self) -> tuple[RecurrentWeight, ...]:
+        return self.measured.recurrent_weights
+
+    @property
+    def recurrent_cell(self) -> str:
+        """vanilla | gated | unknown for a layer called in a hand-written recurrent loop."""
+        return self.measured.recurrent_cell
+
+    @property
+    def update_to_weight(self) -> float | None:
+        """With --steps: the largest relative weight change per optimizer step, |Δw| / |w|."""
+        return self.measured.update_to_weight
+
+    @property
+    def attention_scores(self) -> bool:
+        """Its output feeds a softmax over scores: a query/key projection (attention_scores.py)."""
+        return self.measured.attention_scores
 
     @cached_property
     def init_target(self) -> InitTarget | None:
@@ -83,16 +147,8 @@ def _layer_stats(lp: LayerMeasurement, index: int, t: Thresholds) -> LayerStats:
     if lp.output_grad_rms is not None:
         activation["output_grad_rms"] = lp.output_grad_rms
     return LayerStats(
-        name=lp.name, type_name=lp.type_name, index=index, params=lp.params,
-        role=layer_role(lp.type_name, lp.param_dim), fan_in=fan_in(lp.weight_shape, lp.io_features),
-        weight_std=lp.weight_std, trainable=lp.trainable,
-        received=bool(lp.grad_norms), grad_norm=grad_norm, weight_norm=lp.weight_norm,
-        grad_to_weight=gtw, grad_rms=grad_rms, nonfinite_grads=lp.nonfinite_grads,
-        output_rms=lp.output_rms, output_grad_rms=lp.output_grad_rms,
-        output_nonfinite=lp.output_nonfinite, activation=activation,
-        fan_out=fan_out(lp.weight_shape, lp.io_features), bias_mean=lp.bias_mean,
-        step_grad_rms=lp.step_grad_rms, step_entry_grad_rms=lp.step_entry_grad_rms,
-        bidirectional=lp.bidirectional, recurrent_weights=lp.recurrent_weights, recurrent_cell=lp.recurrent_cell,
-        update_to_weight=lp.update_to_weight,
-        attention_scores=lp.attention_scores, init_band_margin=t.init_band_margin,
+        measured=lp, index=index, role=layer_role(lp.type_name, lp.param_dim),
+        fan_in=fan_in(lp.weight_shape, lp.io_features), fan_out=fan_out(lp.weight_shape, lp.io_features),
+        received=bool(lp.grad_norms), grad_norm=grad_norm, grad_to_weight=gtw, grad_rms=grad_rms,
+        activation=activation, init_band_margin=t.init_band_margin,
     )

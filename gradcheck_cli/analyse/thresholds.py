@@ -14,7 +14,7 @@ in field order), `entry(name)`, `entries_for(kind) -> list[ThresholdEntry]`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from gradcheck_cli.report.records import FindingKind
 
@@ -326,8 +326,3 @@ def check_value(name: str, value: float) -> float:
     if not ok:
         raise ValueError(f"expected {DOMAINS[domain]}")
     return value
-
-
-def field_names() -> tuple[str, ...]:
-    """The settable names, in field order."""
-    return tuple(f.name for f in fields(Thresholds))

@@ -28,7 +28,6 @@ from importlib.abc import Traversable
 
 SECTIONS = ("Mechanism", "What gradcheck measures", "Thresholds", "Fix", "References")
 """The ``##`` headings of a page, in order."""
-FOLDERS = ("findings", "fixes")
 
 
 class PageError(ValueError):

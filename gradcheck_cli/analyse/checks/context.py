@@ -10,7 +10,8 @@ from gradcheck_cli.analyse.classify import LayerVerdict
 from gradcheck_cli.analyse.depth import Collapse, Trend, collapse_of, find_collapses, find_trends, trend_of
 from gradcheck_cli.analyse.stats import LayerStats
 from gradcheck_cli.analyse.thresholds import DEFAULTS, Thresholds
-from gradcheck_cli.measure.records import NonfiniteOrigin
+from gradcheck_cli.config import ScanConfig
+from gradcheck_cli.measure.records import Measurements
 from gradcheck_cli.report.evidence import CollapseRun, StackRun, StatusEvidence
 from gradcheck_cli.report.records import Finding, FindingKind, Number, Severity, Status
 
@@ -20,25 +21,11 @@ class CheckContext:
     layers: list[LayerStats]
     verdicts: list[LayerVerdict]
     thresholds: Thresholds
-    losses: tuple[float, ...]
-    nonfinite_input: bool
-    nonfinite_origin: NonfiniteOrigin | None = None
-    """Where the first NaN/Inf appeared (op, module, direction, input magnitude), from the replay."""
-    loss_trace: tuple[float, ...] = ()
-    """Every loss in the order computed, optimizer steps included (--steps)."""
-    steps: int = 0
-    optimizer: str = "sgd"
-    lr: float = 0.0
-    first_grad_norm: float | None = None
-    """Total gradient norm on the first probe batch, before any optimizer step."""
-    first_step_update: tuple[str, float] | None = None
-    """The layer the first optimizer step changed most, and its update/weight ratio."""
-    step_rounds: tuple[tuple[float, ...], ...] = ()
-    """Per batch the steps were taken on: its loss before the steps and after each (probe.py)."""
-    step_updates: tuple[tuple[str, float], ...] = ()
-    """Per optimizer step, in order: the layer it changed most and that update/weight ratio."""
-    residual_modules: tuple[str, ...] = ()
-    """Modules whose input the probe saw added to their result (a residual path, depth.py)."""
+    measurements: Measurements
+    """The whole-model facts as measured: the losses, NaN/Inf input, where the first NaN/Inf
+    appeared, the --steps rounds and updates, the residual modules (measure/records.py)."""
+    config: ScanConfig = ScanConfig()
+    """The options the measurements were taken under (--steps, --optimizer, --lr)."""
 
     @cached_property
     def trends(self) -> list[Trend]:
@@ -48,7 +35,7 @@ class CheckContext:
     def structure_run(self, layer: str, direction: str | None) -> StackRun | None:
         """The geometric run through `layer` as stack_* evidence (None when there is none)."""
         trend = trend_of(layer, self.trends, direction)
-        return stack_run(trend, self.residual_modules) if trend is not None else None
+        return stack_run(trend, self.measurements.residual_modules) if trend is not None else None
 
     @cached_property
     def collapses(self) -> list[Collapse]:

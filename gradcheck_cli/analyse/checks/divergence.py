@@ -68,12 +68,13 @@ from gradcheck_cli.report.records import Finding, FindingKind, Severity
 
 
 def check(context: CheckContext) -> list[Finding]:
-    trace = context.loss_trace
-    if context.steps <= 0 or len(trace) < 2 or not math.isfinite(trace[0]):
+    measured, config = context.measurements, context.config
+    trace = measured.loss_trace
+    if config.steps <= 0 or len(trace) < 2 or not math.isfinite(trace[0]):
         return []
     first_bad = next((i for i, v in enumerate(trace) if not math.isfinite(v)), None)
-    factors = step_factors(context.step_rounds)
-    went_nonfinite = first_bad is not None or any(not math.isfinite(v) for r in context.step_rounds for v in r)
+    factors = step_factors(measured.step_rounds)
+    went_nonfinite = first_bad is not None or any(not math.isfinite(v) for r in measured.step_rounds for v in r)
     finite = trace if first_bad is None else trace[:first_bad]
     rises = trailing_rises(finite)
     start, t = trace[0], context.thresholds
@@ -90,14 +91,14 @@ def check(context: CheckContext) -> list[Finding]:
             else "steady-rise" if steady else "sustained-rise" if sustained else None)
     if rule is None:
         return []
-    pre = pre_divergence(context.step_rounds)
-    layer, ratio = largest_update(context.step_updates[:pre]) if context.step_updates \
-        else (context.first_step_update or (None, None))
-    suggested = suggested_lr(context.lr, ratio, t)
+    pre = pre_divergence(measured.step_rounds)
+    layer, ratio = largest_update(measured.step_updates[:pre]) if measured.step_updates \
+        else (measured.first_step_update or (None, None))
+    suggested = suggested_lr(config.lr, ratio, t)
     evidence = DivergenceEvidence(
-        rule, tuple(trace), trace[0], trace[-1], rises, first_bad, rise, rise_steps, context.optimizer,
-        context.lr, context.steps, pre if context.step_updates else 1, ratio, layer, suggested,
-        suggested_lr_basis(context.lr, ratio, t), context.first_grad_norm)
+        rule, tuple(trace), trace[0], trace[-1], rises, first_bad, rise, rise_steps, config.optimizer,
+        config.lr, config.steps, pre if measured.step_updates else 1, ratio, layer, suggested,
+        suggested_lr_basis(config.lr, ratio, t), measured.first_grad_norm)
     if rule == "nonfinite":
         where = f"at value {first_bad + 1} of {len(trace)}" if first_bad is not None else \
             "on the batch the last steps were taken on"
@@ -113,7 +114,7 @@ def check(context: CheckContext) -> list[Finding]:
     update = (f"; before the loss rose, a step changed {layer}'s weights by {ratio:.3g} of their norm "
               f"(healthy ~{t.healthy_update:g})" if ratio is not None and math.isfinite(ratio) else "")
     return [Finding(FindingKind.DIVERGENCE, None, Severity.ERROR,
-                    f"training diverges with {context.optimizer} at lr {context.lr:g}: {what}{update}",
+                    f"training diverges with {context.config.optimizer} at lr {context.config.lr:g}: {what}{update}",
                     evidence)]
 
 

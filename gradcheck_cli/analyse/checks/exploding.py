@@ -36,7 +36,7 @@ def check(context: CheckContext) -> list[Finding]:
 
 
 def _growth_into_overflow(context: CheckContext) -> list[Finding]:
-    origin = context.nonfinite_origin
+    origin = context.measurements.nonfinite_origin
     if origin is None or classify_cause(origin) != "overflow":
         return []
     signal = "gradient" if origin.direction == "backward" else "activation"
@@ -45,7 +45,7 @@ def _growth_into_overflow(context: CheckContext) -> list[Finding]:
         return []
     run = max(runs, key=lambda t: len(t.layers))
     where = "the loss" if origin.module == "(loss)" else f"{origin.module} ({origin.module_type})"
-    evidence = OverflowGrowthEvidence(stack_run(run, context.residual_modules), origin.module, origin.op,
+    evidence = OverflowGrowthEvidence(stack_run(run, context.measurements.residual_modules), origin.module, origin.op,
                                       origin.direction, origin.input_max_abs, origin.dtype)
     return [Finding(
         FindingKind.EXPLODING, None, Severity.ERROR,

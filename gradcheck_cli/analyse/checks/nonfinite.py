@@ -120,8 +120,8 @@ def describe_origin(origin: NonfiniteOrigin) -> str:
 
 
 def check(context: CheckContext) -> list[Finding]:
-    origin = context.nonfinite_origin
-    bad_losses = sum(1 for v in context.losses if not math.isfinite(v))
+    origin = context.measurements.nonfinite_origin
+    bad_losses = sum(1 for v in context.measurements.losses if not math.isfinite(v))
     affected = [layer for layer, _ in context.layers_with(Status.NONFINITE)]
     if not affected and not bad_losses:
         return []
@@ -130,7 +130,7 @@ def check(context: CheckContext) -> list[Finding]:
         tuple(layer.name for layer in affected), len(affected),
         origin_facts(origin) if origin is not None else None)
     return [Finding(FindingKind.NONFINITE, _finding_layer(origin, affected, context), Severity.ERROR,
-                    _message(origin, affected, bad_losses, len(context.losses)), evidence)]
+                    _message(origin, affected, bad_losses, len(context.measurements.losses)), evidence)]
 
 
 def _finding_layer(origin: NonfiniteOrigin | None, affected: list[LayerStats],

@@ -14,7 +14,7 @@ from gradcheck_cli.report.records import Finding, FindingKind, Severity
 
 
 def check(context: CheckContext) -> list[Finding]:
-    if not context.nonfinite_input:
+    if not context.measurements.nonfinite_input:
         return []
     return [Finding(FindingKind.NONFINITE_INPUT, None, Severity.ERROR,
                     "the probe batch (inputs or target) already holds NaN/Inf values",
