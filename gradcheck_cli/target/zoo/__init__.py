@@ -2,7 +2,7 @@
 
 This module is the catalogue only and does not import torch, so `gradcheck list builtins` stays
 fast; the models themselves live in :mod:`gradcheck_cli.target.zoo.models`, imported by
-:func:`load_target`. Each model's docstring documents the mechanism (DOMAIN.md) and the measured
+:func:`load_target`. Each model's docstring documents the mechanism (a page under docs/) and the measured
 numbers behind its verdict.
 """
 

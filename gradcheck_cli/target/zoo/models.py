@@ -9,7 +9,7 @@ Every class here is a zero-argument ``nn.Module`` with two static methods:
 Build them through :func:`build`, which seeds the initialisation with :data:`BUILD_SEED` and
 restores the caller's RNG state afterwards, so every build is identical.
 
-Each docstring states the behaviour, the mechanism (the row of the table in DOMAIN.md) and the
+Each docstring states the behaviour, the mechanism (its page under docs/findings or docs/fixes) and the
 numbers measured with plain autograd (``loss.backward()``, then ``weight.grad.norm()`` per
 Linear/Conv layer; batch of 16 drawn after ``torch.manual_seed(0)``). "first/last" is the first
 weight layer's gradient norm divided by the last one's (the head).
@@ -86,7 +86,7 @@ class _MLP(nn.Module):
 class DeepSigmoidMLP(_MLP):
     """deep-sigmoid: 10 Linear layers (width 32) with sigmoid between them, PyTorch default init.
 
-    Behaviour: vanishing. Mechanism (DOMAIN.md, "saturating activations"): sigmoid'(x) <= 0.25,
+    Behaviour: vanishing. Mechanism (docs/findings/saturated-activation.md): sigmoid'(x) <= 0.25,
     and the default init (U(+-1/sqrt(fan_in)), std 1/sqrt(3 fan_in)) has a backward gain of about
     0.58, so each layer divides the gradient by about 7 on its way to the input
     (Glorot & Bengio 2010).
@@ -102,7 +102,7 @@ class DeepSigmoidMLP(_MLP):
 class ReluHeMLP(_MLP):
     """relu-he: 10 Linear layers (width 32) with ReLU, He init (kaiming_normal_, zero bias).
 
-    Behaviour: healthy. Mechanism (DOMAIN.md, "he-init"): Var(w) = 2/fan_in exactly compensates
+    Behaviour: healthy. Mechanism (docs/fixes/he-init.md): Var(w) = 2/fan_in exactly compensates
     the half of the units that ReLU zeroes, so the activation and gradient scales are preserved
     through depth (He et al. 2015).
     Measured: (seed 0) weight-gradient norms 2.9, 3.6, 4.5, 5.1, 8.6, 7.9, 7.0, 6.7, 6.4,
@@ -119,7 +119,7 @@ class ReluHeMLP(_MLP):
 class ReluNormalInitMLP(_MLP):
     """relu-normal-init: the relu-he network with weights drawn from N(0, 1), zero bias.
 
-    Behaviour: exploding. Mechanism (DOMAIN.md, "weight init too large"): with Var(w) = 1 instead
+    Behaviour: exploding. Mechanism (docs/findings/init-scale.md, too large): with Var(w) = 1 instead
     of 2/fan_in, activations and gradients grow by about sqrt(fan_in / 2) = 4 per layer.
     Measured: (seed 0) loss 3.9e+06 (relu-he: 4.2); weight-gradient norms 8.5e+05 to
     2.8e+06 (relu-he: 2.9 to 8.6), i.e. ~3e+05 times larger; grad/weight 3e+04 to 1e+05. The
@@ -138,7 +138,7 @@ class ReluNormalInitMLP(_MLP):
 class TanhTinyInitMLP(_MLP):
     """tanh-tiny-init: 8 Linear layers (width 32, no bias) with tanh, weights 0.01 * N(0, 1).
 
-    Behaviour: vanishing. Mechanism (DOMAIN.md, "weight init too small"): each layer scales the
+    Behaviour: vanishing. Mechanism (docs/findings/init-scale.md, too small): each layer scales the
     activations by about 0.01 * sqrt(fan_in) = 0.057 on the way forward and the gradient by the
     same factor on the way back, so every weight gradient (the product of the two) is uniformly
     tiny. tanh stays in its linear region here: the problem is the init, not saturation.
@@ -173,7 +173,7 @@ class RnnLong(nn.Module):
     """rnn-long: a vanilla tanh nn.RNN (hidden 32) over 100 steps, loss on the last step only.
 
     W_hh is rescaled to spectral radius 0.5. Behaviour: vanishing (through time). Mechanism
-    (DOMAIN.md, "recurrent spectral radius"): the gradient reaching step t is multiplied by
+    (docs/findings/vanishing-through-time.md): the gradient reaching step t is multiplied by
     W_hh^T diag(tanh') once per later step; with tanh' <= 1 that shrinks it by the spectral
     radius (0.5) per step in the long run, so the first steps receive nothing (Pascanu, Mikolov
     & Bengio 2013). The label depends on the first step only, which the RNN cannot learn.
@@ -205,7 +205,7 @@ class RnnLong(nn.Module):
 class Lstm(nn.Module):
     """lstm: an nn.LSTM (hidden 32) over the same 100 steps, loss on the last step only.
 
-    Behaviour: healthy. Mechanism (DOMAIN.md, "gated-rnn"): the cell state is updated additively,
+    Behaviour: healthy. Mechanism (docs/fixes/gated-rnn.md): the cell state is updated additively,
     c_t = f_t * c_{t-1} + i_t * g_t, so the gradient through time is scaled by the forget gate f_t
     rather than by W_hh (Hochreiter & Schmidhuber 1997). The forget-gate bias starts at 3 (the
     usual positive "forget bias" init, Gers et al. 2000, Jozefowicz et al. 2015), so f_t starts
@@ -261,8 +261,8 @@ def _conv(c_in: int, c_out: int, bias: bool = True) -> nn.Conv2d:
 class PlainDeepCNN(nn.Module):
     """cnn-plain-deep: 13 3x3 conv layers (16 channels) with sigmoid, no normalization, no skip.
 
-    Behaviour: vanishing. Mechanism (DOMAIN.md, "depth without a short path" and "saturating
-    activations"): each conv + sigmoid multiplies the gradient by about 0.58 * 0.25, with no
+    Behaviour: vanishing. Mechanism (docs/findings/vanishing.md, depth without a short
+    path, and docs/findings/saturated-activation.md): each conv + sigmoid multiplies the gradient by about 0.58 * 0.25, with no
     path around it, so the gradient decays geometrically from the head to the input while the
     activations keep their scale (sigmoid outputs stay around 0.5).
     Measured: (seed 0) conv weight-gradient norms from the first conv to the last
@@ -306,7 +306,7 @@ class ResNetBN(nn.Module):
     """cnn-resnet-bn: the same 13 conv layers as cnn-plain-deep, as a stem + 6 residual blocks
     with BatchNorm.
 
-    Behaviour: healthy. Mechanism (DOMAIN.md, "add-skip" and "add-normalization"): the identity
+    Behaviour: healthy. Mechanism (docs/fixes/add-skip.md, docs/fixes/add-normalization.md): the identity
     path of each block carries the gradient with factor 1 (He et al. 2016), and BatchNorm keeps
     every layer's activation scale fixed (Ioffe & Szegedy 2015).
     Measured: (seed 0) conv weight-gradient norms stem 0.39, then 0.62 down to 0.20
@@ -373,7 +373,7 @@ class PreLNTransformer(nn.Module):
     """transformer-preln: a 2-block pre-LN causal transformer (d=32, 4 heads) with a head tied
     to the token embedding, trained on next-token prediction.
 
-    Behaviour: healthy. Mechanism (DOMAIN.md, "add-skip" and "add-normalization"): in a pre-LN
+    Behaviour: healthy. Mechanism (docs/fixes/add-skip.md, docs/fixes/add-normalization.md): in a pre-LN
     block the residual stream is never normalised, so every block has an identity path for the
     gradient, and LayerNorm keeps each sub-layer's input at unit scale. The head shares its weight
     with ``embed`` (tied weights: one parameter, two modules).
@@ -423,7 +423,7 @@ class Log(nn.Module):
 class NanLog(nn.Module):
     """nan-log: Linear -> log -> Linear, where the log's input (a Linear output) can be negative.
 
-    Behaviour: nonfinite. Mechanism (DOMAIN.md, "numerically unsafe ops"): log of a negative
+    Behaviour: nonfinite. Mechanism (docs/findings/nonfinite.md): log of a negative
     number is NaN (and log(0) is -inf); the NaN propagates to the output, the loss and every
     gradient. ``log`` is the first module whose output is non-finite while its input was finite.
     The fix is a guard (e.g. ``torch.log(F.softplus(x) + eps)``, or log1p of a clamped value).
