@@ -323,3 +323,16 @@ def test_entry_profile_is_the_output_gradient_per_step() -> None:
     assert probe.bidirectional and len(probe.step_entry_grad_rms) == 12
     assert probe.step_entry_grad_rms == pytest.approx(reference, rel=1e-5)
     assert near_end(probe.step_entry_grad_rms, probe.bidirectional) == "first"
+
+
+def test_nonfinite_recurrent_weights_have_no_spectrum_and_do_not_crash() -> None:
+    """Diverged --steps leave NaN/Inf in weight_hh: LAPACK's eigenvalue balancing crashed the whole
+    process on them (a segfault, `gradcheck scan exploding_rnn_relu_spectral.py --steps 2`)."""
+    torch.manual_seed(0)
+    rnn = nn.RNN(4, 8)
+    with torch.no_grad():
+        rnn.weight_hh_l0[0, 0] = float("nan")
+        rnn.weight_hh_l0[1, 1] = float("inf")
+    (weight,) = recurrent_weights(rnn)
+    assert weight.spectral_radius is None and math.isnan(weight.largest_singular_value)
+    assert weight.bound == 1.0

@@ -6,6 +6,7 @@ Read from the weights (no hooks). The bound they are compared with is Pascanu, M
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from gradcheck_cli.measure.records import RecurrentWeight
@@ -93,9 +94,15 @@ def cell_state_weights(module: nn.Module, columns: str | None,
 
 
 def _spectrum(name: str, block: str, mats: list[torch.Tensor], bound: float) -> RecurrentWeight:
-    """The largest spectral radius and singular value over `mats` (float64, on the CPU)."""
+    """The largest spectral radius and singular value over `mats` (float64, on the CPU).
+
+    Weights holding NaN/Inf (optimizer steps that diverged) have no spectrum: (None, NaN). LAPACK
+    is never asked for one, since its eigenvalue balancing (DGEBAL) crashed the process on them."""
     import torch
 
+    if not all(bool(torch.isfinite(m).all()) for m in mats):
+        return RecurrentWeight(name=name, block=block, spectral_radius=None, largest_singular_value=math.nan,
+                               bound=bound)
     radii = [float(torch.linalg.eigvals(m).abs().max()) for m in mats if m.shape[0] == m.shape[1]]
     sigmas = [float(torch.linalg.matrix_norm(m, ord=2)) for m in mats]
     return RecurrentWeight(name=name, block=block, spectral_radius=max(radii) if radii else None,
