@@ -262,9 +262,10 @@ class PlainDeepCNN(nn.Module):
     """cnn-plain-deep: 13 3x3 conv layers (16 channels) with sigmoid, no normalization, no skip.
 
     Behaviour: vanishing. Mechanism (docs/findings/vanishing.md, depth without a short
-    path, and docs/findings/saturated-activation.md): each conv + sigmoid multiplies the gradient by about 0.58 * 0.25, with no
-    path around it, so the gradient decays geometrically from the head to the input while the
-    activations keep their scale (sigmoid outputs stay around 0.5).
+    path, and docs/findings/saturated-activation.md): each conv + sigmoid multiplies the
+    gradient by about 0.58 * 0.25, with no path around it, so the gradient decays geometrically
+    from the head to the input while the activations keep their scale (sigmoid outputs stay
+    around 0.5).
     Measured: (seed 0) conv weight-gradient norms from the first conv to the last
     3.2e-13, 4.1e-11, 4.6e-10, 4.1e-09, 2.6e-08, 2.5e-07, 1.7e-06, 1.3e-05, 8.2e-05, 5.1e-04,
     4.4e-03, 0.037, 0.24, then 0.67 for the head: a factor 7-10 per layer; first conv / last conv
