@@ -331,8 +331,8 @@ def test_nonfinite_recurrent_weights_have_no_spectrum_and_do_not_crash() -> None
     torch.manual_seed(0)
     rnn = nn.RNN(4, 8)
     with torch.no_grad():
-        rnn.weight_hh_l0[0, 0] = float("nan")
-        rnn.weight_hh_l0[1, 1] = float("inf")
+        rnn.get_parameter("weight_hh_l0")[0, 0] = float("nan")
+        rnn.get_parameter("weight_hh_l0")[1, 1] = float("inf")
     (weight,) = recurrent_weights(rnn)
     assert weight.spectral_radius is None and math.isnan(weight.largest_singular_value)
     assert weight.bound == 1.0
