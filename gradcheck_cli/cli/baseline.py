@@ -9,7 +9,7 @@ it diffs cleanly in review:
      "findings": [{"fingerprint": "exploding:net.0", "target": "model.py", "kind": "exploding",
                    "layer": "net.0"}]}
 
-This module turns results into that text and text back into fingerprints; cli.py reads and
+This module turns results into that text and text back into fingerprints; cli/app.py reads and
 writes the file.
 """
 

@@ -1,6 +1,6 @@
-"""The output half of the CLI: where a report goes, what the exit code is. Called by cli.py only.
+"""The output half of the CLI: where a report goes, what the exit code is. Called by cli/app.py only.
 
-Kept apart from cli.py (which parses the command lines) so that `scan` and `run` share one path:
+Kept apart from cli/app.py (which parses the command lines) so that `scan` and `run` share one path:
 - the report in the chosen format goes to stdout (also for ``--output -``), or to ``--output FILE``
   as output_file.py writes it: atomically to a regular file (a reader never sees a truncated
   report, and a failed write leaves the old file as it was), through a symlink, FIFO, device or

@@ -1,4 +1,4 @@
-"""Progress on stderr for `gradcheck scan` and `gradcheck run`. Called by cli.py only.
+"""Progress on stderr for `gradcheck scan` and `gradcheck run`. Called by cli/app.py only.
 
 A transient Rich progress bar, advanced per probe batch by api.scan's ``on_stage`` callback (and
 per scan in a multi-scan run); drawn only when stderr is a terminal and not ``--quiet``, so logs

@@ -1,6 +1,6 @@
 """Output formats: one module per format, each turning scan results into a string.
 
-Renderers never print, never import torch and hold no state; ``cli.py`` writes what they return.
+Renderers never print, never import torch and hold no state; ``cli/app.py`` writes what they return.
 Every format takes the same input, a sequence of ScanResult: one for ``gradcheck scan``, one per
 scan for ``gradcheck run RECIPE`` (``combined=True``), and the baseline's fingerprints (``known``),
 whose findings are shown as baselined and do not fail the gate.
