@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from gradcheck_cli.analyse.thresholds import entries_for
+from gradcheck_cli.analyse.thresholds import entries_for, quote
 from gradcheck_cli.cli import knowledge
 from gradcheck_cli.cli.app import app
 from gradcheck_cli.report import catalog
@@ -124,7 +124,7 @@ def test_explain_lists_the_registry_thresholds_of_a_finding_kind() -> None:
         out = runner.invoke(app, ["explain", kind.value], terminal_width=200).stdout
         section = out.split("\nThresholds\n")[1].split("\nFix\n")[0]
         for item in entries_for(kind.value):
-            assert re.search(rf"- {item.name} = {re.escape(knowledge._num(item.default))}: ", section), \
+            assert re.search(rf"- {item.name} = {re.escape(quote(item.default))}: ", section), \
                 (kind.value, item.name)
     assert knowledge.REGISTRY_INTRO not in runner.invoke(app, ["explain", "he-init"]).stdout
 

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from gradcheck_cli.analyse.checks import CHECKS
 from gradcheck_cli.analyse.fixes import recommend
 from gradcheck_cli.analyse.stats import LayerStats
-from gradcheck_cli.analyse.thresholds import Thresholds
+from gradcheck_cli.analyse.thresholds import Thresholds, quote
 from gradcheck_cli.cli import knowledge as catalog
 from gradcheck_cli.cli.app import app
 from gradcheck_cli.cli.knowledge import FINDINGS, FIXES, NOT_YET_MEASURED, NOT_YET_RECOMMENDED, Entry
@@ -74,22 +74,22 @@ def test_every_classifier_threshold_is_quoted_with_its_value() -> None:
     text = " ".join(e.thresholds for e in FINDINGS.values())
     for f in fields(Thresholds):
         value = getattr(Thresholds(), f.name)
-        assert catalog._num(value) in text, f"Thresholds.{f.name} = {value} is not in the catalogue"
+        assert quote(value) in text, f"Thresholds.{f.name} = {value} is not in the catalogue"
 
 
 def test_thresholds_follow_the_classifier_not_a_copy() -> None:
     t = Thresholds()
     vanishing = FINDINGS[FindingKind.VANISHING].thresholds
     exploding = FINDINGS[FindingKind.EXPLODING].thresholds
-    assert f"below {catalog._num(t.vanish_grad_to_weight)}" in vanishing
-    assert f"above {catalog._num(t.explode_grad_to_weight)}" in exploding
+    assert f"below {quote(t.vanish_grad_to_weight)}" in vanishing
+    assert f"above {quote(t.explode_grad_to_weight)}" in exploding
     assert f"at least {t.min_stack} identical" in exploding
 
 
 @pytest.mark.parametrize(("value", "text"), [(1e-3, "1e-3"), (1e-7, "1e-7"), (1e3, "1e3"),
                                               (70.0, "70"), (0.5, "0.5"), (4, "4")])
 def test_numbers_are_written_as_the_papers_write_them(value: float, text: str) -> None:
-    assert catalog._num(value) == text
+    assert quote(value) == text
 
 
 def test_not_yet_measured_text_goes_stale_loudly() -> None:

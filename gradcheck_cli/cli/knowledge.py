@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from gradcheck_cli.analyse.thresholds import entries_for
+from gradcheck_cli.analyse.thresholds import entries_for, quote
 from gradcheck_cli.report import catalog
 from gradcheck_cli.report.catalog import (
     FIXES,
@@ -34,17 +34,9 @@ REGISTRY_INTRO = ("The values the analysis uses, from the thresholds registry (s
                   "them all):")
 
 
-def _num(value: float) -> str:
-    """1e-3 as "1e-3", 1000 as "1e3", 70 as "70": the way the papers write them."""
-    if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e3):
-        mantissa, exponent = f"{value:.0e}".split("e")
-        return f"{mantissa}e{int(exponent)}"
-    return f"{value:g}"
-
-
 def registry_text(kind: FindingKind) -> str:
     """The registry's thresholds behind `kind`, one "- name = value: meaning (source)" item each."""
-    items = [f"- {e.name} = {_num(e.default)}: {e.meaning} (source: {e.source})"
+    items = [f"- {e.name} = {quote(e.default)}: {e.meaning} (source: {e.source})"
              for e in entries_for(kind.value)]
     return "\n".join([REGISTRY_INTRO, *items]) if items else ""
 
