@@ -16,9 +16,7 @@ from gradcheck_cli.measure.statistics import (
     ActivationCounts,
     SquareSum,
     StepSquares,
-    max_or_none,
-    merge_counts,
-    merge_square_sums,
+    merge_optional,
 )
 
 
@@ -139,14 +137,15 @@ class LayerMeasurement:
             order=self.order if self.order >= 0 else other.order,
             grad_sq=grad_sq if self.grad_sq or other.grad_sq else (),
             nonfinite_grads=self.nonfinite_grads + other.nonfinite_grads,
-            output=merge_square_sums(self.output, other.output),
-            output_grad=merge_square_sums(self.output_grad, other.output_grad),
+            output=merge_optional(self.output, other.output, SquareSum.merge),
+            output_grad=merge_optional(self.output_grad, other.output_grad, SquareSum.merge),
             output_nonfinite=self.output_nonfinite or other.output_nonfinite,
-            activation_counts=merge_counts(self.activation_counts, other.activation_counts),
+            activation_counts=merge_optional(self.activation_counts, other.activation_counts,
+                                             ActivationCounts.merge),
             io_features=self.io_features or other.io_features,
             steps=self.steps.merge(other.steps),
             entry_steps=self.entry_steps.merge(other.entry_steps),
-            update_to_weight=max_or_none(self.update_to_weight, other.update_to_weight),
+            update_to_weight=merge_optional(self.update_to_weight, other.update_to_weight, max),
             attention_scores=self.attention_scores or other.attention_scores,
             recurrent_cell=self.recurrent_cell or other.recurrent_cell,
         )

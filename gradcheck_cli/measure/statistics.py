@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import math
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -31,13 +34,6 @@ class SquareSum:
     def rms(self) -> float | None:
         """Root of the mean square (None over no element)."""
         return math.sqrt(self.total / self.count) if self.count else None
-
-
-def merge_square_sums(a: SquareSum | None, b: SquareSum | None) -> SquareSum | None:
-    """`a` and `b` together; None (nothing seen) is the identity."""
-    if a is None or b is None:
-        return a if b is None else b
-    return a.merge(b)
 
 
 @dataclass(frozen=True)
@@ -127,14 +123,8 @@ class ActivationCounts:
         return result
 
 
-def merge_counts(a: ActivationCounts | None, b: ActivationCounts | None) -> ActivationCounts | None:
+def merge_optional(a: T | None, b: T | None, combine: Callable[[T, T], T]) -> T | None:
+    """`combine(a, b)`, None (never measured) being the identity: merge_optional(x, None, f) is x."""
     if a is None or b is None:
         return a if b is None else b
-    return a.merge(b)
-
-
-def max_or_none(a: float | None, b: float | None) -> float | None:
-    """The larger of two maxima, None (never measured) being the identity."""
-    if a is None or b is None:
-        return a if b is None else b
-    return max(a, b)
+    return combine(a, b)
