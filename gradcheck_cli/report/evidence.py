@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from typing import Any
 
 from gradcheck_cli.report.records import FindingKind, Number
@@ -36,6 +37,12 @@ class Evidence(Mapping[str, Number]):
     """Base of every evidence record: its dict form, and Mapping access to it."""
 
     def as_dict(self) -> dict[str, Number]:
+        """The JSON evidence object (a new dict each call; the record stays frozen)."""
+        return dict(self._json)
+
+    @cached_property
+    def _json(self) -> dict[str, Number]:
+        """The dict form, built once: renderers read evidence key by key through the Mapping."""
         out: dict[str, Number] = {}
         for f in fields(self):
             value = getattr(self, f.name)
@@ -52,13 +59,13 @@ class Evidence(Mapping[str, Number]):
         return out
 
     def __getitem__(self, key: str) -> Number:
-        return self.as_dict()[key]
+        return self._json[key]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.as_dict())
+        return iter(self._json)
 
     def __len__(self) -> int:
-        return len(self.as_dict())
+        return len(self._json)
 
 
 # --- parts -----------------------------------------------------------------------------------
