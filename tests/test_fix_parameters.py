@@ -207,3 +207,14 @@ def test_recurrent_weights_expand_into_named_keys() -> None:
 def test_a_finding_read_back_from_json_keeps_its_plain_evidence() -> None:
     finding = Finding(FindingKind.VANISHING, "a", Severity.WARNING, "m", {"grad_norm": 1.0})
     assert recommend([finding], [], has_normalization=False) == []  # no typed evidence, nothing inferred
+
+
+def test_the_mapping_view_of_evidence_is_the_records_own_json_form() -> None:
+    """Renderers and Report.to_dict read evidence through the Mapping; a record whose JSON form is
+    not its fields (NonfiniteEvidence joins affected_layers) must read the same through it. A NaN
+    born in the loss affects no layer: affected_layers is "" and stays in the JSON."""
+    evidence = NonfiniteEvidence(nonfinite_grads=0, params=0, nonfinite_losses=3, affected_layers=(),
+                                 affected_count=0)
+    assert dict(evidence.items()) == evidence.as_dict()
+    assert evidence["affected_layers"] == "" and list(evidence)[:4] == [
+        "nonfinite_grads", "params", "nonfinite_losses", "affected_layers"]

@@ -36,13 +36,15 @@ def flag() -> Any:
 class Evidence(Mapping[str, Number]):
     """Base of every evidence record: its dict form, and Mapping access to it."""
 
-    def as_dict(self) -> dict[str, Number]:
-        """The JSON evidence object (a new dict each call; the record stays frozen)."""
-        return dict(self._json)
-
     @cached_property
     def _json(self) -> dict[str, Number]:
-        """The dict form, built once: renderers read evidence key by key through the Mapping."""
+        """The dict form (this record's own `as_dict`), built once: renderers read evidence key by
+        key through the Mapping."""
+        return self.as_dict()
+
+    def as_dict(self) -> dict[str, Number]:
+        """The JSON evidence object: fields in order, parts flattened (records override it where
+        their JSON form is not their fields')."""
         out: dict[str, Number] = {}
         for f in fields(self):
             value = getattr(self, f.name)
