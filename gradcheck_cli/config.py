@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+PRECISIONS = ("fp32", "bf16", "fp16")
 DEFAULT_FAIL_ON = ("exploding", "nonfinite")
 
 
@@ -28,9 +29,27 @@ class ScanConfig:
     """A .pt/.pth/.safetensors state_dict loaded into the built model before the probe."""
     timeout: float | None = None
     """Seconds one scan may take; None: no limit."""
+    # Fields below were added after the first release: the report's `config` object carries each
+    # only when it differs from its default, so that reports of scans that do not use them keep
+    # their bytes (docs/README: "config").
+    verify: bool = False
+    """Apply each recommendation to a copy of the model, probe it again and report before -> after."""
+    precision: str = "fp32"
+    """fp32 | bf16 | fp16: the probe's forward runs under torch.autocast in that dtype."""
+    loss_scale: float | str | None = None
+    """With fp16/bf16: a static loss scale (a number), "dynamic" (GradScaler semantics), or None."""
+    clip_grad_norm: float | None = None
+    """Clip the gradients of the probe's optimizer steps to this total norm (verify: clip-gradients)."""
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["input_shape"] = list(self.input_shape) if self.input_shape else None
         data["fail_on"] = list(self.fail_on)
+        for name in LATER_FIELDS:
+            if data[name] == getattr(ScanConfig, name):
+                del data[name]
         return data
+
+
+LATER_FIELDS = ("verify", "precision", "loss_scale", "clip_grad_norm")
+"""Written to the report's config only when set away from their default (ScanConfig.as_dict)."""

@@ -7,7 +7,7 @@ the package, so no torch, and fast.
   analyse/ and report/ never import torch. report/ imports the vocabulary, the package root (for
   __version__) and itself. analyse/ imports the vocabulary, the root, measure/records.py, report/
   and itself. measure/ imports the vocabulary, target/ and itself. target/ imports the vocabulary
-  and itself. The vocabulary imports only the vocabulary. Nothing imports cli/ but cli/ and
+  and itself. verify/ imports every stage but cli/. The vocabulary imports only the vocabulary. Nothing imports cli/ but cli/ and
   __main__.
 - No import cycles among the package's modules, counting module-level imports only (imports inside
   functions and under `if TYPE_CHECKING:` run later or never, so they cannot deadlock an import).
@@ -35,7 +35,7 @@ DATA_TABLES: frozenset[str] = frozenset()
 """Modules (dotted names) that are tables of data rather than code, allowed past MAX_MODULE_LINES."""
 
 VOCABULARY = frozenset(f"{PACKAGE}.{name}" for name in ("errors", "text", "config", "activations"))
-STAGES = ("cli", "target", "measure", "analyse", "report")
+STAGES = ("cli", "target", "measure", "analyse", "verify", "report")
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,7 @@ def _allowed(stage: str, target: str) -> bool:
         "measure": {"vocabulary", "target", "measure"},
         "analyse": {"vocabulary", "root", "analyse", "report"},
         "report": {"vocabulary", "root", "report"},
+        "verify": {"vocabulary", "root", "target", "measure", "analyse", "report", "verify"},
     }
     if stage == "analyse" and target == f"{PACKAGE}.measure.records":
         return True

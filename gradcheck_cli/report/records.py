@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from gradcheck_cli.report.parameters import Parameters
+    from gradcheck_cli.report.verification import CombinedVerification, Verification
 
 SCHEMA = "gradcheck/report@1"
 
@@ -121,6 +122,9 @@ class Recommendation:
     parameters: Parameters | None = None
     """What a program needs to apply it (report/parameters.py: one record per id); None for a
     recommendation written by hand. Not in the JSON document yet (see the README)."""
+    verification: Verification | None = None
+    """With --verify: before -> after of this recommendation applied alone (report/verification.py);
+    in the JSON document as the recommendation's `verification` object, absent without --verify."""
 
 
 @dataclass(frozen=True)
@@ -141,10 +145,13 @@ class Report:
     layers: tuple[LayerReport, ...]
     findings: tuple[Finding, ...]
     recommendations: tuple[Recommendation, ...]
+    verification: CombinedVerification | None = None
+    """With --verify and a recommendation to verify: the verified ones applied together; in the
+    JSON document as the top-level `verification` object, absent otherwise."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of schema gradcheck/report@1 (non-finite numbers become strings)."""
-        return {
+        document = {
             "schema": SCHEMA,
             "tool": {"name": "gradcheck", "version": self.tool_version},
             "target": self.target,
@@ -162,12 +169,19 @@ class Report:
                 }
                 for f in self.findings
             ],
-            "recommendations": [
-                {"id": r.id.value, "title": r.title, "layers": list(r.layers), "why": r.why,
-                 "code": r.code}
-                for r in self.recommendations
-            ],
+            "recommendations": [_recommendation_dict(r) for r in self.recommendations],
         }
+        if self.verification is not None:
+            document["verification"] = self.verification.as_dict()
+        return document
+
+
+def _recommendation_dict(rec: Recommendation) -> dict[str, Any]:
+    data: dict[str, Any] = {"id": rec.id.value, "title": rec.title, "layers": list(rec.layers), "why": rec.why,
+                            "code": rec.code}
+    if rec.verification is not None:
+        data["verification"] = rec.verification.as_dict()
+    return data
 
 
 def _layer_dict(layer: LayerReport) -> dict[str, Any]:
