@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from gradcheck_cli.config import ScanConfig
+    from gradcheck_cli.measure.function_patch import Rewrite
     from gradcheck_cli.measure.records import Measurements
     from gradcheck_cli.report.records import Recommendation, Report
 
@@ -41,6 +42,9 @@ class Patch:
     """ScanConfig overrides for the "before" probe when it differs from the scan's own (clip-gradients
     with a scan that took no steps: the before is the same steps without clipping). Empty: the scan's
     report is the before."""
+    loss_rewrite: Rewrite | None = None
+    """A function-level patch of the loss computation (measure/function_patch.py), for a guard
+    whose op ran in the loss ("(loss)"); the re-probe runs the loss inside it."""
     renamed: dict[str, str] = field(default_factory=dict)
     """Layer names that changed in the copy (old -> new), so that before and after are compared
     layer by layer. Appliers keep names where they can."""
