@@ -60,6 +60,10 @@ BaselineOption = Annotated[Path | None, typer.Option(
 WriteBaselineOption = Annotated[Path | None, typer.Option(
     "--write-baseline", help="Write every finding of this run to FILE, for a later --baseline.",
     dir_okay=False, show_default=False)]
+VerifyOption = Annotated[bool | None, typer.Option(
+    "--verify/--no-verify", help="Apply each recommendation to a copy of the model, probe it again with the same "
+                                 "batches and seed, and report before -> after (the model itself is never "
+                                 "changed). [default: off]", show_default=False)]
 ExitZeroOption = Annotated[bool, typer.Option(
     "--exit-zero", help="Exit 0 even when findings fail the gate (errors still exit 2).")]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Print every stage of every scan on stderr.")]
@@ -108,12 +112,14 @@ def scan(
         help="Load weights before the scan: a .pt/.pth state_dict (read with weights_only=True) or "
              ".safetensors file.", show_default=False)] = None,
     timeout: Annotated[float | None, typer.Option(
-        help="Stop the scan after this many seconds (exit 2, naming the running stage).",
+        help="Stop the scan after this many seconds (exit 2, naming the running stage); covers --verify.",
         show_default=False)] = None,
+    verify: VerifyOption = None,
     output_format: FormatOption = "table",
     output: OutputOption = None,
     fail_on: Annotated[str | None, typer.Option(
-        help="Comma-separated statuses/finding kinds that make the exit code 1, or 'any'/'none'. "
+        help="Comma-separated statuses/finding kinds that make the exit code 1, 'unverified' (a "
+             "recommendation --verify did not prove), or 'any'/'none'. "
              f"[default: {','.join(DEFAULT_FAIL_ON)}]", show_default=False)] = None,
     baseline: BaselineOption = None,
     write_baseline: WriteBaselineOption = None,
@@ -137,7 +143,7 @@ def scan(
         resolved = _resolve_settings(_command_line_layer(
             batches=batches, batch_size=batch_size, seed=seed, device=device, steps=steps,
             optimizer=optimizer, lr=lr, input_shape=input_shape, fail_on=fail_on,
-            checkpoint=checkpoint, timeout=timeout))
+            checkpoint=checkpoint, timeout=timeout, verify=verify))
         if show_config:
             from gradcheck_cli.cli.settings import show_config_text
 
@@ -180,11 +186,12 @@ def run(
     timeout: Annotated[float | None, typer.Option(
         help="Stop a scan after this many seconds (that scan errors, the others run), for every scan.",
         show_default=False)] = None,
+    verify: VerifyOption = None,
     output_format: FormatOption = "table",
     output: OutputOption = None,
     fail_on: Annotated[str | None, typer.Option(
-        help="Comma-separated statuses/finding kinds that make the exit code 1, or 'any'/'none', "
-             "for every scan.", show_default=False)] = None,
+        help="Comma-separated statuses/finding kinds that make the exit code 1, 'unverified' (needs "
+             "--verify), or 'any'/'none', for every scan.", show_default=False)] = None,
     baseline: BaselineOption = None,
     write_baseline: WriteBaselineOption = None,
     exit_zero: ExitZeroOption = False,
@@ -208,7 +215,7 @@ def run(
         options = _output_options(output_format, output, baseline, write_baseline, exit_zero, quiet, no_color)
         plan = _recipe_plan(recipe, _command_line_layer(
             batches=batches, batch_size=batch_size, seed=seed, device=device, steps=steps,
-            optimizer=optimizer, lr=lr, input_shape=None, fail_on=fail_on, timeout=timeout))
+            optimizer=optimizer, lr=lr, input_shape=None, fail_on=fail_on, timeout=timeout, verify=verify))
     except UserError as exc:
         _fail(str(exc), exc, debug)
     if show_config:
@@ -241,11 +248,16 @@ def _recipe_plan(recipe: str, command_line: Layer) -> list[tuple[RecipeScan, Res
     """Each scan of the recipe with its settings: command line > scan > recipe defaults > pyproject."""
     from gradcheck_cli.cli.pyproject import pyproject_layer
     from gradcheck_cli.cli.recipes import load_recipe
-    from gradcheck_cli.cli.settings import resolve
+    from gradcheck_cli.cli.settings import resolve, unverified_gate_error
 
     project, _ = pyproject_layer()
-    return [(scan, resolve(project, scan.defaults, scan.overrides, command_line))
+    plan = [(scan, resolve(project, scan.defaults, scan.overrides, command_line))
             for scan in load_recipe(recipe).scans]
+    for scan, settings in plan:
+        problem = unverified_gate_error(settings)
+        if problem is not None:
+            raise UserError(f"scan '{scan.name}': {problem}")
+    return plan
 
 
 def _output_options(output_format: str, output: Path | None, baseline: Path | None,
@@ -366,10 +378,14 @@ def _command_line_layer(**given: Any) -> Layer:
 def _resolve_settings(command_line: Layer) -> Resolved:
     """`gradcheck scan`: command line > nearest pyproject.toml [tool.gradcheck] > built-in defaults."""
     from gradcheck_cli.cli.pyproject import pyproject_layer
-    from gradcheck_cli.cli.settings import resolve
+    from gradcheck_cli.cli.settings import resolve, unverified_gate_error
 
     project, _ = pyproject_layer()
-    return resolve(project, command_line)
+    resolved = resolve(project, command_line)
+    problem = unverified_gate_error(resolved)
+    if problem is not None:
+        raise UserError(problem)
+    return resolved
 
 
 def _user_code_output(quiet: bool) -> AbstractContextManager[None]:

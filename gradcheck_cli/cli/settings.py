@@ -22,7 +22,7 @@ from typing import Any
 
 from gradcheck_cli.analyse.thresholds import REGISTRY, ThresholdEntry, Thresholds, check_value
 from gradcheck_cli.config import OPTIMIZERS, ScanConfig
-from gradcheck_cli.report.gate import valid_fail_on_words
+from gradcheck_cli.report.gate import UNVERIFIED, valid_fail_on_words
 
 Path_ = tuple[str | int, ...]
 """Where a value sits inside a configuration document: ("scans", 1, "optimizer", "lr")."""
@@ -182,6 +182,13 @@ def _input_shape(value: Any) -> tuple[int, ...]:
     return tuple(parts)
 
 
+def _bool(value: Any) -> bool:
+    # Only a real boolean: `verify: yes` is one in YAML 1.1, but "false" (a string) or 0 is a mistake.
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {shown(value)}")
+    return value
+
+
 def _path(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"expected a file path, got {shown(value)}")
@@ -232,6 +239,7 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in [
     Setting("optimizer.lr", _positive_float, "learning rate for steps", "--lr"),
     Setting("fail_on", _fail_on, "finding kinds/statuses that fail the gate", "--fail-on"),
     Setting("timeout", _timeout, "seconds one scan may take", "--timeout"),
+    Setting("verify", _bool, "apply each recommendation to a copy and probe it again", "--verify"),
     Setting("input_shape", _input_shape, "per-sample input shape", "--input-shape", per_scan=True),
     Setting("checkpoint", _path, "state_dict loaded before the probe", "--checkpoint", per_scan=True),
     *_threshold_settings(),
@@ -327,7 +335,7 @@ def builtin_layer() -> Layer:
     values: dict[str, Any] = {
         "batches": config.batches, "batch_size": config.batch_size, "seed": config.seed,
         "device": config.device, "steps": config.steps, "optimizer.name": config.optimizer,
-        "optimizer.lr": config.lr, "fail_on": config.fail_on, "timeout": config.timeout,
+        "optimizer.lr": config.lr, "fail_on": config.fail_on, "timeout": config.timeout, "verify": config.verify,
         "input_shape": config.input_shape, "checkpoint": config.checkpoint,
     }
     values.update({f"thresholds.{f.name}": getattr(thresholds, f.name) for f in fields(Thresholds)})
@@ -347,7 +355,7 @@ class Resolved:
             batches=v["batches"], batch_size=v["batch_size"], seed=v["seed"], device=v["device"],
             steps=v["steps"], optimizer=v["optimizer.name"], lr=v["optimizer.lr"],
             input_shape=v["input_shape"], fail_on=v["fail_on"], checkpoint=v["checkpoint"],
-            timeout=v["timeout"])
+            timeout=v["timeout"], verify=v["verify"])
 
     def thresholds(self) -> Thresholds:
         return replace(Thresholds(), **{f.name: self.values[f"thresholds.{f.name}"].value
@@ -356,6 +364,16 @@ class Resolved:
     def rows(self) -> list[tuple[str, str, str]]:
         """(key, value as text, source) for --show-config, in table order."""
         return [(key, value_text(self.values[key].value), self.values[key].source) for key in SETTINGS]
+
+
+def unverified_gate_error(resolved: Resolved) -> str | None:
+    """The message when fail_on holds "unverified" but verify is off: that gate judges the statuses
+    --verify measures, and without it there are none (every recommendation would fail it)."""
+    fail_on, verify = resolved.values["fail_on"], resolved.values["verify"]
+    if UNVERIFIED not in fail_on.value or verify.value:
+        return None
+    return (f"--fail-on unverified needs --verify (fail_on is set by {fail_on.source}); add --verify, "
+            "or verify: true in the recipe or [tool.gradcheck]")
 
 
 def resolve(*layers: Layer) -> Resolved:
@@ -369,6 +387,8 @@ def resolve(*layers: Layer) -> Resolved:
 def value_text(value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"  # as a recipe or pyproject.toml writes it
     if isinstance(value, tuple) and all(isinstance(v, int) for v in value):
         return "x".join(str(v) for v in value)
     if isinstance(value, tuple):

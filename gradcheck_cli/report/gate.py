@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from gradcheck_cli.report.records import Finding, FindingKind, Report, ScanResult, Status
+from gradcheck_cli.report.records import Finding, FindingKind, Recommendation, Report, ScanResult, Status
+from gradcheck_cli.report.verification import VerificationStatus
 
-FAIL_ON_WORDS = ("any", "none")
+UNVERIFIED = "unverified"
+"""The --fail-on word for advice that is not proven: a recommendation whose --verify status is not
+"verified" fails the gate (it needs --verify; the command line checks that)."""
+FAIL_ON_WORDS = ("any", "none", UNVERIFIED)
 
 # A status in --fail-on covers every finding kind of that family: "exploding" also fails an RNN
 # that explodes through time, "nonfinite" also fails a batch that arrives with NaN.
@@ -45,10 +49,21 @@ def failing_findings(report: Report, known: frozenset[str] = frozenset()) -> lis
     return [f for f in report.findings if matches(f, fail_on) and fingerprint(f) not in known]
 
 
+def unverified_recommendations(report: Report) -> list[Recommendation]:
+    """With "unverified" in the report's fail_on (and not "none"): the recommendations that --verify
+    did not prove (status other than "verified", or no verification at all). A baseline accepts
+    findings, not advice, so it does not change this list."""
+    fail_on = set(report.config.get("fail_on", ()))
+    if UNVERIFIED not in fail_on or "none" in fail_on:
+        return []
+    return [rec for rec in report.recommendations
+            if rec.verification is None or rec.verification.status is not VerificationStatus.VERIFIED]
+
+
 def fails(report: Report, known: frozenset[str] = frozenset()) -> bool:
     """Whether the report fails its gate. A non-finite or exploding verdict always has a finding
-    of its family, so the findings decide."""
-    return bool(failing_findings(report, known))
+    of its family, so the findings decide; with "unverified", so does unproven advice."""
+    return bool(failing_findings(report, known)) or bool(unverified_recommendations(report))
 
 
 def scan_exit_code(result: ScanResult, known: frozenset[str] = frozenset()) -> int:
