@@ -9,6 +9,7 @@ derived values (grad_norms, output_rms, ...) as properties.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -35,6 +36,59 @@ class RecurrentWeight:
     bound: float
     """1/gamma, gamma the bound on the activation's derivative (tanh, relu: 1; sigmoid: 4):
     below it the gradient must vanish through time (Pascanu et al. 2013)."""
+
+
+LOG2_LOW = -160
+"""Headroom.grad_log2_counts: the exponent of its first bin (everything below is counted there)."""
+LOG2_HIGH = 40
+"""Headroom.grad_log2_counts: the exponent of its last bin (everything above is counted there)."""
+UPDATE_RESOLUTION = 2.0 ** -8
+"""A bf16 weight keeps 8 significant bits: an update below 2^-8 of the weight rounds away."""
+
+
+@dataclass(frozen=True)
+class Headroom:
+    """Per layer, what mixed precision needs to know (measure/headroom.py; docs/architecture.md).
+
+    Measured in every precision: from an fp32 probe it predicts what fp16/bf16 would do, from an
+    fp16/bf16 probe it is what the autocast forward and backward actually produced. The gradients
+    are UNSCALED: under a loss scale S (Measurements.loss_scale, final_loss_scale) the backward ran
+    at S * g and the hooks divide by S before counting, so an element that the fp16 backward
+    flushed to zero at that scale is counted in `grad_zero`, and one that survived has its true
+    exponent. A candidate scale S' shifts the exponents by log2 S'.
+    """
+
+    activation_max_abs: float
+    """Largest |x| of the layer's outputs over the probe batches (NaN elements left out; Inf kept)."""
+    grad_max_abs: float
+    """Largest |g| of the (unscaled) gradient arriving at the layer's output (NaN left out)."""
+    grad_log2_counts: tuple[int, ...]
+    """Histogram of floor(log2 |g|) over the nonzero finite output-gradient elements (the activation
+    gradients: what runs in fp16 in the backward): bin k counts exponent LOG2_LOW + k, for
+    LOG2_HIGH - LOG2_LOW + 1 bins, the exponents outside clamped into the first and last bin."""
+    grad_zero: int
+    """Output-gradient elements that were exactly zero."""
+    grad_count: int
+    """All output-gradient elements counted (zero, nonzero finite and NaN/Inf)."""
+    update_small: int | None = None
+    """Weight elements whose update |Δw_i| is below UPDATE_RESOLUTION * |w_i| (lost in a bf16
+    weight), among `update_count`."""
+    update_count: int | None = None
+    """Weight elements with a nonzero update, one count per probe batch: the optimizer's first step
+    predicted from that batch's gradients (SGD: lr * |g_i|; Adam/AdamW: lr * |g_i| / (|g_i| + eps)
+    plus AdamW's decay); None: no estimate (no trainable weight got a gradient)."""
+
+    def merge(self, other: Headroom) -> Headroom:
+        """Both sessions' headroom: maxima of the maxima, counts added."""
+        return Headroom(
+            activation_max_abs=max(self.activation_max_abs, other.activation_max_abs),
+            grad_max_abs=max(self.grad_max_abs, other.grad_max_abs),
+            grad_log2_counts=tuple(a + b for a, b in zip(self.grad_log2_counts, other.grad_log2_counts)),
+            grad_zero=self.grad_zero + other.grad_zero,
+            grad_count=self.grad_count + other.grad_count,
+            update_small=merge_optional(self.update_small, other.update_small, operator.add),
+            update_count=merge_optional(self.update_count, other.update_count, operator.add),
+        )
 
 
 @dataclass(frozen=True)
@@ -93,6 +147,9 @@ class LayerMeasurement:
     per step, |Δw| / |w| (lr * |g| / |w| for SGD; measured around optimizer.step() otherwise)."""
     attention_scores: bool = False
     """The layer's output feeds a softmax over scores (a query/key projection; attention_scores.py)."""
+    headroom: Headroom | None = None
+    """Mixed-precision headroom of the layer's outputs, output gradients and updates (None: not
+    measured: a layer that never ran, or measurements built without the scan's probe)."""
 
     @property
     def weight_norm(self) -> float:
@@ -148,6 +205,7 @@ class LayerMeasurement:
             update_to_weight=merge_optional(self.update_to_weight, other.update_to_weight, max),
             attention_scores=self.attention_scores or other.attention_scores,
             recurrent_cell=self.recurrent_cell or other.recurrent_cell,
+            headroom=merge_optional(self.headroom, other.headroom, Headroom.merge),
         )
 
 
@@ -215,6 +273,15 @@ class Measurements:
     ratio |Δw| / |w| (NaN when no layer's ratio was finite)."""
     batches: int = 0
     """Batches whose gradients were measured (one per on_batch)."""
+    precision: str = "fp32"
+    """The probe's autocast dtype: fp32 (no autocast), bf16 or fp16 (measure/precision.py)."""
+    loss_scale: float | None = None
+    """The loss scale the probe started with (--loss-scale; 65536 for "dynamic"); None: unscaled."""
+    scale_overflows: int = 0
+    """Dynamic loss scale: the steps a GradScaler would have skipped (gradients Inf/NaN at the scale
+    of the time, which was then halved); the probe re-ran those batches at the halved scale."""
+    final_loss_scale: float | None = None
+    """The loss scale after the last probe batch (the static scale, or where the dynamic one ended)."""
 
     def merge(self, other: Measurements) -> Measurements:
         """The measurements of one session that saw this one's batches, then `other`'s.
@@ -226,7 +293,9 @@ class Measurements:
         weights (weight_sq, weight_std, bias_mean, recurrent_weights) is the later side's, `other`.
         Losses, loss traces, step rounds and updates concatenate; flags OR; residual modules unite;
         the first NaN/Inf origin, first gradient norm and first step update are this side's when it
-        has one. Merging is associative, and a session of no batches is its identity.
+        has one. Headroom: maxima of the maxima, counts added; scale overflows add, the initial
+        loss scale is this side's and the final one `other`'s. Merging is associative, and a
+        session of no batches is its identity.
         """
         theirs = {layer.name: layer for layer in other.layers}
         mine = {layer.name for layer in self.layers}
@@ -247,4 +316,9 @@ class Measurements:
             step_rounds=self.step_rounds + other.step_rounds,
             step_updates=self.step_updates + other.step_updates,
             batches=self.batches + other.batches,
+            precision=self.precision if self.precision != "fp32" else other.precision,
+            loss_scale=self.loss_scale if self.loss_scale is not None else other.loss_scale,
+            scale_overflows=self.scale_overflows + other.scale_overflows,
+            final_loss_scale=other.final_loss_scale if other.final_loss_scale is not None
+            else self.final_loss_scale,
         )
