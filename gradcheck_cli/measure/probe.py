@@ -143,7 +143,8 @@ def _probe_batch(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: An
             _refuse_steps_with_unbuilt_lazy(session)
             run.as_built = session.layer_measurements(watchers=False)
         stage("optimizer steps", number, config.batches)
-        stepped = take_steps(session, forward, run.optimizer, config.steps, grads, run.update_rows)
+        stepped = take_steps(session, forward, run.optimizer, config.steps, grads, run.update_rows,
+                             config.clip_grad_norm)
         run.step_losses.extend(stepped[:-1])
         run.trace.extend(stepped[:-1])
         run.step_rounds.append((facts.loss, *stepped))

@@ -1,7 +1,10 @@
 """--steps: the scan's optimizer steps between probe batches, and the update/weight ratios.
 
 The steps run with the session paused (they are no probe); each one records, per layer, the
-relative change of the weights |Δw| / |w|, and the loss on the same batch after the step.
+relative change of the weights |Δw| / |w|, and the loss on the same batch after the step. With
+config.clip_grad_norm (verify: clip-gradients, docs/fixes/clip-gradients.md) the gradients are
+clipped before each step exactly as torch.nn.utils.clip_grad_norm_ clips them, so the update
+ratios are those of the clipped steps.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ def make_optimizer(config: ScanConfig, params: list[nn.Parameter]) -> torch.opti
 
 
 def take_steps(session: MeasurementSession, forward_loss: ForwardLoss, optimizer: torch.optim.Optimizer,
-               steps: int, grads: tuple[torch.Tensor | None, ...], update_rows: list[torch.Tensor]) -> list[float]:
+               steps: int, grads: tuple[torch.Tensor | None, ...], update_rows: list[torch.Tensor],
+               clip_grad_norm: float | None = None) -> list[float]:
     """`steps` optimizer steps on the current batch, the first with the probe's own gradients.
 
     Returns the loss on this batch after each step, the last one included (the descent lemma is a
@@ -36,6 +40,7 @@ def take_steps(session: MeasurementSession, forward_loss: ForwardLoss, optimizer
     probes. Appends to `update_rows` one device tensor per step: each layer's update/weight ratio
     |Δw| / |w|. Plain SGD moves the weights by exactly lr * g, so there it is lr * |g| / |w|, with
     no copy; adaptive optimizers rescale g per element, so the change is measured around step().
+    With `clip_grad_norm`, every step's gradients are clipped to that total norm first.
     """
     params = session.trainable
     plain_sgd = isinstance(optimizer, torch.optim.SGD)
@@ -48,12 +53,27 @@ def take_steps(session: MeasurementSession, forward_loss: ForwardLoss, optimizer
     losses = []
     with session.paused():
         for step in range(steps):
+            if clip_grad_norm is not None:
+                grads = clip_gradients(grads, clip_grad_norm)
             update_rows.append(_step(session, optimizer, grads, plain_sgd))
             loss = forward_loss()
             losses.append(float(loss.detach()))
             if step < steps - 1:
                 grads = gradients(loss, params)
     return losses
+
+
+def clip_gradients(grads: tuple[torch.Tensor | None, ...], max_norm: float) -> tuple[torch.Tensor | None, ...]:
+    """The gradients scaled as torch.nn.utils.clip_grad_norm_(params, max_norm) scales them: by
+    max_norm / (total + 1e-6), capped at 1, with `total` the L2 norm over all of them. New tensors:
+    the probe's own gradients stay as measured. torch refuses sparse gradients there (no sparse
+    norm kernel); their coalesced values have the same norm, so they are counted by those."""
+    given = [g for g in grads if g is not None]
+    if not given:
+        return grads
+    total = torch.nn.utils.get_total_norm([g.coalesce().values() if g.is_sparse else g for g in given])
+    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    return tuple(None if g is None else g * scale.to(g.device) for g in grads)
 
 
 def _step(session: MeasurementSession, optimizer: torch.optim.Optimizer,
