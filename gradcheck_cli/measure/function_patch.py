@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -48,3 +49,58 @@ def patch_forward(module: nn.Module, rewrite: Rewrite) -> None:
         with FunctionPatch(rewrite):
             return original(*args, **kwargs)
     module.forward = forward  # type: ignore[method-assign]
+
+
+class LayerTrace:
+    """Where a forward of a model copy is, as the measurement session sees it: the module running
+    innermost (`running`) and the layer that finished last (`last`, the producer of a functional
+    activation: activation_watch.py), so that a rewrite can swap only the calls a given module
+    makes itself on the output of given layers.
+
+    Layers are the modules owning parameters directly (session.own_params). The hooks stay on the
+    copy, like the patched forward; each forward of the root starts afresh.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        from gradcheck_cli.measure.session import own_params
+
+        self.last: str | None = None
+        self.stack: list[str] = []
+        model.register_forward_pre_hook(self._start)
+        layers = {id(module) for _, module, _ in own_params(model)[1]}
+        for name, module in model.named_modules():
+            module.register_forward_pre_hook(_Entered(self, name or "(root)"))
+            module.register_forward_hook(_Left(self, name or "(root)", id(module) in layers))
+
+    @property
+    def running(self) -> str | None:
+        return self.stack[-1] if self.stack else None
+
+    def _start(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if not self.stack:  # the root's own call, not a recursive one
+            self.last = None
+
+
+class _Entered:
+    """A module's pre-hook for LayerTrace (an object, not a closure, so that a deep copy of the
+    model copies the trace with it)."""
+
+    def __init__(self, trace: LayerTrace, name: str) -> None:
+        self.trace = trace
+        self.name = name
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        self.trace.stack.append(self.name)
+
+
+class _Left:
+    def __init__(self, trace: LayerTrace, name: str, layer: bool) -> None:
+        self.trace = trace
+        self.name = name
+        self.layer = layer
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if self.trace.stack and self.trace.stack[-1] == self.name:
+            self.trace.stack.pop()
+        if self.layer and isinstance(output, torch.Tensor) and output.is_floating_point():
+            self.trace.last = self.name
