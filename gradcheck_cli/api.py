@@ -88,7 +88,16 @@ def _scan(target: str | Target, config: ScanConfig, thresholds: Thresholds, stag
     torch.set_grad_enabled(True)  # build_model may have switched it off: the probe needs it
     measurements = run_probe(model, make_batch, resolved.loss_fn, config, stage)
     stage("analysing the measurements", 0, config.batches)
-    return analyse(measurements, config, thresholds, target=resolved.name)
+    report = analyse(measurements, config, thresholds, target=resolved.name)
+    if not config.verify:
+        return report
+    from gradcheck_cli.verify.copy import ModelCopier
+    from gradcheck_cli.verify.run import verify_report
+
+    # Every patch goes to a copy of the model as built (and loaded), never to the model itself.
+    copier = ModelCopier(model, resolved.build_model, config.seed,
+                         (checkpoint, config.checkpoint) if checkpoint is not None and config.checkpoint else None)
+    return verify_report(report, measurements, copier, make_batch, resolved.loss_fn, config, thresholds, stage)
 
 
 def _validate(config: ScanConfig) -> None:
