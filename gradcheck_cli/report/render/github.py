@@ -2,7 +2,9 @@
 
 One line per finding: ``::error`` for a finding that fails the gate, ``::warning`` for another
 error or warning, ``::notice`` for information and for findings a baseline accepts; one
-``::error`` per scan that could not run. ``file=`` names the model file when the target is one.
+``::error`` per scan that could not run. With --verify, one ``::notice`` per recommendation with
+what its verification measured (``::error`` when ``--fail-on unverified`` fails on it) and one
+for the verified set applied together. ``file=`` names the model file when the target is one.
 Values are escaped as the Actions runner unescapes them (actions/toolkit, command.ts): in the
 message ``%``, CR and LF; in properties also ``:`` and ``,``.
 """
@@ -11,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gradcheck_cli.report.gate import fingerprint
-from gradcheck_cli.report.records import Finding, ScanResult, Severity
+from gradcheck_cli.report.gate import fingerprint, unverified_recommendations
+from gradcheck_cli.report.records import Finding, Report, ScanResult, Severity
 from gradcheck_cli.report.render.common import gate_fingerprints, target_file, visible, where
+from gradcheck_cli.report.render.verified import combined_text, status_text, verification_text, verified_report
 
 
 def escape_data(text: str) -> str:
@@ -51,7 +54,22 @@ def render_github(results: Sequence[ScanResult], known: frozenset[str] = frozens
             if len(results) > 1:
                 title += f" (scan {result.name})"
             lines.append(command(level, finding.message, title=title, **location))
+        if verified_report(result.report):
+            scan = f" (scan {result.name})" if len(results) > 1 else ""
+            lines += _verification_lines(result.report, scan, location)
     return "".join(line + "\n" for line in lines)
+
+
+def _verification_lines(report: Report, scan: str, location: dict[str, str]) -> list[str]:
+    """What --verify measured, per recommendation, and the combined line."""
+    failing = unverified_recommendations(report)
+    lines = [command("error" if rec in failing else "notice", verification_text(rec.verification),
+                     title=f"gradcheck: {rec.id.value} {status_text(rec.verification)}{scan}", **location)
+             for rec in report.recommendations]
+    if report.verification is not None:
+        lines.append(command("notice", combined_text(report.verification),
+                             title=f"gradcheck: verified fixes applied together{scan}", **location))
+    return lines
 
 
 def _level(finding: Finding, failing: set[str], known: frozenset[str]) -> tuple[str, str]:

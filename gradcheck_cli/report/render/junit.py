@@ -4,7 +4,11 @@
 failure when the scan fails its gate, an error when the scan could not run) and one testcase per
 finding that fails the gate, named by its fingerprint (kind:layer, stable from run to run so CI
 history lines up), with the finding's message as the failure message and its evidence as the
-body. A finding the baseline knows is a skipped testcase, never a failure. The count attributes
+body. A finding the baseline knows is a skipped testcase, never a failure. With --verify, the gate
+testcase's ``<system-out>`` lists what each recommendation's verification measured and the verified
+set applied together, a finding's failure text names the recommendations that answer it with their
+measurement, and recommendations that ``--fail-on unverified`` fails on are named in the gate's
+failure. The count attributes
 (tests, failures, errors, skipped) are computed from the testcases written.
 Control characters in any text (an ANSI colour
 code in a user's error message) are written as visible escapes (common.visible): XML 1.0 cannot
@@ -16,9 +20,16 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
-from gradcheck_cli.report.gate import failing_findings, fingerprint, matches, scan_exit_code
-from gradcheck_cli.report.records import Finding, ScanResult
+from gradcheck_cli.report.gate import (
+    failing_findings,
+    fingerprint,
+    matches,
+    scan_exit_code,
+    unverified_recommendations,
+)
+from gradcheck_cli.report.records import Finding, Recommendation, Report, ScanResult
 from gradcheck_cli.report.render.common import format_number, visible
+from gradcheck_cli.report.render.verified import answering, combined_text, fix_note, verified_report
 
 
 def render_junit(results: Sequence[ScanResult], known: frozenset[str] = frozenset()) -> str:
@@ -54,14 +65,11 @@ def _suite(result: ScanResult, known: frozenset[str]) -> ET.Element:
         gated = [f for f in report.findings if matches(f, fail_on)]
         failing = failing_findings(report, known)
         if code == 1:
-            names = ", ".join(fingerprint(f) for f in failing)
-            failure = ET.SubElement(
-                gate, "failure", type="gate",
-                message=f"verdict {report.verdict.value}: {len(failing)} finding(s) fail the gate "
-                        f"(fail_on: {','.join(fail_on)}): {names}")
-            failure.text = "\n".join(f"{fingerprint(f)}: {f.message}" for f in failing)
+            _gate_failure(gate, report, failing)
         for finding in gated:
-            suite.append(_finding_case(finding, result.name, known))
+            suite.append(_finding_case(finding, result.name, known, report.recommendations))
+        if verified_report(report):
+            ET.SubElement(gate, "system-out").text = _verification_text(report)
     cases = suite.findall("testcase")
     suite.set("tests", str(len(cases)))
     suite.set("failures", str(sum(1 for case in cases if case.find("failure") is not None)))
@@ -70,7 +78,33 @@ def _suite(result: ScanResult, known: frozenset[str]) -> ET.Element:
     return suite
 
 
-def _finding_case(finding: Finding, classname: str, known: frozenset[str]) -> ET.Element:
+def _gate_failure(gate: ET.Element, report: Report, failing: list[Finding]) -> None:
+    fail_on = ",".join(report.config.get("fail_on", ()))
+    reasons, lines = [], []
+    if failing:
+        reasons.append(f"{len(failing)} finding(s) fail the gate (fail_on: {fail_on}): "
+                       + ", ".join(fingerprint(f) for f in failing))
+        lines += [f"{fingerprint(f)}: {f.message}" for f in failing]
+    unproven = unverified_recommendations(report)
+    if unproven:  # only with --fail-on unverified: every other gate's message stays as it was
+        reasons.append(f"{len(unproven)} recommendation(s) not verified (fail_on: {fail_on}): "
+                       + ", ".join(rec.id.value for rec in unproven))
+        lines += [fix_note(rec) for rec in unproven]
+    failure = ET.SubElement(gate, "failure", type="gate",
+                            message=f"verdict {report.verdict.value}: " + "; ".join(reasons))
+    failure.text = "\n".join(lines)
+
+
+def _verification_text(report: Report) -> str:
+    """--verify's measurements: one line per recommendation, then the combined line."""
+    lines = [fix_note(rec) for rec in report.recommendations]
+    if report.verification is not None:
+        lines.append(combined_text(report.verification))
+    return "\n".join(lines)
+
+
+def _finding_case(finding: Finding, classname: str, known: frozenset[str],
+                  recommendations: tuple[Recommendation, ...] = ()) -> ET.Element:
     case = ET.Element("testcase", name=fingerprint(finding), classname=classname)
     if fingerprint(finding) in known:
         ET.SubElement(case, "skipped", message="baselined: a known finding, accepted by --baseline")
@@ -78,6 +112,8 @@ def _finding_case(finding: Finding, classname: str, known: frozenset[str]) -> ET
     failure = ET.SubElement(case, "failure", message=finding.message, type=finding.kind.value)
     evidence = ", ".join(f"{key}={_value(value)}" for key, value in finding.evidence.items())
     failure.text = f"severity: {finding.severity.value}\nevidence: {evidence or '-'}"
+    for rec in answering(finding, recommendations):
+        failure.text += f"\nrecommendation: {fix_note(rec)}"
     return case
 
 

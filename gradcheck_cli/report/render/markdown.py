@@ -18,6 +18,15 @@ from collections.abc import Sequence
 from gradcheck_cli.report.gate import fingerprint
 from gradcheck_cli.report.records import Report, ScanResult, Status
 from gradcheck_cli.report.render.common import format_number, gate_fingerprints, outcome, visible, where
+from gradcheck_cli.report.render.verified import (
+    DID_NOT_HELP,
+    NOT_VERIFIED,
+    combined_text,
+    group_recommendations,
+    probe_text,
+    verification_text,
+    verified_report,
+)
 
 OUTCOME_MARKS = {"pass": "✅ pass", "fail": "❌ fail", "error": "⚠️ error"}
 
@@ -87,7 +96,9 @@ def _scan_section(result: ScanResult, known: frozenset[str], level: int) -> str:
                          f"{cell(finding.message)} | {gate} |")
     else:
         lines += ["", "No findings: every layer's gradient is in the healthy range."]
-    if report.recommendations:
+    if report.recommendations and verified_report(report):
+        lines += _verified_recommendations(report)
+    elif report.recommendations:
         lines += ["", f"**Recommendations ({len(report.recommendations)}, most effective first)**", ""]
         for rank, rec in enumerate(report.recommendations, start=1):
             layers = ", ".join(code_span(name) for name in rec.layers)
@@ -100,6 +111,31 @@ def _scan_section(result: ScanResult, known: frozenset[str], level: int) -> str:
         lines.append("")
     lines.append(_layer_details(report))
     return "\n".join(lines)
+
+
+def _verified_recommendations(report: Report) -> list[str]:
+    """With --verify: the fixes that helped, then apart (never as a fix, no snippet) those measured
+    not to help, those that could not be verified, and the verified set applied together."""
+    groups = group_recommendations(report.recommendations)
+    lines = ["", f"**Recommendations ({len(report.recommendations)}, {probe_text(report)})**", ""]
+    if not groups.fixes:
+        lines += ["None of them helped when measured.", ""]
+    for heading, entries, show_code in ((None, groups.fixes, True), (DID_NOT_HELP, groups.did_not_help, False),
+                                        (NOT_VERIFIED, groups.not_verified, True)):
+        if heading is not None and entries:
+            lines += [f"**{heading.capitalize()} ({len(entries)})**", ""]
+        for rank, rec in entries:
+            layers = ", ".join(code_span(name) for name in rec.layers)
+            lines.append(f"{rank}. **{rec.id.value}**: {rec.title}" + (f" — layers: {layers}" if layers else ""))
+            lines.append(f"   <br>why: {rec.why}")
+            lines.append(f"   <br>{cell(verification_text(rec.verification))}")
+            if show_code and rec.code.strip():
+                lines += ["", _indent(code_block(rec.code), 3)]
+            lines.append("")
+    if report.verification is not None:
+        combined = combined_text(report.verification)
+        lines += [f"**{cell(combined[:1].upper() + combined[1:])}**", ""]
+    return lines
 
 
 def _probe_line(report: Report) -> str:

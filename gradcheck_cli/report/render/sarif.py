@@ -8,7 +8,10 @@ physical location when the target is a file (relative to the current directory w
 it lies below it) and the layer as a logical location, a ``partialFingerprints`` entry made of
 kind and layer only (numbers change from run to run; the identity of a finding must not), and
 its evidence as properties. A scan that errored is a toolExecutionNotification of a failed
-invocation. With a baseline, every result gets a ``baselineState`` ("unchanged" for a known
+invocation. With --verify, a finding's result also says what each recommendation that answers it
+measured: a paragraph of its message text and a ``verification`` property (SARIF's ``fixes`` are
+file edits, with required ``artifactChanges``; a recommendation is not one, so it is not written
+there). With a baseline, every result gets a ``baselineState`` ("unchanged" for a known
 finding, "new" otherwise). Control characters in any string (an ANSI colour code in an error
 message) are written as visible escapes (common.visible), as a code-scanning view shows text.
 """
@@ -25,8 +28,9 @@ from urllib.parse import quote
 from gradcheck_cli import __version__
 from gradcheck_cli.report.catalog import FINDINGS
 from gradcheck_cli.report.gate import fingerprint
-from gradcheck_cli.report.records import Finding, FindingKind, Number, ScanResult, Severity
+from gradcheck_cli.report.records import Finding, FindingKind, Number, Recommendation, ScanResult, Severity
 from gradcheck_cli.report.render.common import target_file, visible
+from gradcheck_cli.report.render.verified import answering, fix_note, status_text
 
 SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
 """The schema's own id (the OASIS standard with its errata), as shipped in tests/data/."""
@@ -151,9 +155,22 @@ def _result(finding: Finding, scan: ScanResult, known: frozenset[str],
             "evidence": {key: _number(value) for key, value in finding.evidence.items()},
         },
     }
+    if scan.report is not None:
+        _add_verification(result, answering(finding, scan.report.recommendations))
     if known:
         result["baselineState"] = "unchanged" if fingerprint(finding) in known else "new"
     return result
+
+
+def _add_verification(result: dict[str, Any], recommendations: list[Recommendation]) -> None:
+    """--verify's measurements of the recommendations that answer this finding (none: unchanged)."""
+    if not recommendations:
+        return
+    result["message"]["text"] += "\n\n" + "\n".join(fix_note(rec) for rec in recommendations)
+    result["properties"]["verification"] = [
+        {"recommendation": rec.id.value, "status": status_text(rec.verification),
+         "summary": rec.verification.summary if rec.verification is not None else ""}
+        for rec in recommendations]
 
 
 def _uri(path: str, base: PurePath) -> str:

@@ -30,11 +30,29 @@ from gradcheck_cli.report.records import (
 )
 from gradcheck_cli.report.render.common import format_number, where
 from gradcheck_cli.report.render.layer_table import STATUS_STYLES, BarScale, layer_table, plan_layout
+from gradcheck_cli.report.render.verified import (
+    DID_NOT_HELP,
+    NOT_VERIFIED,
+    combined_text,
+    group_recommendations,
+    probe_text,
+    verification_text,
+    verified_report,
+)
+from gradcheck_cli.report.verification import Verification, VerificationStatus
 
 SEVERITY_STYLES: dict[Severity, str] = {
     Severity.ERROR: "bold red",
     Severity.WARNING: "yellow",
     Severity.INFO: "cyan",
+}
+
+VERIFICATION_STYLES: dict[VerificationStatus, str] = {
+    VerificationStatus.VERIFIED: "green",
+    VerificationStatus.PARTIAL: "yellow",
+    VerificationStatus.NO_EFFECT: "yellow",
+    VerificationStatus.MADE_WORSE: "red",
+    VerificationStatus.NOT_APPLICABLE: "dim",
 }
 
 MAX_LISTED_LAYERS = 8
@@ -86,7 +104,10 @@ def print_report(console: Console, report: Report, width: int, known: frozenset[
         console.print()
         console.print(Text(f"findings ({len(report.findings)})", style="bold"))
         console.print(_findings(report.findings, known))
-    if report.recommendations:
+    if report.recommendations and verified_report(report):
+        console.print()
+        _print_verified_recommendations(console, report)
+    elif report.recommendations:
         console.print()
         console.print(
             Text(f"recommendations ({len(report.recommendations)}, most effective first)",
@@ -223,17 +244,51 @@ def _layer_list(names: Sequence[str]) -> str:
 
 
 def _recommendations(recommendations: Sequence[Recommendation]) -> Table:
+    return _recommendation_grid(list(enumerate(recommendations, start=1)), verified=False, show_code=True)
+
+
+def _print_verified_recommendations(console: Console, report: Report) -> None:
+    """With --verify: the fixes that helped, then apart (never as a fix) those that were measured and
+    did not help (no snippet to paste), those that could not be verified, and the combined line."""
+    groups = group_recommendations(report.recommendations)
+    console.print(Text(f"recommendations ({len(report.recommendations)}, {probe_text(report)})", style="bold"))
+    if groups.fixes:
+        console.print(_recommendation_grid(groups.fixes, verified=True, show_code=True))
+    else:
+        console.print(Text("none of them helped when measured", style="yellow"))
+    for heading, entries, show_code in ((DID_NOT_HELP, groups.did_not_help, False),
+                                   (NOT_VERIFIED, groups.not_verified, True)):
+        if entries:
+            console.print()
+            console.print(Text(f"{heading} ({len(entries)})", style="bold"))
+            console.print(_recommendation_grid(entries, verified=True, show_code=show_code))
+    if report.verification is not None:
+        console.print()
+        console.print(Text(combined_text(report.verification), style="bold"))
+
+
+def _verification_line(verification: Verification | None) -> Text:
+    style = VERIFICATION_STYLES[verification.status] if verification is not None else "dim"
+    return Text(verification_text(verification), style=style)
+
+
+def _recommendation_grid(entries: Sequence[tuple[int, Recommendation]], *, verified: bool,
+                         show_code: bool) -> Table:
+    """Numbered recommendations: title and layers, why, (with --verify) what the verification
+    measured, and the snippet when ``show_code``."""
     grid = Table.grid(padding=(0, 1))
     grid.add_column(justify="right", no_wrap=True)
     grid.add_column(overflow="fold")
-    for rank, rec in enumerate(recommendations, start=1):
+    for rank, rec in entries:
         title = Text()
         title.append(f"[{rec.id.value}]", style="bold cyan")
         title.append(f" {rec.title}")
         if rec.layers:
             title.append(f" — layers: {_layer_list(rec.layers)}")
         parts: list[Text | Padding] = [title, Text(f"why: {rec.why}")]
-        if rec.code.strip():
+        if verified:
+            parts.append(_verification_line(rec.verification))
+        if show_code and rec.code.strip():
             # Never wrapped: a snippet is pasted as it is, and a folded line would break the code.
             code = Text(rec.code.strip("\n"), style="green", no_wrap=True, overflow="ignore")
             parts.append(Padding(code, (0, 0, 0, 4)))
