@@ -1,0 +1,127 @@
+"""Start-up of ``gradcheck scan``: the whole command next to ``import torch`` plus the scan's own work.
+
+Three things are timed, each in a fresh Python process started from an empty temporary directory
+(so no pyproject.toml is found), interleaved over R repeats (the order rotates), medians reported:
+
+* ``torch``: ``python -c "import torch"``, the floor any PyTorch tool pays;
+* ``cli``: ``python -m gradcheck_cli scan builtin:NAME --format json`` end to end, stdout discarded;
+* ``work``: inside one process that has already imported torch and the scan's modules
+  (gradcheck_cli.api, measure.probe, analyse.pipeline), the time of the first ``api.scan`` of the
+  same builtin: the probe and the analysis, cold, as the CLI runs them.
+
+``ratio = cli / (torch + work)``: 1.0 means the command costs nothing beyond importing torch and
+doing the scan; the rest is the CLI's own start-up (the interpreter, typer and its pydantic, the
+package's modules, the settings, rendering). The issue's target is 1.1.
+
+``--imports`` adds a ``python -X importtime`` profile of one CLI run: the top-level imports by
+cumulative time, torch excluded, and whether Rich or xml.etree were imported at all.
+
+    python bench/startup.py                      # builtin:relu-he, 7 repeats (~1 min on 2 cores)
+    python bench/startup.py --model lstm --repeats 11 --imports
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+
+_WORK = """
+import sys, time
+import torch
+import gradcheck_cli.analyse.pipeline, gradcheck_cli.measure.probe
+from gradcheck_cli import api
+start = time.perf_counter()
+api.scan(sys.argv[1])
+print(time.perf_counter() - start)
+"""
+
+
+def _run(argv: Sequence[str], cwd: str) -> tuple[float, str, str]:
+    """Wall time of one process, its stdout and its stderr; a failed run stops the benchmark."""
+    start = time.perf_counter()
+    done = subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if done.returncode not in (0, 1):  # 1: the scan has findings, still a complete run
+        raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()[-400:]}")
+    return elapsed, done.stdout, done.stderr
+
+
+def measure(model: str, repeats: int, cwd: str) -> dict[str, list[float]]:
+    commands = {
+        "torch": [sys.executable, "-c", "import torch"],
+        "cli": [sys.executable, "-m", "gradcheck_cli", "scan", f"builtin:{model}", "--format", "json"],
+        "work": [sys.executable, "-c", _WORK, f"builtin:{model}"],
+    }
+    times: dict[str, list[float]] = {key: [] for key in commands}
+    keys = list(commands)
+    for r in range(repeats):
+        for key in keys[r % 3:] + keys[:r % 3]:  # rotate the order: all three share the noise
+            elapsed, out, _ = _run(commands[key], cwd)
+            times[key].append(float(out.strip()) if key == "work" else elapsed)
+    return times
+
+
+def import_profile(model: str, cwd: str, top: int) -> list[str]:
+    """The CLI run's top-level imports by cumulative time (torch excluded), from -X importtime."""
+    argv = [sys.executable, "-X", "importtime", "-m", "gradcheck_cli", "scan", f"builtin:{model}",
+            "--format", "json"]
+    _, _, err = _run(argv, cwd)
+    rows = []
+    for line in err.splitlines():
+        match = re.match(r"import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)", line)
+        if match:
+            rows.append((int(match.group(1)), len(match.group(2)), match.group(3)))
+    top_level = [(us, name) for us, indent, name in rows if indent == 1]
+    names = {name for _, _, name in rows}
+    lines = [f"  {us / 1e3:7.1f} ms  {name}"
+             for us, name in sorted(top_level, reverse=True) if name != "torch"][:top]
+    total = sum(us for us, name in top_level if name != "torch") / 1e3
+    rich = sorted(n for n in names if n == "rich" or n.startswith("rich."))
+    xml = sorted(n for n in names if n == "xml" or n.startswith("xml."))
+    lines.append(f"  imports other than torch: {total:.1f} ms in all; "
+                 f"rich: {len(rich)} modules, xml: {len(xml)} modules")
+    return lines
+
+
+def _load() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except (AttributeError, OSError):
+        return "n/a"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--model", default="relu-he", help="a builtin (default relu-he)")
+    parser.add_argument("--repeats", "-R", type=int, default=7)
+    parser.add_argument("--imports", action="store_true", help="also profile the CLI's imports")
+    parser.add_argument("--top", type=int, default=12, help="imports listed by --imports")
+    args = parser.parse_args(argv)
+    import gradcheck_cli
+
+    print(f"gradcheck start-up: {gradcheck_cli.__file__}, builtin:{args.model}, {args.repeats} "
+          f"repeats, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, load average {_load()}")
+    with tempfile.TemporaryDirectory() as cwd:
+        times = measure(args.model, args.repeats, cwd)
+        med = {key: statistics.median(values) for key, values in times.items()}
+        for key, label in (("torch", 'python -c "import torch"'), ("work", "api.scan in-process"),
+                           ("cli", "gradcheck scan --format json")):
+            print(f"  {label:<30} median {med[key]:6.3f} s  (min {min(times[key]):.3f}, "
+                  f"max {max(times[key]):.3f})")
+        rest = med["cli"] - med["torch"] - med["work"]
+        print(f"  ratio cli / (torch + work) = {med['cli'] / (med['torch'] + med['work']):.3f}; "
+              f"the CLI's own start-up: {rest:+.3f} s; load average {_load()}")
+        if args.imports:
+            print("\n".join(import_profile(args.model, cwd, args.top)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
