@@ -106,7 +106,7 @@ def test_recipe_verify_per_scan_and_in_defaults(stub: _StubScan, tmp_path: Path)
 defaults: {fail_on: none}
 scans:
   - {name: checked, target: "builtin:relu-he", verify: true}
-  - {name: plain, target: "builtin:deep-sigmoid-mlp"}
+  - {name: plain, target: "builtin:deep-sigmoid"}
 """)
     result = runner.invoke(app, ["run", str(recipe)])
     assert result.exit_code == 0, result.output
@@ -140,7 +140,7 @@ def test_fail_on_unverified_in_a_recipe_needs_verify(stub: _StubScan, tmp_path: 
 defaults: {fail_on: [exploding, unverified]}
 scans:
   - {name: checked, target: "builtin:relu-he", verify: true}
-  - {name: unchecked, target: "builtin:deep-sigmoid-mlp"}
+  - {name: unchecked, target: "builtin:deep-sigmoid"}
 """)
     assert_one_line_error(runner.invoke(app, ["run", str(recipe)]), "scan 'unchecked'",
                           "--fail-on unverified needs --verify", "recipe")
@@ -191,4 +191,23 @@ def test_progress_shows_the_verification_until_the_next_scan() -> None:
         "gradcheck: scan 1/2 a: verifying clip-gradients (2/2)",
         "gradcheck: scan 1/2 a: verifying clip-gradients (2/2): optimizer steps (batch 1/1)",
         "gradcheck: scan 2/2 b: forward pass (batch 1/1)",
+    ]
+
+
+def test_progress_keeps_the_verification_of_stages_that_name_it_themselves() -> None:
+    # verify/run.py names its probe's stages "verifying he-init (1/2): forward pass", but not the
+    # copy's "restoring the model": that one is shown under the verification too, never doubled.
+    stream = io.StringIO()
+    from rich.console import Console
+
+    progress = ScanProgress(verbose=True, console=Console(file=stream, width=200, color_system=None))
+    with progress:
+        progress.start_scan("a")
+        progress.on_stage("verifying he-init (1/2)", 0, 1)
+        progress.on_stage("verifying he-init (1/2): forward pass", 1, 1)
+        progress.on_stage("restoring the model", 0, 1)
+    assert stream.getvalue().splitlines() == [
+        "gradcheck: verifying he-init (1/2)",
+        "gradcheck: verifying he-init (1/2): forward pass (batch 1/1)",
+        "gradcheck: verifying he-init (1/2): restoring the model",
     ]

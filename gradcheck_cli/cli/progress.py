@@ -20,7 +20,8 @@ if TYPE_CHECKING:  # Rich is imported only when something is drawn: a piped, qui
     from rich.progress import Progress, TaskID
 
 VERIFYING = "verifying "
-"""How a verification's stage begins (verify/run.py); the probe stages after it belong to it."""
+"""How a verification's stage begins (verify/run.py); the stages after it that do not name it
+themselves (the copy's "restoring the model") belong to it."""
 
 
 class ScanProgress:
@@ -82,8 +83,8 @@ class ScanProgress:
     def on_stage(self, stage: str, batch: int, batches: int) -> None:
         """probe.StageCallback: ``batch`` counts from 1 in the batch loop, 0 outside it."""
         shown = stage
-        if stage.startswith(VERIFYING):
-            self._verifying = stage
+        if stage.startswith(VERIFYING):  # "verifying he-init (1/3)", or one of its stages named under it
+            self._verifying = stage.split(": ", 1)[0]
         elif self._verifying:
             shown = f"{self._verifying}: {stage}"
         if self._verbose:
