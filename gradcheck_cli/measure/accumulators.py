@@ -19,6 +19,8 @@ from torch import nn
 from gradcheck_cli.measure.activation_watch import ActivationSite, CompositeActivations, FunctionalWatch
 from gradcheck_cli.measure.attention_scores import ScoreTracker
 from gradcheck_cli.measure.cell_watch import CellWatch
+from gradcheck_cli.measure.norms import DeferredSquares
+from gradcheck_cli.measure.headroom import HeadroomMeter
 
 
 @dataclass
@@ -73,15 +75,18 @@ class ForwardTrace:
     """The layer that finished last: the producer of an activation that follows it."""
     finished: str | None = None
     """The module that finished last (layer or not): the replay names an op as coming after it."""
-    last_measured: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
-    """(output, its squared norm) of the last module measured: a container returning its last
-    child's tensor is not measured twice."""
+    last_measured: tuple[torch.Tensor | None, Any] = (None, None)
+    """(output, its DeferredSquares entry) of the last module measured: a container returning its
+    last child's tensor is not measured twice."""
 
 
 @dataclass
 class BatchTrace:
     """What the forwards of the current batch add, until session.on_batch reads the gradients."""
 
+    squares: DeferredSquares = field(default_factory=DeferredSquares)
+    """The outputs' and output gradients' norms taken by the hooks, read together (norms.py):
+    flushed at the end of each forward and by on_batch."""
     output_sq: list[torch.Tensor] = field(default_factory=list)
     """Every measured module output's squared norm: tested for NaN/Inf once per batch."""
     leaves: list[torch.Tensor] = field(default_factory=list)
@@ -122,3 +127,5 @@ class HookState:
     mode: FunctionalWatch | None = None
     """The function mode entered for the running forward (hooks.py), if any."""
     replay_output: ModuleOutputCallback | None = None
+    headroom: HeadroomMeter | None = None
+    """Mixed-precision headroom of every layer (headroom.py); the session creates it."""

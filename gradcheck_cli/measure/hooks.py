@@ -23,7 +23,6 @@ from torch.utils.hooks import RemovableHandle
 from gradcheck_cli.activations import KNOWN as ACTIVATIONS
 from gradcheck_cli.measure.accumulators import ActivationModule, ForwardTrace, HookState, LayerAccumulator
 from gradcheck_cli.measure.activation_watch import FunctionalWatch, new_site
-from gradcheck_cli.measure.norms import tensor_norm
 
 RECURRENT = (nn.RNN, nn.LSTM, nn.GRU)
 
@@ -71,6 +70,7 @@ def _leave_forward(state: HookState) -> Callable[..., None]:
         state.depth = max(state.depth - 1, 0)
         if state.depth == 0:
             leave_watch(state)
+            state.batch.squares.flush()  # the outputs' norms: release the outputs held for them
     return hook
 
 
@@ -167,9 +167,9 @@ def _post_hook(name: str, acc: LayerAccumulator | None, act: ActivationModule | 
         out = first_float_tensor(output)
         if out is None:
             return
-        sq = _output_sq(out, state)
+        _measure_output(out, acc, state)
         if acc is not None:
-            _measure_layer_output(acc, args, out, sq, state)
+            _measure_layer_output(acc, args, out, state)
         activation = act
         composites = state.watchers.composites
         if activation is None and name in composites.candidates:
@@ -180,32 +180,38 @@ def _post_hook(name: str, acc: LayerAccumulator | None, act: ActivationModule | 
     return hook
 
 
-def _output_sq(out: torch.Tensor, state: HookState) -> torch.Tensor:
-    last_out, last_sq = state.forward.last_measured
-    if out is last_out and last_sq is not None:
-        return last_sq  # a container returning its last child's tensor: the child measured it already
-    sq = tensor_norm(out).square()  # float64: finite outputs never read as Inf (norms.py)
-    state.forward.last_measured = (out, sq)
-    state.batch.output_sq.append(sq)  # tested for non-finite values once per batch
-    return sq
+def _measure_output(out: torch.Tensor, acc: LayerAccumulator | None, state: HookState) -> None:
+    """The output's squared norm (float64: finite outputs never read as Inf; norms.py) goes to the
+    batch's non-finite test and to the layer's sum, when the forward's norms are flushed."""
+    layer = (acc.out_sq,) if acc is not None else ()
+    last_out, last_entry = state.forward.last_measured
+    if out is last_out and last_entry is not None:
+        # a container returning its last child's tensor: the child measured it already
+        state.batch.squares.extend(last_entry, *layer)
+        return
+    entry = state.batch.squares.add(out, state.batch.output_sq, *layer)
+    state.forward.last_measured = (out, entry)
 
 
 def _measure_layer_output(acc: LayerAccumulator, args: tuple[Any, ...], out: torch.Tensor,
-                          sq: torch.Tensor, state: HookState) -> None:
-    acc.out_sq.append(sq)
+                          state: HookState) -> None:
     acc.out_n += out.numel()
+    if state.headroom is not None:
+        state.headroom.output(acc.name, out)  # mixed-precision headroom (headroom.py)
     state.forward.last_layer = acc.name
     if out.requires_grad:
-        out.register_hook(_grad_hook(acc, out.numel()))
+        out.register_hook(_grad_hook(acc, out.numel(), state))
         _watch_entries(acc, out)
     if acc.io_features is None:
         acc.io_features = _io_features(args, out)
     state.watchers.scores.mark(out, acc.name)
 
 
-def _grad_hook(acc: LayerAccumulator, numel: int) -> Callable[[torch.Tensor], None]:
+def _grad_hook(acc: LayerAccumulator, numel: int, state: HookState) -> Callable[[torch.Tensor], None]:
     def hook(grad: torch.Tensor) -> None:
-        acc.grad_sq.append(tensor_norm(grad).square())
+        if state.headroom is not None:  # counts it; under a loss scale, hands back grad / scale
+            grad = state.headroom.gradient(acc.name, grad)
+        state.batch.squares.add(grad, acc.grad_sq)  # read with the batch's gradients (on_batch)
         acc.grad_n += numel
     return hook
 

@@ -23,12 +23,19 @@ either (that needs a norm above 1e154). On the CPU a read-back costs nothing, so
 runs only where the fast one is not trusted; on an accelerator a read-back per tensor would stall
 the queue (one per hooked tensor), so the scaled path is taken there always: the same numbers,
 three passes instead of one, and no host sync.
+
+`DeferredSquares` takes the norms of the tensors a session's hooks see (layer outputs, the
+gradients arriving at them) without reading anything back in the hook: on the CPU the fast norm is
+taken at once (a later in-place op, nn.ReLU(inplace=True), must not change what was measured) and
+the decision to trust it is read for all of them together when they are flushed (once per forward
+and once per batch), so that the number of reads does not grow with the number of layers.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 
@@ -74,6 +81,87 @@ def squared_norms(tensors: Sequence[torch.Tensor], device: torch.device) -> torc
     for k in (~trusted).nonzero().flatten().tolist():
         result[k] = _scaled_norm(values[k]).to(device)
     return result.square()
+
+
+@dataclass
+class _Pending:
+    norm: torch.Tensor
+    """CPU: the fast norm (its accumulation dtype), to be trusted or not at the flush; elsewhere
+    the scaled norm (float64), final already."""
+    values: torch.Tensor | None
+    """CPU: the tensor itself, for the scaled path if the fast norm is not trusted."""
+    targets: list[list[torch.Tensor]] = field(default_factory=list)
+    square: torch.Tensor | None = None
+    """The squared norm, once flushed."""
+
+
+FLUSH_ELEMENTS = 1 << 24
+"""Elements held for a possible scaled norm before the pending norms are flushed early (64 MiB of
+float32): holding tensors keeps them alive, and the flush bounds what that costs in memory."""
+
+
+class DeferredSquares:
+    """Squared norms taken in hooks and delivered together (module docstring): `add(t, *targets)`
+    appends ||t||^2 (a 0-dim float64 tensor, the same number tensor_norm(t).square() gives) to each
+    target list when `flush()` runs; one host read per flush, none off the CPU."""
+
+    def __init__(self) -> None:
+        self._pending: list[_Pending] = []
+        self._elements = 0
+
+    def add(self, t: torch.Tensor, *targets: list[torch.Tensor]) -> _Pending:
+        values = _dense_values(t.detach())
+        if values.device.type != "cpu" or values.numel() == 0:
+            entry = _Pending(_scaled_norm(values), None, list(targets))
+        else:
+            entry = _Pending(torch.linalg.vector_norm(values, dtype=_accumulation(values)), values,
+                             list(targets))
+            self._elements += values.numel()
+        self._pending.append(entry)
+        if self._elements > FLUSH_ELEMENTS:
+            self.flush()
+        return entry
+
+    @staticmethod
+    def extend(entry: _Pending, *targets: list[torch.Tensor]) -> None:
+        """The square of an entry added before goes to these lists too (a container returning its
+        child's output: the child measured it already)."""
+        if entry.square is None:
+            entry.targets.extend(targets)
+            return
+        for target in targets:
+            target.append(entry.square)
+
+    def flush(self) -> None:
+        pending, self._pending, self._elements = self._pending, [], 0
+        on_cpu = [k for k, entry in enumerate(pending) if entry.values is not None]
+        if on_cpu:
+            _trust_or_rescale([pending[k] for k in on_cpu])
+        by_device: dict[torch.device, list[int]] = {}
+        for k, entry in enumerate(pending):
+            by_device.setdefault(entry.norm.device, []).append(k)
+        for indices in by_device.values():
+            squares = torch.stack([pending[k].norm for k in indices]).to(torch.float64).square().unbind()
+            for k, sq in zip(indices, squares):
+                pending[k].square = sq
+                for target in pending[k].targets:
+                    target.append(sq)
+
+
+def _trust_or_rescale(pending: list[_Pending]) -> None:
+    """Replace each fast norm that is not trusted by the scaled one (one host read for all)."""
+    fast = torch.stack([entry.norm for entry in pending]).to(torch.float64)
+    ranges = [_FAST_RANGE[_real_dtype(entry.norm.dtype)] for entry in pending]
+    low = torch.tensor([r[0] for r in ranges], dtype=torch.float64)
+    high = torch.tensor([r[1] for r in ranges], dtype=torch.float64)
+    for k in ((fast < low) | (fast > high) | fast.isnan()).nonzero().flatten().tolist():
+        # Known limit: if an in-place op changed the tensor since the hook (nn.ReLU(inplace=True)
+        # after a layer whose output norm lies outside [1e-12, 1e18]), these are its new values.
+        values = pending[k].values
+        if values is not None:
+            pending[k].norm = _scaled_norm(values)
+    for entry in pending:
+        entry.values = None
 
 
 def count_nonfinite(t: torch.Tensor) -> int:

@@ -46,6 +46,7 @@ from torch.utils.hooks import RemovableHandle
 from gradcheck_cli.measure.accumulators import BatchTrace, ForwardTrace, HookState, LayerAccumulator, Watchers
 from gradcheck_cli.measure.activation_watch import ActivationSite, CompositeActivations, channels_first_layer
 from gradcheck_cli.measure.finish import layer_measurement, still_lazy
+from gradcheck_cli.measure.headroom import HeadroomMeter
 from gradcheck_cli.measure.hooks import composite_candidates, leave_watch, register_hooks
 from gradcheck_cli.measure.norms import count_nonfinite, squared_norms
 from gradcheck_cli.measure.records import LayerMeasurement, Measurements
@@ -88,6 +89,7 @@ class MeasurementSession:
         self.state = HookState(Watchers(
             channels_first={acc.name: channels_first_layer(acc.module) for acc in self.layers},
             composites=CompositeActivations(composite_candidates(model))))
+        self.state.headroom = HeadroomMeter([acc.name for acc in self.layers], device)
         self._handles: list[RemovableHandle] = []
         self._losses: list[float] = []
         self._first_grad_norm: float | None = None
@@ -135,6 +137,7 @@ class MeasurementSession:
 
     def outputs_nonfinite(self) -> bool:
         """Whether a module output of the current batch's forwards held NaN/Inf."""
+        self.state.batch.squares.flush()
         squares = self.state.batch.output_sq
         return bool(squares) and not bool(torch.isfinite(torch.stack(squares)).all())
 
@@ -146,6 +149,7 @@ class MeasurementSession:
             grads = [p.grad for p in self.trainable]
         grads = list(grads)[:len(self.trainable)]
         self.state.watchers.cells.end_forward()  # every step hook of this batch has fired
+        self.state.batch.squares.flush()  # the output gradients' norms
         squares = self._layer_grad_sq(grads)
         trace = self.state.batch
         flags = ~torch.isfinite(torch.stack(trace.output_sq)) if trace.output_sq else torch.zeros(0)
@@ -191,6 +195,7 @@ class MeasurementSession:
         """Each measured layer's record so far, by its index in `layers` (still-lazy layers, never
         called, are left out: they have nothing to measure). `watchers=False` leaves out what the
         watchers add (activation counts, attention scores, cell loops): the weights and sums only."""
+        self.state.batch.squares.flush()  # a caller that never ended its last batch
         if not watchers:
             return {li: layer_measurement(layer, self.params, li in self._trainable_layers, None)
                     for li, layer in enumerate(self.layers) if not still_lazy(layer, self.params)}
