@@ -51,6 +51,33 @@ def patch_forward(module: nn.Module, rewrite: Rewrite) -> None:
     module.forward = forward  # type: ignore[method-assign]
 
 
+def patch_own_forward(module: nn.Module, rewrite: Rewrite) -> None:
+    """patch_forward, but `rewrite` sees only the calls that `module`'s own forward makes: while
+    one of its submodules runs, every call goes through as written (a guard on the `log` a module
+    calls itself leaves the `log` inside a layer it calls alone). Wraps the submodules' forwards
+    too, to count their calls (a copy only)."""
+    running = [0]
+
+    def own(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return NOT_HANDLED if running[0] else rewrite(func, args, kwargs)
+    for sub in module.modules():
+        if sub is not module:
+            _count_calls(sub, running)
+    patch_forward(module, own)
+
+
+def _count_calls(module: nn.Module, running: list[int]) -> None:
+    original = module.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        running[0] += 1
+        try:
+            return original(*args, **kwargs)
+        finally:
+            running[0] -= 1
+    module.forward = forward  # type: ignore[method-assign]
+
+
 class LayerTrace:
     """Where a forward of a model copy is, as the measurement session sees it: the module running
     innermost (`running`) and the layer that finished last (`last`, the producer of a functional
