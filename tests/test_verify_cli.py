@@ -211,3 +211,37 @@ def test_progress_keeps_the_verification_of_stages_that_name_it_themselves() -> 
         "gradcheck: verifying he-init (1/2): forward pass (batch 1/1)",
         "gradcheck: verifying he-init (1/2): restoring the model",
     ]
+
+
+# --- end to end, with the engine (verify/run.py) ----------------------------------------------------
+
+FAST = ["--batches", "2", "--batch-size", "8"]
+
+
+def test_verify_on_a_healthy_builtin_adds_nothing_but_the_config(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    # Nothing to verify: the JSON differs only by "verify": true in config (and so every other format
+    # is the same bytes: test_verify_render.test_without_verification_every_format_is_unchanged).
+    monkeypatch.chdir(tmp_path)
+    json_args = ["scan", "builtin:relu-he", *FAST, "--format", "json"]
+    verified = runner.invoke(app, [*json_args, "--verify"])
+    plain = runner.invoke(app, json_args)
+    assert plain.exit_code == verified.exit_code == 0
+    document, baseline = json.loads(verified.stdout), json.loads(plain.stdout)
+    assert document["config"].pop("verify") is True
+    assert document == baseline
+
+
+def test_verify_on_a_broken_builtin_reports_every_recommendation(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["scan", "builtin:deep-sigmoid", *FAST, "--verify"]
+    document = json.loads(runner.invoke(app, [*args, "--format", "json"]).stdout)
+    statuses = [rec["verification"]["status"] for rec in document["recommendations"]]
+    assert statuses and all(rec["verification"]["summary"] for rec in document["recommendations"])
+    assert "verification" in document
+    # The table of the same scan, and the unverified gate following the statuses it measured.
+    gated = runner.invoke(app, [*args, "--fail-on", "unverified"])
+    assert gated.exit_code == (0 if set(statuses) == {"verified"} else 1)
+    assert f"recommendations ({len(statuses)}, verified on the same 2 probe batches)" in gated.stdout
+    assert "applied together: " in gated.stdout
