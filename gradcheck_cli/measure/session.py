@@ -45,7 +45,7 @@ from torch.utils.hooks import RemovableHandle
 
 from gradcheck_cli.measure.accumulators import BatchTrace, ForwardTrace, HookState, LayerAccumulator, Watchers
 from gradcheck_cli.measure.activation_watch import ActivationSite, CompositeActivations, channels_first_layer
-from gradcheck_cli.measure.finish import layer_measurement, still_lazy
+from gradcheck_cli.measure.finish import layer_measurements, still_lazy
 from gradcheck_cli.measure.headroom import HeadroomMeter
 from gradcheck_cli.measure.hooks import composite_candidates, leave_watch, register_hooks
 from gradcheck_cli.measure.norms import count_nonfinite, squared_norms
@@ -196,18 +196,19 @@ class MeasurementSession:
         called, are left out: they have nothing to measure). `watchers=False` leaves out what the
         watchers add (activation counts, attention scores, cell loops): the weights and sums only."""
         self.state.batch.squares.flush()  # a caller that never ended its last batch
-        if not watchers:
-            return {li: layer_measurement(layer, self.params, li in self._trainable_layers, None)
-                    for li, layer in enumerate(self.layers) if not still_lazy(layer, self.params)}
+        live = [li for li, layer in enumerate(self.layers) if not still_lazy(layer, self.params)]
         first_site: dict[str, ActivationSite] = {}
         for site in self.state.watchers.sites.values():  # the first activation each layer feeds
             first_site.setdefault(site.producer, site)
+        entries = [(self.layers[li], li in self._trainable_layers,
+                    first_site.get(self.layers[li].name) if watchers else None) for li in live]
+        records = layer_measurements(entries, self.params)  # one host read for all (finish.py)
+        if not watchers:
+            return dict(zip(live, records))
         found = self.state.watchers
-        return {li: replace(layer_measurement(layer, self.params, li in self._trainable_layers,
-                                              first_site.get(layer.name)),
-                            attention_scores=layer.name in found.scores.layers,
-                            **found.cells.layer_fields(layer.name, layer.module))
-                for li, layer in enumerate(self.layers) if not still_lazy(layer, self.params)}
+        return {li: replace(record, attention_scores=self.layers[li].name in found.scores.layers,
+                            **found.cells.layer_fields(self.layers[li].name, self.layers[li].module))
+                for li, record in zip(live, records)}
 
     def measurements(self, layers: dict[int, LayerMeasurement] | None = None) -> Measurements:
         """What the session measured so far, in plain numbers (records.Measurements); `layers`:
