@@ -9,15 +9,26 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any, cast
 
 import pytest
 import torch
 from torch import nn
 
+from gradcheck_cli.analyse.pipeline import analyse
+from gradcheck_cli.analyse.thresholds import Thresholds
 from gradcheck_cli.config import ScanConfig
 from gradcheck_cli.measure.probe import run_probe
+from gradcheck_cli.measure.records import Measurements
 from gradcheck_cli.measure.steps import clip_gradients
+from gradcheck_cli.report.parameters import ClipParameters, LowerLrParameters
+from gradcheck_cli.report.records import Recommendation, RecommendationId, Report
+from gradcheck_cli.target.batches import synthetic_batch_maker
+from gradcheck_cli.target.resolve import resolve_target
+from gradcheck_cli.verify.applier import ApplyContext
+from gradcheck_cli.verify.appliers import training
 
 BATCH = 8
 
@@ -118,3 +129,81 @@ def test_clip_gradients_leaves_gradients_below_max_norm_as_they_are() -> None:
     grad = torch.tensor([0.3, 0.4])
     (clipped,) = clip_gradients((grad,), 10.0)
     assert clipped is not None and torch.equal(clipped, grad)
+
+
+# --- the appliers ---------------------------------------------------------------------------------
+
+def _context(model: nn.Module, rec: Recommendation, report: Report, measurements: Measurements,
+             config: ScanConfig) -> ApplyContext:
+    return ApplyContext(model, rec, report, measurements, config, lambda: None)
+
+
+def _scanned(config: ScanConfig) -> tuple[nn.Module, Callable[[int], Any], Report, Measurements]:
+    """builtin:relu-normal-init (N(0, 1) weights: exploding) probed and analysed with `config`."""
+    target = resolve_target("builtin:relu-normal-init")
+    model = target.build_model()
+    make_batch = target.make_batch or synthetic_batch_maker(model, None, source=target.name)
+    measurements = run_probe(model, make_batch, target.loss_fn, config)
+    return model, make_batch, analyse(measurements, config, Thresholds(), target=target.name), measurements
+
+
+def _recommendation(report: Report, rec_id: RecommendationId) -> Recommendation:
+    return next(r for r in report.recommendations if r.id == rec_id)
+
+
+@pytest.mark.parametrize("steps, batches, expected, baseline", [
+    (0, 3, {"steps": 3, "batches": 3}, {"steps": 3, "batches": 3}),   # no steps: before = same steps, no fix
+    (2, 1, {"steps": 3, "batches": 2}, {"steps": 3, "batches": 2}),
+    (5, 4, {"steps": 5, "batches": 4}, {}),                           # enough: the scan's report is the before
+])
+def test_the_training_patches_take_at_least_three_steps_between_two_batches(
+        steps: int, batches: int, expected: dict[str, int], baseline: dict[str, int]) -> None:
+    config = ScanConfig(steps=steps, batches=batches, optimizer="adam", lr=0.5)
+    rec = Recommendation(RecommendationId.CLIP_GRADIENTS, "t", (), "", "", ClipParameters(2.5))
+    patch = training.clip_gradients(_context(nn.Linear(2, 2), rec, cast(Report, None), cast(Measurements, None),
+                                             config))
+    assert patch.applied and patch.config == {**expected, "clip_grad_norm": 2.5}
+    assert patch.baseline_config == baseline
+    assert "optimizer" not in patch.config and "lr" not in patch.config  # the user's optimizer and rate stay
+    lower = Recommendation(RecommendationId.LOWER_LR, "t", (), "", "", LowerLrParameters(None, divide_by=10.0))
+    patch = training.lower_lr(_context(nn.Linear(2, 2), lower, cast(Report, None), cast(Measurements, None), config))
+    assert patch.applied and patch.config == {**expected, "lr": 0.05} and patch.baseline_config == baseline
+
+
+def test_clip_gradients_on_an_exploding_builtin_bounds_the_steps() -> None:
+    """The scan's own clip-gradients patch, probed: with SGD a clipped step moves a layer by at
+    most lr x max_norm, so the largest update/weight ratio falls below the unclipped one."""
+    config = ScanConfig(steps=0)
+    model, make_batch, report, measurements = _scanned(config)
+    rec = _recommendation(report, RecommendationId.CLIP_GRADIENTS)
+    patch = training.clip_gradients(_context(copy.deepcopy(model), rec, report, measurements, config))
+    assert isinstance(rec.parameters, ClipParameters) and patch.config["clip_grad_norm"] == rec.parameters.max_norm
+    after = run_probe(copy.deepcopy(model), make_batch, None, replace(config, **patch.config))
+    before = run_probe(copy.deepcopy(model), make_batch, None, replace(config, **patch.baseline_config))
+    assert len(after.step_rounds) == config.batches - 1 and all(len(r) == 4 for r in after.step_rounds)
+    largest_after = max(x.update_to_weight or 0.0 for x in after.layers)
+    largest_before = max(x.update_to_weight or 0.0 for x in before.layers)
+    assert 0 < largest_after < largest_before
+
+
+def test_lower_lr_on_an_exploding_builtin_scales_the_first_sgd_step() -> None:
+    """Plain SGD moves the weights by lr x g: the first step's largest update/weight ratio scales
+    with the rate, new lr / old lr, on the same gradients."""
+    config = ScanConfig(steps=2)
+    model, make_batch, report, measurements = _scanned(config)
+    rec = _recommendation(report, RecommendationId.LOWER_LR)
+    patch = training.lower_lr(_context(copy.deepcopy(model), rec, report, measurements, config))
+    after = run_probe(copy.deepcopy(model), make_batch, None, replace(config, **patch.config))
+    before = run_probe(copy.deepcopy(model), make_batch, None, replace(config, **patch.baseline_config))
+    assert after.first_step_update is not None and before.first_step_update is not None
+    assert after.first_step_update[0] == before.first_step_update[0]
+    ratio = after.first_step_update[1] / before.first_step_update[1]
+    assert ratio == pytest.approx(patch.config["lr"] / config.lr, rel=1e-4)
+    assert patch.config["lr"] < config.lr
+
+
+def test_weight_decay_is_not_claimed() -> None:
+    rec = Recommendation(RecommendationId.WEIGHT_DECAY, "t", (), "", "")
+    patch = training.weight_decay(_context(nn.Linear(2, 2), rec, cast(Report, None), cast(Measurements, None),
+                                           ScanConfig(steps=3)))
+    assert not patch.applied and "not verifiable" in patch.reason
