@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gradcheck_cli import scan
 from gradcheck_cli.analyse.pipeline import analyse
 from gradcheck_cli.analyse.thresholds import Thresholds
 from gradcheck_cli.config import ScanConfig
@@ -27,6 +29,7 @@ from gradcheck_cli.measure.function_patch import FunctionPatch
 from gradcheck_cli.measure.probe import run_probe
 from gradcheck_cli.report.parameters import GuardParameters
 from gradcheck_cli.report.records import Recommendation, RecommendationId, Report
+from gradcheck_cli.report.verification import VerificationStatus
 from gradcheck_cli.verify.applier import ApplyContext, Patch
 from gradcheck_cli.verify.appliers import APPLIERS
 from gradcheck_cli.verify.appliers.guards import guard_nonfinite
@@ -370,3 +373,26 @@ def _no_report() -> Any:
 
 def _no_measurements() -> Any:
     return None
+
+
+# --- the corpus -----------------------------------------------------------------------------------
+
+CORPUS = Path(__file__).parent / "corpus"
+NONFINITE = sorted(p.name for p in CORPUS.glob("nonfinite_*.py"))
+
+
+@pytest.mark.parametrize("name", NONFINITE)
+def test_every_guard_the_nonfinite_corpus_gets_is_applied_and_removes_the_nan(name: str) -> None:
+    """Each guard-nonfinite recommendation of a broken corpus model is placed on its op, and the
+    re-probe of the guarded copy has no NaN/Inf left; check-inputs is never claimed."""
+    report = scan(str(CORPUS / name), verify=True)
+    recs = {rec.id: rec for rec in report.recommendations}
+    assert RecommendationId.GUARD_NONFINITE in recs or RecommendationId.CHECK_INPUTS in recs
+    for rec_id, rec in recs.items():
+        verification = rec.verification
+        assert verification is not None
+        if rec_id == RecommendationId.GUARD_NONFINITE:
+            assert verification.status != VerificationStatus.NOT_APPLICABLE, verification.summary
+            assert "nonfinite" in verification.resolved and "nonfinite" not in verification.remaining
+        if rec_id == RecommendationId.CHECK_INPUTS:
+            assert verification.status == VerificationStatus.NOT_APPLICABLE
