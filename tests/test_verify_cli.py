@@ -245,3 +245,13 @@ def test_verify_on_a_broken_builtin_reports_every_recommendation(monkeypatch: py
     assert gated.exit_code == (0 if set(statuses) == {"verified"} else 1)
     assert f"recommendations ({len(statuses)}, verified on the same 2 probe batches)" in gated.stdout
     assert "applied together: " in gated.stdout
+
+
+def test_a_baseline_written_from_a_verified_report_is_the_same() -> None:
+    # A baseline names findings only: --verify adds advice, never a finding to accept.
+    from format_reports import exploding_result
+    from verified_reports import verified_result
+
+    from gradcheck_cli.cli.baseline import baseline_text
+
+    assert baseline_text([verified_result()]) == baseline_text([exploding_result()])
