@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from gradcheck_cli.report.gate import fingerprint, unverified_recommendations
 from gradcheck_cli.report.records import Finding, Report, ScanResult, Severity
 from gradcheck_cli.report.render.common import gate_fingerprints, target_file, visible, where
-from gradcheck_cli.report.render.verified import combined_text, status_text, verification_text, verified_report
+from gradcheck_cli.report.render.verified import combined_text, has_verification, status_text, verification_text
 
 
 def escape_data(text: str) -> str:
@@ -54,7 +54,7 @@ def render_github(results: Sequence[ScanResult], known: frozenset[str] = frozens
             if len(results) > 1:
                 title += f" (scan {result.name})"
             lines.append(command(level, finding.message, title=title, **location))
-        if verified_report(result.report):
+        if has_verification(result.report):
             scan = f" (scan {result.name})" if len(results) > 1 else ""
             lines += _verification_lines(result.report, scan, location)
     return "".join(line + "\n" for line in lines)

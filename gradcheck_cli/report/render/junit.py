@@ -29,7 +29,7 @@ from gradcheck_cli.report.gate import (
 )
 from gradcheck_cli.report.records import Finding, Recommendation, Report, ScanResult
 from gradcheck_cli.report.render.common import format_number, visible
-from gradcheck_cli.report.render.verified import answering, combined_text, fix_note, verified_report
+from gradcheck_cli.report.render.verified import answering, combined_text, fix_note, has_verification
 
 
 def render_junit(results: Sequence[ScanResult], known: frozenset[str] = frozenset()) -> str:
@@ -68,7 +68,7 @@ def _suite(result: ScanResult, known: frozenset[str]) -> ET.Element:
             _gate_failure(gate, report, failing)
         for finding in gated:
             suite.append(_finding_case(finding, result.name, known, report.recommendations))
-        if verified_report(report):
+        if has_verification(report):
             ET.SubElement(gate, "system-out").text = _verification_text(report)
     cases = suite.findall("testcase")
     suite.set("tests", str(len(cases)))

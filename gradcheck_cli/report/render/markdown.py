@@ -23,9 +23,9 @@ from gradcheck_cli.report.render.verified import (
     NOT_VERIFIED,
     combined_text,
     group_recommendations,
+    has_verification,
     probe_text,
     verification_text,
-    verified_report,
 )
 
 OUTCOME_MARKS = {"pass": "✅ pass", "fail": "❌ fail", "error": "⚠️ error"}
@@ -96,7 +96,7 @@ def _scan_section(result: ScanResult, known: frozenset[str], level: int) -> str:
                          f"{cell(finding.message)} | {gate} |")
     else:
         lines += ["", "No findings: every layer's gradient is in the healthy range."]
-    if report.recommendations and verified_report(report):
+    if report.recommendations and has_verification(report):
         lines += _verified_recommendations(report)
     elif report.recommendations:
         lines += ["", f"**Recommendations ({len(report.recommendations)}, most effective first)**", ""]

@@ -35,9 +35,9 @@ from gradcheck_cli.report.render.verified import (
     NOT_VERIFIED,
     combined_text,
     group_recommendations,
+    has_verification,
     probe_text,
     verification_text,
-    verified_report,
 )
 from gradcheck_cli.report.verification import Verification, VerificationStatus
 
@@ -104,7 +104,7 @@ def print_report(console: Console, report: Report, width: int, known: frozenset[
         console.print()
         console.print(Text(f"findings ({len(report.findings)})", style="bold"))
         console.print(_findings(report.findings, known))
-    if report.recommendations and verified_report(report):
+    if report.recommendations and has_verification(report):
         console.print()
         _print_verified_recommendations(console, report)
     elif report.recommendations:

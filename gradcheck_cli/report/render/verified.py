@@ -2,7 +2,7 @@
 renderers share, so a recommendation reads the same everywhere.
 
 A report without verification (a scan without --verify) has no Verification on any recommendation
-and no CombinedVerification: ``verified_report`` is False and the renderers write what they always
+and no CombinedVerification: ``has_verification`` is False and the renderers write what they always
 wrote. With one, the recommendations fall into three groups, in the report's (re-ranked) order:
 fixes (status in HELPED: verified, partial), measured and not helping (no effect, made worse:
 never presented as a fix) and not verified (not applicable: nothing was measured). How the
@@ -23,7 +23,7 @@ NOT_VERIFIED = "could not be verified"
 """The heading of recommendations that could not be applied to the model (or are data causes)."""
 
 
-def verified_report(report: Report) -> bool:
+def has_verification(report: Report) -> bool:
     """Whether --verify measured anything in this report (else every format is as without it)."""
     return report.verification is not None or any(r.verification is not None for r in report.recommendations)
 
