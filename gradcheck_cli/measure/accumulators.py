@@ -19,8 +19,8 @@ from torch import nn
 from gradcheck_cli.measure.activation_watch import ActivationSite, CompositeActivations, FunctionalWatch
 from gradcheck_cli.measure.attention_scores import ScoreTracker
 from gradcheck_cli.measure.cell_watch import CellWatch
-from gradcheck_cli.measure.norms import DeferredSquares
 from gradcheck_cli.measure.headroom import HeadroomMeter
+from gradcheck_cli.measure.norms import DeferredSquares
 
 
 @dataclass

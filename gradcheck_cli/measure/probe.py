@@ -22,10 +22,12 @@ from gradcheck_cli.config import ScanConfig
 from gradcheck_cli.errors import UserError
 from gradcheck_cli.measure.backward import gradients
 from gradcheck_cli.measure.finish import still_lazy
+from gradcheck_cli.measure.headroom import HeadroomMeter
+from gradcheck_cli.measure.precision import MAX_BACKOFFS, LossScaler, autocast
 from gradcheck_cli.measure.records import LayerMeasurement, Measurements, NonfiniteOrigin
 from gradcheck_cli.measure.replay import nonfinite_weights, replay_origin
 from gradcheck_cli.measure.restore import restore_snapshot, take_snapshot
-from gradcheck_cli.measure.session import MeasurementSession
+from gradcheck_cli.measure.session import MeasurementSession, collector_paused
 from gradcheck_cli.measure.steps import (
     largest_first_update,
     largest_updates,
@@ -36,7 +38,7 @@ from gradcheck_cli.measure.steps import (
 from gradcheck_cli.target.batches import batch_has_nonfinite, call_model, move_to, split_batch
 from gradcheck_cli.target.forward_error import forward_failure
 from gradcheck_cli.target.guards import is_out_of_memory
-from gradcheck_cli.target.isolation import capture_rng, seed_all
+from gradcheck_cli.target.isolation import RngStates, capture_rng, restore_rng, seed_all
 from gradcheck_cli.target.losses import compute_loss
 
 StageCallback = Callable[[str, int, int], None]
@@ -65,6 +67,7 @@ class _ProbeRun:
     step_rounds: list[tuple[float, ...]] = field(default_factory=list)
     update_rows: list[torch.Tensor] = field(default_factory=list)
     as_built: dict[int, LayerMeasurement] | None = None
+    scaler: LossScaler = field(default_factory=lambda: LossScaler(None))
 
 
 def run_probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any,
@@ -82,11 +85,13 @@ def run_probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any,
             raise UserError(f"{type(model).__name__} has no trainable parameters (all have "
                             "requires_grad=False); nothing to check")
         session.attach()
-        run = _ProbeRun(config, stage, make_optimizer(config, session.trainable) if config.steps > 0 else None)
-        for batch_index in range(config.batches):
-            if not _probe_batch(model, make_batch, loss_fn, session, run, batch_index):
-                break
-        return _measurements(session, run)
+        run = _ProbeRun(config, stage, make_optimizer(config, session.trainable) if config.steps > 0 else None,
+                        scaler=LossScaler(config.loss_scale))
+        with collector_paused():  # no garbage-collector pauses mid-probe (session.py)
+            for batch_index in range(config.batches):
+                if not _probe_batch(model, make_batch, loss_fn, session, run, batch_index):
+                    break
+            return _measurements(session, run)
     finally:
         # Announced first: a --timeout clock never interrupts what follows (guards.py).
         stage("restoring the model", 0, config.batches)
@@ -108,12 +113,15 @@ def _probe_batch(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: An
     run.nonfinite_input = run.nonfinite_input or bad_input
     rng = capture_rng()  # so that a replay of this batch sees the same dropout masks (and random/numpy draws)
 
-    def forward() -> torch.Tensor:  # the replay's and the steps' passes
-        return _forward_loss(model, inputs, target, loss_fn, session)[0]
+    def forward() -> torch.Tensor:  # the replay's, the steps' and the loss scale's passes
+        return _forward_loss(model, inputs, target, loss_fn, session, config.precision)[0]
 
+    if run.scaler.dynamic:
+        stage("finding the loss scale", number, config.batches)
+        _settle_scale(forward, session, run.scaler, rng)
     stage("forward pass", number, config.batches)
     try:
-        loss, run.loss_kind = _forward_loss(model, inputs, target, loss_fn, session)
+        loss, run.loss_kind = _forward_loss(model, inputs, target, loss_fn, session, config.precision)
     except UserError as error:
         # A NaN born in this forward that made a later op or loss_fn raise is a nonfinite
         # finding at its origin, not a user error: the scan ends here with what it measured.
@@ -129,8 +137,11 @@ def _probe_batch(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: An
         run.loss_kind = run.loss_kind or ("loss_fn" if loss_fn is not None else "")
         return False
     stage("backward pass", number, config.batches)
-    grads = gradients(loss, session.trainable + session.leaves)[:len(session.trainable)]  # backward.py
+    grads = _scaled_gradients(loss, session, run.scaler.scale)
+    owners = [session.layers[li].name for li in session.owner_of]
+    _headroom(session).predicted_updates(grads, session.trainable, owners, config.optimizer, config.lr)
     facts = session.on_batch(loss, grads)
+    run.scaler.finished_batch()
     run.trace.append(facts.loss)
     if run.origin_pending and not bad_input and (facts.forward_nonfinite or not facts.grads_finite):
         # Data that already holds NaN/Inf is its own origin (nonfinite-input).
@@ -152,25 +163,78 @@ def _probe_batch(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: An
 
 
 def _forward_loss(model: nn.Module, inputs: Any, target: Any, loss_fn: Any,
-                  session: MeasurementSession) -> tuple[torch.Tensor, str]:
+                  session: MeasurementSession, precision: str) -> tuple[torch.Tensor, str]:
+    """The model and the loss, under autocast for --precision bf16/fp16 (precision.py)."""
+    device = session.owner.device
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), autocast(device, precision):
             output = call_model(model, inputs)
     except UserError:
         raise
     except Exception as exc:  # the user's forward failed: say where and with which inputs
         raise forward_failure(model, inputs, exc, session.state.forward.stack) from exc
-    with torch.enable_grad():  # a make_batch that switched grad off must not detach the loss
+    # enable_grad: a make_batch that switched grad off must not detach the loss
+    with torch.enable_grad(), autocast(device, precision):
         return compute_loss(output, target, loss_fn)
+
+
+def _scaled_gradients(loss: torch.Tensor, session: MeasurementSession,
+                      scale: float) -> tuple[torch.Tensor | None, ...]:
+    """The trainable gradients (backward.py), the backward run at loss * scale and the gradients
+    divided by it again (as GradScaler's unscale_); the headroom hooks unscale theirs (headroom.py)."""
+    tensors = session.trainable + session.leaves
+    if scale == 1.0:
+        return gradients(loss, tensors)[:len(session.trainable)]
+    meter = _headroom(session)
+    meter.scale = scale
+    try:
+        grads = gradients(loss * scale, tensors)[:len(session.trainable)]
+    finally:
+        meter.scale = 1.0
+    return tuple(None if g is None else g / scale for g in grads)
+
+
+def _settle_scale(forward: Callable[[], torch.Tensor], session: MeasurementSession, scaler: LossScaler,
+                  rng: RngStates) -> None:
+    """Dynamic loss scale: take the batch unmeasured at the current scale; while its gradients hold
+    Inf/NaN, back off (the step a GradScaler skips, counted) and take it again. A loss that is
+    already Inf/NaN is no scaler overflow (no scale can help): the measured pass reports it."""
+    for attempt in range(MAX_BACKOFFS + 1):
+        restore_rng(rng)  # the same dropout masks as the measured pass
+        with session.paused():
+            try:
+                loss = forward()
+            except UserError:
+                break  # the measured pass raises it again, and handles it
+            if not bool(torch.isfinite(loss.detach()).all()):
+                break
+            grads = gradients(loss * scaler.scale, session.trainable)
+        finite = [torch.isfinite(g).all() for g in grads if g is not None and not g.is_sparse]
+        if not finite or bool(torch.stack(finite).all()) or not scaler.retry_after_overflow(attempt):
+            break
+    restore_rng(rng)
+
+
+def _headroom(session: MeasurementSession) -> HeadroomMeter:
+    meter = session.state.headroom
+    assert meter is not None, "MeasurementSession creates the headroom meter"
+    return meter
 
 
 def _measurements(session: MeasurementSession, run: _ProbeRun) -> Measurements:
     updates = max_update_ratios(run.update_rows, len(session.layers))
     names = [layer.name for layer in session.layers]
-    records = {li: replace(record, update_to_weight=updates[li], **_built_fields(run.as_built, li))
+    headroom = _headroom(session).read()
+    records = {li: replace(record, update_to_weight=updates[li], headroom=headroom.get(record.name),
+                           **_built_fields(run.as_built, li))
                for li, record in session.layer_measurements().items()}
+    scaler = run.scaler
     return replace(
         session.measurements(records),
+        precision=run.config.precision,
+        loss_scale=scaler.initial,
+        scale_overflows=scaler.overflows,
+        final_loss_scale=scaler.scale if scaler.initial is not None else None,
         loss_kind=run.loss_kind,
         nonfinite_input=run.nonfinite_input,
         step_losses=tuple(run.step_losses),
