@@ -311,6 +311,23 @@ def _mem_text(row: Row, path: str) -> str:
     return "n/a" if row.peaks.get(PLAIN) is None or row.peaks.get(path) is None else "-"
 
 
+def profile_scan(target: Target, batches: int, batch_size: int, seed: int, device: torch.device,
+                 top: int) -> str:
+    """cProfile of one scan (after a warm-up scan): where its time goes, by own time per function."""
+    import cProfile
+    import io
+    import pstats
+
+    model = target.build_model().to(device)
+    scan_call(model, target, batches, batch_size, seed, device)
+    profiler = cProfile.Profile()
+    profiler.runcall(scan_call, model, target, batches, batch_size, seed, device)
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    text = out.getvalue()
+    return text[text.index("   ncalls"):] if "   ncalls" in text else text
+
+
 # --------------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------------
@@ -343,6 +360,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--quick", action="store_true", help="smoke run: " + ", ".join(QUICK) + ", 3 repeats")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also print the N functions with the most own time in one scan of each model")
     args = parser.parse_args(argv)
     if args.batches < 1 or (args.repeats is not None and args.repeats < 1) or args.threads < 1:
         parser.error("--batches, --repeats and --threads must be at least 1")
@@ -378,6 +397,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {model.name}: scan {row.ratio:.2f} ({time.perf_counter() - t0:.1f} s, {_load_text()})",
               file=sys.stderr, flush=True)
     print_table(rows)
+    for model in models if args.profile else []:
+        print(f"\ncProfile of one scan of {model.name} (own time, top {args.profile}):")
+        print(profile_scan(model.target(), args.batches, args.batch_size or model.batch_size, args.seed,
+                           device, args.profile), end="")
     print(f"\ntotal {time.perf_counter() - started:.1f} s, {_load_text()}")
     if not all(row.losses_match for row in rows):
         print("WARNING: some paths' losses differ from the plain ones: they did not run the same batches",
