@@ -419,6 +419,41 @@ def test_gated_rnn_swaps_an_rnn_cell_and_says_why_not_for_a_hand_written_cell() 
     assert torch.equal(copied(inputs), twin(inputs))
 
 
+# --- several appliers on one copy (the combined verification) ----------------------------------
+
+def test_appliers_after_add_skip_find_the_moved_layers_and_activations() -> None:
+    model = _seeded(lambda: _mlp(nn.Sigmoid))  # plain autograd: Linear -> Sigmoid, twice, Linear(8, 2)
+    inputs, target = _inputs(BATCH, 8)
+    measurements, report = _probe(model, (8,), 2)
+    copied = copy.deepcopy(model)
+    steps: list[tuple[RecommendationId, Parameters]] = [
+        (R.ADD_SKIP, SkipParameters(("0", "2"))),
+        (R.SWAP_ACTIVATION, SwapActivationParameters(tuple(ActivationSwap(n, "Sigmoid", "nn.ReLU()", "depth")
+                                                           for n in ("0", "2")))),
+        (R.ADD_NORMALIZATION, NormalizationParameters(("0", "2"), "BatchNorm1d", "features")),
+    ]
+    for rid, parameters in steps:
+        context = ApplyContext(copied, Recommendation(rid, "", (), "", "", parameters), report, measurements,
+                               ScanConfig(), lambda: inputs, seed=SEED)
+        patch = APPLIERS[rid](context)
+        assert patch.applied and "not applied" not in patch.reason, patch.reason
+    twin = copy.deepcopy(model)
+    _he_by_hand(twin, ("0", "2"))
+    norms = [nn.BatchNorm1d(8), nn.BatchNorm1d(8)]
+
+    def by_hand(x: torch.Tensor) -> torch.Tensor:  # y = x + relu(BN(W x + b)), twice, then the head
+        x = x + torch.relu(norms[0](_linear(twin, "0")(x)))
+        x = x + torch.relu(norms[1](_linear(twin, "2")(x)))
+        return _linear(twin, "4")(x)
+    assert torch.equal(copied(inputs), by_hand(inputs))
+    got = _grads(copied, inputs, target)
+    F.cross_entropy(by_hand(inputs), target).backward()
+    want = {"0.weight": _linear(twin, "0").weight.grad, "norm.weight": norms[1].weight.grad}
+    assert want["0.weight"] is not None and want["norm.weight"] is not None
+    assert torch.equal(got["0.block.0.weight"], want["0.weight"])
+    assert torch.equal(got["2.block.0.verify_norm.weight"], want["norm.weight"])
+
+
 # --- measure/shapes.py -------------------------------------------------------------------------
 
 def test_measure_shapes_reads_each_modules_shapes_and_leaves_the_model_as_it_was() -> None:

@@ -27,7 +27,7 @@ from gradcheck_cli.report.parameters import ActivationSwap, SwapActivationParame
 from gradcheck_cli.report.records import RecommendationId
 from gradcheck_cli.verify.applier import Applier, ApplyContext, Patch, not_applicable
 from gradcheck_cli.verify.appliers.initialisation import reinit_normal, seeded_generator
-from gradcheck_cli.verify.appliers.surgery import measured, module_at, outcome_reason, replace_module
+from gradcheck_cli.verify.appliers.surgery import current_name, measured, module_at, outcome_reason, replace_module
 
 _USABLE = {"ReLU", "GELU", "LeakyReLU", "ELU", "SiLU"}
 """The activations a swap may put in (the parameters' `use`, e.g. "nn.LeakyReLU(0.01)")."""
@@ -116,6 +116,7 @@ def _plan_swap(ctx: ApplyContext, swap: ActivationSwap, named: set[str], plan: _
 def _swap_module(ctx: ApplyContext, where: str, replaces: str, replacement: nn.Module,
                  swapped: set[str]) -> str | None:
     """Replace the activation module `where`; the reason it cannot, or None."""
+    where = current_name(ctx.model, where)  # after an add-skip applied before on this copy
     if where in swapped:
         return None  # one module after several named layers: swapped once
     current = module_at(ctx.model, where)

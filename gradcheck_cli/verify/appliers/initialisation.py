@@ -18,7 +18,7 @@ from torch import nn
 from gradcheck_cli.report.parameters import InitParameters
 from gradcheck_cli.report.records import RecommendationId
 from gradcheck_cli.verify.applier import Applier, ApplyContext, Patch, not_applicable
-from gradcheck_cli.verify.appliers.surgery import module_at, outcome_reason
+from gradcheck_cli.verify.appliers.surgery import current_name, module_at, outcome_reason
 
 
 def seeded_generator(seed: int) -> torch.Generator:
@@ -28,7 +28,7 @@ def seeded_generator(seed: int) -> torch.Generator:
 
 def reinit_normal(model: nn.Module, name: str, std: float, generator: torch.Generator) -> str | None:
     """Draw `name`'s weight from N(0, std^2) and zero its bias; the reason it cannot, or None."""
-    layer = module_at(model, name)
+    layer = module_at(model, current_name(model, name))  # after an add-skip applied before on this copy
     if layer is None:
         return f"{name} is not a module of the model"
     weight = layer._parameters.get("weight")  # a parametrized weight is not in _parameters

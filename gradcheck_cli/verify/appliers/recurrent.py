@@ -18,7 +18,7 @@ from torch import nn
 from gradcheck_cli.report.parameters import GatedRnnParameters
 from gradcheck_cli.report.records import RecommendationId
 from gradcheck_cli.verify.applier import Applier, ApplyContext, Patch, not_applicable
-from gradcheck_cli.verify.appliers.surgery import module_at, outcome_reason, placed_like, replace_module
+from gradcheck_cli.verify.appliers.surgery import current_name, module_at, outcome_reason, placed_like, replace_module
 
 
 def gated_twin(module: nn.Module) -> nn.Module | None:
@@ -40,6 +40,7 @@ def apply_gated_rnn(ctx: ApplyContext) -> Patch:
         return not_applicable("the recommendation names no recurrent layer")
     done, skipped = [], []
     for name in parameters.layers:
+        name = current_name(ctx.model, name)  # after an add-skip applied before on this copy
         old = module_at(ctx.model, name)
         if old is None or old is ctx.model:
             skipped.append(f"{name} is not a replaceable module of the model")

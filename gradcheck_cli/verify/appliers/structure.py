@@ -29,6 +29,10 @@ from gradcheck_cli.report.parameters import NormalizationParameters, SkipParamet
 from gradcheck_cli.report.records import RecommendationId
 from gradcheck_cli.verify.applier import Applier, ApplyContext, Patch, not_applicable
 from gradcheck_cli.verify.appliers.surgery import (
+    LayerAndActivation,
+    Moved,
+    Residual,
+    current_name,
     measured,
     module_at,
     outcome_reason,
@@ -67,8 +71,9 @@ def apply_add_normalization(ctx: ApplyContext) -> Patch:
     shapes = measure_shapes(ctx.model, ctx.sample_inputs())
     done, skipped = [], []
     for name in parameters.layers:
-        layer = module_at(ctx.model, name)
-        seen = shapes.get(name)
+        now = current_name(ctx.model, name)  # after an add-skip applied before on this copy
+        layer = module_at(ctx.model, now)
+        seen = shapes.get(now)
         if layer is None or seen is None:
             skipped.append(f"{name} did not run on the probe batch")
         elif seen.output is None:
@@ -94,17 +99,6 @@ def _described(norm: nn.Module) -> str:
     return f"{type(norm).__name__}({size})"
 
 
-class Residual(nn.Module):
-    """y = x + block(x): the skip add-skip puts around a block (He et al. 2016)."""
-
-    def __init__(self, block: nn.Module) -> None:
-        super().__init__()
-        self.block = block
-
-    def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
-        return x + self.block(x, *args, **kwargs)
-
-
 def apply_add_skip(ctx: ApplyContext) -> Patch:
     parameters = ctx.recommendation.parameters
     if not isinstance(parameters, SkipParameters) or not parameters.layers:
@@ -115,8 +109,10 @@ def apply_add_skip(ctx: ApplyContext) -> Patch:
     renamed: dict[str, str] = {}
     for name in parameters.layers:
         why_not = _skip_mismatch(name, shapes.get(name))
-        if why_not is not None or module_at(ctx.model, name) in (None, ctx.model):
-            skipped.append(why_not or f"{name} is not a block inside the model")
+        if why_not is None and (current_name(ctx.model, name) != name or module_at(ctx.model, name) is ctx.model):
+            why_not = f"{name} is not a block inside the model that is not residual already"
+        if why_not is not None:
+            skipped.append(why_not)
             continue
         activation = _following_activation(ctx, name, shapes)
         renamed[name] = _wrap_residual(ctx.model, name, activation)
@@ -158,15 +154,15 @@ def _following_activation(ctx: ApplyContext, name: str, shapes: dict[str, Module
 
 
 def _wrap_residual(model: nn.Module, name: str, activation: str | None) -> str:
-    """Residual(layer) or Residual(Sequential(layer, activation)) in the layer's place (the
-    activation's place becomes an Identity); the layer's new name."""
+    """Residual(layer) or Residual(LayerAndActivation(layer, activation)) in the layer's place (a
+    Moved in the activation's place); the layer's new name."""
     layer = model.get_submodule(name)
     if activation is None:
         replace_module(model, name, Residual(layer))
         return f"{name}.block"
     act = model.get_submodule(activation)
-    replace_module(model, activation, nn.Identity())
-    replace_module(model, name, Residual(nn.Sequential(layer, act)))
+    replace_module(model, activation, Moved(f"{name}.block.1"))
+    replace_module(model, name, Residual(LayerAndActivation(layer, act)))
     return f"{name}.block.0"
 
 
