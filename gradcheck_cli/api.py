@@ -120,6 +120,7 @@ def _validate(config: ScanConfig) -> None:
     if config.timeout is not None and not config.timeout > 0:
         raise UserError(f"--timeout must be a positive number of seconds (got {config.timeout})")
     _validate_device(config.device)
+    _validate_precision(config)
 
 
 def _validate_device(device: str) -> None:
@@ -133,3 +134,25 @@ def _validate_device(device: str) -> None:
         raise UserError(f"--device {device} asked for, but no CUDA device is available; use --device cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA devices are visible")
+
+
+def _validate_precision(config: ScanConfig) -> None:
+    """--precision one of PRECISIONS that the device's autocast supports; --loss-scale a positive
+    finite number or "dynamic" (measure/precision.py)."""
+    import math
+
+    import torch
+
+    from gradcheck_cli.config import PRECISIONS
+    from gradcheck_cli.measure.precision import unsupported_precision
+
+    if config.precision not in PRECISIONS:
+        raise UserError(f"unknown --precision '{config.precision}'; use one of {', '.join(PRECISIONS)}")
+    scale = config.loss_scale
+    if scale is not None and scale != "dynamic" and (
+            isinstance(scale, (str, bool)) or not math.isfinite(scale) or not scale > 0):
+        raise UserError(f"--loss-scale must be a positive number or 'dynamic' (got {scale})")
+    reason = unsupported_precision(torch.device(config.device), config.precision)
+    if reason is not None:
+        raise UserError(f"--precision {config.precision} on --device {config.device}: {reason}; "
+                        "use --precision fp32")

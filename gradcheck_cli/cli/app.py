@@ -19,7 +19,7 @@ import typer
 
 from gradcheck_cli import __version__
 from gradcheck_cli.cli.settings import SETTINGS, Layer, Resolved
-from gradcheck_cli.config import DEFAULT_FAIL_ON, OPTIMIZERS, ScanConfig
+from gradcheck_cli.config import DEFAULT_FAIL_ON, OPTIMIZERS, PRECISIONS, ScanConfig
 from gradcheck_cli.errors import UserError
 from gradcheck_cli.report.records import ScanResult
 from gradcheck_cli.text import exception_text
@@ -64,6 +64,14 @@ VerifyOption = Annotated[bool | None, typer.Option(
     "--verify/--no-verify", help="Apply each recommendation to a copy of the model, probe it again with the same "
                                  "batches and seed, and report before -> after (the model itself is never "
                                  "changed). [default: off]", show_default=False)]
+PrecisionOption = Annotated[str | None, typer.Option(
+    "--precision", help=f"Probe under torch.autocast in this dtype: {', '.join(PRECISIONS)}; the report gets "
+                        f"each layer's fp16/bf16 headroom in any of them. [default: {_D.precision}]",
+    show_default=False)]
+LossScaleOption = Annotated[str | None, typer.Option(
+    "--loss-scale", help="Scale the loss before the probe's backward: a number S (static), or 'dynamic' "
+                         "(torch.amp.GradScaler: 65536, halved on Inf/NaN gradients). [default: none]",
+    show_default=False)]
 ExitZeroOption = Annotated[bool, typer.Option(
     "--exit-zero", help="Exit 0 even when findings fail the gate (errors still exit 2).")]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Print every stage of every scan on stderr.")]
@@ -115,6 +123,8 @@ def scan(
         help="Stop the scan after this many seconds (exit 2, naming the running stage); covers --verify.",
         show_default=False)] = None,
     verify: VerifyOption = None,
+    precision: PrecisionOption = None,
+    loss_scale: LossScaleOption = None,
     output_format: FormatOption = "table",
     output: OutputOption = None,
     fail_on: Annotated[str | None, typer.Option(
@@ -143,7 +153,7 @@ def scan(
         resolved = _resolve_settings(_command_line_layer(
             batches=batches, batch_size=batch_size, seed=seed, device=device, steps=steps,
             optimizer=optimizer, lr=lr, input_shape=input_shape, fail_on=fail_on,
-            checkpoint=checkpoint, timeout=timeout, verify=verify))
+            checkpoint=checkpoint, timeout=timeout, verify=verify, precision=precision, loss_scale=loss_scale))
         if show_config:
             from gradcheck_cli.cli.settings import show_config_text
 
@@ -187,6 +197,8 @@ def run(
         help="Stop a scan after this many seconds (that scan errors, the others run), for every scan.",
         show_default=False)] = None,
     verify: VerifyOption = None,
+    precision: PrecisionOption = None,
+    loss_scale: LossScaleOption = None,
     output_format: FormatOption = "table",
     output: OutputOption = None,
     fail_on: Annotated[str | None, typer.Option(
@@ -215,7 +227,8 @@ def run(
         options = _output_options(output_format, output, baseline, write_baseline, exit_zero, quiet, no_color)
         plan = _recipe_plan(recipe, _command_line_layer(
             batches=batches, batch_size=batch_size, seed=seed, device=device, steps=steps,
-            optimizer=optimizer, lr=lr, input_shape=None, fail_on=fail_on, timeout=timeout, verify=verify))
+            optimizer=optimizer, lr=lr, input_shape=None, fail_on=fail_on, timeout=timeout, verify=verify,
+            precision=precision, loss_scale=loss_scale))
     except UserError as exc:
         _fail(str(exc), exc, debug)
     if show_config:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from gradcheck_cli.analyse.thresholds import REGISTRY, ThresholdEntry, Thresholds, check_value
-from gradcheck_cli.config import OPTIMIZERS, ScanConfig
+from gradcheck_cli.config import OPTIMIZERS, PRECISIONS, ScanConfig
 from gradcheck_cli.report.gate import UNVERIFIED, valid_fail_on_words
 
 Path_ = tuple[str | int, ...]
@@ -182,6 +182,22 @@ def _input_shape(value: Any) -> tuple[int, ...]:
     return tuple(parts)
 
 
+def _precision(value: Any) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in PRECISIONS:
+        hint = did_you_mean(value.strip().lower(), list(PRECISIONS)) if isinstance(value, str) else ""
+        raise ValueError(f"expected one of {', '.join(PRECISIONS)}, got {shown(value)}{hint}")
+    return value.strip().lower()
+
+
+def _loss_scale(value: Any) -> float | str:
+    if isinstance(value, str) and value.strip().lower() == "dynamic":
+        return "dynamic"
+    try:
+        return _positive_float(value)
+    except ValueError:
+        raise ValueError(f"expected a positive number or 'dynamic', got {shown(value)}") from None
+
+
 def _bool(value: Any) -> bool:
     # Only a real boolean: `verify: yes` is one in YAML 1.1, but "false" (a string) or 0 is a mistake.
     if not isinstance(value, bool):
@@ -240,6 +256,8 @@ SETTINGS: dict[str, Setting] = {s.key: s for s in [
     Setting("fail_on", _fail_on, "finding kinds/statuses that fail the gate", "--fail-on"),
     Setting("timeout", _timeout, "seconds one scan may take", "--timeout"),
     Setting("verify", _bool, "apply each recommendation to a copy and probe it again", "--verify"),
+    Setting("precision", _precision, "autocast dtype of the probe: fp32, bf16 or fp16", "--precision"),
+    Setting("loss_scale", _loss_scale, "loss scale of the probe's backward: a number or dynamic", "--loss-scale"),
     Setting("input_shape", _input_shape, "per-sample input shape", "--input-shape", per_scan=True),
     Setting("checkpoint", _path, "state_dict loaded before the probe", "--checkpoint", per_scan=True),
     *_threshold_settings(),
@@ -336,6 +354,7 @@ def builtin_layer() -> Layer:
         "batches": config.batches, "batch_size": config.batch_size, "seed": config.seed,
         "device": config.device, "steps": config.steps, "optimizer.name": config.optimizer,
         "optimizer.lr": config.lr, "fail_on": config.fail_on, "timeout": config.timeout, "verify": config.verify,
+        "precision": config.precision, "loss_scale": config.loss_scale,
         "input_shape": config.input_shape, "checkpoint": config.checkpoint,
     }
     values.update({f"thresholds.{f.name}": getattr(thresholds, f.name) for f in fields(Thresholds)})
@@ -355,7 +374,7 @@ class Resolved:
             batches=v["batches"], batch_size=v["batch_size"], seed=v["seed"], device=v["device"],
             steps=v["steps"], optimizer=v["optimizer.name"], lr=v["optimizer.lr"],
             input_shape=v["input_shape"], fail_on=v["fail_on"], checkpoint=v["checkpoint"],
-            timeout=v["timeout"], verify=v["verify"])
+            timeout=v["timeout"], verify=v["verify"], precision=v["precision"], loss_scale=v["loss_scale"])
 
     def thresholds(self) -> Thresholds:
         return replace(Thresholds(), **{f.name: self.values[f"thresholds.{f.name}"].value
