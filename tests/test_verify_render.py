@@ -87,9 +87,9 @@ def test_a_recommendation_that_did_not_help_is_never_shown_as_a_fix() -> None:
 def test_fixes_come_first_whatever_the_order_they_arrive_in() -> None:
     groups = group_recommendations((NORMALIZATION, CHECK_INPUTS, CLIP, HE_INIT, LOWER_LR))
     assert [(rank, rec.id.value) for rank, rec in groups.fixes] == [(1, "clip-gradients"), (2, "he-init")]
-    assert [(rank, rec.id.value) for rank, rec in groups.did_not_help] == [(3, "add-normalization"),
-                                                                           (4, "lower-lr")]
-    assert [(rank, rec.id.value) for rank, rec in groups.not_verified] == [(5, "check-inputs")]
+    assert [(rank, rec.id.value) for rank, rec in groups.not_verified] == [(3, "check-inputs")]
+    assert [(rank, rec.id.value) for rank, rec in groups.did_not_help] == [(4, "add-normalization"),
+                                                                           (5, "lower-lr")]
     text = render_table(replace(verified_report(), recommendations=(NORMALIZATION, HE_INIT)), width=100,
                         color=False)
     assert text.index("1. [he-init]") < text.index("did not help when measured (1)") < text.index(
@@ -131,7 +131,7 @@ def test_markdown_shows_the_summaries_and_no_snippet_for_what_did_not_help() -> 
     text = render_markdown([verified_result()])
     assert "**Recommendations (5, verified on the same 3 probe batches)**" in text
     assert "   <br>verified: verdict exploding -> healthy; net.0 grad/weight 3.0e+03 -> 2.1e-03" in text
-    assert text.index("**Did not help when measured (2)**") < text.index("3. **add-normalization**")
+    assert text.index("**Did not help when measured (2)**") < text.index("4. **add-normalization**")
     assert NORMALIZATION.code not in text
     assert "**Applied together: he-init + clip-gradients -> verdict healthy**" in text
 
@@ -179,7 +179,7 @@ def test_junit_gate_names_unverified_recommendations() -> None:
     failure = root.find("testsuite/testcase[@name='gate']/failure")
     assert failure is not None
     assert failure.get("message") == ("verdict exploding: 4 recommendation(s) not verified (fail_on: unverified): "
-                                      "clip-gradients, add-normalization, lower-lr, check-inputs")
+                                      "clip-gradients, check-inputs, add-normalization, lower-lr")
 
 
 def test_github_writes_a_notice_per_recommendation_and_errors_for_the_unverified_gate() -> None:
@@ -197,7 +197,7 @@ def test_json_has_a_verification_object_per_recommendation() -> None:
     document = json.loads(render_json(verified_report()))
     assert document["schema"] == "gradcheck/report@1"
     assert [r["verification"]["status"] for r in document["recommendations"]] == [
-        "verified", "partial", "no effect", "made worse", "not applicable"]
+        "verified", "partial", "not applicable", "no effect", "made worse"]
     assert document["verification"]["applied"] == ["he-init", "clip-gradients"]
     assert document["config"]["verify"] is True
     assert "verify" not in json.loads(render_json(exploding_report()))["config"]

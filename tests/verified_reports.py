@@ -1,7 +1,7 @@
 """Hand-built reports of a `--verify` scan, for the render, gate and CLI tests of --verify.
 
 Built on format_reports.exploding_report (no scan runs): one recommendation per verification status,
-in the order verify/rank.py gives them (verified, partial, then the ones that did not help), and the
+in the order verify/rank.py gives them (verified, partial, not applicable, no effect, made worse), and the
 combined line of the verified set applied together.
 """
 
@@ -75,7 +75,7 @@ def verified_report() -> Report:
     """The exploding report scanned with --verify: every status once, and the combined line."""
     report = exploding_report()
     return replace(report, config={**report.config, "verify": True},
-                   recommendations=(HE_INIT, CLIP, NORMALIZATION, LOWER_LR, CHECK_INPUTS),
+                   recommendations=(HE_INIT, CLIP, CHECK_INPUTS, NORMALIZATION, LOWER_LR),
                    verification=COMBINED)
 
 

@@ -114,14 +114,14 @@ def _scan_section(result: ScanResult, known: frozenset[str], level: int) -> str:
 
 
 def _verified_recommendations(report: Report) -> list[str]:
-    """With --verify: the fixes that helped, then apart (never as a fix, no snippet) those measured
-    not to help, those that could not be verified, and the verified set applied together."""
+    """With --verify: the fixes that helped, then apart (never as a fix) those that could not be
+    verified, those measured not to help (no snippet), and the verified set applied together."""
     groups = group_recommendations(report.recommendations)
     lines = ["", f"**Recommendations ({len(report.recommendations)}, {probe_text(report)})**", ""]
     if not groups.fixes:
         lines += ["None of them helped when measured.", ""]
-    for heading, entries, show_code in ((None, groups.fixes, True), (DID_NOT_HELP, groups.did_not_help, False),
-                                        (NOT_VERIFIED, groups.not_verified, True)):
+    for heading, entries, show_code in ((None, groups.fixes, True), (NOT_VERIFIED, groups.not_verified, True),
+                                        (DID_NOT_HELP, groups.did_not_help, False)):
         if heading is not None and entries:
             lines += [f"**{heading.capitalize()} ({len(entries)})**", ""]
         for rank, rec in entries:

@@ -248,16 +248,16 @@ def _recommendations(recommendations: Sequence[Recommendation]) -> Table:
 
 
 def _print_verified_recommendations(console: Console, report: Report) -> None:
-    """With --verify: the fixes that helped, then apart (never as a fix) those that were measured and
-    did not help (no snippet to paste), those that could not be verified, and the combined line."""
+    """With --verify: the fixes that helped, then apart (never as a fix) those that could not be
+    verified, those that were measured and did not help (no snippet to paste), and the combined line."""
     groups = group_recommendations(report.recommendations)
     console.print(Text(f"recommendations ({len(report.recommendations)}, {probe_text(report)})", style="bold"))
     if groups.fixes:
         console.print(_recommendation_grid(groups.fixes, verified=True, show_code=True))
     else:
         console.print(Text("none of them helped when measured", style="yellow"))
-    for heading, entries, show_code in ((DID_NOT_HELP, groups.did_not_help, False),
-                                   (NOT_VERIFIED, groups.not_verified, True)):
+    for heading, entries, show_code in ((NOT_VERIFIED, groups.not_verified, True),
+                                        (DID_NOT_HELP, groups.did_not_help, False)):
         if entries:
             console.print()
             console.print(Text(f"{heading} ({len(entries)})", style="bold"))

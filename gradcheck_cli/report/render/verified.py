@@ -4,8 +4,9 @@ renderers share, so a recommendation reads the same everywhere.
 A report without verification (a scan without --verify) has no Verification on any recommendation
 and no CombinedVerification: ``has_verification`` is False and the renderers write what they always
 wrote. With one, the recommendations fall into three groups, in the report's (re-ranked) order:
-fixes (status in HELPED: verified, partial), measured and not helping (no effect, made worse:
-never presented as a fix) and not verified (not applicable: nothing was measured). How the
+fixes (status in HELPED: verified, partial), not verified (not applicable: nothing was measured)
+and measured not to help (no effect, made worse: never presented as a fix), the order of
+verify/rank.py, so a number in the table is the recommendation's place in the JSON list. How the
 statuses are decided: docs/verify.md.
 """
 
@@ -32,8 +33,8 @@ def has_verification(report: Report) -> bool:
 class RecommendationGroups:
     fixes: tuple[tuple[int, Recommendation], ...]
     """(rank, recommendation) of those that helped; rank counts from 1 over the whole list."""
-    did_not_help: tuple[tuple[int, Recommendation], ...]
     not_verified: tuple[tuple[int, Recommendation], ...]
+    did_not_help: tuple[tuple[int, Recommendation], ...]
 
 
 def group_recommendations(recommendations: Sequence[Recommendation]) -> RecommendationGroups:
@@ -42,10 +43,10 @@ def group_recommendations(recommendations: Sequence[Recommendation]) -> Recommen
     fixes = [r for r in recommendations if helped(r)]
     not_verified = [r for r in recommendations if not helped(r) and _not_applicable(r)]
     did_not_help = [r for r in recommendations if not helped(r) and not _not_applicable(r)]
-    numbered = list(enumerate([*fixes, *did_not_help, *not_verified], start=1))
-    return RecommendationGroups(tuple(numbered[:len(fixes)]),
-                                tuple(numbered[len(fixes):len(fixes) + len(did_not_help)]),
-                                tuple(numbered[len(fixes) + len(did_not_help):]))
+    numbered = list(enumerate([*fixes, *not_verified, *did_not_help], start=1))
+    first_other, first_worse = len(fixes), len(fixes) + len(not_verified)
+    return RecommendationGroups(tuple(numbered[:first_other]), tuple(numbered[first_other:first_worse]),
+                                tuple(numbered[first_worse:]))
 
 
 def helped(rec: Recommendation) -> bool:
