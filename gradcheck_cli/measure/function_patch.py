@@ -97,7 +97,8 @@ class LayerTrace:
         layers = {id(module) for _, module, _ in own_params(model)[1]}
         for name, module in model.named_modules():
             module.register_forward_pre_hook(_Entered(self, name or "(root)"))
-            module.register_forward_hook(_Left(self, name or "(root)", id(module) in layers))
+            # always_call: a forward that raised (a NaN replay, a failed batch) leaves no stale frame
+            module.register_forward_hook(_Left(self, name or "(root)", id(module) in layers), always_call=True)
 
     @property
     def running(self) -> str | None:
