@@ -76,7 +76,9 @@ def guard_nonfinite(context: ApplyContext) -> Patch:
 def _describe(params: GuardParameters) -> str:
     bound = _bound(params)
     return {
-        "exp": f"(input clamped at max {bound:g})", "softmax": "(rows all -inf get finfo.min)",
+        "exp": f"(input clamped at max {bound:g})", "div": f"(divisor clamped at min {bound:g})",
+        "pow": f"(base of a fractional or negative power clamped at min {bound:g})",
+        "softmax": "(rows all -inf get finfo.min)",
         "scaled_dot_product_attention": "(queries left no key by attn_mask attend to every key)",
         "multi_head_attention_forward": "(sequences all padding get their first key unmasked)",
     }.get(params.guard, f"(input clamped at min {bound:g})")
