@@ -362,6 +362,18 @@ def test_add_skip_not_applicable_names_the_shapes() -> None:
     assert torch.equal(copied(inputs), model(inputs))
 
 
+def test_a_forward_that_fails_on_the_sample_batch_makes_structure_not_applicable() -> None:
+    model = _seeded(lambda: _mlp(nn.Tanh))  # plain autograd
+    measurements, report = _probe(model, (8,), 2)
+    for rid, parameters in ((R.ADD_SKIP, SkipParameters(("0",))),
+                            (R.ADD_NORMALIZATION, NormalizationParameters(("0",), "BatchNorm1d", "features"))):
+        context = ApplyContext(copy.deepcopy(model), Recommendation(rid, "", (), "", "", parameters), report,
+                               measurements, ScanConfig(), lambda: torch.zeros(4, 3), seed=SEED)
+        patch = APPLIERS[rid](context)
+        assert not patch.applied
+        assert patch.reason.startswith("the model's forward failed while measuring its shapes (RuntimeError: ")
+
+
 # --- gated-rnn ---------------------------------------------------------------------------------
 
 class _Recurrent(nn.Module):

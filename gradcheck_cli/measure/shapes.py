@@ -5,9 +5,10 @@ add-normalization picks the norm from a layer's measured output shape ((N, C) ->
 only where its input and output shapes match (docs/verify.md). Shapes are read, never guessed from
 the layer's configuration: a Linear applied to (N, L, D) returns (N, L, out).
 
-The forward runs without gradients and leaves the model as it was: the hooks are removed, the
-buffers (BatchNorm's running statistics) are written back, and the random number generators are
-restored (a dropout draws nothing that the re-probe would then miss).
+The forward runs as the probe runs it (training mode, gradients on: a forward may need them) and
+leaves the model as it was: the hooks are removed, the buffers (BatchNorm's running statistics)
+are written back, and the random number generators are restored (a dropout draws nothing that
+the re-probe would then miss).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def measure_shapes(model: nn.Module, inputs: Any) -> dict[str, ModuleShapes]:
     devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
     handles = [module.register_forward_hook(recorder(name)) for name, module in model.named_modules()]
     try:
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
+        with torch.random.fork_rng(devices=devices):
             call_model(model, inputs)
     finally:
         for handle in handles:

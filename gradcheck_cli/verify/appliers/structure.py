@@ -27,6 +27,7 @@ from gradcheck_cli.measure.activation_watch import channels_first_layer
 from gradcheck_cli.measure.shapes import ModuleShapes, measure_shapes
 from gradcheck_cli.report.parameters import NormalizationParameters, SkipParameters
 from gradcheck_cli.report.records import RecommendationId
+from gradcheck_cli.target.guards import is_out_of_memory
 from gradcheck_cli.verify.applier import Applier, ApplyContext, Patch, not_applicable
 from gradcheck_cli.verify.appliers.surgery import (
     LayerAndActivation,
@@ -49,6 +50,17 @@ def _normalize(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
     return module.get_submodule(NORM_CHILD)(output)
 
 
+def _shapes(ctx: ApplyContext) -> dict[str, ModuleShapes] | str:
+    """The shapes of the copy's modules on the first probe batch, or why they could not be measured."""
+    try:
+        return measure_shapes(ctx.model, ctx.sample_inputs())
+    except Exception as exc:  # noqa: BLE001 - the user's forward, run once more
+        if is_out_of_memory(exc):
+            raise  # no fault of the patch: the scan reports it (api.py)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return f"the model's forward failed while measuring its shapes ({type(exc).__name__}: {first})"
+
+
 def norm_for(layer: nn.Module, shape: tuple[int, ...], norm: str) -> nn.Module | str:
     """The norm for a layer's output of this shape (the module docstring), or why there is none."""
     if len(shape) < 2:
@@ -68,7 +80,9 @@ def apply_add_normalization(ctx: ApplyContext) -> Patch:
     parameters = ctx.recommendation.parameters
     if not isinstance(parameters, NormalizationParameters) or not parameters.layers:
         return not_applicable("the recommendation names no layer to normalize")
-    shapes = measure_shapes(ctx.model, ctx.sample_inputs())
+    shapes = _shapes(ctx)
+    if isinstance(shapes, str):
+        return not_applicable(shapes)
     done, skipped = [], []
     for name in parameters.layers:
         now = current_name(ctx.model, name)  # after an add-skip applied before on this copy
@@ -103,7 +117,9 @@ def apply_add_skip(ctx: ApplyContext) -> Patch:
     parameters = ctx.recommendation.parameters
     if not isinstance(parameters, SkipParameters) or not parameters.layers:
         return not_applicable("the recommendation names no block to make residual")
-    shapes = measure_shapes(ctx.model, ctx.sample_inputs())
+    shapes = _shapes(ctx)
+    if isinstance(shapes, str):
+        return not_applicable(shapes)
     done: list[str] = []
     skipped: list[str] = []
     renamed: dict[str, str] = {}
