@@ -466,6 +466,23 @@ def test_appliers_after_add_skip_find_the_moved_layers_and_activations() -> None
     assert torch.equal(got["2.block.0.verify_norm.weight"], want["norm.weight"])
 
 
+def test_a_functional_swap_after_add_skip_follows_the_moved_layer() -> None:
+    model = _seeded(_FunctionalNet)
+    inputs, _ = _inputs(BATCH, 8)
+    measurements, report = _probe(model, (8,), 2)
+    copied = copy.deepcopy(model)
+    swap = ActivationSwap("fc1", "Sigmoid", "nn.ReLU()", "depth")
+    for rid, parameters in ((R.ADD_SKIP, SkipParameters(("fc1",))),
+                            (R.SWAP_ACTIVATION, SwapActivationParameters((swap,)))):
+        patch = APPLIERS[rid](ApplyContext(copied, Recommendation(rid, "", (), "", "", parameters), report,
+                                           measurements, ScanConfig(), lambda: inputs, seed=SEED))
+        assert patch.applied and "not applied" not in patch.reason, patch.reason
+    twin = copy.deepcopy(model)
+    _he_by_hand(twin, ("fc1",))
+    a = inputs + twin.fc1(inputs)  # written by hand: the skip around fc1, then relu and squash's sigmoid
+    assert torch.equal(copied(inputs), twin.head(torch.sigmoid(twin.fc2(torch.relu(a) + torch.sigmoid(a)))))
+
+
 # --- measure/shapes.py -------------------------------------------------------------------------
 
 def test_measure_shapes_reads_each_modules_shapes_and_leaves_the_model_as_it_was() -> None:

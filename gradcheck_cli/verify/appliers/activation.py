@@ -95,11 +95,12 @@ def _plan_swap(ctx: ApplyContext, swap: ActivationSwap, named: set[str], plan: _
     where = counts.where
     label = f"{swap.layer} ({swap.replaces} -> {type(replacement).__name__})"
     if ":" in where:
-        enclosing = where.rpartition(":")[0]
+        enclosing = current_name(ctx.model, where.rpartition(":")[0])  # names now, after an add-skip
         if module_at(ctx.model, enclosing) is None:
             plan.skipped.append(f"{swap.layer}: its activation's module '{enclosing}' is not in the model")
             return
-        plan.functional.setdefault(enclosing, {})[swap.layer] = (swap.replaces, replacement)
+        producer = current_name(ctx.model, swap.layer)
+        plan.functional.setdefault(enclosing, {})[producer] = (swap.replaces, replacement)
         plan.done.append(label)
     else:
         why_not = _swap_module(ctx, where, swap.replaces, replacement, plan.swapped_modules)
