@@ -125,8 +125,10 @@ def apply_add_skip(ctx: ApplyContext) -> Patch:
     renamed: dict[str, str] = {}
     for name in parameters.layers:
         why_not = _skip_mismatch(name, shapes.get(name))
-        if why_not is None and (current_name(ctx.model, name) != name or module_at(ctx.model, name) is ctx.model):
-            why_not = f"{name} is not a block inside the model that is not residual already"
+        if why_not is None and module_at(ctx.model, name) is ctx.model:
+            why_not = f"{name} is the whole model"
+        elif why_not is None and current_name(ctx.model, name) != name:
+            why_not = f"{name} is residual already"
         if why_not is not None:
             skipped.append(why_not)
             continue
