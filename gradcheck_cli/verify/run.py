@@ -175,6 +175,9 @@ class _Verifier:
         before = self.report.verdict.value  # the verdict the user was shown: what the fixes together change
         together = " + ".join(applied)
         not_applied = f"; not applicable after the others: {', '.join(skipped)}" if skipped else ""
+        if not applied:  # each applied alone, but none on this copy: nothing to probe
+            return CombinedVerification((), before, None, f"the verified fixes could not be applied together: "
+                                        f"{', '.join(skipped)}", self.config.batches)
         try:
             after = self.probe(model, overrides, _chain(rewrites), label).verdict.value
         except UserError as exc:
