@@ -328,6 +328,64 @@ class NonfiniteInputEvidence(Evidence):
     nonfinite_input: bool = True
 
 
+@dataclass(frozen=True)
+class Fp16UnderflowEvidence(Evidence):
+    """fp16-underflow: the layer's output gradients against fp16's smallest numbers, after scaling."""
+
+    precision: str
+    """The precision the probe ran in (fp16)."""
+    loss_scale: float
+    """The scale the fractions are computed at: the one the fp16 backward ran at (1: no scaling)."""
+    below_normal_fraction: float
+    """Share of the nonzero output-gradient elements below fp16's smallest normal 2^-14 after scaling."""
+    below_subnormal_fraction: float
+    """Share below fp16's smallest subnormal 2^-24 after scaling: flushed to zero."""
+    grad_max_abs: float
+    """Largest |output gradient| (unscaled)."""
+    nonzero_elements: int
+    zero_fraction: float
+    """Share of exactly-zero elements among all counted (in an fp16 probe these include the ones
+    the backward already flushed)."""
+    rounding_error: float
+    """RMS of fp16's rounding error over the gradient, relative to its RMS (analyse/fp16_range.py)."""
+    margin: Margin | None = optional()
+
+
+@dataclass(frozen=True)
+class Fp16OverflowEvidence(Evidence):
+    """fp16-overflow: a value past fp16's largest finite number, or a loss scale that overflowed."""
+
+    cause: str
+    """activation (a layer's output past the max) | gradient (scaled gradient past the max) |
+    scaler (the dynamic scaler skipped steps and recovered: transient)"""
+    dtype_max: float
+    activation_max_abs: float | None = optional()
+    scaled_grad_max_abs: float | None = optional()
+    """Largest |output gradient| times the loss scale it ran at."""
+    loss_scale: float | None = optional()
+    final_loss_scale: float | None = optional()
+    scale_overflows: int | None = optional()
+    layers_past_max: int | None = optional()
+    """How many layers' outputs exceed the max (this one is the first in execution order)."""
+    transient: bool = flag()
+
+
+@dataclass(frozen=True)
+class Bf16StaleUpdateEvidence(Evidence):
+    """bf16-stale-update: weight updates below bf16's resolution relative to the weight."""
+
+    stale_fraction: float
+    """update_small / update_count: weight elements whose update |dw| < 2^-8 |w|."""
+    update_small: int
+    update_count: int
+    resolution: float
+    """2^-8: the relative spacing of bf16 numbers (8 significant bits)."""
+    optimizer: str
+    lr: float
+    """The optimizer and learning rate the updates are those of (--optimizer, --lr)."""
+    margin: Margin | None = optional()
+
+
 RECORDS: dict[FindingKind, tuple[type[Evidence], ...]] = {
     FindingKind.VANISHING: (StatusEvidence,),
     FindingKind.EXPLODING: (StatusEvidence, OverflowGrowthEvidence),
@@ -339,5 +397,8 @@ RECORDS: dict[FindingKind, tuple[type[Evidence], ...]] = {
     FindingKind.INIT_SCALE: (InitScaleEvidence,),
     FindingKind.DIVERGENCE: (DivergenceEvidence,),
     FindingKind.NONFINITE_INPUT: (NonfiniteInputEvidence,),
+    FindingKind.FP16_UNDERFLOW: (Fp16UnderflowEvidence,),
+    FindingKind.FP16_OVERFLOW: (Fp16OverflowEvidence,),
+    FindingKind.BF16_STALE_UPDATE: (Bf16StaleUpdateEvidence,),
 }
 """The evidence record(s) each finding kind's check builds (kinds without a check have none)."""

@@ -7,6 +7,7 @@ rendered from them (`snippet()`), so the numbers a user pastes are the numbers a
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -252,3 +253,79 @@ class GuardParameters(Parameters):
     def snippet(self) -> str:
         template = _GUARDS[self.guard]
         return template.format(b=literal(self.bound)) if self.bound is not None else template
+
+
+# --- mixed precision ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LossScalingParameters(Parameters):
+    """loss-scaling: the initial scale for torch.amp.GradScaler (a power of two)."""
+
+    init_scale: float
+    """The largest power of two that keeps the largest measured gradient under fp16's max with
+    margin (analyse/fix_precision.py)."""
+    clears_underflow: bool
+    """At init_scale no layer's gradients underflow any more; False when no single scale keeps
+    both ends of the measured gradients in fp16's range."""
+
+    def snippet(self) -> str:
+        return (f'scaler = torch.amp.GradScaler("cuda", init_scale={_power(self.init_scale)})\n'
+                'with torch.autocast("cuda", dtype=torch.float16):\n'
+                "    loss = loss_fn(model(inputs), target)\n"
+                "scaler.scale(loss).backward()\n"
+                "scaler.step(optimizer)  # unscales; skips the step on Inf/NaN\n"
+                "scaler.update()")
+
+
+def _power(value: float) -> str:
+    """A power of two as Python source (2.0 ** 20), any other scale as a literal."""
+    exponent = math.log2(value) if value > 0 else 0.5
+    return f"2.0 ** {int(exponent)}" if exponent == int(exponent) else literal(value)
+
+
+@dataclass(frozen=True)
+class UseBf16Parameters(Parameters):
+    """use-bf16: autocast in bfloat16 instead of float16; the layers whose outputs exceed fp16's range."""
+
+    layers: tuple[str, ...]
+
+    def snippet(self) -> str:
+        return ('with torch.autocast("cuda", dtype=torch.bfloat16):\n'
+                "    loss = loss_fn(model(inputs), target)\n"
+                "loss.backward()  # no GradScaler: bf16 has float32's exponent range\n"
+                "optimizer.step()")
+
+
+@dataclass(frozen=True)
+class KeepFp32Parameters(Parameters):
+    """keep-fp32: the layers to run in float32 inside the autocast region (the overflow sites)."""
+
+    layers: tuple[str, ...]
+
+    def snippet(self) -> str:
+        names = ", ".join(f'"{name}"' for name in self.layers)
+        return ("def in_fp32(forward):  # run a layer in float32 inside autocast\n"
+                "    def run(*args, **kwargs):\n"
+                '        with torch.autocast("cuda", enabled=False):\n'
+                "            args = [a.float() if torch.is_tensor(a) and a.is_floating_point()\n"
+                "                    else a for a in args]\n"
+                "            return forward(*args, **kwargs)\n"
+                "    return run\n"
+                f"for name in [{names}]:\n"
+                "    layer = model.get_submodule(name)\n"
+                "    layer.forward = in_fp32(layer.forward)")
+
+
+@dataclass(frozen=True)
+class Fp32MasterWeightsParameters(Parameters):
+    """fp32-master-weights: keep float32 weights (and optimizer state) and compute in bf16 under autocast."""
+
+    layers: tuple[str, ...]
+
+    def snippet(self) -> str:
+        return ("model = model.float()  # float32 master weights and optimizer state\n"
+                "optimizer = torch.optim.AdamW(model.parameters(), lr=lr)\n"
+                'with torch.autocast("cuda", dtype=torch.bfloat16):  # bf16 compute only\n'
+                "    loss = loss_fn(model(inputs), target)\n"
+                "loss.backward()\n"
+                "optimizer.step()")

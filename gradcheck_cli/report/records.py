@@ -45,6 +45,8 @@ class FindingKind(str, Enum):
     DIVERGENCE = "divergence"
     NONFINITE_INPUT = "nonfinite-input"
     FP16_UNDERFLOW = "fp16-underflow"
+    FP16_OVERFLOW = "fp16-overflow"
+    BF16_STALE_UPDATE = "bf16-stale-update"
 
 
 class Severity(str, Enum):
@@ -66,6 +68,9 @@ class RecommendationId(str, Enum):
     GUARD_NONFINITE = "guard-nonfinite"
     CHECK_INPUTS = "check-inputs"
     LOSS_SCALING = "loss-scaling"
+    USE_BF16 = "use-bf16"
+    KEEP_FP32 = "keep-fp32"
+    FP32_MASTER_WEIGHTS = "fp32-master-weights"
 
 
 Number = float | int | str | None

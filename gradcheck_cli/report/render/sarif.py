@@ -54,6 +54,8 @@ DEFAULT_LEVELS: dict[FindingKind, str] = {
     FindingKind.DIVERGENCE: "error",
     FindingKind.NONFINITE_INPUT: "error",
     FindingKind.FP16_UNDERFLOW: "warning",
+    FindingKind.FP16_OVERFLOW: "error",
+    FindingKind.BF16_STALE_UPDATE: "warning",
 }
 
 RULE_ORDER = tuple(FindingKind)
