@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stats_factory import layer_stats
+from stats_factory import layer_stats, with_values
 from typer.testing import CliRunner
 
 from gradcheck_cli.analyse.checks import CHECKS
@@ -25,9 +25,13 @@ from gradcheck_cli.analyse.thresholds import Thresholds, quote
 from gradcheck_cli.cli import knowledge as catalog
 from gradcheck_cli.cli.app import app
 from gradcheck_cli.cli.knowledge import FINDINGS, FIXES, NOT_YET_MEASURED, NOT_YET_RECOMMENDED, Entry
+from gradcheck_cli.measure.records import LOG2_HIGH, LOG2_LOW, Headroom
 from gradcheck_cli.report.evidence import (
+    Bf16StaleUpdateEvidence,
     DeadReluEvidence,
     DivergenceEvidence,
+    Fp16OverflowEvidence,
+    Fp16UnderflowEvidence,
     InitScaleEvidence,
     LayerNumbers,
     NonfiniteEvidence,
@@ -182,6 +186,30 @@ def _scenarios() -> list[Scenario]:
             pre_divergence_steps=1, max_update_to_weight=0.1, max_update_layer="head", suggested_lr=0.01,
             suggested_lr_basis="update-ratio", initial_grad_norm=3.0)),
         (FindingKind.NONFINITE_INPUT, [OK], {}),
+        *_precision_scenarios(),
+    ]
+
+
+def _headroom(exponent: int, activation: float = 1.0) -> Headroom:
+    """All 100 output-gradient elements in [2^exponent, 2^(exponent + 1))."""
+    counts = [0] * (LOG2_HIGH - LOG2_LOW + 1)
+    counts[exponent - LOG2_LOW] = 100
+    return Headroom(activation, 2.0 ** (exponent + 1), tuple(counts), 0, 100, 90, 100)
+
+
+def _precision_scenarios() -> list[Scenario]:
+    tiny = with_values(_layer("u0"), headroom=_headroom(-20))
+    norm = with_values(_layer("n0", type_name="LayerNorm"), role="normalization",
+                       headroom=_headroom(-6, activation=math.inf))
+    return [
+        (FindingKind.FP16_UNDERFLOW, [tiny, OK], Fp16UnderflowEvidence("fp16", 1.0, 1.0, 0.0, 2.0 ** -19, 100, 0.0,
+                                                                        0.01)),
+        (FindingKind.FP16_OVERFLOW, [norm, OK], Fp16OverflowEvidence("activation", 65504.0, math.inf,
+                                                                      layers_past_max=1)),
+        (FindingKind.FP16_OVERFLOW, [with_values(_layer("g0"), headroom=_headroom(-3)), OK],
+         Fp16OverflowEvidence("gradient", 65504.0, scaled_grad_max_abs=65536.0, loss_scale=2.0 ** 18)),
+        (FindingKind.BF16_STALE_UPDATE, [with_values(_layer("s0"), headroom=_headroom(-6)), OK],
+         Bf16StaleUpdateEvidence(0.9, 90, 100, 2.0 ** -8, "sgd", 0.01)),
     ]
 
 

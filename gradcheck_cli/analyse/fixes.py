@@ -6,7 +6,7 @@ rendered from them. The mapping from cause to fix is documented per recommendati
 
 Three explicit steps, each a pure function of its input:
 1. `candidates`: every source (SOURCES) proposes fixes from the findings' typed evidence
-   (cause_fixes.py, fix_gradients.py, fix_nonfinite.py).
+   (cause_fixes.py, fix_gradients.py, fix_nonfinite.py, fix_precision.py).
 2. `resolve`: one fix per id, the candidate of the most specific source (the latest in SOURCES):
    a fix measured on the run itself (divergence) beats one inferred from a layer's gradient, a
    recurrence's own clip beats the generic one, the init that findings name beats the init of
@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from gradcheck_cli.analyse.cause_fixes import Fix, activation_fix, init_fixes, structure_fixes
 from gradcheck_cli.analyse.fix_gradients import explosion_fixes, through_time_fixes
 from gradcheck_cli.analyse.fix_nonfinite import check_inputs_fix, divergence_fixes, nonfinite_fixes
+from gradcheck_cli.analyse.fix_precision import precision_fixes
 from gradcheck_cli.analyse.stats import LayerStats
 from gradcheck_cli.analyse.thresholds import DEFAULTS, Thresholds
 from gradcheck_cli.report.evidence import DivergenceEvidence, NonfiniteEvidence
@@ -29,11 +30,11 @@ from gradcheck_cli.report.records import Finding, FindingKind, Recommendation, R
 R = RecommendationId
 
 # Most urgent first: data and NaN sources, then what stops a diverging run, then root causes.
-RANK = (R.CHECK_INPUTS, R.GUARD_NONFINITE, R.LOSS_SCALING, R.CLIP_GRADIENTS, R.LOWER_LR,
-        R.HE_INIT, R.XAVIER_INIT, R.SWAP_ACTIVATION, R.GATED_RNN, R.ADD_NORMALIZATION, R.ADD_SKIP,
-        R.WEIGHT_DECAY)
+RANK = (R.CHECK_INPUTS, R.GUARD_NONFINITE, R.USE_BF16, R.KEEP_FP32, R.LOSS_SCALING, R.FP32_MASTER_WEIGHTS,
+        R.CLIP_GRADIENTS, R.LOWER_LR, R.HE_INIT, R.XAVIER_INIT, R.SWAP_ACTIVATION, R.GATED_RNN,
+        R.ADD_NORMALIZATION, R.ADD_SKIP, R.WEIGHT_DECAY)
 
-SOURCES = ("nonfinite", "explosion", "init", "activation", "through-time", "structure", "divergence")
+SOURCES = ("nonfinite", "precision", "explosion", "init", "activation", "through-time", "structure", "divergence")
 """The sources of candidates, least specific first (see `resolve`)."""
 
 TITLES = {
@@ -49,6 +50,9 @@ TITLES = {
     R.GUARD_NONFINITE: "Guard the operation that produces NaN/Inf",
     R.CHECK_INPUTS: "Clean the input data: the batch already holds NaN/Inf",
     R.LOSS_SCALING: "Scale the loss for fp16 training",
+    R.USE_BF16: "Autocast in bfloat16 instead of float16",
+    R.KEEP_FP32: "Run the overflowing layers in float32",
+    R.FP32_MASTER_WEIGHTS: "Keep float32 master weights for bf16 training",
 }
 
 
@@ -82,6 +86,7 @@ def candidates(findings: Sequence[Finding], layers: Sequence[LayerStats], has_no
         evidence = next(f.evidence for f in findings if f.kind == FindingKind.NONFINITE)
         add("nonfinite", nonfinite_fixes(evidence if isinstance(evidence, NonfiniteEvidence) else None,
                                          kinds[FindingKind.NONFINITE], layers, t))
+    add("precision", precision_fixes(findings, layers, t))
     if exploding:
         add("explosion", explosion_fixes(exploding, layers, t))
     add("init", init_fixes(findings, exploding + vanishing, layers))

@@ -61,6 +61,10 @@ class Thresholds:
     clip_headroom: float = 2.0
     clip_default: float = 1.0
     swap_saturated_fraction: float = 0.5
+    # checks/fp16_underflow.py, fp16_overflow.py, bf16_stale_update.py and fix_precision.py
+    fp16_gradient_error: float = 2e-3
+    bf16_stale_majority: float = 0.5
+    loss_scale_margin: float = 8.0
 
 
 DEFAULTS = Thresholds()
@@ -94,7 +98,8 @@ DOMAINS = {
 
 # Factors compared against a growth or a distance from a threshold: below 1 they would invert the rule.
 _AT_LEAST_ONE = {"explode_relative", "init_band_margin", "run_min_gain", "run_min_total", "borderline",
-                 "init_gross", "divergence_growth", "divergence_same_batch_rise", "clip_headroom"}
+                 "init_gross", "divergence_growth", "divergence_same_batch_rise", "clip_headroom",
+                 "loss_scale_margin"}
 # Decays and shares of a whole: 1 or less by meaning.
 _AT_MOST_ONE = {"vanish_relative", "collapse", "horizon_fraction", "lr_floor", "lr_cut"}
 
@@ -110,6 +115,7 @@ def _domain(name: str, unit: str, default: float) -> str:
 K = FindingKind
 _V, _E, _VT, _ET = K.VANISHING.value, K.EXPLODING.value, K.VANISHING_THROUGH_TIME.value, K.EXPLODING_THROUGH_TIME.value
 _INIT, _DEAD, _SAT, _DIV = K.INIT_SCALE.value, K.DEAD_RELU.value, K.SATURATED_ACTIVATION.value, K.DIVERGENCE.value
+_UNDER, _OVER, _STALE = K.FP16_UNDERFLOW.value, K.FP16_OVERFLOW.value, K.BF16_STALE_UPDATE.value
 
 # (name, meaning, unit, source, kinds), in the field order of Thresholds.
 _TABLE: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
@@ -285,6 +291,27 @@ _TABLE: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
      "fraction",
      "chosen: most of its outputs flat (otherwise tanh's derivative is ~1); sigmoid' <= 0.25 always counts",
      (_V,)),
+    ("fp16_gradient_error",
+     "RMS rounding error of a layer's output gradient carried in fp16 (after the loss scale), relative "
+     "to the gradient's RMS, above which it underflows",
+     "ratio",
+     "bfloat16's unit roundoff 2^-9 ~ 2e-3 (8 significant bits, Kalamkar et al. 2019): bf16 training "
+     "tolerates that much rounding of every gradient; fp16's normal range rounds 8x finer, its "
+     "subnormals (below 2^-14, IEEE 754 binary16) and flushed elements coarser",
+     (_UNDER,)),
+    ("bf16_stale_majority",
+     "share of a layer's weight elements whose update is below 2^-8 of the weight (lost in a bf16 "
+     "weight) above which its updates are stale",
+     "fraction",
+     "bfloat16 keeps 8 significant bits (Kalamkar et al. 2019), so w + dw rounds back to w when "
+     "|dw| < 2^-8 |w|; chosen: a majority of the layer's weights do not move",
+     (_STALE,)),
+    ("loss_scale_margin",
+     "loss-scaling's initial scale keeps the largest measured gradient this factor under fp16's max 65504",
+     "factor",
+     "chosen: room for three doublings of the largest gradient beyond the probe's batches; GradScaler "
+     "halves the scale on an overflow anyway (PyTorch AMP documentation)",
+     (_UNDER, _OVER)),
 )
 
 REGISTRY: tuple[ThresholdEntry, ...] = tuple(

@@ -50,10 +50,13 @@ ANSWERS: dict[RecommendationId, tuple[FindingKind, ...]] = {
     R.WEIGHT_DECAY: (K.DIVERGENCE,),
     R.GUARD_NONFINITE: (K.NONFINITE,),
     R.CHECK_INPUTS: (K.NONFINITE_INPUT,),
-    R.LOSS_SCALING: (K.FP16_UNDERFLOW,),
+    R.LOSS_SCALING: (K.FP16_UNDERFLOW, K.FP16_OVERFLOW),
+    R.USE_BF16: (K.FP16_OVERFLOW,),
+    R.KEEP_FP32: (K.FP16_OVERFLOW,),
+    R.FP32_MASTER_WEIGHTS: (K.BF16_STALE_UPDATE,),
 }
 """The finding kinds each recommendation's fix addresses (analyse/cause_fixes.py, fix_gradients.py,
-fix_nonfinite.py propose each id for these kinds)."""
+fix_nonfinite.py, fix_precision.py propose each id for these kinds)."""
 
 STEP_FIXES = (R.CLIP_GRADIENTS, R.LOWER_LR, R.WEIGHT_DECAY)
 """Fixes of the optimizer steps, judged on the steps' update ratios and loss trend."""

@@ -9,9 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from gradcheck_cli.analyse.checks import (
+    bf16_stale_update,
     dead_relu,
     divergence,
     exploding,
+    fp16_overflow,
+    fp16_underflow,
     init_scale,
     nonfinite,
     nonfinite_input,
@@ -33,6 +36,9 @@ CHECKS: dict[FindingKind, Callable[[CheckContext], list[Finding]]] = {
     FindingKind.INIT_SCALE: init_scale.check,
     FindingKind.SATURATED_ACTIVATION: saturated_activation.check,
     FindingKind.DEAD_RELU: dead_relu.check,
+    FindingKind.FP16_OVERFLOW: fp16_overflow.check,
+    FindingKind.FP16_UNDERFLOW: fp16_underflow.check,
+    FindingKind.BF16_STALE_UPDATE: bf16_stale_update.check,
 }
 
 

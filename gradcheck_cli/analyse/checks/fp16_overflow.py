@@ -1,0 +1,82 @@
+"""fp16-overflow: values past fp16's largest finite number 65504, or a loss scale that overflows.
+
+Detects, under `--precision fp16` (bf16 and fp32 reach 3.4e38):
+* activation: a layer's output whose largest |x| over the probe batches exceeds 65504 (an fp16
+  output past it is Inf; IEEE 754 binary16). Reported once, on the first such layer in execution
+  order (the overflow site: the Inf it produces reaches every layer after it), with the number of
+  layers past the max. Severity: error. Fixes: use-bf16 (float32's range); keep-fp32 when the site
+  is a normalization layer, whose statistics overflow in fp16.
+* gradient: an output gradient that, times the loss scale the backward ran at, exceeds 65504: the
+  scaled backward overflows (a static `--loss-scale` too large, or a dynamic scaler that backed off
+  to its limit and still saw Inf). Reported on the layer with the largest scaled gradient, when no
+  activation overflowed (that one is then the cause). Severity: error. Fix: loss-scaling with a
+  scale that keeps the largest gradient under the max.
+* scaler (transient): the dynamic scaler (`--loss-scale dynamic`, torch.amp.GradScaler semantics)
+  skipped steps on Inf/NaN gradients, then measured every batch finite at a lower scale. This is
+  how GradScaler finds its scale and is benign (PyTorch AMP documentation). Severity: info, no fix.
+
+Evidence: cause, dtype_max, activation_max_abs, scaled_grad_max_abs, loss_scale, final_loss_scale,
+scale_overflows, layers_past_max, transient (docs/findings/fp16-overflow.md). No threshold: the
+limit is the format's.
+"""
+
+from __future__ import annotations
+
+from gradcheck_cli.analyse.checks.context import CheckContext
+from gradcheck_cli.analyse.fp16_range import FP16_MAX, outputs_past_max, scale_in_use
+from gradcheck_cli.analyse.stats import LayerStats
+from gradcheck_cli.measure.records import Headroom
+from gradcheck_cli.report.evidence import Fp16OverflowEvidence
+from gradcheck_cli.report.records import Finding, FindingKind, Severity
+
+
+def check(context: CheckContext) -> list[Finding]:
+    if context.config.precision != "fp16":
+        return []
+    measured = [x for x in context.layers if x.measured.headroom is not None]
+    found = _activation_overflow(measured) or _gradient_overflow(measured, context)
+    if found is None and context.measurements.scale_overflows > 0:
+        found = _transient(context)
+    return [found] if found is not None else []
+
+
+def _activation_overflow(layers: list[LayerStats]) -> Finding | None:
+    past = sorted((x for x in layers if _headroom(x).activation_max_abs > FP16_MAX), key=lambda x: x.index)
+    if not past:
+        return None
+    site = past[0]
+    peak = _headroom(site).activation_max_abs
+    evidence = Fp16OverflowEvidence("activation", FP16_MAX, activation_max_abs=peak, layers_past_max=len(past))
+    after = f"; {len(past) - 1} later layers too" if len(past) > 1 else ""
+    return Finding(FindingKind.FP16_OVERFLOW, site.name, Severity.ERROR,
+                   f"{site.name} ({site.type_name}) {outputs_past_max(peak)}{after}", evidence)
+
+
+def _gradient_overflow(layers: list[LayerStats], context: CheckContext) -> Finding | None:
+    scale = scale_in_use(context.measurements)
+    scaled = [(_headroom(x).grad_max_abs * scale, x) for x in layers]
+    over = [(g, x) for g, x in scaled if g > FP16_MAX]
+    if not over:
+        return None
+    peak, site = max(over, key=lambda p: (p[0], -p[1].index))
+    m = context.measurements
+    evidence = Fp16OverflowEvidence("gradient", FP16_MAX, scaled_grad_max_abs=peak, loss_scale=scale,
+                                    final_loss_scale=m.final_loss_scale, scale_overflows=m.scale_overflows)
+    return Finding(FindingKind.FP16_OVERFLOW, site.name, Severity.ERROR,
+                   f"{site.name} ({site.type_name}): its output gradient times the loss scale {scale:g} "
+                   f"reaches {peak:.3g}, past fp16's 65504: the scaled backward overflows", evidence)
+
+
+def _transient(context: CheckContext) -> Finding:
+    m = context.measurements
+    evidence = Fp16OverflowEvidence("scaler", FP16_MAX, loss_scale=m.loss_scale, final_loss_scale=m.final_loss_scale,
+                                    scale_overflows=m.scale_overflows, transient=True)
+    return Finding(FindingKind.FP16_OVERFLOW, None, Severity.INFO,
+                   f"the dynamic loss scaler skipped {m.scale_overflows} step(s) on Inf/NaN gradients and "
+                   f"settled at {m.final_loss_scale or 0:g} (from {m.loss_scale or 0:g}): a transient "
+                   "overflow, how GradScaler finds its scale (benign)", evidence)
+
+
+def _headroom(layer: LayerStats) -> Headroom:
+    assert layer.measured.headroom is not None
+    return layer.measured.headroom
