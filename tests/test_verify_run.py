@@ -424,3 +424,13 @@ def test_the_users_model_is_untouched_by_verify_with_the_real_appliers() -> None
     assert any(r.verification is not None and r.verification.status != S.NOT_APPLICABLE
                for r in report.recommendations)  # copies were patched and probed
     assert_unchanged(before, model)
+
+
+def test_precision_findings_are_compared_on_their_own_numbers() -> None:
+    before = _report(Status.HEALTHY, [_row("a", Status.HEALTHY, 1e-2)],
+                     [_finding(K.FP16_UNDERFLOW, "a", 0.9, Severity.WARNING)])
+    fewer = replace(before, findings=(_finding(K.FP16_UNDERFLOW, "a", 0.05, Severity.WARNING),))
+    v = compare(_rec(R.LOSS_SCALING, "a"), before, fewer, {}, T).verification
+    assert v.status == S.PARTIAL and "a gradients below fp16's normal range 0.9 -> 0.05" in v.summary
+    gone = replace(before, findings=())
+    assert compare(_rec(R.LOSS_SCALING, "a"), before, gone, {}, T).verification.status == S.VERIFIED

@@ -44,8 +44,10 @@ GAUGES: dict[FindingKind, Gauge] = {
     K.DEAD_RELU: Gauge("dead_fraction", "dead units", -1, lambda t: t.dead_majority),
     K.INIT_SCALE: Gauge("std_ratio", "weight std/target", 0, lambda t: t.init_band_margin),
     K.DIVERGENCE: Gauge("loss_trend", "loss last/first", -1, lambda t: t.divergence_growth),
+    K.FP16_UNDERFLOW: Gauge("below_normal_fraction", "gradients below fp16's normal range", -1),
+    K.BF16_STALE_UPDATE: Gauge("stale_fraction", "stale bf16 updates", -1),
 }
-"""Finding kinds without a gauge (nonfinite-input, precision kinds) are judged on presence alone."""
+"""Finding kinds without a gauge (nonfinite-input, fp16-overflow) are judged on presence alone."""
 
 
 def finding_value(finding: Finding) -> Number:
