@@ -7,16 +7,20 @@ retain_grad, then counted by hand (floor(log2|g|) with torch.log2, fp16 flushes 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from torch import nn
+from typer.testing import CliRunner
 
 from gradcheck_cli import scan
+from gradcheck_cli.cli.app import app
 from gradcheck_cli.config import ScanConfig
 from gradcheck_cli.errors import UserError
 from gradcheck_cli.measure import precision
@@ -26,6 +30,7 @@ from gradcheck_cli.target.isolation import seed_all
 from gradcheck_cli.target.resolve import Target
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+runner = CliRunner()
 BATCHES, BATCH_SIZE = 2, 8
 
 
@@ -329,3 +334,49 @@ def test_the_report_says_which_precision_was_probed_and_fp32_reports_keep_their_
 def test_bad_precision_options_are_user_errors(options: dict[str, Any], message: str) -> None:
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
         scan(_target(), **options)
+
+
+MODEL_FILE = '''
+import torch
+from torch import nn
+
+def build_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+
+def make_batch(batch_size):
+    return torch.randn(batch_size, 8), torch.randn(batch_size, 4)
+'''
+
+
+def test_cli_precision_and_loss_scale_reach_the_report_from_every_layer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "model.py").write_text(MODEL_FILE)
+    (tmp_path / "pyproject.toml").write_text('[tool.gradcheck]\nprecision = "fp16"\nloss_scale = 1024\n')
+    (tmp_path / "recipe.yaml").write_text(
+        "version: 1\ndefaults:\n  precision: bf16\nscans:\n  - name: a\n    target: model.py\n"
+        "    loss_scale: dynamic\n")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["scan", "model.py", "--batches", "2", "--format", "json", "-q"])
+    assert result.exit_code == 0, result.output
+    config = json.loads(result.stdout)["config"]
+    assert (config["precision"], config["loss_scale"]) == ("fp16", 1024.0)
+    result = runner.invoke(app, ["scan", "model.py", "--batches", "2", "--format", "json", "-q",
+                                 "--precision", "bf16", "--loss-scale", "dynamic"])
+    config = json.loads(result.stdout)["config"]
+    assert (config["precision"], config["loss_scale"]) == ("bf16", "dynamic")
+    result = runner.invoke(app, ["run", "recipe.yaml", "--show-config"])
+    rows = {line.split()[0]: line.split(maxsplit=2)[1:] for line in result.stdout.splitlines()[1:] if line.strip()}
+    assert rows["precision"][0] == "bf16" and rows["precision"][1].startswith("recipe")
+    assert rows["loss_scale"][0] == "dynamic" and rows["loss_scale"][1].startswith("recipe")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--precision", "fp8"], "--precision: expected one of fp32, bf16, fp16, got 'fp8'"),
+    (["--loss-scale", "0"], "--loss-scale: expected a positive number or 'dynamic', got '0'"),
+])
+def test_cli_bad_precision_options_exit_2_with_one_line(args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["scan", "builtin:relu-he", *args])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert message in result.stderr
