@@ -127,11 +127,17 @@ def test_underflow_fires_only_in_fp16_and_reads_the_scale_in_use() -> None:
 
 
 def test_small_elements_that_carry_little_of_the_gradient_do_not_fire() -> None:
-    # 10% of the elements below 2^-24 (lost), but they carry ~4^-22 of the gradient's square sum
-    assert _findings([_layer("a", _headroom({-8: 90, -30: 10}))]) == []
+    # 10% of the elements at 2^-22 (3 significant bits), but ~4^-14 of the gradient's square sum
+    assert _findings([_layer("a", _headroom({-8: 90, -22: 10}))]) == []
     # the bulk at 2^-16 keeps 9 significant bits, more than bf16's 8: fine; at 2^-18, 7: not
     assert _findings([_layer("a", _headroom({-16: 100}))]) == []
     assert [f.layer for f in _findings([_layer("a", _headroom({-18: 100}))])] == ["a"]
+
+
+def test_a_gradient_holding_values_fp16_cannot_hold_was_float32() -> None:
+    # fp16 has no nonzero number below 2^-24: such elements mean autocast carried it in float32
+    assert [f.layer for f in _findings([_layer("a", _headroom({-20: 100}))])] == ["a"]
+    assert _findings([_layer("a", _headroom({-20: 95, -26: 5}))]) == []
 
 
 def test_loss_scaling_takes_the_largest_safe_power_of_two_and_says_whether_it_lifts() -> None:
@@ -151,32 +157,35 @@ def test_loss_scaling_takes_the_largest_safe_power_of_two_and_says_whether_it_li
 
 
 def test_loss_scaling_says_when_no_scale_keeps_both_ends() -> None:
-    # a's gradients at 2^-40 need 2^23 (2^-17: 8 bits); b's largest, below 2^1, allows at most 2^11
-    layers = [_layer("a", _headroom({-40: 100})), _layer("b", _headroom({0: 10}), index=1)]
+    # a's gradients at 2^-22 need 2^5 (to 2^-17: 8 bits); b's largest, below 2^13, allows at most 2^-1
+    layers = [_layer("a", _headroom({-22: 100})), _layer("b", _headroom({12: 10}), index=1)]
     rec = next(r for r in recommend(_findings(layers), layers, has_normalization=False) if r.id == R.LOSS_SCALING)
     assert isinstance(rec.parameters, LossScalingParameters)
-    assert rec.parameters.init_scale == 2.0 ** 11 and not rec.parameters.clears_underflow
-    assert "needs 2^23" in rec.why and "bf16" in rec.why
+    assert rec.parameters.init_scale == 2.0 ** -1 and not rec.parameters.clears_underflow
+    assert "needs 2^5" in rec.why and "bf16" in rec.why
 
 
 def test_activation_overflow_names_the_first_site_and_recommends_bf16() -> None:
-    layers = [_layer("late", _headroom(HEALTHY, act=math.inf), index=2),
-              _layer("site", _headroom(HEALTHY, act=1e5), index=1),
+    layers = [_layer("late", _headroom(HEALTHY, act=math.inf), index=3),
+              _layer("site", _headroom(HEALTHY, act=math.inf), index=2),
+              _layer("wide", _headroom(HEALTHY, act=1e5), index=1),  # finite past 65504: kept in fp32
               _layer("fine", _headroom(HEALTHY, act=3.0), index=0)]
     found = _findings(layers)
     assert [(f.kind, f.layer, f.severity) for f in found] == [(K.FP16_OVERFLOW, "site", Severity.ERROR)]
-    assert dict(found[0].evidence) == {"cause": "activation", "dtype_max": 65504.0, "activation_max_abs": 1e5,
+    assert dict(found[0].evidence) == {"cause": "activation", "dtype_max": 65504.0, "activation_max_abs": math.inf,
                                        "layers_past_max": 2}
     assert _findings(layers, "bf16") == [] and _findings(layers, "fp32") == []
     ids = [r.id for r in recommend(found, layers, has_normalization=False)]
-    assert ids == [R.USE_BF16]  # a Linear site: keeping it in fp32 would hand the Inf to the next layer
+    assert ids == [R.USE_BF16]  # no normalization after the site: in fp32 its Inf would reach the next layer
 
 
-def test_a_normalization_site_gets_keep_fp32() -> None:
-    layers = [_layer("norm", _headroom(HEALTHY, act=math.inf), role="normalization", type_name="LayerNorm")]
+def test_a_normalization_after_the_site_gets_keep_fp32() -> None:
+    layers = [_layer("fc", _headroom(HEALTHY, act=math.inf)),
+              _layer("norm", _headroom(HEALTHY, act=math.inf), index=1, role="normalization", type_name="LayerNorm"),
+              _layer("head", _headroom(HEALTHY, act=math.inf), index=2)]
     recs = recommend(_findings(layers), layers, has_normalization=True)
     assert [r.id for r in recs] == [R.USE_BF16, R.KEEP_FP32]
-    assert recs[1].layers == ("norm",) and '"norm"' in recs[1].code
+    assert recs[1].layers == ("fc", "norm") and '"fc", "norm"' in recs[1].code
 
 
 def test_scaled_gradients_past_the_max_are_a_real_overflow() -> None:
@@ -306,9 +315,11 @@ def test_activations_past_65504_overflow_in_fp16_and_not_in_bf16() -> None:
             half = model.fc(x)
     assert float(wide.abs().max()) > FP16_MAX and bool(torch.isinf(half).any())
     assert over[0].evidence["activation_max_abs"] == math.inf
-    rec = next(r for r in report.recommendations if r.id == R.USE_BF16)
-    assert rec.layers == ("fc",)
-    assert rec.verification is not None and rec.verification.status == VerificationStatus.VERIFIED, rec.verification
+    for rid, layers in ((R.USE_BF16, ("fc",)), (R.KEEP_FP32, ("fc", "norm"))):
+        rec = next(r for r in report.recommendations if r.id == rid)
+        assert rec.layers == layers
+        assert rec.verification is not None and rec.verification.status == VerificationStatus.VERIFIED, \
+            (rid, rec.verification)
     for precision in ("fp32", "bf16"):
         quiet = _scan(Loud, precision, make_batch=_loud_batch)
         assert quiet.verdict.value == "healthy" and quiet.findings == (), precision

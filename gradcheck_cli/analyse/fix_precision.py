@@ -7,8 +7,9 @@
   searched, analyse/fp16_range.py). When it cannot, the gradients span more than fp16's range:
   the why says so and names bf16, which has float32's range (docs/fixes/loss-scaling.md).
 * use-bf16 (fp16-overflow of an activation): bfloat16's largest number is float32's 3.4e38.
-* keep-fp32 (fp16-overflow whose site is a normalization layer): its statistics of large inputs
-  overflow in fp16; run it in float32 inside the autocast region (docs/fixes/keep-fp32.md).
+* keep-fp32 (fp16-overflow of an activation whose next layer in execution order is a normalization):
+  run in float32, the overflowing layer's values stay finite and the normalization brings them back
+  into fp16's range for the layers after it (docs/fixes/keep-fp32.md).
 * fp32-master-weights (bf16-stale-update): float32 weights and optimizer state keep the updates
   that bf16 rounds away (docs/fixes/fp32-master-weights.md).
 """
@@ -111,20 +112,20 @@ def _histograms(underflow: Sequence[Finding], layers: Sequence[LayerStats]) -> l
 
 
 def _activation_fixes(activation: Sequence[Finding], layers: Sequence[LayerStats]) -> list[Fix | None]:
-    """use-bf16 for every activation past fp16's max; keep-fp32 when the site is a normalization."""
-    by_name = {x.name: x for x in layers}
-    names = tuple(f.layer for f in activation if f.layer)
-    first = activation[0]
-    peak = float(first.evidence["activation_max_abs"] or 0.0)
-    fixes: list[Fix | None] = [Fix(R.USE_BF16, names,
-                                   f"{first.layer} {outputs_past_max(peak)}; "
-                                   "bfloat16 has float32's exponent range (up to 3.4e38)",
-                                   UseBf16Parameters(names))]
-    norms = tuple(name for name in names if name in by_name and by_name[name].role == "normalization")
-    if norms:
-        fixes.append(Fix(R.KEEP_FP32, norms,
-                         f"{norms[0]} ({by_name[norms[0]].type_name}) is where fp16 overflows: the mean and "
-                         "variance of large inputs pass 65504; in float32 it normalizes them back into range",
-                         KeepFp32Parameters(norms)))
+    """use-bf16 for the overflow site; keep-fp32 for the site and the normalization after it."""
+    site = activation[0].layer
+    if site is None:
+        return []
+    peak = float(activation[0].evidence["activation_max_abs"] or 0.0)
+    fixes: list[Fix | None] = [Fix(R.USE_BF16, (site,), f"{site} {outputs_past_max(peak)}; bfloat16 has "
+                                   "float32's exponent range (up to 3.4e38)", UseBf16Parameters((site,)))]
+    ran = sorted((x for x in layers if x.measured.order >= 0), key=lambda x: x.index)
+    at = next((i for i, x in enumerate(ran) if x.name == site), None)
+    follower = ran[at + 1] if at is not None and at + 1 < len(ran) else None
+    if follower is not None and follower.role == "normalization":
+        pair = (site, follower.name)
+        fixes.append(Fix(R.KEEP_FP32, pair,
+                         f"{site} {outputs_past_max(peak)}, and {follower.name} ({follower.type_name}) after it "
+                         "normalizes them: run in float32, the two keep the values finite and hand fp16 "
+                         "numbers in range to the layers after them", KeepFp32Parameters(pair)))
     return fixes
-

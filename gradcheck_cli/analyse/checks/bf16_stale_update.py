@@ -14,7 +14,8 @@ does not lose these updates: the finding is about keeping the weights (or the op
 in bf16, as pure-bf16 training does (docs/findings/bf16-stale-update.md).
 
 Evidence: stale_fraction, update_small, update_count, resolution, optimizer, lr (and margin when
-borderline). Severity: warning. Fix: fp32-master-weights.
+borderline). Severity: info, since the probe cannot see how the user stores the weights (under
+autocast nothing is lost). Fix: fp32-master-weights.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def check(context: CheckContext) -> list[Finding]:
         evidence = Bf16StaleUpdateEvidence(stale, headroom.update_small, headroom.update_count, BF16_RESOLUTION,
                                            config.optimizer, config.lr, margin)
         findings.append(Finding(
-            FindingKind.BF16_STALE_UPDATE, layer.name, Severity.WARNING,
+            FindingKind.BF16_STALE_UPDATE, layer.name, Severity.INFO,
             f"{layer.name} ({layer.type_name}): {stale:.0%} of its weight updates ({headroom.update_small} of "
             f"{headroom.update_count}) are below 2^-8 of the weight, bf16's resolution: a bf16 weight does not "
             f"take them ({config.optimizer}, lr {config.lr:g})", evidence))

@@ -1,11 +1,13 @@
 """fp16-overflow: values past fp16's largest finite number 65504, or a loss scale that overflows.
 
 Detects, under `--precision fp16` (bf16 and fp32 reach 3.4e38):
-* activation: a layer's output whose largest |x| over the probe batches exceeds 65504 (an fp16
-  output past it is Inf; IEEE 754 binary16). Reported once, on the first such layer in execution
-  order (the overflow site: the Inf it produces reaches every layer after it), with the number of
-  layers past the max. Severity: error. Fixes: use-bf16 (float32's range); keep-fp32 when the site
-  is a normalization layer, whose statistics overflow in fp16.
+* activation: a layer whose outputs are Inf: an fp16 output past 65504 is Inf (IEEE 754
+  binary16). A finite output past 65504 is one autocast kept in float32 (a norm on CUDA, a layer
+  run in fp32): harmless unless an fp16 op takes it, and then that op's layer shows the Inf.
+  Reported once, on the first such layer in execution order (the overflow site: its Inf reaches
+  every layer after it), with the number of layers whose outputs are Inf. Severity: error. Fixes:
+  use-bf16 (float32's range); keep-fp32 when the next layer is a normalization, which brings the
+  values back into range when both run in float32.
 * gradient: an output gradient that, times the loss scale the backward ran at, exceeds 65504: the
   scaled backward overflows (a static `--loss-scale` too large, or a dynamic scaler that backed off
   to its limit and still saw Inf). Reported on the layer with the largest scaled gradient, when no
@@ -17,10 +19,12 @@ Detects, under `--precision fp16` (bf16 and fp32 reach 3.4e38):
 
 Evidence: cause, dtype_max, activation_max_abs, scaled_grad_max_abs, loss_scale, final_loss_scale,
 scale_overflows, layers_past_max, transient (docs/findings/fp16-overflow.md). No threshold: the
-limit is the format's.
+limit is the format's. Only fp16 probes are checked, so a plain fp32 scan reports nothing.
 """
 
 from __future__ import annotations
+
+import math
 
 from gradcheck_cli.analyse.checks.context import CheckContext
 from gradcheck_cli.analyse.fp16_range import FP16_MAX, outputs_past_max, scale_in_use
@@ -41,7 +45,7 @@ def check(context: CheckContext) -> list[Finding]:
 
 
 def _activation_overflow(layers: list[LayerStats]) -> Finding | None:
-    past = sorted((x for x in layers if _headroom(x).activation_max_abs > FP16_MAX), key=lambda x: x.index)
+    past = sorted((x for x in layers if math.isinf(_headroom(x).activation_max_abs)), key=lambda x: x.index)
     if not past:
         return None
     site = past[0]

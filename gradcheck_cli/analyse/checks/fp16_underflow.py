@@ -12,7 +12,10 @@ elements below 2^-14 would call every deep model trained with a mean-reduced los
 The scale is the probe's `--loss-scale` (the dynamic scaler's final scale; 1 without one). The
 error and the fractions are read off the measured histogram of log2 |g| and the gradient's sum of
 squares (analyse/fp16_range.py). In an fp16 probe the elements the backward already flushed are
-exact zeros: they count in `zero_fraction`, not in the fractions.
+exact zeros: they count in `zero_fraction`, not in the fractions. A gradient that holds nonzero
+elements below 2^-24 (after the scale) was not carried in fp16, which has no such numbers: it
+reached the layer in float32 (autocast, or keep-fp32, ran the layer or the one after it in
+float32), fp16 did not round it, and it is not reported.
 
 Only fp16 probes are checked: bf16 has float32's exponent range, and an fp32 scan reports nothing
 about a precision it did not run in (its report stays what it was before mixed precision).
@@ -44,8 +47,8 @@ def check(context: CheckContext) -> list[Finding]:
             continue
         squares = layer.measured.output_grad.total if layer.measured.output_grad is not None else None
         u = underflow_at(headroom.grad_log2_counts, LOG2_LOW, scale, squares)
-        if u.nonzero == 0 or not underflows(u, limit):
-            continue
+        if u.nonzero == 0 or u.below_subnormal > 0 or not underflows(u, limit):
+            continue  # values below 2^-24 are no fp16 numbers: this gradient reached the layer in fp32
         evidence = Fp16UnderflowEvidence(
             "fp16", scale, u.below_normal, u.below_subnormal, headroom.grad_max_abs, u.nonzero,
             headroom.grad_zero / headroom.grad_count if headroom.grad_count else 0.0, u.rounding_error,

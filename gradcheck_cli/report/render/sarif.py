@@ -55,7 +55,7 @@ DEFAULT_LEVELS: dict[FindingKind, str] = {
     FindingKind.NONFINITE_INPUT: "error",
     FindingKind.FP16_UNDERFLOW: "warning",
     FindingKind.FP16_OVERFLOW: "error",
-    FindingKind.BF16_STALE_UPDATE: "warning",
+    FindingKind.BF16_STALE_UPDATE: "note",
 }
 
 RULE_ORDER = tuple(FindingKind)
