@@ -78,8 +78,9 @@ def squared_norms(tensors: Sequence[torch.Tensor], device: torch.device) -> torc
     trusted = (result >= torch.tensor(low, dtype=torch.float64, device=device)) & (
         result <= torch.tensor(high, dtype=torch.float64, device=device))
     # A fast norm of 0 is recomputed too: its squares may all have underflowed (1e-25 is not 0).
-    for k in (~trusted).nonzero().flatten().tolist():
-        result[k] = _scaled_norm(values[k]).to(device)
+    untrusted = (~trusted).nonzero().flatten().tolist()
+    for k, norm in zip(untrusted, _scaled_norms([values[k] for k in untrusted])):
+        result[k] = norm.to(device)
     return result.square()
 
 
@@ -154,12 +155,12 @@ def _trust_or_rescale(pending: list[_Pending]) -> None:
     ranges = [_FAST_RANGE[_real_dtype(entry.norm.dtype)] for entry in pending]
     low = torch.tensor([r[0] for r in ranges], dtype=torch.float64)
     high = torch.tensor([r[1] for r in ranges], dtype=torch.float64)
-    for k in ((fast < low) | (fast > high) | fast.isnan()).nonzero().flatten().tolist():
-        # Known limit: if an in-place op changed the tensor since the hook (nn.ReLU(inplace=True)
-        # after a layer whose output norm lies outside [1e-12, 1e18]), these are its new values.
-        values = pending[k].values
-        if values is not None:
-            pending[k].norm = _scaled_norm(values)
+    untrusted = ((fast < low) | (fast > high) | fast.isnan()).nonzero().flatten().tolist()
+    # Known limit: if an in-place op changed a tensor since its hook (nn.ReLU(inplace=True) after
+    # a layer whose output norm lies outside [1e-12, 1e18]), these are its new values.
+    scaled = _scaled_norms([pending[k].values for k in untrusted])  # type: ignore[misc]
+    for k, norm in zip(untrusted, scaled):
+        pending[k].norm = norm
     for entry in pending:
         entry.values = None
 
@@ -179,6 +180,29 @@ def _scaled_norm(values: torch.Tensor) -> torch.Tensor:
                                                       else _real_dtype(values.dtype)),
                                     dtype=_accumulation(values))
     return unit.double() * scale.double()
+
+
+def _scaled_norms(values: list[torch.Tensor]) -> list[torch.Tensor]:
+    """_scaled_norm of each tensor, the same numbers: on the CPU, real tensors go through grouped
+    foreach calls (a vanishing model's gradients may all need the scaled path: thousands of
+    tensors, six Python-level ops each otherwise)."""
+    result: list[torch.Tensor | None] = [None] * len(values)
+    groups: dict[torch.dtype, list[int]] = {}
+    for k, v in enumerate(values):
+        if v.device.type != "cpu" or v.is_complex() or v.numel() == 0:
+            result[k] = _scaled_norm(v)
+        else:
+            groups.setdefault(v.dtype, []).append(k)
+    for indices in groups.values():
+        group = [values[k] for k in indices]
+        peaks = torch.stack(torch._foreach_norm(group, math.inf))
+        scales = torch.where(torch.isfinite(peaks) & (peaks > 0), peaks, torch.ones_like(peaks))
+        units = torch._foreach_norm(torch._foreach_div(group, list(scales.unbind())), 2,
+                                    dtype=_accumulation(group[0]))
+        norms = torch.stack(units).double() * scales.double()
+        for k, norm in zip(indices, norms.unbind()):
+            result[k] = norm
+    return [norm for norm in result if norm is not None]
 
 
 def _dense_values(t: torch.Tensor) -> torch.Tensor:

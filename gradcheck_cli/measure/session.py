@@ -79,9 +79,8 @@ class MeasurementSession:
         trainable_idx = [i for i, p in enumerate(self.params) if p.requires_grad]
         self.trainable: list[nn.Parameter] = [self.params[i] for i in trainable_idx]
         """The parameters that get gradients, in the order on_batch's `grads` must follow."""
-        self._trainable_layers = {li for li, layer in enumerate(self.layers)
-                                  if set(layer.param_indices) & set(trainable_idx)}
         layer_of_param = {pi: li for li, layer in enumerate(self.layers) for pi in layer.param_indices}
+        self._trainable_layers = {layer_of_param[pi] for pi in trainable_idx}
         self.owner_of = [layer_of_param[pi] for pi in trainable_idx]
         """The layer of each trainable parameter."""
         if device is None:
