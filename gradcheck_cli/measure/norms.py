@@ -158,7 +158,8 @@ def _trust_or_rescale(pending: list[_Pending]) -> None:
     untrusted = ((fast < low) | (fast > high) | fast.isnan()).nonzero().flatten().tolist()
     # Known limit: if an in-place op changed a tensor since its hook (nn.ReLU(inplace=True) after
     # a layer whose output norm lies outside [1e-12, 1e18]), these are its new values.
-    scaled = _scaled_norms([pending[k].values for k in untrusted])  # type: ignore[misc]
+    tensors = [pending[k].values for k in untrusted]  # every entry here is a CPU one: it has its values
+    scaled = _scaled_norms([t for t in tensors if t is not None])
     for k, norm in zip(untrusted, scaled):
         pending[k].norm = norm
     for entry in pending:
