@@ -91,16 +91,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
+"""--clock: wall time, or the CPU time of the whole process (all its threads): the work done,
+which other processes competing for the cores change much less than the wall time."""
+
+
+def timed(fn: Callable[[], Any], device: torch.device,
+          clock: Callable[[], float] = time.perf_counter) -> tuple[float, Any]:
     sync(device)
-    start = time.perf_counter()
+    start = clock()
     result = fn()
     sync(device)
-    return time.perf_counter() - start, result
+    return clock() - start, result
 
 
-def _timed_into(sink: list[float], fn: Callable[[], Any], device: torch.device) -> None:
-    sink.append(timed(fn, device)[0])
+def _timed_into(sink: list[float], fn: Callable[[], Any], device: torch.device,
+                clock: Callable[[], float]) -> None:
+    sink.append(timed(fn, device, clock)[0])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -217,7 +224,8 @@ def _as_floats(losses: Sequence[Any]) -> list[float]:
 
 
 def bench_model(name: str, target: Target, batches: int, batch_size: int, repeats: int, seed: int,
-                device: torch.device, memory: bool, anchors: Sequence[str] = ()) -> Row:
+                device: torch.device, memory: bool, anchors: Sequence[str] = (),
+                clock: Callable[[], float] = time.perf_counter) -> Row:
     """Time plain, scan and the named anchors on one model (bench/anchors.py), interleaved."""
     model = target.build_model().to(device)
     n_params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
@@ -240,11 +248,11 @@ def bench_model(name: str, target: Target, batches: int, batch_size: int, repeat
     for r in range(repeats):
         for key in keys[r % len(keys):] + keys[:r % len(keys)]:
             if memory and r == repeats - 1:
-                peaks[key] = peak_extra_bytes(functools.partial(_timed_into, times[key], paths[key], device),
-                                              device)
+                peaks[key] = peak_extra_bytes(
+                    functools.partial(_timed_into, times[key], paths[key], device, clock), device)
             else:
                 gc.collect()
-                times[key].append(timed(paths[key], device)[0])
+                times[key].append(timed(paths[key], device, clock)[0])
     del model, paths
     gc.collect()
     return Row(name, n_params, batches, batch_size, repeats, times, peaks, mismatched)
@@ -357,6 +365,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None, help="default: per model")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall time (default) or the process's CPU time, steadier on a busy machine "
+                             "(CPU only; set OMP_WAIT_POLICY=PASSIVE so that waiting threads do not spin)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--quick", action="store_true", help="smoke run: " + ", ".join(QUICK) + ", 3 repeats")
@@ -374,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("--device cuda asked for, but no CUDA device is available", file=sys.stderr)
         return 2
+    if device.type == "cuda" and args.clock == "cpu":
+        print("--clock cpu does not see the GPU's time: use the wall clock with --device cuda", file=sys.stderr)
+        return 2
     try:
         anchors = _names(args.anchors, list(ANCHORS), "anchor")
         names = _names(args.models, _all_models(), "model") or (QUICK if args.quick else [m.name for m in TABLE])
@@ -384,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     device_text = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"gradcheck overhead: {gradcheck_cli.__file__}, torch {torch.__version__}, device {device_text}, "
-          f"{torch.get_num_threads()} intra-op threads, {os.cpu_count()} CPUs, K={args.batches}, {_load_text()}")
+          f"{torch.get_num_threads()} intra-op threads, {os.cpu_count()} CPUs, K={args.batches}, "
+          f"{args.clock} clock, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, {_load_text()}")
     print(flush=True)
     rows = []
     started = time.perf_counter()
@@ -392,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         repeats = args.repeats or (min(model.repeats, 3) if args.quick else model.repeats)
         row = bench_model(model.name, model.target(), args.batches, args.batch_size or model.batch_size,
-                          repeats, args.seed, device, not args.no_memory, anchors)
+                          repeats, args.seed, device, not args.no_memory, anchors, CLOCKS[args.clock])
         rows.append(row)
         print(f"  {model.name}: scan {row.ratio:.2f} ({time.perf_counter() - t0:.1f} s, {_load_text()})",
               file=sys.stderr, flush=True)
