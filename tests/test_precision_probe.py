@@ -24,8 +24,10 @@ from gradcheck_cli.cli.app import app
 from gradcheck_cli.config import ScanConfig
 from gradcheck_cli.errors import UserError
 from gradcheck_cli.measure import precision
+from gradcheck_cli.measure.headroom import first_steps
 from gradcheck_cli.measure.probe import run_probe
 from gradcheck_cli.measure.records import LOG2_HIGH, LOG2_LOW, UPDATE_RESOLUTION, Headroom, Measurements
+from gradcheck_cli.measure.steps import make_optimizer
 from gradcheck_cli.target.isolation import seed_all
 from gradcheck_cli.target.resolve import Target
 
@@ -231,14 +233,14 @@ def test_predicted_updates_count_what_an_sgd_step_would_lose_in_bf16() -> None:
     for name in ("0", "2"):
         layer = dict(model.named_modules())[name]
         small = moved = 0
-        for b in range(BATCHES):
+        for b in range(1):  # the first step, from the first batch's gradients
             seed_all(b)
             x, y = make_batch4(BATCH_SIZE)
             grads = torch.autograd.grad(mse(model(x), y), list(layer.parameters()))
             for p, g in zip(layer.parameters(), grads):
-                step = 0.1 * g.double().abs()
+                step = 0.1 * g.abs()
                 moved += int((step > 0).sum())
-                small += int(((step > 0) & (step < UPDATE_RESOLUTION * p.detach().double().abs())).sum())
+                small += int(((step > 0) & (step < UPDATE_RESOLUTION * p.detach().abs())).sum())
         h = headroom_of(measured, name)
         assert (h.update_small, h.update_count) == (small, moved)
         assert 0 < small < moved
@@ -380,3 +382,18 @@ def test_cli_bad_precision_options_exit_2_with_one_line(args: list[str], message
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert message in result.stderr
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_the_predicted_first_step_is_the_optimizers_own(optimizer: str) -> None:
+    torch.manual_seed(0)  # float64, so that the measured w_after - w_before is exact enough
+    weights = [torch.randn(6, 5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)]
+    grads = [torch.randn(6, 5, dtype=torch.float64) * 10.0 ** torch.randint(-9, 0, (6, 5)),
+             torch.zeros(5, dtype=torch.float64)]
+    params = [nn.Parameter(w.clone()) for w in weights]
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    make_optimizer(ScanConfig(optimizer=optimizer, lr=0.01), params).step()
+    predicted = first_steps(grads, weights, optimizer, 0.01)
+    for p, w, step in zip(params, weights, predicted):
+        assert torch.allclose(step, (p.detach() - w).abs(), rtol=1e-6, atol=1e-14)

@@ -3,138 +3,192 @@
 A HeadroomMeter lives on the session's hook state (hooks.py calls it where a layer's output and
 the gradient arriving at that output are measured). Per layer it keeps, as device tensors:
 
-* the largest |x| of the outputs and the largest |g| of the output gradients (NaN left out);
-* a histogram of floor(log2 |g|) of the nonzero finite output-gradient elements, LOG2_LOW ..
-  LOG2_HIGH, plus the exactly-zero and the NaN/Inf elements: from it the analysis reads which
-  fraction sits below fp16's smallest normal (2^-14) or subnormal (2^-24) at any loss scale S
-  (the exponents shift by log2 S), docs/architecture.md;
-* the weight elements whose predicted update is below 2^-8 of the weight (lost in a bf16 weight).
+* the largest |x| of the outputs and the largest |g| of the output gradients (torch.aminmax: one
+  pass; a tensor holding NaN is left out, Inf is kept);
+* a histogram of floor(log2 |g|) of the nonzero finite output-gradient elements, read off the
+  exponent bits of their float32 values (exact; one shift and one bincount), plus the exactly-zero
+  elements: from it the analysis reads which share sits below fp16's smallest normal (2^-14) or
+  subnormal (2^-24) at any loss scale S (the exponents shift by log2 S), docs/architecture.md;
+* the weight elements whose first optimizer step, predicted from the first probe batch's
+  gradients, is below 2^-8 of the weight (lost in a bf16 weight).
 
 Nothing is read back per hook or per layer: read() brings every layer's numbers to the host in
 one transfer at the end of the scan. Under a loss scale the hooks see S * g; `scale` holds S (a
-Python float, set by the probe before each backward), and the meter divides by it before counting
+Python float, set by the probe around its backward), and the meter divides by it before counting
 and hands the unscaled gradient on to the session's own statistics.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 from gradcheck_cli.measure.records import LOG2_HIGH, LOG2_LOW, UPDATE_RESOLUTION, Headroom
 
-BINS = LOG2_HIGH - LOG2_LOW + 1
-ZERO_BIN, NONFINITE_BIN = BINS, BINS + 1
-"""Two extra columns after the exponent bins: exactly-zero and NaN/Inf gradient elements."""
+BUCKETS = 256
+"""Per-call histogram buckets: float32's biased exponent. Bucket b (1..254) counts exponent
+b - 127; bucket 0 zeros and values below 2^-126; bucket 255 Inf/NaN."""
+_BIAS = 127
 ADAM_EPS = 1e-8
 """torch.optim.Adam/AdamW's default eps (make_optimizer builds them with it)."""
 ADAMW_DECAY = 1e-2
 """torch.optim.AdamW's default weight_decay (make_optimizer builds it with it)."""
 
 
+@dataclass
+class _LayerHeadroom:
+    """One layer's per-call device tensors, reduced at read()."""
+
+    output_extrema: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    grad_extrema: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    """(min, max) from torch.aminmax, one per call."""
+    buckets: list[torch.Tensor] = field(default_factory=list)
+    nonzero: list[torch.Tensor] = field(default_factory=list)
+    grad_count: int = 0
+    updates: torch.Tensor | None = None
+    """(small, moved) weight elements of the predicted step; None: no estimate."""
+
+
 class HeadroomMeter:
     """Per-layer headroom accumulated on the device (module docstring)."""
 
     def __init__(self, names: Sequence[str], device: torch.device | str) -> None:
-        self.row = {name: k for k, name in enumerate(names)}
-        n = len(names)
+        self.layers = {name: _LayerHeadroom() for name in names}
+        self.device = torch.device(device)
         self.scale = 1.0
         """The loss scale of the backward running now (1.0: unscaled)."""
-        self.maxima = torch.zeros(n, 2, dtype=torch.float64, device=device)
-        """Per layer: largest |output|, largest |output gradient| (unscaled)."""
-        self.counts = torch.zeros(n, BINS + 2, dtype=torch.int64, device=device)
-        self.updates = torch.zeros(n, 2, dtype=torch.int64, device=device)
-        """Per layer: weight elements with a small update, with a nonzero update."""
-        self.seen = [False] * n
-        """A layer's output was measured (its headroom is reported)."""
-        self.grad_count = [0] * n
-        self.updates_seen = [False] * n
 
     def output(self, name: str, out: torch.Tensor) -> None:
-        """A layer's output (forward hook): its largest |x|."""
-        row = self.row[name]
-        self.seen[row] = True
+        """A layer's output (forward hook): its extrema."""
+        layer = self.layers[name]
         if out.numel():
-            self.maxima[row, 0] = torch.maximum(self.maxima[row, 0], _max_abs(out.detach()))
+            layer.output_extrema.append(torch.aminmax(out.detach()))
+        elif not layer.output_extrema:
+            zero = torch.zeros((), device=out.device)
+            layer.output_extrema.append((zero, zero))
 
     def gradient(self, name: str, grad: torch.Tensor) -> torch.Tensor:
-        """The gradient arriving at a layer's output (tensor hook): count it, return it unscaled
-        (unchanged when unscaled, so an fp32 probe's statistics keep their bytes)."""
-        row = self.row[name]
+        """The gradient arriving at a layer's output (tensor hook): count it and return it
+        unscaled (unchanged when unscaled, so an fp32 probe's statistics keep their bytes).
+        A handful of torch calls per tensor: each costs a dispatch, whatever its size."""
         g = grad.detach()
         if g.is_sparse or g.is_complex() or not g.numel():  # not counted; still unscaled
             return grad if self.scale == 1.0 else g / self.scale
+        if g.dtype != torch.float64:
+            g = g.float()
         if self.scale != 1.0:
-            g = g.double() / self.scale
-        self.grad_count[row] += g.numel()
-        self.maxima[row, 1] = torch.maximum(self.maxima[row, 1], _max_abs(g))
-        self.counts[row].index_add_(0, _bin_of(g).flatten(), _ones(g))
+            g = g / self.scale
+        layer = self.layers[name]
+        layer.grad_count += g.numel()
+        layer.grad_extrema.append(torch.aminmax(g))
+        layer.buckets.append(_exponent_buckets(g))
+        layer.nonzero.append(torch.count_nonzero(g))
         return g if self.scale != 1.0 else grad
 
     def predicted_updates(self, grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor],
                           layer_names: Sequence[str], optimizer: str, lr: float) -> None:
-        """Count, per layer, the weight elements whose first optimizer step from `grads` would be
-        below 2^-8 of the weight (lost in a bf16 weight). `layer_names[k]` owns `params[k]`."""
-        for g, p, name in zip(grads, params, layer_names):
-            if g is None or g.is_sparse or g.is_complex() or not g.numel():
-                continue
-            row = self.row[name]
-            step = first_step(g.detach().double(), p.detach().double(), optimizer, lr)
-            moved = step > 0
-            small = moved & (step < UPDATE_RESOLUTION * p.detach().double().abs())
-            self.updates[row] += torch.stack([small.sum(), moved.sum()])
-            self.updates_seen[row] = True
+        """Count, per layer, the weight elements whose first optimizer step from `grads` moves them
+        (nonzero) but by less than 2^-8 of the weight (lost in a bf16 weight). `layer_names[k]`
+        owns `params[k]`. Kept for the first batch that calls it: the step at the initial weights.
+        Grouped torch._foreach calls, then four calls per parameter."""
+        if any(layer.updates is not None for layer in self.layers.values()):
+            return
+        given = [(_wide(g.detach()), _wide(p.detach()), name) for g, p, name in zip(grads, params, layer_names)
+                 if g is not None and not g.is_sparse and not g.is_complex() and g.numel()]
+        if not given:
+            return
+        gs, ws, names = (list(column) for column in zip(*given))
+        steps = first_steps(gs, ws, optimizer, lr)
+        bounds = torch._foreach_mul(torch._foreach_abs(ws), UPDATE_RESOLUTION)
+        for step, bound, name in zip(steps, bounds, names):
+            small = torch.count_nonzero(torch.logical_and(step < bound, step > 0))
+            counts = torch.stack([small, torch.count_nonzero(step)])
+            layer = self.layers[name]
+            layer.updates = counts if layer.updates is None else layer.updates + counts
 
     def read(self) -> dict[str, Headroom]:
         """Every measured layer's Headroom, by layer name: one host transfer in all."""
-        host = torch.cat([self.maxima.flatten(), self.counts.double().flatten(),
-                          self.updates.double().flatten()]).tolist()
-        n = len(self.row)
-        maxima, counts, updates = host[:2 * n], host[2 * n:2 * n + n * (BINS + 2)], host[2 * n + n * (BINS + 2):]
-        found = {}
-        for name, row in self.row.items():
-            if not self.seen[row]:
-                continue
-            bins = [int(v) for v in counts[row * (BINS + 2):(row + 1) * (BINS + 2)]]
-            small, moved = (int(v) for v in updates[2 * row:2 * row + 2])
-            found[name] = Headroom(
-                activation_max_abs=maxima[2 * row], grad_max_abs=maxima[2 * row + 1],
-                grad_log2_counts=tuple(bins[:BINS]), grad_zero=bins[ZERO_BIN], grad_count=self.grad_count[row],
-                update_small=small if self.updates_seen[row] else None,
-                update_count=moved if self.updates_seen[row] else None)
-        return found
+        measured = {name: layer for name, layer in self.layers.items() if layer.output_extrema}
+        if not measured:
+            return {}
+        rows = [_reduced(layer, self.device) for layer in measured.values()]
+        host = torch.stack(rows).tolist()
+        return {name: _headroom(row, layer) for (name, layer), row in zip(measured.items(), host)}
 
 
-def first_step(g: torch.Tensor, w: torch.Tensor, optimizer: str, lr: float) -> torch.Tensor:
-    """|Δw| of the optimizer's first step from gradient g at weight w (make_optimizer's defaults):
-    SGD moves by lr * g; Adam by lr * m/(sqrt(v) + eps) with m = g, v = g^2 after bias correction,
-    i.e. lr * |g| / (|g| + eps); AdamW also decays the weight by lr * weight_decay * w first."""
+def first_steps(gs: list[torch.Tensor], ws: list[torch.Tensor], optimizer: str,
+                lr: float) -> Sequence[torch.Tensor]:
+    """|Δw| of the optimizer's first step from gradients gs at weights ws (make_optimizer's
+    defaults): SGD moves by lr * g; Adam by lr * m/(sqrt(v) + eps) with m = g, v = g^2 after bias
+    correction, i.e. lr * g / (|g| + eps); AdamW also decays the weight by lr * weight_decay * w."""
+    magnitudes = torch._foreach_abs(gs)
     if optimizer == "sgd":
-        return lr * g.abs()
-    adam = lr * g / (g.abs() + ADAM_EPS)
+        return torch._foreach_mul(magnitudes, lr)
+    adam = torch._foreach_div(torch._foreach_mul(gs, lr), torch._foreach_add(magnitudes, ADAM_EPS))
     if optimizer == "adamw":
-        return (adam + lr * ADAMW_DECAY * w).abs()
-    return adam.abs()
+        adam = torch._foreach_add(adam, torch._foreach_mul(ws, lr * ADAMW_DECAY))
+    return torch._foreach_abs(adam)
 
 
-def _max_abs(x: torch.Tensor) -> torch.Tensor:
-    """Largest |x| as a 0-dim float64 device tensor; NaN elements are left out (Inf kept)."""
-    a = x.abs()
-    return torch.where(torch.isnan(a), 0.0, a).amax().double()
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """float32 for the half types (so that 2^-8 * |w| and lr * |g| are not rounded to them)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def _bin_of(g: torch.Tensor) -> torch.Tensor:
-    """Per element: the histogram column of floor(log2 |g|) (clamped), or ZERO_BIN / NONFINITE_BIN.
+def _exponent_buckets(g: torch.Tensor) -> torch.Tensor:
+    """Counts of float32 biased exponents (BUCKETS) of g: its exponent bits, one shift.
 
-    frexp is exact (subnormals included): g = m * 2^e with 0.5 <= |m| < 1, so floor(log2 |g|) = e - 1.
+    A float32 x = 1.m * 2^(e - 127) for biased exponent e in 1..254, so floor(log2 |x|) = e - 127
+    exactly; e = 0 holds zeros and subnormals, e = 255 Inf/NaN. float64 gradients keep their
+    range: their exponents are taken with frexp (exact) and clamped into the same buckets.
     """
-    exponent = torch.frexp(g).exponent.to(torch.int64) - 1
-    column = (exponent - LOG2_LOW).clamp_(0, BINS - 1)
-    column = torch.where(g == 0, ZERO_BIN, column)
-    return torch.where(torch.isfinite(g), column, NONFINITE_BIN)
+    if g.dtype == torch.float64:
+        exponent = torch.frexp(g).exponent.to(torch.int64) - 1  # |g| = m * 2^e, 0.5 <= m < 1
+        bucket = (exponent + _BIAS).clamp_(0, BUCKETS - 2)
+        bucket = torch.where(g == 0, 0, torch.where(torch.isfinite(g), bucket, BUCKETS - 1))
+    else:
+        bucket = (g.view(torch.int32) >> 23).to(torch.uint8)  # the sign bit is shifted out
+    bucket = bucket.flatten()
+    if bucket.device.type == "cpu":
+        return torch.bincount(bucket, minlength=BUCKETS)
+    # bincount sizes its result from the largest value: a host sync on an accelerator
+    counts = torch.zeros(BUCKETS, dtype=torch.int64, device=bucket.device)
+    return counts.index_add_(0, bucket.long(), torch.ones(1, dtype=torch.int64, device=bucket.device)
+                             .expand(bucket.numel()))
 
 
-def _ones(g: torch.Tensor) -> torch.Tensor:
-    """One per element of g, without allocating them (an expanded view)."""
-    return torch.ones(1, dtype=torch.int64, device=g.device).expand(g.numel())
+def _max_abs(extrema: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> torch.Tensor:
+    """Largest |x| over (min, max) pairs; a pair holding NaN (its tensor held one) is left out."""
+    if not extrema:
+        return torch.zeros(1, dtype=torch.float64, device=device)
+    pairs = torch.stack([torch.stack(pair).to(device, torch.float64) for pair in extrema])
+    pairs = torch.where(torch.isnan(pairs).any(dim=1, keepdim=True), 0.0, pairs)
+    return pairs.abs().amax().reshape(1)
+
+
+def _reduced(layer: _LayerHeadroom, device: torch.device) -> torch.Tensor:
+    """One layer as one float64 row: max |out|, max |g|, nonzero elements, (small, moved), the buckets."""
+    buckets = torch.stack(layer.buckets).to(device).sum(0) if layer.buckets else \
+        torch.zeros(BUCKETS, dtype=torch.int64, device=device)
+    nonzero = torch.stack(layer.nonzero).to(device).sum().reshape(1) if layer.nonzero else \
+        torch.zeros(1, dtype=torch.int64, device=device)
+    updates = layer.updates.to(device) if layer.updates is not None else torch.full((2,), -1, device=device)
+    return torch.cat([_max_abs(layer.output_extrema, device), _max_abs(layer.grad_extrema, device),
+                      nonzero.double(), updates.double(), buckets.double()])
+
+
+def _headroom(row: list[float], layer: _LayerHeadroom) -> Headroom:
+    zeros, small, moved = layer.grad_count - int(row[2]), int(row[3]), int(row[4])
+    buckets = [int(v) for v in row[5:]]
+    # exponent bins LOG2_LOW .. LOG2_HIGH from the buckets: bucket b is exponent b - 127, bucket 0
+    # (zeros and everything below 2^-126) is LOG2_LOW's bin less the zeros; the top bin takes the rest
+    low, high = LOG2_LOW + _BIAS, LOG2_HIGH + _BIAS
+    bins = buckets[low:high + 1]
+    bins[0] += sum(buckets[:low]) - zeros
+    bins[-1] += sum(buckets[high + 1:BUCKETS - 1])
+    return Headroom(
+        activation_max_abs=row[0], grad_max_abs=row[1], grad_log2_counts=tuple(bins), grad_zero=zeros,
+        grad_count=layer.grad_count, update_small=small if small >= 0 else None,
+        update_count=moved if moved >= 0 else None)

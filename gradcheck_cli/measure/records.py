@@ -38,8 +38,10 @@ class RecurrentWeight:
     below it the gradient must vanish through time (Pascanu et al. 2013)."""
 
 
-LOG2_LOW = -160
-"""Headroom.grad_log2_counts: the exponent of its first bin (everything below is counted there)."""
+LOG2_LOW = -127
+"""Headroom.grad_log2_counts: the exponent of its first bin, which counts everything below 2^-126
+too (fp32's smallest normal: the probe reads the exponents off float32, whose subnormals it does
+not tell apart; far below what fp16, 2^-24, or any loss scale brings back)."""
 LOG2_HIGH = 40
 """Headroom.grad_log2_counts: the exponent of its last bin (everything above is counted there)."""
 UPDATE_RESOLUTION = 2.0 ** -8
@@ -74,9 +76,9 @@ class Headroom:
     """Weight elements whose update |Δw_i| is below UPDATE_RESOLUTION * |w_i| (lost in a bf16
     weight), among `update_count`."""
     update_count: int | None = None
-    """Weight elements with a nonzero update, one count per probe batch: the optimizer's first step
-    predicted from that batch's gradients (SGD: lr * |g_i|; Adam/AdamW: lr * |g_i| / (|g_i| + eps)
-    plus AdamW's decay); None: no estimate (no trainable weight got a gradient)."""
+    """Weight elements with a nonzero update in the optimizer's first step, predicted from the first
+    probe batch's gradients at the initial weights (SGD: lr * |g_i|; Adam/AdamW: lr * |g_i| /
+    (|g_i| + eps) plus AdamW's decay); None: no estimate (none of its weights got a gradient)."""
 
     def merge(self, other: Headroom) -> Headroom:
         """Both sessions' headroom: maxima of the maxima, counts added."""
