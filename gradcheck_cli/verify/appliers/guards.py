@@ -130,7 +130,7 @@ def _unsafe_exponent(exponent: Any) -> bool:
     """A fractional or negative power is NaN for x < 0 or Inf at 0; a tensor exponent may be either."""
     if isinstance(exponent, torch.Tensor):
         return True
-    return isinstance(exponent, (int, float)) and (exponent < 0 or exponent != int(exponent))
+    return isinstance(exponent, (int, float)) and (exponent < 0 or not float(exponent).is_integer())
 
 
 def _floor_at(bound: float, in_place: bool) -> Callable[[torch.Tensor], torch.Tensor]:
