@@ -8,7 +8,9 @@ the gradient arriving at that output are measured). Per layer it keeps, as devic
 * a histogram of floor(log2 |g|) of the nonzero finite output-gradient elements, read off the
   exponent bits of their float32 values (exact; one shift and one bincount), plus the exactly-zero
   elements: from it the analysis reads which share sits below fp16's smallest normal (2^-14) or
-  subnormal (2^-24) at any loss scale S (the exponents shift by log2 S), docs/architecture.md;
+  subnormal (2^-24) at any loss scale S (the exponents shift by log2 S), docs/architecture.md.
+  It is taken on the first probe batch only (the probe clears `exponents` after it): it costs a
+  few passes over every output gradient, and one batch gives the shares as well as three;
 * the weight elements whose first optimizer step, predicted from the first probe batch's
   gradients, is below 2^-8 of the weight (lost in a bf16 weight).
 
@@ -59,6 +61,8 @@ class HeadroomMeter:
         self.device = torch.device(device)
         self.scale = 1.0
         """The loss scale of the backward running now (1.0: unscaled)."""
+        self.exponents = True
+        """Histogram the output gradients of the backward running now (the first probe batch)."""
 
     def output(self, name: str, out: torch.Tensor) -> None:
         """A layer's output (forward hook): its extrema."""
@@ -81,10 +85,11 @@ class HeadroomMeter:
         if self.scale != 1.0:
             g = g / self.scale
         layer = self.layers[name]
-        layer.grad_count += g.numel()
         layer.grad_extrema.append(torch.aminmax(g))
-        layer.buckets.append(_exponent_buckets(g))
-        layer.nonzero.append(torch.count_nonzero(g))
+        if self.exponents:
+            layer.grad_count += g.numel()
+            layer.buckets.append(_exponent_buckets(g))
+            layer.nonzero.append(torch.count_nonzero(g))
         return g if self.scale != 1.0 else grad
 
     def predicted_updates(self, grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor],

@@ -66,12 +66,13 @@ class Headroom:
     """Largest |g| of the (unscaled) gradient arriving at the layer's output (NaN left out)."""
     grad_log2_counts: tuple[int, ...]
     """Histogram of floor(log2 |g|) over the nonzero finite output-gradient elements (the activation
-    gradients: what runs in fp16 in the backward): bin k counts exponent LOG2_LOW + k, for
-    LOG2_HIGH - LOG2_LOW + 1 bins, the exponents outside clamped into the first and last bin."""
+    gradients: what runs in fp16 in the backward) of the first probe batch: bin k counts exponent
+    LOG2_LOW + k, for LOG2_HIGH - LOG2_LOW + 1 bins, the exponents outside clamped into the first
+    and last bin."""
     grad_zero: int
-    """Output-gradient elements that were exactly zero."""
+    """Output-gradient elements of the first probe batch that were exactly zero."""
     grad_count: int
-    """All output-gradient elements counted (zero, nonzero finite and NaN/Inf)."""
+    """All output-gradient elements of the first probe batch (zero, nonzero finite and NaN/Inf)."""
     update_small: int | None = None
     """Weight elements whose update |Δw_i| is below UPDATE_RESOLUTION * |w_i| (lost in a bf16
     weight), among `update_count`."""
