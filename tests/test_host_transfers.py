@@ -147,3 +147,29 @@ def test_the_collector_is_off_during_the_probe_and_put_back(enabled_before: bool
         if was:
             gc.enable()
     assert model.seen == [False, False]
+
+
+def test_norms_flushed_early_give_the_same_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hooks' norms flushed after every tensor (the memory bound, norms.FLUSH_ELEMENTS) give the
+    same report as one flush per forward: a container returning its last child's output is
+    measured once either way."""
+    from gradcheck_cli.measure import norms
+
+    once = scan(_conv_stack(3), batches=2, batch_size=4).to_dict()
+    monkeypatch.setattr(norms, "FLUSH_ELEMENTS", 0)
+    assert scan(_conv_stack(3), batches=2, batch_size=4).to_dict() == once
+
+
+def test_an_in_place_op_after_a_layer_leaves_its_measured_output() -> None:
+    """nn.ReLU(inplace=True) overwrites the Linear's output after its hook: the layer's output RMS
+    is that of the Linear's output as it was (plain autograd: mean of squares of linear(x))."""
+    torch.manual_seed(0)
+    linear = nn.Linear(6, 5)
+    model = nn.Sequential(linear, nn.ReLU(inplace=True), nn.Linear(5, 2))
+    x = torch.linspace(-3.0, 3.0, 4 * 6).reshape(4, 6)
+    with torch.no_grad():
+        want = float(linear(x).pow(2).mean().sqrt())
+        overwritten = float(torch.relu(linear(x)).pow(2).mean().sqrt())
+    report = scan(Target("inplace", lambda: model, lambda n: (x, torch.zeros(4, 2))), batches=2).to_dict()
+    assert report["layers"][0]["activation"]["rms"] == pytest.approx(want, rel=1e-6)
+    assert want > 1.5 * overwritten  # what measuring after the overwrite would give is far off

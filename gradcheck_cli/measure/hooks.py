@@ -211,7 +211,7 @@ def _grad_hook(acc: LayerAccumulator, numel: int, state: HookState) -> Callable[
     def hook(grad: torch.Tensor) -> None:
         if state.headroom is not None:  # counts it; under a loss scale, hands back grad / scale
             grad = state.headroom.gradient(acc.name, grad)
-        state.batch.squares.add(grad, acc.grad_sq)  # read with the batch's gradients (on_batch)
+        state.batch.squares.add(grad, acc.grad_sq, unchanging=True)  # read with the batch's gradients
         acc.grad_n += numel
     return hook
 

@@ -86,9 +86,9 @@ def squared_norms(tensors: Sequence[torch.Tensor], device: torch.device) -> torc
 
 @dataclass
 class _Pending:
-    norm: torch.Tensor
-    """CPU: the fast norm (its accumulation dtype), to be trusted or not at the flush; elsewhere
-    the scaled norm (float64), final already."""
+    norm: torch.Tensor | None
+    """CPU: the fast norm (its accumulation dtype), to be trusted or not at the flush (None: taken
+    at the flush, for a tensor nothing modifies); elsewhere the scaled norm (float64), final."""
     values: torch.Tensor | None
     """CPU: the tensor itself, for the scaled path if the fast norm is not trusted."""
     targets: list[list[torch.Tensor]] = field(default_factory=list)
@@ -110,13 +110,17 @@ class DeferredSquares:
         self._pending: list[_Pending] = []
         self._elements = 0
 
-    def add(self, t: torch.Tensor, *targets: list[torch.Tensor]) -> _Pending:
+    def add(self, t: torch.Tensor, *targets: list[torch.Tensor], unchanging: bool = False) -> _Pending:
+        """Queue ||t||^2 for `targets`. `unchanging`: nothing modifies t in place before the flush
+        (a gradient handed to a tensor hook; holding it keeps autograd from reusing its buffer),
+        so on the CPU even its fast norm waits for the flush, where one foreach call takes them all."""
         values = _dense_values(t.detach())
         if values.device.type != "cpu" or values.numel() == 0:
             entry = _Pending(_scaled_norm(values), None, list(targets))
         else:
-            entry = _Pending(torch.linalg.vector_norm(values, dtype=_accumulation(values)), values,
-                             list(targets))
+            later = unchanging and not values.is_complex()
+            fast = None if later else torch.linalg.vector_norm(values, dtype=_accumulation(values))
+            entry = _Pending(fast, values, list(targets))
             self._elements += values.numel()
         self._pending.append(entry)
         if self._elements > FLUSH_ELEMENTS:
@@ -135,24 +139,41 @@ class DeferredSquares:
 
     def flush(self) -> None:
         pending, self._pending, self._elements = self._pending, [], 0
-        on_cpu = [k for k, entry in enumerate(pending) if entry.values is not None]
+        on_cpu = [entry for entry in pending if entry.values is not None]
         if on_cpu:
-            _trust_or_rescale([pending[k] for k in on_cpu])
-        by_device: dict[torch.device, list[int]] = {}
-        for k, entry in enumerate(pending):
-            by_device.setdefault(entry.norm.device, []).append(k)
-        for indices in by_device.values():
-            squares = torch.stack([pending[k].norm for k in indices]).to(torch.float64).square().unbind()
-            for k, sq in zip(indices, squares):
-                pending[k].square = sq
-                for target in pending[k].targets:
+            _fast_norms([entry for entry in on_cpu if entry.norm is None])
+            _trust_or_rescale(on_cpu)
+        by_device: dict[torch.device, list[tuple[_Pending, torch.Tensor]]] = {}
+        for entry in pending:
+            if entry.norm is not None:  # every entry has its norm by now
+                by_device.setdefault(entry.norm.device, []).append((entry, entry.norm))
+        for group in by_device.values():
+            squares = torch.stack([norm for _, norm in group]).to(torch.float64).square().unbind()
+            for (entry, _), sq in zip(group, squares):
+                entry.square = sq
+                for target in entry.targets:
                     target.append(sq)
+
+
+def _fast_norms(pending: list[_Pending]) -> None:
+    """The fast norms of entries queued without one, one foreach call per accumulation dtype (on
+    the CPU the same kernel per tensor as vector_norm, so the same numbers)."""
+    groups: dict[torch.dtype, list[_Pending]] = {}
+    for entry in pending:
+        if entry.values is not None:
+            groups.setdefault(_accumulation(entry.values), []).append(entry)
+    for acc, entries in groups.items():
+        norms = torch._foreach_norm([entry.values for entry in entries if entry.values is not None], 2,
+                                    dtype=acc)
+        for entry, norm in zip(entries, norms):
+            entry.norm = norm
 
 
 def _trust_or_rescale(pending: list[_Pending]) -> None:
     """Replace each fast norm that is not trusted by the scaled one (one host read for all)."""
-    fast = torch.stack([entry.norm for entry in pending]).to(torch.float64)
-    ranges = [_FAST_RANGE[_real_dtype(entry.norm.dtype)] for entry in pending]
+    norms = [entry.norm for entry in pending if entry.norm is not None]  # every one has its norm now
+    fast = torch.stack(norms).to(torch.float64)
+    ranges = [_FAST_RANGE[_real_dtype(norm.dtype)] for norm in norms]
     low = torch.tensor([r[0] for r in ranges], dtype=torch.float64)
     high = torch.tensor([r[1] for r in ranges], dtype=torch.float64)
     untrusted = ((fast < low) | (fast > high) | fast.isnan()).nonzero().flatten().tolist()
