@@ -308,6 +308,8 @@ def test_merging_headroom_takes_maxima_and_adds_counts() -> None:
     b = Headroom(5.0, 0.5, (0, 1) + (0,) * 199, 1, 7, None, None)
     merged = a.merge(b)
     assert merged == Headroom(5.0, 2.0, (1, 3) + (0,) * 199, 4, 17, 4, 5)
+    nan = Headroom(math.nan, math.nan, (0,) * 201, 0, 0)
+    assert a.merge(nan).activation_max_abs == nan.merge(a).activation_max_abs == 1.0
     first = Measurements((), (), precision="fp16", loss_scale=65536.0, scale_overflows=1, final_loss_scale=32768.0)
     second = Measurements((), (), precision="fp16", loss_scale=32768.0, scale_overflows=2, final_loss_scale=8192.0)
     both = first.merge(second)
@@ -399,3 +401,11 @@ def test_the_predicted_first_step_is_the_optimizers_own(optimizer: str) -> None:
     predicted = first_steps(grads, weights, optimizer, 0.01)
     for p, w, step in zip(params, weights, predicted):
         assert torch.allclose(step, (p.detach() - w).abs(), rtol=1e-6, atol=1e-14)
+
+
+def test_a_layer_whose_outputs_are_all_nan_reads_nan_not_zero() -> None:
+    measured = probe(large_activations(), mse, make_batch, precision="fp16")
+    first, second = headroom_of(measured, "0"), headroom_of(measured, "2")
+    assert first.activation_max_abs == math.inf  # the fp16 overflow itself
+    assert math.isnan(second.activation_max_abs)  # inf - inf downstream: no finite maximum
+    assert math.isnan(second.grad_max_abs)

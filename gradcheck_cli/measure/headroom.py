@@ -165,12 +165,14 @@ def _exponent_buckets(g: torch.Tensor) -> torch.Tensor:
 
 
 def _max_abs(extrema: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> torch.Tensor:
-    """Largest |x| over (min, max) pairs; a pair holding NaN (its tensor held one) is left out."""
+    """Largest |x| over (min, max) pairs; a pair holding NaN (its tensor held one) is left out,
+    and NaN when every tensor held NaN (no finite maximum to report)."""
     if not extrema:
         return torch.zeros(1, dtype=torch.float64, device=device)
     pairs = torch.stack([torch.stack(pair).to(device, torch.float64) for pair in extrema])
-    pairs = torch.where(torch.isnan(pairs).any(dim=1, keepdim=True), 0.0, pairs)
-    return pairs.abs().amax().reshape(1)
+    pairs = torch.where(torch.isnan(pairs).any(dim=1, keepdim=True), -torch.inf, pairs.abs())
+    largest = pairs.amax().reshape(1)
+    return torch.where(largest == -torch.inf, torch.nan, largest)
 
 
 def _reduced(layer: _LayerHeadroom, device: torch.device) -> torch.Tensor:

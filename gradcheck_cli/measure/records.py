@@ -61,9 +61,10 @@ class Headroom:
     """
 
     activation_max_abs: float
-    """Largest |x| of the layer's outputs over the probe batches (NaN elements left out; Inf kept)."""
+    """Largest |x| of the layer's outputs over the probe batches (Inf kept; an output tensor holding
+    NaN is left out, and NaN when every one did)."""
     grad_max_abs: float
-    """Largest |g| of the (unscaled) gradient arriving at the layer's output (NaN left out)."""
+    """Largest |g| of the (unscaled) gradient arriving at the layer's output (NaN as above)."""
     grad_log2_counts: tuple[int, ...]
     """Histogram of floor(log2 |g|) over the nonzero finite output-gradient elements (the activation
     gradients: what runs in fp16 in the backward) of the first probe batch: bin k counts exponent
@@ -84,14 +85,19 @@ class Headroom:
     def merge(self, other: Headroom) -> Headroom:
         """Both sessions' headroom: maxima of the maxima, counts added."""
         return Headroom(
-            activation_max_abs=max(self.activation_max_abs, other.activation_max_abs),
-            grad_max_abs=max(self.grad_max_abs, other.grad_max_abs),
+            activation_max_abs=_known_max(self.activation_max_abs, other.activation_max_abs),
+            grad_max_abs=_known_max(self.grad_max_abs, other.grad_max_abs),
             grad_log2_counts=tuple(a + b for a, b in zip(self.grad_log2_counts, other.grad_log2_counts)),
             grad_zero=self.grad_zero + other.grad_zero,
             grad_count=self.grad_count + other.grad_count,
             update_small=merge_optional(self.update_small, other.update_small, operator.add),
             update_count=merge_optional(self.update_count, other.update_count, operator.add),
         )
+
+
+def _known_max(a: float, b: float) -> float:
+    """The larger; NaN (no finite maximum was seen) only when both are."""
+    return b if math.isnan(a) else a if math.isnan(b) else max(a, b)
 
 
 @dataclass(frozen=True)
