@@ -199,13 +199,14 @@ def _headroom(exponent: int, activation: float = 1.0) -> Headroom:
 
 def _precision_scenarios() -> list[Scenario]:
     tiny = with_values(_layer("u0"), headroom=_headroom(-20))
-    norm = with_values(_layer("n0", type_name="LayerNorm"), role="normalization",
+    site = with_values(_layer("o0"), index=1, order=1, headroom=_headroom(-6, activation=math.inf))
+    norm = with_values(_layer("n0", type_name="LayerNorm"), role="normalization", index=2, order=2,
                        headroom=_headroom(-6, activation=math.inf))
     return [
         (FindingKind.FP16_UNDERFLOW, [tiny, OK], Fp16UnderflowEvidence("fp16", 1.0, 1.0, 0.0, 2.0 ** -19, 100, 0.0,
                                                                         0.01)),
-        (FindingKind.FP16_OVERFLOW, [norm, OK], Fp16OverflowEvidence("activation", 65504.0, math.inf,
-                                                                      layers_past_max=1)),
+        (FindingKind.FP16_OVERFLOW, [site, norm, OK],
+         Fp16OverflowEvidence("activation", 65504.0, math.inf, layers_past_max=2)),
         (FindingKind.FP16_OVERFLOW, [with_values(_layer("g0"), headroom=_headroom(-3)), OK],
          Fp16OverflowEvidence("gradient", 65504.0, scaled_grad_max_abs=65536.0, loss_scale=2.0 ** 18)),
         (FindingKind.BF16_STALE_UPDATE, [with_values(_layer("s0"), headroom=_headroom(-6)), OK],

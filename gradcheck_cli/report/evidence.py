@@ -366,7 +366,9 @@ class Fp16OverflowEvidence(Evidence):
     final_loss_scale: float | None = optional()
     scale_overflows: int | None = optional()
     layers_past_max: int | None = optional()
-    """How many layers' outputs exceed the max (this one is the first in execution order)."""
+    """How many layers' outputs are Inf (this one is the first in execution order)."""
+    op: str | None = optional()
+    """The autocast op the NaN/Inf replay found turning finite inputs into Inf in this layer."""
     transient: bool = flag()
 
 

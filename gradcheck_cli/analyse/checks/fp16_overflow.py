@@ -5,7 +5,10 @@ Detects, under `--precision fp16` (bf16 and fp32 reach 3.4e38):
   binary16). A finite output past 65504 is one autocast kept in float32 (a norm on CUDA, a layer
   run in fp32): harmless unless an fp16 op takes it, and then that op's layer shows the Inf.
   Reported once, on the first such layer in execution order (the overflow site: its Inf reaches
-  every layer after it), with the number of layers whose outputs are Inf. Severity: error. Fixes:
+  every layer after it), with the number of layers whose outputs are Inf; or on the layer whose
+  autocast op (FP16_OPS: linear, conv, matmul, ...) the NaN/Inf replay (measure/nonfinite_origin.py)
+  names as the first to turn finite inputs into Inf, whichever ran first (an output holding NaN
+  beside its Inf reads as no maximum). Severity: error. Fixes:
   use-bf16 (float32's range); keep-fp32 when the next layer is a normalization, which brings the
   values back into range when both run in float32.
 * gradient: an output gradient that, times the loss scale the backward ran at, exceeds 65504: the
@@ -18,7 +21,7 @@ Detects, under `--precision fp16` (bf16 and fp32 reach 3.4e38):
   how GradScaler finds its scale and is benign (PyTorch AMP documentation). Severity: info, no fix.
 
 Evidence: cause, dtype_max, activation_max_abs, scaled_grad_max_abs, loss_scale, final_loss_scale,
-scale_overflows, layers_past_max, transient (docs/findings/fp16-overflow.md). No threshold: the
+scale_overflows, layers_past_max, op, transient (docs/findings/fp16-overflow.md). No threshold: the
 limit is the format's. Only fp16 probes are checked, so a plain fp32 scan reports nothing.
 """
 
@@ -29,7 +32,7 @@ import math
 from gradcheck_cli.analyse.checks.context import CheckContext
 from gradcheck_cli.analyse.fp16_range import FP16_MAX, outputs_past_max, scale_in_use
 from gradcheck_cli.analyse.stats import LayerStats
-from gradcheck_cli.measure.records import Headroom
+from gradcheck_cli.measure.records import Headroom, NonfiniteOrigin
 from gradcheck_cli.report.evidence import Fp16OverflowEvidence
 from gradcheck_cli.report.records import Finding, FindingKind, Severity
 
@@ -38,22 +41,37 @@ def check(context: CheckContext) -> list[Finding]:
     if context.config.precision != "fp16":
         return []
     measured = [x for x in context.layers if x.measured.headroom is not None]
-    found = _activation_overflow(measured) or _gradient_overflow(measured, context)
+    found = _activation_overflow(measured, context.measurements.nonfinite_origin) \
+        or _gradient_overflow(measured, context)
     if found is None and context.measurements.scale_overflows > 0:
         found = _transient(context)
     return [found] if found is not None else []
 
 
-def _activation_overflow(layers: list[LayerStats]) -> Finding | None:
+FP16_OPS = frozenset({"linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+                      "conv_transpose3d", "matmul", "mm", "bmm", "addmm", "baddbmm", "addbmm", "einsum"})
+"""The ops torch.autocast runs in the low dtype (its "lower precision" op list, as the user calls them)."""
+
+
+def _activation_overflow(layers: list[LayerStats], origin: NonfiniteOrigin | None) -> Finding | None:
+    """The first layer whose outputs are Inf, or the layer whose autocast op the NaN/Inf replay
+    names as the first to turn finite inputs into Inf (an Inf output also holding NaN, as a matmul
+    summing +Inf and -Inf does, reads as no maximum at all)."""
     past = sorted((x for x in layers if math.isinf(_headroom(x).activation_max_abs)), key=lambda x: x.index)
-    if not past:
+    by_name = {x.name: x for x in layers}
+    named = origin is not None and origin.direction == "forward" and origin.op in FP16_OPS \
+        and "inf" in origin.produced and origin.module in by_name
+    site = by_name[origin.module] if named and origin is not None else (past[0] if past else None)
+    if site is None:
         return None
-    site = past[0]
-    peak = _headroom(site).activation_max_abs
-    evidence = Fp16OverflowEvidence("activation", FP16_MAX, activation_max_abs=peak, layers_past_max=len(past))
+    if past and past[0].index < site.index:
+        site = past[0]
+    op = origin.op if named and origin is not None and origin.module == site.name else None
+    evidence = Fp16OverflowEvidence("activation", FP16_MAX, activation_max_abs=math.inf,
+                                    layers_past_max=len(past) or None, op=op)
     after = f"; {len(past) - 1} later layers too" if len(past) > 1 else ""
     return Finding(FindingKind.FP16_OVERFLOW, site.name, Severity.ERROR,
-                   f"{site.name} ({site.type_name}) {outputs_past_max(peak)}{after}", evidence)
+                   f"{site.name} ({site.type_name}) {outputs_past_max(math.inf)}{after}", evidence)
 
 
 def _gradient_overflow(layers: list[LayerStats], context: CheckContext) -> Finding | None:
