@@ -341,10 +341,17 @@ def test_a_dynamic_scaler_that_backs_off_and_recovers_is_a_transient_info() -> N
     assert skipped >= 1 and ev["loss_scale"] == 2.0 ** 16
     assert ev["final_loss_scale"] == 2.0 ** 16 / 2 ** skipped  # halved once per skipped step (3 batches)
     assert not any(r.id == R.LOSS_SCALING for r in report.recommendations)  # benign: nothing to fix
-    # a static scale that large is a real overflow: scaled gradients past 65504 (or Inf)
-    static = _scan(_healthy, "fp16", _loud_loss, loss_scale=2.0 ** 16)
-    assert [f.evidence["transient"] if "transient" in f.evidence else 0
-            for f in static.findings if f.kind == K.FP16_OVERFLOW] in ([0], [])
+
+
+def test_a_static_scale_that_overflows_is_real_and_a_backoff_from_half_of_it_verifies() -> None:
+    report = _scan(_healthy, "fp16", _loud_loss, loss_scale=2.0 ** 16, verify=True)
+    over = [f for f in report.findings if f.kind == K.FP16_OVERFLOW]
+    assert [(f.severity, f.evidence["cause"], f.evidence["scaled_grad_max_abs"]) for f in over] == \
+        [(Severity.ERROR, "gradient", math.inf)]
+    rec = next(r for r in report.recommendations if r.id == R.LOSS_SCALING)
+    assert isinstance(rec.parameters, LossScalingParameters)
+    assert (rec.parameters.init_scale, rec.parameters.backoff) == (2.0 ** 15, True)
+    assert rec.verification is not None and rec.verification.status == VerificationStatus.VERIFIED, rec.verification
 
 
 def _healthy() -> nn.Module:
@@ -368,3 +375,42 @@ CPU_FP16_LSTM = pytest.mark.xfail(raises=UserError, strict=True,
 def test_healthy_builtins_stay_quiet_in_mixed_precision(name: str, precision: str) -> None:
     report = scan(f"builtin:{name}", precision=precision)
     assert report.verdict.value == "healthy" and report.findings == (), [f.message for f in report.findings]
+
+
+def test_stale_bf16_updates_at_a_small_sgd_rate_and_not_with_adam() -> None:
+    report = _scan(_healthy, "bf16", steps=2, batches=2, lr=1e-4)
+    stale = {f.layer: f for f in report.findings if f.kind == K.BF16_STALE_UPDATE}
+    assert set(stale) == {"0", "2", "4"} and report.verdict.value == "healthy"
+    assert all(f.severity == Severity.INFO and float(f.evidence["stale_fraction"]) > 0.5  # type: ignore[arg-type]
+               for f in stale.values())
+    # the direct computation for the first layer: SGD's first step lr * |g| against 2^-8 |w|
+    model = _healthy()
+    torch.manual_seed(0)
+    x, y = _batch(16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = nn.functional.cross_entropy(model(x).float(), y)
+    loss.backward()
+    weights = [p for p in model[0].parameters()]  # type: ignore[index]
+    steps = [1e-4 * p.grad.abs() for p in weights if p.grad is not None]
+    small = sum(int(((s > 0) & (s < 2.0 ** -8 * p.detach().abs())).sum()) for s, p in zip(steps, weights))
+    moved = sum(int((s > 0).sum()) for s in steps)
+    assert (stale["0"].evidence["update_small"], stale["0"].evidence["update_count"]) == (small, moved)
+    assert [r.id for r in report.recommendations] == [R.FP32_MASTER_WEIGHTS]
+    adam = _scan(_healthy, "bf16", steps=2, batches=2, optimizer="adam", lr=1e-3)
+    assert adam.findings == ()
+
+
+def test_every_precision_evidence_key_is_documented() -> None:
+    from gradcheck_cli.report.catalog import FINDINGS
+    from gradcheck_cli.report.evidence import RECORDS
+
+    reports = [_scan(Tiny, "fp16", _tiny_loss), _scan(Loud, "fp16", make_batch=_loud_batch),
+               _scan(_healthy, "fp16", _loud_loss, loss_scale="dynamic"),
+               _scan(_healthy, "bf16", steps=2, batches=2, lr=1e-4)]
+    found = [f for r in reports for f in r.findings if f.kind in (K.FP16_UNDERFLOW, K.FP16_OVERFLOW,
+                                                                    K.BF16_STALE_UPDATE)]
+    assert {f.kind for f in found} == {K.FP16_UNDERFLOW, K.FP16_OVERFLOW, K.BF16_STALE_UPDATE}
+    for f in found:
+        assert isinstance(f.evidence, RECORDS[f.kind])
+        for key in f.evidence:
+            assert key in FINDINGS[f.kind].measured, (f.kind, key)

@@ -5,7 +5,9 @@
   gradient `loss_scale_margin` (8) times under fp16's 65504; the measured histograms say whether
   S also lifts every layer's gradients out of the underflow (the smallest such power of two is
   searched, analyse/fp16_range.py). When it cannot, the gradients span more than fp16's range:
-  the why says so and names bf16, which has float32's range (docs/fixes/loss-scaling.md).
+  the why says so and names bf16, which has float32's range. Scaled gradients that were Inf bound
+  nothing: then GradScaler starts one halving below the scale that overflowed and backs off on its
+  own (docs/fixes/loss-scaling.md).
 * use-bf16 (fp16-overflow of an activation): bfloat16's largest number is float32's 3.4e38.
 * keep-fp32 (fp16-overflow of an activation whose next layer in execution order is a normalization):
   run in float32, the overflowing layer's values stay finite and the normalization brings them back
@@ -70,8 +72,10 @@ def loss_scaling_fix(underflow: Sequence[Finding], gradient: Sequence[Finding], 
                      t: Thresholds = DEFAULTS) -> Fix | None:
     """loss-scaling with the largest safe power of two (None when no finite gradient was measured)."""
     maxima = [x.measured.headroom.grad_max_abs for x in layers if x.measured.headroom is not None]
-    if not maxima or not all(math.isfinite(g) for g in maxima):
-        return None  # an Inf gradient bounds nothing: no scale can be computed from it
+    if not maxima:
+        return None
+    if not all(math.isfinite(g) for g in maxima):
+        return _backoff_fix(gradient)  # an Inf gradient bounds nothing: no scale can be computed from it
     grad_max = max(maxima)
     high = largest_safe_scale_log2(grad_max, t.loss_scale_margin)
     if high is None:
@@ -98,6 +102,21 @@ def loss_scaling_fix(underflow: Sequence[Finding], gradient: Sequence[Finding], 
         why = (f"{said}; {keeps}, but lifting them needs {lift}: no single scale keeps both ends of the "
                "gradients in fp16's range (bf16 has float32's range)")
     return Fix(R.LOSS_SCALING, names, why, LossScalingParameters(scale, clears))
+
+
+def _backoff_fix(gradient: Sequence[Finding]) -> Fix | None:
+    """loss-scaling after scaled gradients that were Inf: start GradScaler one halving lower and
+    let its backoff find the scale (the probe cannot say how far over 65504 they were)."""
+    scales = [ev.loss_scale for f in gradient if isinstance(ev := f.evidence, Fp16OverflowEvidence)
+              and ev.loss_scale is not None]
+    if not scales:
+        return None
+    scale = max(scales) / 2
+    names = tuple(dict.fromkeys(f.layer for f in gradient if f.layer))
+    return Fix(R.LOSS_SCALING, names,
+               f"at the loss scale {max(scales):g} the scaled gradients are Inf: past fp16's {FP16_MAX:g} by a "
+               f"factor the probe cannot measure; GradScaler starting at {scale:g} halves the scale on each "
+               "overflow (skipping that step) until they fit", LossScalingParameters(scale, True, backoff=True))
 
 
 Histogram = tuple[tuple[int, ...], float | None]

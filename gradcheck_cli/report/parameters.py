@@ -267,6 +267,9 @@ class LossScalingParameters(Parameters):
     clears_underflow: bool
     """At init_scale no layer's gradients underflow any more; False when no single scale keeps
     both ends of the measured gradients in fp16's range."""
+    backoff: bool = False
+    """The scaled gradients were Inf, so no safe scale could be measured: init_scale is half the
+    one that overflowed, and GradScaler's backoff finds the rest (--verify re-probes "dynamic")."""
 
     def snippet(self) -> str:
         return (f'scaler = torch.amp.GradScaler("cuda", init_scale={_power(self.init_scale)})\n'

@@ -1,7 +1,8 @@
 """Appliers for the mixed-precision fixes: loss-scaling, use-bf16, keep-fp32, fp32-master-weights.
 
 loss-scaling and use-bf16 change how the probe runs, not the model: they return ScanConfig
-overrides (a static `loss_scale`, or `precision` bf16 without a scale), and the re-probe measures
+overrides (a static `loss_scale`, "dynamic" when the scaled gradients were Inf and no scale could
+be measured, or `precision` bf16 without a scale), and the re-probe measures
 the same batches that way. keep-fp32 wraps the named layers of the copy so that their forward runs
 in float32 with autocast off (the snippet of docs/fixes/keep-fp32.md). fp32-master-weights is not
 verifiable: the probe already keeps float32 weights under autocast, which is the fix itself
@@ -26,6 +27,9 @@ def loss_scaling(context: ApplyContext) -> Patch:
         return not_applicable("the recommendation carries no loss scale")
     if context.config.precision != "fp16":
         return not_applicable(f"loss scaling is for fp16; the scan probed {context.config.precision}")
+    if params.backoff:
+        return Patch(applied=True, reason="the fp16 backward run under a dynamic loss scale (GradScaler's backoff)",
+                     config={"loss_scale": "dynamic"})
     return Patch(applied=True, reason=f"the fp16 backward run at a static loss scale of {params.init_scale:g}",
                  config={"loss_scale": params.init_scale})
 
