@@ -27,8 +27,13 @@ The session records facts, not judgements: sums of squares, counts, maxima, flag
 which `Measurements.merge` combines across batches, sessions, steps and processes. `paused()`
 stops measuring for forwards that are no probe (the scan's optimizer steps and NaN replays).
 `detach()` removes every hook handle and leaves the function mode; the parameters, buffers and
-.grad are the caller's (the scan also snapshots and restores them: restore.py). One host transfer
-per batch brings the loss, every layer's squared gradient norm and the output NaN/Inf flags.
+.grad are the caller's (the scan also snapshots and restores them: restore.py).
+
+Reads to the host do not grow with the number of layers (on an accelerator each is a sync): the
+hooks' norms are checked once per forward and once per batch (norms.DeferredSquares; no read off
+the CPU), the parameters' gradient norms once per batch (norms.squared_norms), then one transfer
+brings the loss, every layer's squared gradient norm and the output NaN/Inf flags; reading the
+measurements is one more (finish.py).
 """
 
 from __future__ import annotations
