@@ -9,8 +9,9 @@ the gradient arriving at that output are measured). Per layer it keeps, as devic
   exponent bits of their float32 values (exact; one shift and one bincount), plus the exactly-zero
   elements: from it the analysis reads which share sits below fp16's smallest normal (2^-14) or
   subnormal (2^-24) at any loss scale S (the exponents shift by log2 S), docs/architecture.md.
-  It is taken on the first probe batch only (the probe clears `exponents` after it): it costs a
-  few passes over every output gradient, and one batch gives the shares as well as three;
+  Everything is measured on the first probe batch only (the probe clears `active` after it): it
+  costs a few passes over every output and output gradient, and one batch gives the shares, and
+  the maxima of data drawn alike, as well as three;
 * the weight elements whose first optimizer step, predicted from the first probe batch's
   gradients, is below 2^-8 of the weight (lost in a bf16 weight).
 
@@ -22,6 +23,7 @@ and hands the unscaled gradient on to the session's own statistics.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -61,11 +63,13 @@ class HeadroomMeter:
         self.device = torch.device(device)
         self.scale = 1.0
         """The loss scale of the backward running now (1.0: unscaled)."""
-        self.exponents = True
-        """Histogram the output gradients of the backward running now (the first probe batch)."""
+        self.active = True
+        """Measure the forward and backward running now (the first probe batch; probe.py)."""
 
     def output(self, name: str, out: torch.Tensor) -> None:
         """A layer's output (forward hook): its extrema."""
+        if not self.active:
+            return
         layer = self.layers[name]
         if out.numel():
             layer.output_extrema.append(torch.aminmax(out.detach()))
@@ -84,9 +88,9 @@ class HeadroomMeter:
             g = g.float()
         if self.scale != 1.0:
             g = g / self.scale
-        layer = self.layers[name]
-        layer.grad_extrema.append(torch.aminmax(g))
-        if self.exponents:
+        if self.active:
+            layer = self.layers[name]
+            layer.grad_extrema.append(torch.aminmax(g))
             layer.grad_count += g.numel()
             layer.buckets.append(_exponent_buckets(g))
             layer.nonzero.append(torch.count_nonzero(g))
@@ -114,13 +118,27 @@ class HeadroomMeter:
             layer.updates = counts if layer.updates is None else layer.updates + counts
 
     def read(self) -> dict[str, Headroom]:
-        """Every measured layer's Headroom, by layer name: one host transfer in all."""
+        """Every measured layer's Headroom, by layer name: a fixed number of grouped reductions over
+        all layers (not per layer) and one host transfer in all."""
         measured = {name: layer for name, layer in self.layers.items() if layer.output_extrema}
         if not measured:
             return {}
-        rows = [_reduced(layer, self.device) for layer in measured.values()]
-        host = torch.stack(rows).tolist()
-        return {name: _headroom(row, layer) for (name, layer), row in zip(measured.items(), host)}
+        layers = list(measured.values())
+        n, device = len(layers), self.device
+        buckets = torch.zeros(n, BUCKETS, dtype=torch.int64, device=device)
+        nonzero = torch.zeros(n, dtype=torch.int64, device=device)
+        called = [k for k, layer in enumerate(layers) for _ in layer.buckets]
+        if called:
+            owner = torch.tensor(called, device=device)
+            buckets.index_add_(0, owner, torch.stack([b for layer in layers for b in layer.buckets]).to(device))
+            nonzero.index_add_(0, owner, torch.stack([c for layer in layers for c in layer.nonzero]).to(device))
+        updates = [layer.updates.to(device) if layer.updates is not None else torch.full((2,), -1, device=device)
+                   for layer in layers]
+        host = torch.cat([_max_abs([layer.output_extrema for layer in layers], device),
+                          _max_abs([layer.grad_extrema for layer in layers], device),
+                          nonzero.double(), torch.stack(updates).double().flatten(),
+                          buckets.double().flatten()]).tolist()
+        return {name: _headroom(host, k, n, layer) for k, (name, layer) in enumerate(measured.items())}
 
 
 def first_steps(gs: list[torch.Tensor], ws: list[torch.Tensor], optimizer: str,
@@ -164,31 +182,30 @@ def _exponent_buckets(g: torch.Tensor) -> torch.Tensor:
                              .expand(bucket.numel()))
 
 
-def _max_abs(extrema: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> torch.Tensor:
-    """Largest |x| over (min, max) pairs; a pair holding NaN (its tensor held one) is left out,
-    and NaN when every tensor held NaN (no finite maximum to report)."""
-    if not extrema:
-        return torch.zeros(1, dtype=torch.float64, device=device)
-    pairs = torch.stack([torch.stack(pair).to(device, torch.float64) for pair in extrema])
-    pairs = torch.where(torch.isnan(pairs).any(dim=1, keepdim=True), -torch.inf, pairs.abs())
-    largest = pairs.amax().reshape(1)
-    return torch.where(largest == -torch.inf, torch.nan, largest)
+def _max_abs(extrema: list[list[tuple[torch.Tensor, torch.Tensor]]], device: torch.device) -> torch.Tensor:
+    """Per layer, the largest |x| over its (min, max) pairs, as one float64 vector: -Inf for a
+    layer without a pair (made 0 by _headroom), NaN when every one of its pairs held NaN (its
+    tensors did: no finite maximum); a pair holding NaN is otherwise left out."""
+    owners = [k for k, pairs in enumerate(extrema) for _ in pairs]
+    largest = torch.full((len(extrema),), -torch.inf, dtype=torch.float64, device=device)
+    if not owners:
+        return largest
+    lows = torch.stack([low for pairs in extrema for low, _ in pairs]).to(device, torch.float64)
+    highs = torch.stack([high for pairs in extrema for _, high in pairs]).to(device, torch.float64)
+    each = torch.where(torch.isnan(lows) | torch.isnan(highs), torch.nan, torch.maximum(lows.abs(), highs.abs()))
+    owner = torch.tensor(owners, device=device)
+    largest.scatter_reduce_(0, owner, torch.where(torch.isnan(each), -torch.inf, each), "amax")
+    seen_nan = torch.zeros(len(extrema), dtype=torch.float64, device=device).index_add_(
+        0, owner, torch.isnan(each).double())
+    return torch.where((largest == -torch.inf) & (seen_nan > 0), torch.nan, largest)
 
 
-def _reduced(layer: _LayerHeadroom, device: torch.device) -> torch.Tensor:
-    """One layer as one float64 row: max |out|, max |g|, nonzero elements, (small, moved), the buckets."""
-    buckets = torch.stack(layer.buckets).to(device).sum(0) if layer.buckets else \
-        torch.zeros(BUCKETS, dtype=torch.int64, device=device)
-    nonzero = torch.stack(layer.nonzero).to(device).sum().reshape(1) if layer.nonzero else \
-        torch.zeros(1, dtype=torch.int64, device=device)
-    updates = layer.updates.to(device) if layer.updates is not None else torch.full((2,), -1, device=device)
-    return torch.cat([_max_abs(layer.output_extrema, device), _max_abs(layer.grad_extrema, device),
-                      nonzero.double(), updates.double(), buckets.double()])
-
-
-def _headroom(row: list[float], layer: _LayerHeadroom) -> Headroom:
-    zeros, small, moved = layer.grad_count - int(row[2]), int(row[3]), int(row[4])
-    buckets = [int(v) for v in row[5:]]
+def _headroom(host: list[float], k: int, n: int, layer: _LayerHeadroom) -> Headroom:
+    """Layer k's Headroom from read()'s flat host list (n layers, blocks in read()'s order)."""
+    act, grad = (v if v != -math.inf else 0.0 for v in (host[k], host[n + k]))
+    zeros = layer.grad_count - int(host[2 * n + k])
+    small, moved = (int(v) for v in host[3 * n + 2 * k:3 * n + 2 * k + 2])
+    buckets = [int(v) for v in host[5 * n + BUCKETS * k:5 * n + BUCKETS * (k + 1)]]
     # exponent bins LOG2_LOW .. LOG2_HIGH from the buckets: bucket b is exponent b - 127, bucket 0
     # (zeros and everything below 2^-126) is LOG2_LOW's bin less the zeros; the top bin takes the rest
     low, high = LOG2_LOW + _BIAS, LOG2_HIGH + _BIAS
@@ -196,6 +213,6 @@ def _headroom(row: list[float], layer: _LayerHeadroom) -> Headroom:
     bins[0] += sum(buckets[:low]) - zeros
     bins[-1] += sum(buckets[high + 1:BUCKETS - 1])
     return Headroom(
-        activation_max_abs=row[0], grad_max_abs=row[1], grad_log2_counts=tuple(bins), grad_zero=zeros,
+        activation_max_abs=act, grad_max_abs=grad, grad_log2_counts=tuple(bins), grad_zero=zeros,
         grad_count=layer.grad_count, update_small=small if small >= 0 else None,
         update_count=moved if moved >= 0 else None)

@@ -141,7 +141,7 @@ def _probe_batch(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: An
     owners = [session.layers[li].name for li in session.owner_of]
     _headroom(session).predicted_updates(grads, session.trainable, owners, config.optimizer, config.lr)
     facts = session.on_batch(loss, grads)
-    _headroom(session).exponents = False  # the gradient histogram: the first batch (headroom.py)
+    _headroom(session).active = False  # headroom: the first batch (headroom.py)
     run.scaler.finished_batch()
     run.trace.append(facts.loss)
     if run.origin_pending and not bad_input and (facts.forward_nonfinite or not facts.grads_finite):

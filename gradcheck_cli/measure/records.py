@@ -61,8 +61,9 @@ class Headroom:
     """
 
     activation_max_abs: float
-    """Largest |x| of the layer's outputs over the probe batches (Inf kept; an output tensor holding
-    NaN is left out, and NaN when every one did)."""
+    """Largest |x| of the layer's outputs on the first probe batch (like every field here: one
+    batch gives the shares as well as three, at a third of the cost); Inf kept; an output tensor
+    holding NaN is left out, and NaN when every one did."""
     grad_max_abs: float
     """Largest |g| of the (unscaled) gradient arriving at the layer's output (NaN as above)."""
     grad_log2_counts: tuple[int, ...]
