@@ -3,6 +3,8 @@
 Layout, top to bottom: a two-line header (target, verdict, loss, probe configuration), one table
 row per layer in execution order with a log-scale bar of grad_norm (so a geometric decay or growth
 through depth shows as a slope), the findings, the ranked recommendations and a one-line verdict.
+With --verify, the recommendations are grouped by what their verification measured, each with its
+before -> after, and followed by the verified ones applied together (render/verified.py).
 
 The layer table and how it adapts to the width: layer_table.py.
 """
