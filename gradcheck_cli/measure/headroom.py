@@ -52,7 +52,7 @@ class _LayerHeadroom:
     nonzero: list[torch.Tensor] = field(default_factory=list)
     grad_count: int = 0
     updates: torch.Tensor | None = None
-    """(small, moved) weight elements of the predicted step; None: no estimate."""
+    """(small, moved) weight elements of the predicted step, as float64; None: no estimate."""
 
 
 class HeadroomMeter:
@@ -113,7 +113,7 @@ class HeadroomMeter:
         bounds = torch._foreach_mul(torch._foreach_abs(ws), UPDATE_RESOLUTION)
         for step, bound, name in zip(steps, bounds, names):
             small = torch.count_nonzero(torch.logical_and(step < bound, step > 0))
-            counts = torch.stack([small, torch.count_nonzero(step)])
+            counts = torch.stack([small, torch.count_nonzero(step)]).double()
             layer = self.layers[name]
             layer.updates = counts if layer.updates is None else layer.updates + counts
 
@@ -132,11 +132,13 @@ class HeadroomMeter:
             owner = torch.tensor(called, device=device)
             buckets.index_add_(0, owner, torch.stack([b for layer in layers for b in layer.buckets]).to(device))
             nonzero.index_add_(0, owner, torch.stack([c for layer in layers for c in layer.nonzero]).to(device))
-        updates = [layer.updates.to(device) if layer.updates is not None else torch.full((2,), -1, device=device)
-                   for layer in layers]
+        updates = torch.full((n, 2), -1.0, dtype=torch.float64, device=device)
+        estimated = [(k, layer.updates) for k, layer in enumerate(layers) if layer.updates is not None]
+        if estimated:
+            updates[[k for k, _ in estimated]] = torch.stack([row for _, row in estimated]).to(device)
         host = torch.cat([_max_abs([layer.output_extrema for layer in layers], device),
                           _max_abs([layer.grad_extrema for layer in layers], device),
-                          nonzero.double(), torch.stack(updates).double().flatten(),
+                          nonzero.double(), updates.flatten(),
                           buckets.double().flatten()]).tolist()
         return {name: _headroom(host, k, n, layer) for k, (name, layer) in enumerate(measured.items())}
 
