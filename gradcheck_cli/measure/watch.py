@@ -1,0 +1,250 @@
+"""The training watch's engine: per-step gradient statistics of the user's own loop.
+
+    engine = WatchEngine(model, optimizer, every=50, sample_every=0, on_block=..., on_event=...)
+    engine.attach()
+    ... the user's loop: forward, backward, (clip), optimizer.step(), zero_grad(), engine.step(loss)
+    engine.detach()                       # flushes the last rows, removes every hook
+
+What it reads, and when (docs/architecture.md, the watch):
+* gradients: a hook on each trainable parameter; the first to fire in a backward queues a
+  callback that runs when the backward has finished and every .grad is accumulated; it takes
+  each layer's squared gradient norm there, on the device, with no host sync. That is before the
+  optimizer step and before any clip_grad_norm_ in the loop (the clip comes after backward
+  returns). With gradient accumulation the last backward of the step wins: its .grad holds the
+  sum of the micro-batches. A torch.autograd.grad call also ends in the callback; it reads .grad.
+* non-finite values: one scalar read per step, in the optimizer's step pre-hook (in step() when no
+  optimizer was given): whether every layer's norm is finite. It is the only per-step host read,
+  and it is what lets the first NaN/Inf be caught BEFORE the optimizer writes it into the weights,
+  so that replaying the step's batch (watch_replay.py) runs with the weights that produced it.
+* the update/weight ratio |Δw| / |w| of the user's own optimizer: a copy of the weights in the
+  step pre-hook and the difference in the post-hook cost three passes over the weights, so it is
+  taken on every UPDATE_EVERY-th step only (steps 0, 10, 20, ...); the other rows are NaN.
+* the loss, from step(loss); activation statistics from the MeasurementSession, attached only for
+  the forward of every `sample_every`-th step (0: never). Step 0's gradients always go to the
+  session, so the final report has the scan's per-layer picture of the start of training.
+Rows go into a device ring (watch_ring.py) and come over in one host transfer per `every` steps,
+and at once after the first non-finite step. Nothing per step is kept beyond the ring.
+The model and optimizer run exactly as without the watch: the hooks read and never write, and no
+random number is drawn.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradcheck_cli.measure.norms import _dense_values, count_nonfinite
+from gradcheck_cli.measure.records import Measurements
+from gradcheck_cli.measure.series import NonfiniteEvent, StepBlock
+from gradcheck_cli.measure.session import MeasurementSession
+from gradcheck_cli.measure.watch_replay import LastBatch, replay_last_batch
+from gradcheck_cli.measure.watch_ring import Reducer, StepRing
+
+UPDATE_EVERY = 10
+"""The update/weight ratio is measured on steps 0, UPDATE_EVERY, 2 * UPDATE_EVERY, ... (module
+docstring: a weight copy per step would cost more than the rest of the watch)."""
+
+
+class WatchEngine:
+    """Hooks on the user's model and optimizer, a device ring, a flush per `every` steps."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, every: int,
+                 sample_every: int, on_block: Callable[[StepBlock], None],
+                 on_event: Callable[[NonfiniteEvent], None], reduce: Reducer | None = None) -> None:
+        self.model, self.optimizer = model, optimizer
+        self.session = MeasurementSession(model)
+        self.names = [acc.name for acc in self.session.layers]
+        self.trainable = [p for p in self.session.trainable if p.requires_grad]
+        self._owner = self.session.owner
+        self.every, self.sample_every = every, sample_every
+        self.ring = StepRing(every, len(self.names), self._owner.device, updates=optimizer is not None)
+        self.on_block, self.on_event, self.reduce = on_block, on_event, reduce
+        self.steps = 0
+        self.rank = _rank()
+        self.event: NonfiniteEvent | None = None
+        self._handles: list[Any] = []
+        self._pending: torch.Tensor | None = None
+        self._checked = False
+        self._task = -1
+        self._flush_now = False
+        self._replaying = False
+        self._last_batch: LastBatch | None = None
+        self._sampled_grads: list[torch.Tensor | None] | None = None
+        self._weights_before: list[torch.Tensor] | None = None
+
+    # -- attaching ------------------------------------------------------------------------------
+
+    def attach(self) -> None:
+        handles: list[Any] = [self.model.register_forward_pre_hook(self._keep_batch, with_kwargs=True)]
+        # One hook per trainable parameter, acting once per backward (torch's multi-grad hook in
+        # mode "any" does the same but keeps an entry per backward forever: memory would grow).
+        handles += [p.register_hook(self._on_gradient) for p in self.trainable]
+        if self.optimizer is not None:
+            handles.append(self.optimizer.register_step_pre_hook(self._before_step))
+            handles.append(self.optimizer.register_step_post_hook(self._after_step))
+        self._handles = handles
+        if self.sample_every > 0:
+            self.session.attach()
+
+    def detach(self) -> None:
+        """Flush what is left and remove every hook (also the session's)."""
+        handles, self._handles = self._handles, []
+        for handle in handles:
+            handle.remove()
+        self.session.detach()
+        self._last_batch = None
+        self._flush()
+
+    # -- hooks ----------------------------------------------------------------------------------
+
+    def _keep_batch(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """A reference to the inputs of the last forward (not a copy) and the RNG state it saw."""
+        if not self._replaying:
+            self._last_batch = LastBatch.of(args, kwargs, self._owner.device)
+
+    def _on_gradient(self, grad: torch.Tensor) -> None:
+        task = torch._C._current_graph_task_id()
+        if task != self._task and not self._replaying:
+            self._task = task  # the first gradient of this backward: read them all at its end
+            torch.autograd.Variable._execution_engine.queue_callback(self._after_backward)
+
+    def _after_backward(self) -> None:
+        """Every .grad of this backward is accumulated: take the layers' squared norms (no sync)."""
+        grads = [p.grad for p in self.trainable]
+        given = [g for g in grads if g is not None]
+        owner = self._owner if len(given) == len(grads) else \
+            self._owner[[k for k, g in enumerate(grads) if g is not None]]
+        self._pending = layer_sq(given, owner, len(self.names), self._owner.device)
+        self._checked = False
+        if self._sampling():
+            # The session reads them at step(loss), after zero_grad may have cleared them in place.
+            self._sampled_grads = [None if g is None else g.detach().clone() for g in grads]
+
+    def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self._check_finite()
+        if self.steps % UPDATE_EVERY == 0:
+            self._weights_before = [p.detach().clone() for p in self.trainable]
+
+    def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        before, self._weights_before = self._weights_before, None
+        if before is None:
+            return
+        after = [p.detach() for p in self.trainable]
+        delta_sq = layer_sq(list(torch._foreach_sub(after, before)), self._owner, len(self.names), self._owner.device)
+        weight_sq = layer_sq(before, self._owner, len(self.names), self._owner.device)
+        self.ring.write_update(torch.where(weight_sq > 0, (delta_sq / weight_sq).sqrt(),
+                                           torch.full_like(weight_sq, math.nan)))
+
+    # -- per step -------------------------------------------------------------------------------
+
+    def step(self, loss: torch.Tensor | float) -> None:
+        """The end of one optimizer step: write its row; flush every `every` steps."""
+        self._check_finite()
+        self.ring.write(loss, self._pending)
+        if self._sampled_grads is not None:
+            with torch.no_grad():
+                self.session.on_batch(loss, self._sampled_grads)
+            self._sampled_grads = None
+        if self.sample_every > 0 and self.steps % self.sample_every == 0:
+            self.session.detach()
+        self._pending = None
+        self.ring.advance()
+        self.steps += 1
+        if self.ring.full or self._flush_now:
+            self._flush()
+        if self.sample_every > 0 and self.steps % self.sample_every == 0 and self._handles:
+            self.session.attach()  # the next step's forward is a sampled one
+
+    def _sampling(self) -> bool:
+        return self.steps == 0 or (self.sample_every > 0 and self.steps % self.sample_every == 0)
+
+    def _check_finite(self) -> None:
+        """One scalar read per step: on a non-finite gradient, count it per layer, and on the
+        first one replay the step's batch before the optimizer changes the weights."""
+        pending = self._pending
+        if pending is None or self._checked:
+            return
+        self._checked = True
+        if bool(torch.isfinite(pending).all()):
+            return
+        counts = self._nonfinite_counts()
+        self.ring.nonfinite.add_(counts.to(self.ring.device))
+        if self.event is None:
+            self.event = self._nonfinite_event(counts)
+            self._flush_now = True
+
+    def _nonfinite_counts(self) -> torch.Tensor:
+        counts = torch.zeros(len(self.names), dtype=torch.float64)
+        for k, p in enumerate(self.trainable):
+            if p.grad is not None:
+                counts[int(self._owner[k])] += count_nonfinite(p.grad)
+        return counts
+
+    def _nonfinite_event(self, counts: torch.Tensor) -> NonfiniteEvent:
+        # The layer closest to the loss: the last one in the model's registration order, the
+        # order backward usually meets them in reverse (the replay names the op precisely).
+        bad = [li for li in range(len(self.names)) if counts[li] > 0]
+        layer = self.names[bad[-1]] if bad else None
+        origin = None
+        if self._last_batch is not None:
+            self._replaying = True
+            try:
+                origin = replay_last_batch(self.session, self._last_batch)
+            finally:
+                self._replaying = False
+        return NonfiniteEvent(step=self.steps, rank=self.rank, layer=layer,
+                              origin_module=origin.module if origin else None,
+                              origin_op=origin.op if origin else None,
+                              direction=origin.direction if origin else None)
+
+    def _flush(self) -> None:
+        weight_sq = layer_sq([p.detach() for p in self.trainable], self._owner, len(self.names),
+                             self._owner.device)
+        block = self.ring.flush(weight_sq, self.reduce)
+        if block is not None:
+            self.on_block(block)
+            self._loss_event(block)
+        if self._flush_now and self.event is not None:
+            self.on_event(self.event)
+        self._flush_now = False
+
+    def _loss_event(self, block: StepBlock) -> None:
+        """A non-finite loss whose gradients stayed finite (no per-step read saw it): the event
+        comes with the block that holds it, without a replay (the weights moved on since)."""
+        if self.event is not None:
+            return
+        bad = [step for step, value in zip(block.steps, block.loss) if not math.isfinite(value)]
+        if bad:
+            self.event = NonfiniteEvent(step=bad[0], rank=self.rank, layer=None)
+            self.on_event(self.event)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def measurements(self) -> Measurements:
+        """The session's measurements: step 0 and the sampled steps (the scan's per-layer view)."""
+        measured = self.session.measurements()
+        return replace(measured, loss_kind="watch", loss_trace=measured.losses)
+
+
+def layer_sq(tensors: list[torch.Tensor], owner: torch.Tensor, n_layers: int,
+             device: torch.device) -> torch.Tensor:
+    """Squared L2 norm per layer (owner[k]: the layer of tensors[k]) as a float64 device tensor,
+    with no host sync: each tensor's norm accumulated in float64 by one fused call, so squares of
+    tiny fp32 gradients do not underflow and big ones do not overflow."""
+    per_layer = torch.zeros(n_layers, dtype=torch.float64, device=device)
+    if tensors:
+        values = [_dense_values(t.detach()) for t in tensors]
+        norms = torch._foreach_norm(values, 2, dtype=torch.float64)
+        per_layer.index_add_(0, owner.to(device), torch.stack(norms).to(device).square())
+    return per_layer
+
+
+def _rank() -> int:
+    distributed = torch.distributed
+    return distributed.get_rank() if distributed.is_available() and distributed.is_initialized() else 0
+
