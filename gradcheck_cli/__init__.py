@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from gradcheck_cli.cli.watch import Watch
     from gradcheck_cli.report.records import Report
 
 
@@ -20,4 +21,15 @@ def scan(target: Any, config: Any = None, thresholds: Any = None, **options: Any
     return _scan(target, config, thresholds, **options)
 
 
-__all__ = ["__version__", "scan"]
+def watch(model: Any, optimizer: Any = None, *, every: int = 50, sample_every: int = 0,
+          output: Any = "gradcheck-watch.json", quiet: bool = False, fail_on: Any = None,
+          thresholds: Any = None) -> Watch:
+    """Watch a training loop (`with watch(model, optimizer) as w: ... w.step(loss)`) and return
+    the Watch; see gradcheck_cli.api.watch."""
+    from gradcheck_cli.cli.watch import watch as _watch
+
+    return _watch(model, optimizer, every=every, sample_every=sample_every, output=output, quiet=quiet,
+                  fail_on=fail_on, thresholds=thresholds)
+
+
+__all__ = ["__version__", "scan", "watch"]

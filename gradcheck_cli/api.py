@@ -13,6 +13,7 @@ from gradcheck_cli.report.records import Report
 from gradcheck_cli.target.resolve import Target, resolve_target
 
 if TYPE_CHECKING:
+    from gradcheck_cli.cli.watch import Watch
     from gradcheck_cli.measure.probe import StageCallback
 
 
@@ -59,6 +60,18 @@ def scan(target: str | Target, config: ScanConfig | None = None,
         if not is_exit_from_user_code(exc):
             raise
         raise user_exit_error(exc, name, clock.where) from exc
+
+
+def watch(model: Any, optimizer: Any = None, *, every: int = 50, sample_every: int = 0,
+          output: Any = "gradcheck-watch.json", quiet: bool = False, fail_on: Any = None,
+          thresholds: Thresholds | None = None) -> Watch:
+    """Watch the user's own training loop: `with watch(model, optimizer) as w: ... w.step(loss)`
+    once per optimizer step; leaving the block writes `output` (JSON) and prints the table to
+    stderr unless `quiet` (gradcheck_cli/cli/watch.py; README, "Watching training")."""
+    from gradcheck_cli.cli.watch import watch as _watch
+
+    return _watch(model, optimizer, every=every, sample_every=sample_every, output=output, quiet=quiet,
+                  fail_on=fail_on, thresholds=thresholds)
 
 
 def _scan(target: str | Target, config: ScanConfig, thresholds: Thresholds, stage: StageCallback,
