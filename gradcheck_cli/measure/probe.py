@@ -138,11 +138,8 @@ def _probe_batch(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: An
         return False
     stage("backward pass", number, config.batches)
     grads = _scaled_gradients(loss, session, run.scaler.scale)
-    owners = [session.layers[li].name for li in session.owner_of]
-    _headroom(session).predicted_updates(grads, session.trainable, owners, config.optimizer, config.lr)
     facts = session.on_batch(loss, grads)
-    _headroom(session).active = False  # headroom: the first batch (headroom.py)
-    run.scaler.finished_batch()
+    _finish_precision(session, run, grads)
     run.trace.append(facts.loss)
     if run.origin_pending and not bad_input and (facts.forward_nonfinite or not facts.grads_finite):
         # Data that already holds NaN/Inf is its own origin (nonfinite-input).
@@ -214,6 +211,17 @@ def _settle_scale(forward: Callable[[], torch.Tensor], session: MeasurementSessi
         if not finite or bool(torch.stack(finite).all()) or not scaler.retry_after_overflow(attempt):
             break
     restore_rng(rng)
+
+
+def _finish_precision(session: MeasurementSession, run: _ProbeRun,
+                      grads: tuple[torch.Tensor | None, ...]) -> None:
+    """After a measured batch: the predicted updates (the first batch's gradients), the headroom
+    measured on the first batch only (headroom.py), and the loss scaler told of a clean batch."""
+    meter = _headroom(session)
+    owners = [session.layers[li].name for li in session.owner_of]
+    meter.predicted_updates(grads, session.trainable, owners, run.config.optimizer, run.config.lr)
+    meter.active = False
+    run.scaler.finished_batch()
 
 
 def _headroom(session: MeasurementSession) -> HeadroomMeter:
