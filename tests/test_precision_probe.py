@@ -27,6 +27,7 @@ from gradcheck_cli.measure import precision
 from gradcheck_cli.measure.headroom import first_steps
 from gradcheck_cli.measure.probe import run_probe
 from gradcheck_cli.measure.records import LOG2_HIGH, LOG2_LOW, UPDATE_RESOLUTION, Headroom, Measurements
+from gradcheck_cli.measure.session import MeasurementSession
 from gradcheck_cli.measure.steps import make_optimizer
 from gradcheck_cli.target.isolation import seed_all
 from gradcheck_cli.target.resolve import Target
@@ -408,3 +409,18 @@ def test_a_layer_whose_outputs_are_all_nan_reads_nan_not_zero() -> None:
     assert first.activation_max_abs == math.inf  # the fp16 overflow itself
     assert math.isnan(second.activation_max_abs)  # inf - inf downstream: no finite maximum
     assert math.isnan(second.grad_max_abs)
+
+
+def test_a_session_driven_by_other_code_keeps_no_headroom() -> None:
+    """The training watch or a user's loop: nothing accumulates per step (bounded memory)."""
+    model = healthy()
+    session = MeasurementSession(model)
+    with session:
+        for b in range(3):
+            seed_all(b)
+            x, y = make_batch4(BATCH_SIZE)
+            mse(model(x), y).backward()
+            session.on_batch(torch.tensor(0.0))
+    meter = session.state.headroom
+    assert meter is not None and meter.read() == {}
+    assert all(not layer.output_extrema and not layer.grad_extrema for layer in meter.layers.values())

@@ -9,7 +9,7 @@ the gradient arriving at that output are measured). Per layer it keeps, as devic
   exponent bits of their float32 values (exact; one shift and one bincount), plus the exactly-zero
   elements: from it the analysis reads which share sits below fp16's smallest normal (2^-14) or
   subnormal (2^-24) at any loss scale S (the exponents shift by log2 S), docs/architecture.md.
-  Everything is measured on the first probe batch only (the probe clears `active` after it): it
+  Everything is measured on the first probe batch only (the probe sets `active` for it): it
   costs a few passes over every output and output gradient, and one batch gives the shares, and
   the maxima of data drawn alike, as well as three;
 * the weight elements whose first optimizer step, predicted from the first probe batch's
@@ -63,8 +63,10 @@ class HeadroomMeter:
         self.device = torch.device(device)
         self.scale = 1.0
         """The loss scale of the backward running now (1.0: unscaled)."""
-        self.active = True
-        """Measure the forward and backward running now (the first probe batch; probe.py)."""
+        self.active = False
+        """Measure the forward and backward running now: the probe switches it on for its first
+        batch (probe.py); a session driven by other code (the training watch, a user's loop)
+        measures no headroom and keeps nothing."""
 
     def output(self, name: str, out: torch.Tensor) -> None:
         """A layer's output (forward hook): its extrema."""

@@ -85,6 +85,7 @@ def run_probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any,
             raise UserError(f"{type(model).__name__} has no trainable parameters (all have "
                             "requires_grad=False); nothing to check")
         session.attach()
+        _headroom(session).active = True  # for the first batch (_finish_precision)
         run = _ProbeRun(config, stage, make_optimizer(config, session.trainable) if config.steps > 0 else None,
                         scaler=LossScaler(config.loss_scale))
         with collector_paused():  # no garbage-collector pauses mid-probe (session.py)
