@@ -410,3 +410,40 @@ def test_step_after_close_is_refused(tmp_path: Path, recorder: Any) -> None:
     w.close()
     with pytest.raises(RuntimeError, match="closed"):
         w.step(0.0)
+
+
+def _real_or_recorder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real timeline (analyse/timeline.py) once it exists; until then the Recorder."""
+    if importlib.util.find_spec("gradcheck_cli.analyse.timeline") is None:
+        monkeypatch.setattr(watch_module, "_timeline", Recorder)
+
+
+def test_a_healthy_training_run_comes_back_healthy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _real_or_recorder(monkeypatch)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    teacher = torch.randn(10, 1)
+    g = torch.Generator().manual_seed(5)
+    with gradcheck_cli.watch(model, opt, every=20, sample_every=25, output=tmp_path / "w.json",
+                             quiet=True, fail_on=["any"]) as w:
+        for _ in range(100):
+            x = torch.randn(32, 10, generator=g)
+            loss = nn.functional.mse_loss(model(x), x @ teacher)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            w.step(loss)
+    assert w.report is not None
+    assert w.report.findings == () and w.report.verdict.value == "healthy"
+
+
+def test_fail_on_raises_after_the_report_is_written(tmp_path: Path, recorder: Any) -> None:
+    torch.manual_seed(0)
+    model = Net()
+    model.poison = "forward"
+    opt = _optimizer("sgd", model)
+    with pytest.raises(watch_module.WatchGateFailed, match="nonfinite"):
+        with gradcheck_cli.watch(model, opt, output=tmp_path / "w.json", quiet=True, fail_on=["nonfinite"]) as w:
+            _train(model, opt, _batches(2), False, w)
+    assert json.loads((tmp_path / "w.json").read_text())["verdict"] == "nonfinite"

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradcheck_cli.measure.norms import _dense_values, count_nonfinite
+from gradcheck_cli.measure.norms import _dense_values
 from gradcheck_cli.measure.records import Measurements
 from gradcheck_cli.measure.series import NonfiniteEvent, StepBlock
 from gradcheck_cli.measure.session import MeasurementSession
@@ -173,19 +173,21 @@ class WatchEngine:
         if bool(torch.isfinite(pending).all()):
             return
         counts = self._nonfinite_counts()
-        self.ring.nonfinite.add_(counts.to(self.ring.device))
+        self.ring.nonfinite.add_(counts)
         if self.event is None:
-            self.event = self._nonfinite_event(counts)
+            self.event = self._nonfinite_event(counts.tolist())
             self._flush_now = True
 
     def _nonfinite_counts(self) -> torch.Tensor:
-        counts = torch.zeros(len(self.names), dtype=torch.float64)
-        for k, p in enumerate(self.trainable):
-            if p.grad is not None:
-                counts[int(self._owner[k])] += count_nonfinite(p.grad)
+        """NaN/Inf gradient elements per layer, on the device (read with the block)."""
+        given = [k for k, p in enumerate(self.trainable) if p.grad is not None]
+        counts = torch.zeros(len(self.names), dtype=torch.float64, device=self._owner.device)
+        if given:
+            per_param = [(~torch.isfinite(_dense_values(_grad(self.trainable[k])))).sum() for k in given]
+            counts.index_add_(0, self._owner[given], torch.stack(per_param).to(counts))
         return counts
 
-    def _nonfinite_event(self, counts: torch.Tensor) -> NonfiniteEvent:
+    def _nonfinite_event(self, counts: list[float]) -> NonfiniteEvent:
         # The layer closest to the loss: the last one in the model's registration order, the
         # order backward usually meets them in reverse (the replay names the op precisely).
         bad = [li for li in range(len(self.names)) if counts[li] > 0]
@@ -242,6 +244,11 @@ def layer_sq(tensors: list[torch.Tensor], owner: torch.Tensor, n_layers: int,
         norms = torch._foreach_norm(values, 2, dtype=torch.float64)
         per_layer.index_add_(0, owner.to(device), torch.stack(norms).to(device).square())
     return per_layer
+
+
+def _grad(p: torch.Tensor) -> torch.Tensor:
+    assert p.grad is not None
+    return p.grad.detach()
 
 
 def _rank() -> int:
