@@ -424,3 +424,24 @@ def test_a_session_driven_by_other_code_keeps_no_headroom() -> None:
     meter = session.state.headroom
     assert meter is not None and meter.read() == {}
     assert all(not layer.output_extrema and not layer.grad_extrema for layer in meter.layers.values())
+
+
+class NeedsFloat32(nn.Module):
+    """Fails on a half-precision activation, as an op without a kernel for it does (plain autograd)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.linear(x)
+        if y.dtype != torch.float32:
+            raise RuntimeError(f"no kernel for {y.dtype}")
+        return y
+
+
+def test_a_forward_that_fails_only_under_autocast_names_the_precision() -> None:
+    target = Target("needs-fp32", NeedsFloat32, make_batch4, mse)
+    assert scan(target, batches=1).verdict == "healthy"
+    with pytest.raises(UserError, match=r"under --precision fp16 \(torch.autocast on cpu\) an op may have no fp16"):
+        scan(target, batches=1, precision="fp16")

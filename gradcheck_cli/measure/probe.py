@@ -171,7 +171,11 @@ def _forward_loss(model: nn.Module, inputs: Any, target: Any, loss_fn: Any,
     except UserError:
         raise
     except Exception as exc:  # the user's forward failed: say where and with which inputs
-        raise forward_failure(model, inputs, exc, session.state.forward.stack) from exc
+        failure = forward_failure(model, inputs, exc, session.state.forward.stack)
+        if precision != "fp32":  # e.g. nn.LSTM has no fp16 kernel in CPU autocast (oneDNN)
+            failure = UserError(f"{failure}; under --precision {precision} (torch.autocast on {device.type}) "
+                                f"an op may have no {precision} kernel: try another --precision or --device")
+        raise failure from exc
     # enable_grad: a make_batch that switched grad off must not detach the loss
     with torch.enable_grad(), autocast(device, precision):
         return compute_loss(output, target, loss_fn)
