@@ -8,14 +8,15 @@
 What it reads, and when (docs/architecture.md, the watch):
 * gradients: a hook on each trainable parameter; the first to fire in a backward queues a
   callback that runs when the backward has finished and every .grad is accumulated; it takes
-  each layer's squared gradient norm there, on the device, with no host sync. That is before the
+  each layer's squared gradient norm there, on the device. That is before the
   optimizer step and before any clip_grad_norm_ in the loop (the clip comes after backward
   returns). With gradient accumulation the last backward of the step wins: its .grad holds the
   sum of the micro-batches. A torch.autograd.grad call also ends in the callback; it reads .grad.
-* non-finite values: one scalar read per step, in the optimizer's step pre-hook (in step() when no
-  optimizer was given): whether every layer's norm is finite. It is the only per-step host read,
-  and it is what lets the first NaN/Inf be caught BEFORE the optimizer writes it into the weights,
-  so that replaying the step's batch (watch_replay.py) runs with the weights that produced it.
+* non-finite values: one read per backward, at its end: whether every gradient norm is finite
+  (and whether each float32 norm is in the range where it is exact; checked_layer_sq). It is the
+  only per-step host read, and it is what lets the first NaN/Inf be caught BEFORE the optimizer
+  writes it into the weights: the optimizer's step pre-hook (step(), when no optimizer was given)
+  replays the step's batch (watch_replay.py) with the weights that produced it.
 * the update/weight ratio |Δw| / |w| of the user's own optimizer: a copy of the weights in the
   step pre-hook and the difference in the post-hook cost three passes over the weights, so it is
   taken on every UPDATE_EVERY-th step only (steps 0, 10, 20, ...); the other rows are NaN.
@@ -69,7 +70,8 @@ class WatchEngine:
         self.event: NonfiniteEvent | None = None
         self._handles: list[Any] = []
         self._pending: torch.Tensor | None = None
-        self._checked = False
+        self._bad = False
+        """The last backward's gradients held NaN/Inf (not yet counted)."""
         self._task = -1
         self._flush_now = False
         self._replaying = False
@@ -114,13 +116,13 @@ class WatchEngine:
             torch.autograd.Variable._execution_engine.queue_callback(self._after_backward)
 
     def _after_backward(self) -> None:
-        """Every .grad of this backward is accumulated: take the layers' squared norms (no sync)."""
+        """Every .grad of this backward is accumulated: take the layers' squared norms."""
         grads = [p.grad for p in self.trainable]
         given = [g for g in grads if g is not None]
         owner = self._owner if len(given) == len(grads) else \
             self._owner[[k for k, g in enumerate(grads) if g is not None]]
-        self._pending = layer_sq(given, owner, len(self.names), self._owner.device)
-        self._checked = False
+        self._pending, finite = checked_layer_sq(given, owner, len(self.names), self._owner.device)
+        self._bad = not finite
         if self._sampling():
             # The session reads them at step(loss), after zero_grad may have cleared them in place.
             self._sampled_grads = [None if g is None else g.detach().clone() for g in grads]
@@ -164,14 +166,11 @@ class WatchEngine:
         return self.steps == 0 or (self.sample_every > 0 and self.steps % self.sample_every == 0)
 
     def _check_finite(self) -> None:
-        """One scalar read per step: on a non-finite gradient, count it per layer, and on the
-        first one replay the step's batch before the optimizer changes the weights."""
-        pending = self._pending
-        if pending is None or self._checked:
+        """After a backward with NaN/Inf gradients: count them per layer, and on the first one
+        replay the step's batch (before the optimizer changes the weights, from the pre-hook)."""
+        if not self._bad:
             return
-        self._checked = True
-        if bool(torch.isfinite(pending).all()):
-            return
+        self._bad = False  # handled: the next backward sets it again
         counts = self._nonfinite_counts()
         self.ring.nonfinite.add_(counts)
         if self.event is None:
@@ -231,6 +230,33 @@ class WatchEngine:
         """The session's measurements: step 0 and the sampled steps (the scan's per-layer view)."""
         measured = self.session.measurements()
         return replace(measured, loss_kind="watch", loss_trace=measured.losses)
+
+
+_TRUSTED = (1e-12, 1e18)
+"""A tensor norm taken in float32 is exact enough inside this range (norms.py's fast range);
+outside it (tiny gradients whose squares underflow, huge ones) it is taken again in float64."""
+
+
+def checked_layer_sq(tensors: list[torch.Tensor], owner: torch.Tensor, n_layers: int,
+                     device: torch.device) -> tuple[torch.Tensor, bool]:
+    """Squared L2 norm per layer (float64, on the device) and whether all were finite, with ONE
+    host read: the norms are taken in float32 by one fused call (float64 for float64 tensors),
+    and the few outside _TRUSTED are taken again in float64 (a float64 pass over every gradient
+    costs 5x the float32 one on a CPU, so it is kept for those)."""
+    per_layer = torch.zeros(n_layers, dtype=torch.float64, device=device)
+    if not tensors:
+        return per_layer, True
+    values = [_dense_values(t.detach()) for t in tensors]
+    wide = any(v.dtype == torch.float64 for v in values)
+    norms = torch.stack(torch._foreach_norm(values, 2, dtype=torch.float64 if wide else torch.float32))
+    norms = norms.to(device, torch.float64)
+    outside = (norms < _TRUSTED[0]) | (norms > _TRUSTED[1])
+    finite, trusted = torch.stack([torch.isfinite(norms).all(), ~outside.any()]).tolist()
+    if finite and not trusted and not wide:
+        redo = outside.nonzero().flatten().tolist()
+        norms[redo] = torch.stack(torch._foreach_norm([values[k] for k in redo], 2, dtype=torch.float64)).to(norms)
+    per_layer.index_add_(0, owner.to(device), norms.square())
+    return per_layer, bool(finite)
 
 
 def layer_sq(tensors: list[torch.Tensor], owner: torch.Tensor, n_layers: int,
