@@ -11,6 +11,7 @@ import json
 import math
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,7 @@ def make_batch4(batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
 def probe(model: nn.Module, loss: Callable[..., torch.Tensor], batch: Callable[[int], Any],
           **options: Any) -> Measurements:
     config = ScanConfig(batches=BATCHES, batch_size=BATCH_SIZE, **options)
-    return run_probe(model, batch, loss, config)
+    return run_probe(model, batch, loss, config, headroom=True)  # fp32 too: the prediction
 
 
 # ---------------------------------------------------------------------------- direct computation
@@ -445,3 +446,14 @@ def test_a_forward_that_fails_only_under_autocast_names_the_precision() -> None:
     assert scan(target, batches=1).verdict == "healthy"
     with pytest.raises(UserError, match=r"under --precision fp16 \(torch.autocast on cpu\) an op may have no fp16"):
         scan(target, batches=1, precision="fp16")
+
+
+def test_a_default_fp32_probe_measures_no_headroom_and_bf16_does() -> None:
+    """No fp32 check reads the headroom, so a default scan does not pay for it; a bf16/fp16
+    probe (whose checks read it) measures it without being asked."""
+    model = healthy()
+    config = ScanConfig(batches=BATCHES, batch_size=BATCH_SIZE)
+    fp32 = run_probe(model, make_batch4, mse, config)
+    assert all(layer.headroom is None for layer in fp32.layers)
+    bf16 = run_probe(model, make_batch4, mse, replace(config, precision="bf16"))
+    assert all(layer.headroom is not None for layer in bf16.layers if layer.order >= 0)

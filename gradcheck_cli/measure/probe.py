@@ -71,8 +71,14 @@ class _ProbeRun:
 
 
 def run_probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any,
-              config: ScanConfig, on_stage: StageCallback | None = None) -> Measurements:
-    """Probe `model` with config.batches batches; the model comes back exactly as it was."""
+              config: ScanConfig, on_stage: StageCallback | None = None,
+              headroom: bool | None = None) -> Measurements:
+    """Probe `model` with config.batches batches; the model comes back exactly as it was.
+
+    `headroom`: measure the mixed-precision headroom (headroom.py) on the first batch; None: only
+    under --precision bf16/fp16, whose checks read it (analyse/checks/fp16_*.py,
+    bf16_stale_update.py). An fp32 report reads none of it, so a default scan does not pay for it
+    (it cost 9-17 % of a scan); True on an fp32 probe gives the same numbers as a prediction."""
     stage = on_stage or _no_stage
     snapshot = take_snapshot(model)
     session: MeasurementSession | None = None
@@ -85,7 +91,8 @@ def run_probe(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: Any,
             raise UserError(f"{type(model).__name__} has no trainable parameters (all have "
                             "requires_grad=False); nothing to check")
         session.attach()
-        _headroom(session).active = True  # for the first batch (_finish_precision)
+        measure_headroom = config.precision != "fp32" if headroom is None else headroom
+        _headroom(session).active = measure_headroom  # the first batch only (_finish_precision)
         run = _ProbeRun(config, stage, make_optimizer(config, session.trainable) if config.steps > 0 else None,
                         scaler=LossScaler(config.loss_scale))
         with collector_paused():  # no garbage-collector pauses mid-probe (session.py)
@@ -223,8 +230,9 @@ def _finish_precision(session: MeasurementSession, run: _ProbeRun,
     """After a measured batch: the predicted updates (the first batch's gradients), the headroom
     measured on the first batch only (headroom.py), and the loss scaler told of a clean batch."""
     meter = _headroom(session)
-    owners = [session.layers[li].name for li in session.owner_of]
-    meter.predicted_updates(grads, session.trainable, owners, run.config.optimizer, run.config.lr)
+    if meter.active:
+        owners = [session.layers[li].name for li in session.owner_of]
+        meter.predicted_updates(grads, session.trainable, owners, run.config.optimizer, run.config.lr)
     meter.active = False
     run.scaler.finished_batch()
 
