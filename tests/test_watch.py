@@ -202,7 +202,7 @@ def test_rows_hold_pre_clip_gradient_norms_losses_and_update_ratios(tmp_path: Pa
                 assert all(math.isnan(r) for r in ratio)
         weights = [_sq([p.detach() for p in m.parameters()]) for m in (model.fc1, model.norm, model.fc2)]
         assert block.nonfinite_grads == (0, 0, 0)
-    assert blocks[-1].weight_sq == pytest.approx(weights, rel=1e-12)
+    assert blocks[-1].weight_sq == pytest.approx(weights, rel=1e-6)  # float32 norms
 
 
 def test_gradient_accumulation_reads_the_accumulated_gradient(tmp_path: Path, recorder: Any) -> None:
@@ -385,8 +385,9 @@ def test_memory_stays_bounded_over_2000_steps(monkeypatch: pytest.MonkeyPatch) -
     tracemalloc.stop()
     w.close()
     assert made[0].rows == 2000
-    # 1,400 more steps: anything kept per step (a float in a list: 32+ bytes) would add 45 kB.
-    assert after_2000 - after_600 < 4_000
+    # 1,400 more steps: anything kept per step (a float in a list: 32+ bytes) would add 45 kB;
+    # what does grow is bounded: interpreter free lists (100 floats) and torch's dispatch caches.
+    assert after_2000 - after_600 < 16_000
     assert w._engine.ring.loss.numel() == 50 and len(w._engine.session._losses) == 1
 
 

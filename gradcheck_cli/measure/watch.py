@@ -137,8 +137,9 @@ class WatchEngine:
         if before is None:
             return
         after = [p.detach() for p in self.trainable]
-        delta_sq = layer_sq(list(torch._foreach_sub(after, before)), self._owner, len(self.names), self._owner.device)
-        weight_sq = layer_sq(before, self._owner, len(self.names), self._owner.device)
+        n, device = len(self.names), self._owner.device
+        delta_sq = checked_layer_sq(list(torch._foreach_sub(after, before)), self._owner, n, device)[0]
+        weight_sq = checked_layer_sq(before, self._owner, n, device)[0]
         self.ring.write_update(torch.where(weight_sq > 0, (delta_sq / weight_sq).sqrt(),
                                            torch.full_like(weight_sq, math.nan)))
 
@@ -204,8 +205,8 @@ class WatchEngine:
                               direction=origin.direction if origin else None)
 
     def _flush(self) -> None:
-        weight_sq = layer_sq([p.detach() for p in self.trainable], self._owner, len(self.names),
-                             self._owner.device)
+        weight_sq = checked_layer_sq([p.detach() for p in self.trainable], self._owner, len(self.names),
+                                     self._owner.device, check=False)[0]
         block = self.ring.flush(weight_sq, self.reduce)
         if block is not None:
             self.on_block(block)
@@ -238,11 +239,13 @@ outside it (tiny gradients whose squares underflow, huge ones) it is taken again
 
 
 def checked_layer_sq(tensors: list[torch.Tensor], owner: torch.Tensor, n_layers: int,
-                     device: torch.device) -> tuple[torch.Tensor, bool]:
+                     device: torch.device, check: bool = True) -> tuple[torch.Tensor, bool]:
     """Squared L2 norm per layer (float64, on the device) and whether all were finite, with ONE
     host read: the norms are taken in float32 by one fused call (float64 for float64 tensors),
     and the few outside _TRUSTED are taken again in float64 (a float64 pass over every gradient
-    costs 5x the float32 one on a CPU, so it is kept for those)."""
+    costs 5x the float32 one on a CPU, so it is kept for those). `check=False`: no read, the
+    float32 norms as they are (the weights at a flush: a weight norm is far inside the range), and
+    the flag says nothing."""
     per_layer = torch.zeros(n_layers, dtype=torch.float64, device=device)
     if not tensors:
         return per_layer, True
@@ -250,6 +253,8 @@ def checked_layer_sq(tensors: list[torch.Tensor], owner: torch.Tensor, n_layers:
     wide = any(v.dtype == torch.float64 for v in values)
     norms = torch.stack(torch._foreach_norm(values, 2, dtype=torch.float64 if wide else torch.float32))
     norms = norms.to(device, torch.float64)
+    if not check:
+        return per_layer.index_add_(0, owner.to(device), norms.square()), True
     outside = (norms < _TRUSTED[0]) | (norms > _TRUSTED[1])
     finite, trusted = torch.stack([torch.isfinite(norms).all(), ~outside.any()]).tolist()
     if finite and not trusted and not wide:
@@ -257,19 +262,6 @@ def checked_layer_sq(tensors: list[torch.Tensor], owner: torch.Tensor, n_layers:
         norms[redo] = torch.stack(torch._foreach_norm([values[k] for k in redo], 2, dtype=torch.float64)).to(norms)
     per_layer.index_add_(0, owner.to(device), norms.square())
     return per_layer, bool(finite)
-
-
-def layer_sq(tensors: list[torch.Tensor], owner: torch.Tensor, n_layers: int,
-             device: torch.device) -> torch.Tensor:
-    """Squared L2 norm per layer (owner[k]: the layer of tensors[k]) as a float64 device tensor,
-    with no host sync: each tensor's norm accumulated in float64 by one fused call, so squares of
-    tiny fp32 gradients do not underflow and big ones do not overflow."""
-    per_layer = torch.zeros(n_layers, dtype=torch.float64, device=device)
-    if tensors:
-        values = [_dense_values(t.detach()) for t in tensors]
-        norms = torch._foreach_norm(values, 2, dtype=torch.float64)
-        per_layer.index_add_(0, owner.to(device), torch.stack(norms).to(device).square())
-    return per_layer
 
 
 def _grad(p: torch.Tensor) -> torch.Tensor:
