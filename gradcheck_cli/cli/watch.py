@@ -20,7 +20,6 @@ This is the only watch code that writes files or prints (cli/ is, docs/architect
 
 from __future__ import annotations
 
-import importlib
 import shutil
 import sys
 import warnings
@@ -183,14 +182,10 @@ def _validate(every: int, sample_every: int) -> None:
 
 
 def _reducer() -> Any:
-    """Under torch.distributed, the block's reduction across ranks (measure/distributed.py)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return None
-    # measure/distributed.py: reduce_block(flat, rows, layers, has_update_rows) (watch_ring.Reducer)
-    distributed = importlib.import_module("gradcheck_cli.measure.distributed")
-    return distributed.reduce_block
+    """Under torch.distributed, the block's reduction across ranks (watch_ring.Reducer:
+    reduce(flat, rows, layers, has_update_rows)). None: not written yet (issue 13 part 5), so each
+    rank measures its own gradients and only rank 0 writes its report."""
+    return None
 
 
 def _timeline(layers: list[str], thresholds: Thresholds) -> Any:

@@ -1,0 +1,62 @@
+"""The training watch's steps, folded into bounded state (measure/series.py -> findings over time).
+
+The watch (cli/watch.py) hands over a StepBlock every `every` steps and a NonfiniteEvent on the
+first NaN/Inf. This first version keeps only constant-size state: the number of steps seen and the
+earliest non-finite event (by step, then rank), which becomes a `nonfinite` finding naming the
+step, the rank and where a replay of that step's batch found the first NaN/Inf. The findings over
+time of issue 13 part 2 (loss spikes, gradient-norm spikes and trends, weights growing towards an
+explosion) are not detected yet. Pure: no torch.
+"""
+
+from __future__ import annotations
+
+from gradcheck_cli.analyse.thresholds import Thresholds
+from gradcheck_cli.measure.series import NonfiniteEvent, StepBlock
+from gradcheck_cli.report.records import Finding, FindingKind, Number, Severity
+
+
+class Timeline:
+    """Bounded state over a watched run: whatever the number of steps, a few numbers."""
+
+    def __init__(self, layers: list[str], thresholds: Thresholds) -> None:
+        self.layers = list(layers)
+        self.thresholds = thresholds
+        self.steps = 0
+        """Steps seen (the end of the last block)."""
+        self.first_nonfinite: NonfiniteEvent | None = None
+
+    def add(self, block: StepBlock) -> None:
+        self.steps = max(self.steps, block.first_step + len(block.loss))
+
+    def nonfinite(self, event: NonfiniteEvent) -> None:
+        """Keep the earliest event: the lowest step, then the lowest rank."""
+        first = self.first_nonfinite
+        if first is None or (event.step, event.rank) < (first.step, first.rank):
+            self.first_nonfinite = event
+
+    def findings(self) -> list[Finding]:
+        event = self.first_nonfinite
+        if event is None:
+            return []
+        return [Finding(FindingKind.NONFINITE, event.layer, Severity.ERROR, _message(event), _evidence(event))]
+
+    def series(self) -> None:
+        """The per-layer time series of the report: not kept yet (issue 13 part 2/3)."""
+        return None
+
+
+def _message(event: NonfiniteEvent) -> str:
+    where = f"in {event.layer}'s gradients" if event.layer else "in the loss"
+    text = f"the first NaN/Inf appeared at step {event.step} (rank {event.rank}) {where}"
+    if event.origin_module is not None:
+        op = f" op {event.origin_op}" if event.origin_op else ""
+        text += f"; replaying that step's batch, it was born in {event.origin_module}{op} ({event.direction})"
+    return text
+
+
+def _evidence(event: NonfiniteEvent) -> dict[str, Number]:
+    evidence: dict[str, Number] = {"step": event.step, "rank": event.rank}
+    if event.origin_module is not None:
+        evidence.update(origin_module=event.origin_module, origin_op=event.origin_op,
+                        direction=event.direction)
+    return evidence
