@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 
 from gradcheck_cli.analyse.thresholds import Thresholds
 from gradcheck_cli.analyse.timeline import Timeline
@@ -23,7 +24,7 @@ def test_a_clean_run_has_no_finding_and_its_state_does_not_grow() -> None:
     for first in range(50, 100_000, 50):
         timeline.add(_block(first, 50))
     assert timeline.steps == 100_000
-    assert timeline.findings() == [] and timeline.series() is None
+    assert timeline.findings() == []
     assert sys.getsizeof(timeline.__dict__) == size
 
 
@@ -40,7 +41,7 @@ def test_the_earliest_nonfinite_event_by_step_then_rank_is_the_finding() -> None
     assert "step 7 (rank 1)" in finding.message and "sqrt" in finding.message
 
 
-def test_a_watched_run_that_turns_nan_reports_the_step_in_its_report(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_watched_run_that_turns_nan_reports_the_step_in_its_report(tmp_path: Path) -> None:
     import torch
     from torch import nn
 
@@ -58,6 +59,8 @@ def test_a_watched_run_that_turns_nan_reports_the_step_in_its_report(tmp_path) -
             optimizer.step()
             optimizer.zero_grad()
             w.step(loss)
-    nonfinite = [f for f in w.report.findings if f.kind is FindingKind.NONFINITE and "step" in f.evidence]
+    report = w.report
+    assert report is not None
+    nonfinite = [f for f in report.findings if f.kind is FindingKind.NONFINITE and "step" in f.evidence]
     assert nonfinite and nonfinite[0].evidence["step"] == 8
-    assert w.report.verdict.value == "nonfinite"
+    assert report.verdict.value == "nonfinite"
