@@ -64,3 +64,91 @@ def test_a_watched_run_that_turns_nan_reports_the_step_in_its_report(tmp_path: P
     nonfinite = [f for f in report.findings if f.kind is FindingKind.NONFINITE and "step" in f.evidence]
     assert nonfinite and nonfinite[0].evidence["step"] == 8
     assert report.verdict.value == "nonfinite"
+
+
+# --------------------------------------------------------------------------- loss-spike
+
+def _mlp_losses(steps: int, outlier_at: int | None = None, seed: int = 0) -> list[float]:
+    """A real noisy curve: an MLP fitting a fixed regression task by minibatch SGD; at `outlier_at`
+    one batch's targets are 30x off (a corrupt batch), the loss of that step is its spike."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    x, w_true = torch.randn(512, 8), torch.randn(8, 1)
+    y = torch.sin(x @ w_true) + 0.1 * torch.randn(512, 1)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    losses = []
+    for step in range(steps):
+        index = torch.randint(0, 512, (32,))
+        target = y[index] * (30.0 if step == outlier_at else 1.0)
+        loss = ((model(x[index]) - target) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def _fold(losses: list[float], every: int = 25, thresholds: Thresholds | None = None) -> Timeline:
+    timeline = Timeline(["a"], thresholds or Thresholds())
+    for first in range(0, len(losses), every):
+        rows = losses[first:first + every]
+        timeline.add(StepBlock(first, tuple(rows), tuple((0.1,) for _ in rows), None, (1.0,), (0,)))
+    return timeline
+
+
+def test_a_normal_training_run_has_no_loss_spike() -> None:
+    for seed in range(3):
+        assert _fold(_mlp_losses(300, seed=seed)).findings() == [], seed
+
+
+def test_a_corrupt_batch_is_a_loss_spike_at_its_step() -> None:
+    [finding] = _fold(_mlp_losses(300, outlier_at=211)).findings()
+    assert finding.kind is FindingKind.LOSS_SPIKE and finding.severity is Severity.WARNING
+    assert finding.layer is None
+    assert finding.evidence["step"] == 211 and finding.evidence["window"] == 100
+    assert float(finding.evidence["sigmas"]) >= 7.0  # type: ignore[arg-type]
+    assert "step 211" in finding.message
+
+
+def test_the_warm_up_is_not_judged_and_a_nonfinite_loss_is_not_a_spike() -> None:
+    losses = _mlp_losses(300, outlier_at=50)  # before the 100-step window is full
+    assert _fold(losses).findings() == []
+    losses[250] = math.nan
+    assert _fold(losses).findings() == []
+    assert [f.evidence["step"] for f in _fold(losses, thresholds=Thresholds(loss_spike_window=20)).findings()] == [50]
+
+
+def test_the_loss_window_stays_bounded_over_100000_steps() -> None:
+    timeline = Timeline(["a"], Thresholds())
+    for first in range(0, 100_000, 500):
+        losses = tuple(1.0 + 0.01 * math.sin(step) for step in range(first, first + 500))
+        timeline.add(StepBlock(first, losses, tuple((0.1,) for _ in losses), None, (1.0,), (0,)))
+    assert timeline.steps == 100_000
+    assert len(timeline.loss_spikes.window) == 100
+    assert timeline.findings() == []
+
+
+def test_a_watched_run_reports_its_loss_spike(tmp_path: Path) -> None:
+    import torch
+    from torch import nn
+
+    from gradcheck_cli import watch
+
+    torch.manual_seed(0)
+    x, y = torch.randn(256, 8), torch.randn(256, 1)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    with watch(model, optimizer, every=25, output=tmp_path / "w.json", quiet=True) as w:
+        for step in range(160):
+            index = torch.randint(0, 256, (32,))
+            loss = ((model(x[index]) - y[index] * (30.0 if step == 130 else 1.0)) ** 2).mean()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            w.step(loss)
+    assert w.report is not None
+    spikes = [f for f in w.report.findings if f.kind is FindingKind.LOSS_SPIKE]
+    assert [f.evidence["step"] for f in spikes] == [130]

@@ -65,6 +65,9 @@ class Thresholds:
     fp16_gradient_error: float = 2e-3
     bf16_stale_majority: float = 0.5
     loss_scale_margin: float = 8.0
+    # timeline.py (training watch): loss spikes
+    loss_spike_sigmas: float = 7.0
+    loss_spike_window: int = 100
 
 
 DEFAULTS = Thresholds()
@@ -116,6 +119,7 @@ K = FindingKind
 _V, _E, _VT, _ET = K.VANISHING.value, K.EXPLODING.value, K.VANISHING_THROUGH_TIME.value, K.EXPLODING_THROUGH_TIME.value
 _INIT, _DEAD, _SAT, _DIV = K.INIT_SCALE.value, K.DEAD_RELU.value, K.SATURATED_ACTIVATION.value, K.DIVERGENCE.value
 _UNDER, _OVER, _STALE = K.FP16_UNDERFLOW.value, K.FP16_OVERFLOW.value, K.BF16_STALE_UPDATE.value
+_SPIKE = K.LOSS_SPIKE.value
 
 # (name, meaning, unit, source, kinds), in the field order of Thresholds.
 _TABLE: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
@@ -312,6 +316,19 @@ _TABLE: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
      "chosen: room for three doublings of the largest gradient beyond the probe's batches; GradScaler "
      "halves the scale on an overflow anyway (PyTorch AMP documentation)",
      (_UNDER, _OVER)),
+    ("loss_spike_sigmas",
+     "a step's loss this many standard deviations above the mean of the trailing window is a loss spike",
+     "standard deviations",
+     "OLMo 2 (Team OLMo 2024, arXiv:2501.00656, section 3.1): its spike score counts values at least "
+     "seven standard deviations from a rolling average of the previous values",
+     (_SPIKE,)),
+    ("loss_spike_window",
+     "finite losses of the steps before that form the trailing window; no spike is looked for until "
+     "it is full (warm-up)",
+     "count",
+     "chosen: OLMo 2 rolls over the previous 1000 steps of runs of ~1e6 steps; 100 lets a run of a "
+     "few hundred steps be watched, and still averages the noise of 100 batches",
+     (_SPIKE,)),
 )
 
 REGISTRY: tuple[ThresholdEntry, ...] = tuple(

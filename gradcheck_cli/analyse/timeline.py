@@ -1,17 +1,20 @@
 """The training watch's steps, folded into bounded state (measure/series.py -> findings over time).
 
 The watch (cli/watch.py) hands over a StepBlock every `every` steps and a NonfiniteEvent on the
-first NaN/Inf. This first version keeps only constant-size state: the number of steps seen and the
-earliest non-finite event (by step, then rank), which becomes a `nonfinite` finding naming the
-step, the rank and where a replay of that step's batch found the first NaN/Inf. The findings over
-time of issue 13 part 2 (loss spikes, gradient-norm spikes and trends, weights growing towards an
-explosion) are not detected yet. Pure: no torch.
+first NaN/Inf. It keeps only constant-size state: the number of steps seen, the earliest
+non-finite event (by step, then rank), which becomes a `nonfinite` finding naming the step, the
+rank and where a replay of that step's batch found the first NaN/Inf, and the loss's trailing
+window (analyse/loss_spike.py), whose first spike becomes a `loss-spike` finding
+(docs/findings/loss-spike.md). Not detected yet: per-layer gradient-norm spikes and trends, and
+weights growing towards an explosion. Pure: no torch.
 """
 
 from __future__ import annotations
 
+from gradcheck_cli.analyse.loss_spike import LossSpikes
 from gradcheck_cli.analyse.thresholds import Thresholds
 from gradcheck_cli.measure.series import NonfiniteEvent, StepBlock
+from gradcheck_cli.report.evidence import LossSpikeEvidence
 from gradcheck_cli.report.records import Finding, FindingKind, Number, Severity
 
 
@@ -24,9 +27,12 @@ class Timeline:
         self.steps = 0
         """Steps seen (the end of the last block)."""
         self.first_nonfinite: NonfiniteEvent | None = None
+        self.loss_spikes = LossSpikes(thresholds.loss_spike_sigmas, thresholds.loss_spike_window)
 
     def add(self, block: StepBlock) -> None:
+        """Blocks come in step order (the watch flushes them as the run goes)."""
         self.steps = max(self.steps, block.first_step + len(block.loss))
+        self.loss_spikes.add(block.first_step, block.loss)
 
     def nonfinite(self, event: NonfiniteEvent) -> None:
         """Keep the earliest event: the lowest step, then the lowest rank."""
@@ -35,10 +41,15 @@ class Timeline:
             self.first_nonfinite = event
 
     def findings(self) -> list[Finding]:
+        found: list[Finding] = []
         event = self.first_nonfinite
-        if event is None:
-            return []
-        return [Finding(FindingKind.NONFINITE, event.layer, Severity.ERROR, _message(event), _evidence(event))]
+        if event is not None:
+            found.append(Finding(FindingKind.NONFINITE, event.layer, Severity.ERROR, _message(event),
+                                 _evidence(event)))
+        spike = self.loss_spikes.evidence()
+        if spike is not None:
+            found.append(Finding(FindingKind.LOSS_SPIKE, None, Severity.WARNING, _spike_message(spike), spike))
+        return found
 
     def series(self) -> None:
         """The per-layer time series of the report: not kept yet (issue 13 part 2/3)."""
@@ -52,6 +63,12 @@ def _message(event: NonfiniteEvent) -> str:
         op = f" op {event.origin_op}" if event.origin_op else ""
         text += f"; replaying that step's batch, it was born in {event.origin_module}{op} ({event.direction})"
     return text
+
+
+def _spike_message(spike: LossSpikeEvidence) -> str:
+    more = f"; {spike.spikes} spike steps in all" if spike.spikes > 1 else ""
+    return (f"the loss spiked at step {spike.step}: {spike.loss:.4g}, {spike.sigmas:.1f} standard "
+            f"deviations above the mean {spike.window_mean:.4g} of the {spike.window} steps before{more}")
 
 
 def _evidence(event: NonfiniteEvent) -> dict[str, Number]:

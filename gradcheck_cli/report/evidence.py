@@ -388,6 +388,24 @@ class Bf16StaleUpdateEvidence(Evidence):
     margin: Margin | None = optional()
 
 
+
+@dataclass(frozen=True)
+class LossSpikeEvidence(Evidence):
+    """loss-spike (training watch): a loss far above the trailing window of the losses before it."""
+
+    step: int
+    """The first step whose loss was a spike."""
+    loss: float
+    window_mean: float
+    window_std: float
+    """Mean and standard deviation of the `window` finite losses before that step."""
+    sigmas: float
+    """(loss - window_mean) / window_std at that step."""
+    window: int
+    spikes: int
+    """Steps of the run whose loss was a spike (the first one is `step`)."""
+
+
 RECORDS: dict[FindingKind, tuple[type[Evidence], ...]] = {
     FindingKind.VANISHING: (StatusEvidence,),
     FindingKind.EXPLODING: (StatusEvidence, OverflowGrowthEvidence),
@@ -402,5 +420,6 @@ RECORDS: dict[FindingKind, tuple[type[Evidence], ...]] = {
     FindingKind.FP16_UNDERFLOW: (Fp16UnderflowEvidence,),
     FindingKind.FP16_OVERFLOW: (Fp16OverflowEvidence,),
     FindingKind.BF16_STALE_UPDATE: (Bf16StaleUpdateEvidence,),
+    FindingKind.LOSS_SPIKE: (LossSpikeEvidence,),
 }
 """The evidence record(s) each finding kind's check builds (kinds without a check have none)."""

@@ -47,6 +47,7 @@ class FindingKind(str, Enum):
     FP16_UNDERFLOW = "fp16-underflow"
     FP16_OVERFLOW = "fp16-overflow"
     BF16_STALE_UPDATE = "bf16-stale-update"
+    LOSS_SPIKE = "loss-spike"
 
 
 class Severity(str, Enum):
@@ -179,6 +180,14 @@ class Report:
         if self.verification is not None:
             document["verification"] = self.verification.as_dict()
         return document
+
+    @classmethod
+    def from_dict(cls, document: Any) -> Report:
+        """The Report a saved gradcheck/report@1 document describes (report/load.py): the inverse
+        of to_dict. Raises report.load.ReportFormatError when the document is not a report."""
+        from gradcheck_cli.report.load import report_from_dict  # load.py imports this module
+
+        return report_from_dict(document)
 
 
 def _recommendation_dict(rec: Recommendation) -> dict[str, Any]:

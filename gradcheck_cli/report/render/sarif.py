@@ -56,6 +56,7 @@ DEFAULT_LEVELS: dict[FindingKind, str] = {
     FindingKind.FP16_UNDERFLOW: "warning",
     FindingKind.FP16_OVERFLOW: "error",
     FindingKind.BF16_STALE_UPDATE: "note",
+    FindingKind.LOSS_SPIKE: "warning",
 }
 
 RULE_ORDER = tuple(FindingKind)
