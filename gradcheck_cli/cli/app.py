@@ -249,6 +249,34 @@ def run(
     raise typer.Exit(_emit(results, options, True, debug))
 
 
+@app.command("report")
+def report_command(
+    file: Annotated[Path, typer.Argument(help="A JSON report saved by `gradcheck scan --format json` or a watch.",
+                                         dir_okay=True, show_default=False)],
+    output_format: FormatOption = "table",
+    output: OutputOption = None,
+    fail_on: Annotated[str | None, typer.Option(
+        help="Comma-separated statuses/finding kinds that make the exit code 1, or 'any'/'none'. "
+             "[default: the saved report's own, else " + ",".join(DEFAULT_FAIL_ON) + "]",
+        show_default=False)] = None,
+    baseline: BaselineOption = None,
+    exit_zero: ExitZeroOption = False,
+    quiet: QuietOption = False,
+    no_color: NoColorOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Render a saved JSON report in any format, with the exit code the scan would give (no model runs)."""
+    try:
+        from gradcheck_cli.cli.report_file import load_report
+
+        options = _output_options(output_format, output, baseline, None, exit_zero, quiet, no_color)
+        gate = _command_line_layer(fail_on=fail_on).get("fail_on")
+        result = load_report(file, gate.value if gate is not None else None)
+    except UserError as exc:
+        _fail(str(exc), exc, debug)
+    raise typer.Exit(_emit([result], options, False, debug))
+
+
 def _ignore_warnings_for_api_users() -> None:
     # torch warns at import when the optional numpy is absent; gradcheck never needs numpy, and a
     # warning on stderr would read like a problem with the user's model.

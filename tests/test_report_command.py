@@ -1,0 +1,97 @@
+"""`gradcheck report FILE`: a saved JSON report rendered again, with the scan's exit codes.
+
+The scan runs once per built-in (module fixtures); every check after it reads the saved file only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cli_errors import assert_one_line_error
+from typer.testing import CliRunner
+
+from gradcheck_cli.cli.app import app
+
+runner = CliRunner()
+FORMATS = ("table", "json", "markdown", "sarif", "junit", "github")
+GATES = (None, "none", "any", "vanishing", "exploding", "nonfinite", "dead-relu")
+BROKEN = ("relu-normal-init", "deep-sigmoid", "nan-log")
+
+
+def _scan_args(builtin: str) -> list[str]:
+    return ["scan", f"builtin:{builtin}", "--batches", "2", "--no-color"]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each broken built-in's JSON report, written by `gradcheck scan --format json -o FILE`."""
+    folder = tmp_path_factory.mktemp("reports")
+    paths = {}
+    for builtin in BROKEN:
+        paths[builtin] = folder / f"{builtin}.json"
+        result = runner.invoke(app, [*_scan_args(builtin), "--format", "json", "-o", str(paths[builtin]), "-q"])
+        assert result.exit_code in (0, 1) and paths[builtin].is_file(), result.output
+    return paths
+
+
+@pytest.mark.parametrize("builtin", BROKEN)
+def test_exit_codes_equal_the_scans(saved: dict[str, Path], builtin: str) -> None:
+    codes = set()
+    for gate in GATES:
+        extra = [] if gate is None else ["--fail-on", gate]
+        scanned = runner.invoke(app, [*_scan_args(builtin), "--format", "json", *extra]).exit_code
+        reported = runner.invoke(app, ["report", str(saved[builtin]), *extra]).exit_code
+        assert reported == scanned, (gate, reported, scanned)
+        codes.add(reported)
+    assert codes == {0, 1}  # the gates tried do both pass and fail each of these reports
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_renders_as_the_scan_did(saved: dict[str, Path], fmt: str) -> None:
+    scanned = runner.invoke(app, [*_scan_args("relu-normal-init"), "--format", fmt])
+    reported = runner.invoke(app, ["report", str(saved["relu-normal-init"]), "--format", fmt, "--no-color"])
+    assert reported.exit_code == scanned.exit_code == 1
+    assert reported.stdout == scanned.stdout
+    if fmt == "github":  # annotations go to stderr, as the scan's do
+        assert "::error" in reported.stderr and reported.stderr == scanned.stderr
+
+
+def test_json_comes_back_byte_for_byte_and_output_goes_to_a_file(saved: dict[str, Path], tmp_path: Path) -> None:
+    again = tmp_path / "again.json"
+    result = runner.invoke(app, ["report", str(saved["nan-log"]), "--format", "json", "-o", str(again)])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert again.read_text() == saved["nan-log"].read_text()
+
+
+def test_the_saved_fail_on_is_the_default(saved: dict[str, Path], tmp_path: Path) -> None:
+    document = json.loads(saved["deep-sigmoid"].read_text())
+    assert runner.invoke(app, ["report", str(saved["deep-sigmoid"])]).exit_code == 0
+    document["config"]["fail_on"] = ["vanishing"]
+    gated = tmp_path / "gated.json"
+    gated.write_text(json.dumps(document))
+    assert runner.invoke(app, ["report", str(gated)]).exit_code == 1
+    assert runner.invoke(app, ["report", str(gated), "--fail-on", "none"]).exit_code == 0
+    assert runner.invoke(app, ["report", str(gated), "--fail-on", "vanishing", "--exit-zero"]).exit_code == 0
+
+
+def test_usage_errors_exit_two_with_one_line(saved: dict[str, Path], tmp_path: Path) -> None:
+    missing = tmp_path / "missing.json"
+    assert_one_line_error(runner.invoke(app, ["report", str(missing)]), "missing.json", "does not exist")
+    assert_one_line_error(runner.invoke(app, ["report", str(tmp_path)]), "is a directory")
+    broken = tmp_path / "broken.json"
+    broken.write_text("{\"schema\": ")
+    assert_one_line_error(runner.invoke(app, ["report", str(broken)]), "not valid JSON")
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps({"schema": "gradcheck/baseline@1", "findings": []}))
+    assert_one_line_error(runner.invoke(app, ["report", str(baseline)]), "not a gradcheck report")
+    document = json.loads(saved["nan-log"].read_text())
+    del document["layers"]
+    truncated = tmp_path / "truncated.json"
+    truncated.write_text(json.dumps(document))
+    assert_one_line_error(runner.invoke(app, ["report", str(truncated)]), "'layers'")
+    good = str(saved["nan-log"])
+    assert_one_line_error(runner.invoke(app, ["report", good, "--fail-on", "sunny"]), "sunny")
+    assert_one_line_error(runner.invoke(app, ["report", good, "--format", "pdf"]), "pdf")
+    assert_one_line_error(runner.invoke(app, ["report", good, "--fail-on", "unverified"]), "--verify")
