@@ -72,3 +72,33 @@ def test_a_malformed_field_is_named() -> None:
     document["verdict"] = "sunny"
     with pytest.raises(ReportFormatError, match="sunny"):
         Report.from_dict(document)
+
+
+def test_step_and_rank_only_in_watch_findings() -> None:
+    report = exploding_report()
+    assert all(set(f) == {"kind", "layer", "severity", "message", "evidence"}
+               for f in report.to_dict()["findings"])  # a scan report's findings are as they were
+    watched = replace(report.findings[0], step=120, rank=1)
+    only_step = replace(report.findings[1], step=7)
+    report = replace(report, findings=(watched, only_step, *report.findings[2:]))
+    document = json.loads(render_json(report))
+    assert (document["findings"][0]["step"], document["findings"][0]["rank"]) == (120, 1)
+    assert document["findings"][1]["step"] == 7 and "rank" not in document["findings"][1]
+    again = Report.from_dict(document)
+    assert (again.findings[0].step, again.findings[0].rank, again.findings[1].rank) == (120, 1, None)
+    _round_trip(report)
+
+
+def test_the_table_and_markdown_say_when_a_finding_was_seen() -> None:
+    from format_reports import exploding_result
+
+    from gradcheck_cli.report.render import OutputFormat, render
+
+    result = exploding_result()
+    assert result.report is not None
+    plain = render([result], OutputFormat.TABLE)
+    first = replace(result.report.findings[0], step=120, rank=1)
+    watched = replace(result, report=replace(result.report, findings=(first, *result.report.findings[1:])))
+    assert "(step 120, rank 1)" not in plain
+    assert f"exploding at {first.layer} (step 120, rank 1): grad/weight" in render([watched], OutputFormat.TABLE)
+    assert f"at {first.layer} (step 120, rank 1)" in render([watched], OutputFormat.MARKDOWN)

@@ -84,7 +84,8 @@ def _finding(item: Mapping[str, Any]) -> Finding:
     layer = item["layer"]
     return Finding(kind=FindingKind(item["kind"]), layer=None if layer is None else _str(layer),
                    severity=Severity(item["severity"]), message=_str(item["message"]),
-                   evidence={_str(k): _number(v) for k, v in item["evidence"].items()})
+                   evidence={_str(k): _number(v) for k, v in item["evidence"].items()},
+                   step=_optional_int(item.get("step")), rank=_optional_int(item.get("rank")))
 
 
 def _recommendation(item: Mapping[str, Any]) -> Recommendation:
@@ -138,6 +139,10 @@ def _int(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"expected an integer, got {value!r}")
     return value
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else _int(value)
 
 
 def _str(value: Any) -> str:

@@ -114,6 +114,11 @@ class Finding:
     evidence: Mapping[str, Number]
     """The measured numbers: a typed record per kind (report/evidence.py) from a check, which reads
     as the mapping of its JSON keys; a plain dict when read back from a JSON report."""
+    step: int | None = None
+    """A watch report's finding: the optimizer step (1-based, the count of w.step calls) it was
+    first seen at; None in a scan report (no `step` key in its JSON)."""
+    rank: int | None = None
+    """A watch report under torch.distributed: the rank it was seen on; None otherwise (no `rank` key)."""
 
 
 @dataclass(frozen=True)
@@ -165,16 +170,7 @@ class Report:
             "loss": {"kind": self.loss.kind, "values": [_num(v) for v in self.loss.values]},
             "verdict": self.verdict.value,
             "layers": [_layer_dict(layer) for layer in self.layers],
-            "findings": [
-                {
-                    "kind": f.kind.value,
-                    "layer": f.layer,
-                    "severity": f.severity.value,
-                    "message": f.message,
-                    "evidence": {k: _num(v) for k, v in f.evidence.items()},
-                }
-                for f in self.findings
-            ],
+            "findings": [_finding_dict(f) for f in self.findings],
             "recommendations": [_recommendation_dict(r) for r in self.recommendations],
         }
         if self.verification is not None:
@@ -188,6 +184,18 @@ class Report:
         from gradcheck_cli.report.load import report_from_dict  # load.py imports this module
 
         return report_from_dict(document)
+
+
+def _finding_dict(finding: Finding) -> dict[str, Any]:
+    data: dict[str, Any] = {"kind": finding.kind.value, "layer": finding.layer, "severity": finding.severity.value,
+                            "message": finding.message,
+                            "evidence": {k: _num(v) for k, v in finding.evidence.items()}}
+    # Watch reports only: a scan report's findings keep exactly their five keys (README, "The watch report").
+    if finding.step is not None:
+        data["step"] = finding.step
+    if finding.rank is not None:
+        data["rank"] = finding.rank
+    return data
 
 
 def _recommendation_dict(rec: Recommendation) -> dict[str, Any]:

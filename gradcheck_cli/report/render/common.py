@@ -45,8 +45,12 @@ def target_file(target: str) -> str | None:
 
 
 def where(finding: Finding) -> str:
-    """``at fc1`` or ``(whole model)``, as the table writes it."""
-    return f"at {finding.layer}" if finding.layer is not None else "(whole model)"
+    """``at fc1`` or ``(whole model)``, as the table writes it; a watch report's finding adds when
+    and where it was seen: ``at fc1 (step 120, rank 1)``."""
+    place = f"at {finding.layer}" if finding.layer is not None else "(whole model)"
+    seen = [f"{word} {value}" for word, value in (("step", finding.step), ("rank", finding.rank))
+            if value is not None]
+    return f"{place} ({', '.join(seen)})" if seen else place
 
 
 def outcome(result: ScanResult, known: frozenset[str]) -> str:
