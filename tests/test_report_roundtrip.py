@@ -19,6 +19,7 @@ from gradcheck_cli.config import ScanConfig
 from gradcheck_cli.report.load import ReportFormatError
 from gradcheck_cli.report.records import SCHEMA, LayerReport, Report
 from gradcheck_cli.report.render.json import render_json
+from gradcheck_cli.report.series import LayerSeries, WatchSeries
 from gradcheck_cli.target.zoo import BUILTINS
 
 
@@ -102,3 +103,49 @@ def test_the_table_and_markdown_say_when_a_finding_was_seen() -> None:
     assert "(step 120, rank 1)" not in plain
     assert f"exploding at {first.layer} (step 120, rank 1): grad/weight" in render([watched], OutputFormat.TABLE)
     assert f"at {first.layer} (step 120, rank 1)" in render([watched], OutputFormat.MARKDOWN)
+
+
+def _series() -> WatchSeries:
+    return WatchSeries(
+        steps=(1, 50, 100), loss=(2.5, 1.25, float("nan")),
+        layers=(LayerSeries("net.0", (0.5, 12.0, float("inf")), (1e-3, None, 2e-3), (4.0, 4.1, 4.2)),
+                LayerSeries("net.2", (0.25, 0.5, None), (None, None, None), (1.0, 1.0, 1.0))))
+
+
+def test_a_watch_report_keeps_its_series() -> None:
+    report = exploding_report()
+    assert "series" not in report.to_dict()  # a scan report is as it was
+    watched = replace(report, series=_series())
+    document = json.loads(render_json(watched))
+    assert document["series"]["steps"] == [1, 50, 100] and document["series"]["loss"][2] == "NaN"
+    assert document["series"]["layers"][0] == {"name": "net.0", "grad_norm": [0.5, 12.0, "Infinity"],
+                                               "update_to_weight": [1e-3, None, 2e-3],
+                                               "weight_norm": [4.0, 4.1, 4.2]}
+    again = Report.from_dict(document)
+    assert again.series is not None and again.series.layers[1].grad_norm == (0.25, 0.5, None)
+    _round_trip(watched)
+
+
+def test_series_values_align_with_the_steps() -> None:
+    with pytest.raises(ValueError, match="one value per step"):
+        WatchSeries((1, 2), (1.0,), ())
+    document = replace(exploding_report(), series=_series()).to_dict()
+    document["series"]["layers"][0]["weight_norm"].pop()
+    with pytest.raises(ReportFormatError, match="one value per step"):
+        Report.from_dict(document)
+    document["series"]["layers"][0]["weight_norm"].append("big")
+    with pytest.raises(ReportFormatError, match="'big'"):
+        Report.from_dict(document)
+
+
+def test_the_table_and_markdown_summarise_the_series() -> None:
+    from format_reports import exploding_result
+
+    from gradcheck_cli.report.render import OutputFormat, render
+
+    result = exploding_result()
+    assert result.report is not None and "watch:" not in render([result], OutputFormat.TABLE)
+    watched = replace(result, report=replace(result.report, series=_series()))
+    line = "watch: 3 sampled steps, 1–100 · loss 2.50 → NaN · largest grad_norm Inf at net.0 (step 100)"
+    assert line in render([watched], OutputFormat.TABLE, width=200)
+    assert line in render([watched], OutputFormat.MARKDOWN)

@@ -26,6 +26,7 @@ from gradcheck_cli.report.records import (
     Severity,
     Status,
 )
+from gradcheck_cli.report.series import WatchSeries
 from gradcheck_cli.report.verification import (
     CombinedVerification,
     MetricChange,
@@ -66,6 +67,7 @@ def _report(doc: Mapping[str, Any]) -> Report:
         findings=tuple(_finding(item) for item in doc["findings"]),
         recommendations=tuple(_recommendation(item) for item in doc["recommendations"]),
         verification=_combined(verification) if verification is not None else None,
+        series=WatchSeries.from_dict(doc["series"]) if doc.get("series") is not None else None,
     )
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from gradcheck_cli.report.parameters import Parameters
+    from gradcheck_cli.report.series import WatchSeries
     from gradcheck_cli.report.verification import CombinedVerification, Verification
 
 SCHEMA = "gradcheck/report@1"
@@ -159,6 +160,9 @@ class Report:
     verification: CombinedVerification | None = None
     """With --verify and a recommendation to verify: the verified ones applied together; in the
     JSON document as the top-level `verification` object, absent otherwise."""
+    series: WatchSeries | None = None
+    """A watch report: the bounded per-layer time series (report/series.py); in the JSON document
+    as the top-level `series` object, absent in a scan report."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document of schema gradcheck/report@1 (non-finite numbers become strings)."""
@@ -175,6 +179,8 @@ class Report:
         }
         if self.verification is not None:
             document["verification"] = self.verification.as_dict()
+        if self.series is not None:
+            document["series"] = self.series.as_dict()
         return document
 
     @classmethod

@@ -10,6 +10,7 @@ import re
 
 from gradcheck_cli.report.gate import failing_findings, fingerprint, scan_exit_code
 from gradcheck_cli.report.records import Finding, ScanResult
+from gradcheck_cli.report.series import WatchSeries
 
 MISSING = "—"
 """A number that was not measured."""
@@ -84,3 +85,20 @@ def format_number(value: float | int | None) -> str:
         return f"{value:.0f}"
     # "#" keeps trailing zeros (3.40); rounding up to 100 would leave "100." behind.
     return f"{value:#.3g}".rstrip(".")
+
+
+def series_summary(series: WatchSeries) -> str:
+    """One line on a watch report's time series (report/series.py) for the table and Markdown:
+    which steps it holds, the loss from first to last, and the largest gradient norm seen."""
+    if not series.steps:
+        return "watch: no steps"
+    text = f"watch: {len(series.steps)} sampled steps, {series.steps[0]}–{series.steps[-1]}"
+    measured_loss = [v for v in series.loss if v is not None]
+    if measured_loss:
+        text += f" · loss {format_number(measured_loss[0])} → {format_number(measured_loss[-1])}"
+    peaks = [(value, layer.name, step) for layer in series.layers
+             for value, step in zip(layer.grad_norm, series.steps, strict=True) if value is not None]
+    if peaks:
+        value, name, step = max(peaks, key=lambda peak: peak[0] if peak[0] == peak[0] else math.inf)
+        text += f" · largest grad_norm {format_number(value)} at {name} (step {step})"
+    return text

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from gradcheck_cli.report.gate import fingerprint
 from gradcheck_cli.report.records import Report, ScanResult, Status
-from gradcheck_cli.report.render.common import format_number, gate_fingerprints, outcome, visible, where
+from gradcheck_cli.report.render.common import format_number, gate_fingerprints, outcome, series_summary, visible, where
 from gradcheck_cli.report.render.verified import (
     DID_NOT_HELP,
     NOT_VERIFIED,
@@ -85,6 +85,8 @@ def _scan_section(result: ScanResult, known: frozenset[str], level: int) -> str:
     title = result.name if level == 3 else report.target
     lines = [f"{hashes} gradcheck: {code_span(title)} — verdict **{verdict}** — {OUTCOME_MARKS[word]}",
              "", _probe_line(report)]
+    if report.series is not None:  # a watch report
+        lines += ["", visible(series_summary(report.series))]
     failing = gate_fingerprints(result, known)
     if report.findings:
         lines += ["", f"**Findings ({len(report.findings)})**", "",
