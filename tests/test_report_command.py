@@ -95,3 +95,38 @@ def test_usage_errors_exit_two_with_one_line(saved: dict[str, Path], tmp_path: P
     assert_one_line_error(runner.invoke(app, ["report", good, "--fail-on", "sunny"]), "sunny")
     assert_one_line_error(runner.invoke(app, ["report", good, "--format", "pdf"]), "pdf")
     assert_one_line_error(runner.invoke(app, ["report", good, "--fail-on", "unverified"]), "--verify")
+
+
+def _watched_run(path: Path, poison_step: int | None) -> None:
+    """A tiny regression trained for 30 steps under the watch; at `poison_step` the loss turns NaN."""
+    import torch
+    from torch import nn
+
+    import gradcheck_cli
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(1)
+    with gradcheck_cli.watch(model, opt, every=10, output=path, quiet=True) as w:
+        for step in range(1, 31):
+            x = torch.randn(8, 6, generator=g)
+            if step == poison_step:
+                x[0, 0] = float("nan")
+            loss = nn.functional.mse_loss(model(x), x[:, :1])
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            w.step(loss)
+
+
+def test_a_watch_report_is_read_rendered_and_gated(tmp_path: Path) -> None:
+    healthy, broken = tmp_path / "healthy.json", tmp_path / "broken.json"
+    _watched_run(healthy, None)
+    _watched_run(broken, 12)
+    assert runner.invoke(app, ["report", str(healthy)]).exit_code == 0
+    result = runner.invoke(app, ["report", str(broken), "--format", "json"])
+    assert result.exit_code == 1  # the default gate holds nonfinite
+    assert result.stdout == broken.read_text()  # read back and written again byte for byte
+    assert "nonfinite" in runner.invoke(app, ["report", str(broken), "--format", "markdown"]).stdout
+    assert runner.invoke(app, ["report", str(broken), "--fail-on", "none"]).exit_code == 0
