@@ -149,3 +149,17 @@ def test_the_table_and_markdown_summarise_the_series() -> None:
     line = "watch: 3 sampled steps, 1–100 · loss 2.50 → NaN · largest grad_norm Inf at net.0 (step 100)"
     assert line in render([watched], OutputFormat.TABLE, width=200)
     assert line in render([watched], OutputFormat.MARKDOWN)
+
+
+def test_sarif_results_carry_step_and_rank_when_known() -> None:
+    from format_reports import exploding_result
+
+    from gradcheck_cli.report.render import OutputFormat, render
+
+    result = exploding_result()
+    assert result.report is not None
+    first = replace(result.report.findings[0], step=120, rank=1)
+    watched = replace(result, report=replace(result.report, findings=(first, *result.report.findings[1:])))
+    results = json.loads(render([watched], OutputFormat.SARIF))["runs"][0]["results"]
+    assert (results[0]["properties"]["step"], results[0]["properties"]["rank"]) == (120, 1)
+    assert "step" not in results[1]["properties"] and "rank" not in results[1]["properties"]

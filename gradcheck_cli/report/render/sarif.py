@@ -158,6 +158,9 @@ def _result(finding: Finding, scan: ScanResult, known: frozenset[str],
             "evidence": {key: _number(value) for key, value in finding.evidence.items()},
         },
     }
+    for key, value in (("step", finding.step), ("rank", finding.rank)):  # a watch report's finding
+        if value is not None:
+            result["properties"][key] = value
     if scan.report is not None:
         _add_verification(result, answering(finding, scan.report.recommendations))
     if known:
