@@ -69,8 +69,14 @@ def test_a_watched_run_that_turns_nan_reports_the_step_in_its_report(tmp_path: P
 # --------------------------------------------------------------------------- loss-spike
 
 def _mlp_losses(steps: int, outlier_at: int | None = None, seed: int = 0) -> list[float]:
-    """A real noisy curve: an MLP fitting a fixed regression task by minibatch SGD; at `outlier_at`
-    one batch's targets are 30x off (a corrupt batch), the loss of that step is its spike."""
+    return _mlp_run(steps, outlier_at, seed)[0]
+
+
+def _mlp_run(steps: int, outlier_at: int | None = None,
+             seed: int = 0) -> tuple[list[float], list[tuple[float, ...]]]:
+    """A real noisy run: an MLP fitting a fixed regression task by minibatch SGD; at `outlier_at`
+    one batch's targets are 30x off (a corrupt batch), the loss of that step is its spike. Returns
+    each step's loss and its two Linear layers' squared gradient norms."""
     import torch
     from torch import nn
 
@@ -79,16 +85,18 @@ def _mlp_losses(steps: int, outlier_at: int | None = None, seed: int = 0) -> lis
     y = torch.sin(x @ w_true) + 0.1 * torch.randn(512, 1)
     model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    losses = []
+    losses, grad_sq = [], []
     for step in range(steps):
         index = torch.randint(0, 512, (32,))
         target = y[index] * (30.0 if step == outlier_at else 1.0)
         loss = ((model(x[index]) - target) ** 2).mean()
         optimizer.zero_grad()
         loss.backward()
+        grad_sq.append(tuple(sum(float(p.grad.pow(2).sum()) for p in m.parameters() if p.grad is not None)
+                             for m in (model[0], model[2])))
         optimizer.step()
         losses.append(loss.item())
-    return losses
+    return losses, grad_sq
 
 
 def _fold(losses: list[float], every: int = 25, thresholds: Thresholds | None = None) -> Timeline:
@@ -152,3 +160,34 @@ def test_a_watched_run_reports_its_loss_spike(tmp_path: Path) -> None:
     assert w.report is not None
     spikes = [f for f in w.report.findings if f.kind is FindingKind.LOSS_SPIKE]
     assert [f.evidence["step"] for f in spikes] == [130]
+
+
+# --------------------------------------------------------------------------- grad-spike
+
+def _fold_run(losses: list[float], grad_sq: list[tuple[float, ...]], every: int = 25) -> Timeline:
+    timeline = Timeline(["0", "2"], Thresholds())
+    for first in range(0, len(losses), every):
+        rows = grad_sq[first:first + every]
+        timeline.add(StepBlock(first, tuple(losses[first:first + every]), tuple(rows), None, (1.0, 1.0),
+                               (0, 0)))
+    return timeline
+
+
+def test_a_normal_training_run_has_no_gradient_norm_spike() -> None:
+    for seed in range(3):
+        assert _fold_run(*_mlp_run(300, seed=seed)).findings() == [], seed
+
+
+def test_a_corrupt_batch_is_a_gradient_norm_spike_at_its_step() -> None:
+    found = {f.kind: f for f in _fold_run(*_mlp_run(300, outlier_at=211)).findings()}
+    assert set(found) == {FindingKind.LOSS_SPIKE, FindingKind.GRAD_SPIKE}
+    spike = found[FindingKind.GRAD_SPIKE]
+    assert spike.evidence["step"] == 211 and spike.layer in {"0", "2"}
+    assert float(spike.evidence["grad_norm"]) > 5 * float(spike.evidence["window_geomean"])  # type: ignore[arg-type]
+    assert "step 211" in spike.message
+
+
+def test_zero_gradient_norms_are_skipped_not_spikes() -> None:
+    losses, grad_sq = _mlp_run(300)
+    grad_sq = [(0.0, b) if step % 7 else (a, b) for step, (a, b) in enumerate(grad_sq)]
+    assert _fold_run(losses, grad_sq).findings() == []

@@ -68,6 +68,7 @@ class Thresholds:
     # timeline.py (training watch): loss spikes
     loss_spike_sigmas: float = 7.0
     loss_spike_window: int = 100
+    grad_spike_sigmas: float = 7.0
 
 
 DEFAULTS = Thresholds()
@@ -119,7 +120,7 @@ K = FindingKind
 _V, _E, _VT, _ET = K.VANISHING.value, K.EXPLODING.value, K.VANISHING_THROUGH_TIME.value, K.EXPLODING_THROUGH_TIME.value
 _INIT, _DEAD, _SAT, _DIV = K.INIT_SCALE.value, K.DEAD_RELU.value, K.SATURATED_ACTIVATION.value, K.DIVERGENCE.value
 _UNDER, _OVER, _STALE = K.FP16_UNDERFLOW.value, K.FP16_OVERFLOW.value, K.BF16_STALE_UPDATE.value
-_SPIKE = K.LOSS_SPIKE.value
+_SPIKE, _GSPIKE = K.LOSS_SPIKE.value, K.GRAD_SPIKE.value
 
 # (name, meaning, unit, source, kinds), in the field order of Thresholds.
 _TABLE: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
@@ -328,7 +329,14 @@ _TABLE: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
      "count",
      "chosen: OLMo 2 rolls over the previous 1000 steps of runs of ~1e6 steps; 100 lets a run of a "
      "few hundred steps be watched, and still averages the noise of 100 batches",
-     (_SPIKE,)),
+     (_SPIKE, _GSPIKE)),
+    ("grad_spike_sigmas",
+     "a layer's log gradient norm this many standard deviations above the mean of its trailing window "
+     "is a gradient-norm spike",
+     "standard deviations",
+     "OLMo 2 (Team OLMo 2024, arXiv:2501.00656, section 3.1) scores gradient-norm spikes with the "
+     "same seven-standard-deviation rule as loss spikes",
+     (_GSPIKE,)),
 )
 
 REGISTRY: tuple[ThresholdEntry, ...] = tuple(

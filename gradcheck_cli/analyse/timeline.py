@@ -5,16 +5,18 @@ first NaN/Inf. It keeps only constant-size state: the number of steps seen, the 
 non-finite event (by step, then rank), which becomes a `nonfinite` finding naming the step, the
 rank and where a replay of that step's batch found the first NaN/Inf, and the loss's trailing
 window (analyse/loss_spike.py), whose first spike becomes a `loss-spike` finding
-(docs/findings/loss-spike.md). Not detected yet: per-layer gradient-norm spikes and trends, and
+(docs/findings/loss-spike.md), and each layer's window of log gradient norms
+(analyse/grad_spike.py, docs/findings/grad-spike.md). Not detected yet: gradient-norm trends and
 weights growing towards an explosion. Pure: no torch.
 """
 
 from __future__ import annotations
 
+from gradcheck_cli.analyse.grad_spike import GradSpikes
 from gradcheck_cli.analyse.loss_spike import LossSpikes
 from gradcheck_cli.analyse.thresholds import Thresholds
 from gradcheck_cli.measure.series import NonfiniteEvent, StepBlock
-from gradcheck_cli.report.evidence import LossSpikeEvidence
+from gradcheck_cli.report.evidence import GradSpikeEvidence, LossSpikeEvidence
 from gradcheck_cli.report.records import Finding, FindingKind, Number, Severity
 
 
@@ -28,11 +30,13 @@ class Timeline:
         """Steps seen (the end of the last block)."""
         self.first_nonfinite: NonfiniteEvent | None = None
         self.loss_spikes = LossSpikes(thresholds.loss_spike_sigmas, thresholds.loss_spike_window)
+        self.grad_spikes = GradSpikes(self.layers, thresholds.grad_spike_sigmas, thresholds.loss_spike_window)
 
     def add(self, block: StepBlock) -> None:
         """Blocks come in step order (the watch flushes them as the run goes)."""
         self.steps = max(self.steps, block.first_step + len(block.loss))
         self.loss_spikes.add(block.first_step, block.loss)
+        self.grad_spikes.add(block)
 
     def nonfinite(self, event: NonfiniteEvent) -> None:
         """Keep the earliest event: the lowest step, then the lowest rank."""
@@ -49,6 +53,11 @@ class Timeline:
         spike = self.loss_spikes.evidence()
         if spike is not None:
             found.append(Finding(FindingKind.LOSS_SPIKE, None, Severity.WARNING, _spike_message(spike), spike))
+        grad = self.grad_spikes.first()
+        if grad is not None:
+            layer, evidence = grad
+            found.append(Finding(FindingKind.GRAD_SPIKE, layer, Severity.WARNING,
+                                 _grad_spike_message(layer, evidence), evidence))
         return found
 
     def series(self) -> None:
@@ -69,6 +78,13 @@ def _spike_message(spike: LossSpikeEvidence) -> str:
     more = f"; {spike.spikes} spike steps in all" if spike.spikes > 1 else ""
     return (f"the loss spiked at step {spike.step}: {spike.loss:.4g}, {spike.sigmas:.1f} standard "
             f"deviations above the mean {spike.window_mean:.4g} of the {spike.window} steps before{more}")
+
+
+def _grad_spike_message(layer: str, spike: GradSpikeEvidence) -> str:
+    others = f"; {spike.layers} layers spiked" if spike.layers > 1 else ""
+    return (f"{layer}'s gradient norm spiked at step {spike.step}: {spike.grad_norm:.3g}, "
+            f"{spike.grad_norm / spike.window_geomean:.3g}x its usual {spike.window_geomean:.3g} "
+            f"({spike.sigmas:.1f} standard deviations in log space){others}")
 
 
 def _evidence(event: NonfiniteEvent) -> dict[str, Number]:

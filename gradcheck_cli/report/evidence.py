@@ -406,6 +406,25 @@ class LossSpikeEvidence(Evidence):
     """Steps of the run whose loss was a spike (the first one is `step`)."""
 
 
+
+@dataclass(frozen=True)
+class GradSpikeEvidence(Evidence):
+    """grad-spike (training watch): a layer's gradient norm far above its trailing window."""
+
+    step: int
+    """The first step whose gradient norm in this layer was a spike."""
+    grad_norm: float
+    window_geomean: float
+    """The geometric mean of the layer's gradient norms over the `window` steps before."""
+    sigmas: float
+    """Standard deviations of the log norm above the window's mean log norm."""
+    window: int
+    spikes: int
+    """Steps of the run whose gradient norm in this layer was a spike."""
+    layers: int
+    """Layers with at least one spike."""
+
+
 RECORDS: dict[FindingKind, tuple[type[Evidence], ...]] = {
     FindingKind.VANISHING: (StatusEvidence,),
     FindingKind.EXPLODING: (StatusEvidence, OverflowGrowthEvidence),
@@ -421,5 +440,6 @@ RECORDS: dict[FindingKind, tuple[type[Evidence], ...]] = {
     FindingKind.FP16_OVERFLOW: (Fp16OverflowEvidence,),
     FindingKind.BF16_STALE_UPDATE: (Bf16StaleUpdateEvidence,),
     FindingKind.LOSS_SPIKE: (LossSpikeEvidence,),
+    FindingKind.GRAD_SPIKE: (GradSpikeEvidence,),
 }
 """The evidence record(s) each finding kind's check builds (kinds without a check have none)."""

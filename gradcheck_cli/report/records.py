@@ -49,6 +49,7 @@ class FindingKind(str, Enum):
     FP16_OVERFLOW = "fp16-overflow"
     BF16_STALE_UPDATE = "bf16-stale-update"
     LOSS_SPIKE = "loss-spike"
+    GRAD_SPIKE = "grad-spike"
 
 
 class Severity(str, Enum):

@@ -57,6 +57,7 @@ DEFAULT_LEVELS: dict[FindingKind, str] = {
     FindingKind.FP16_OVERFLOW: "error",
     FindingKind.BF16_STALE_UPDATE: "note",
     FindingKind.LOSS_SPIKE: "warning",
+    FindingKind.GRAD_SPIKE: "warning",
 }
 
 RULE_ORDER = tuple(FindingKind)
