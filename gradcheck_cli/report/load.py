@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gradcheck_cli.report.records import (
+    NONFINITE_STRINGS,
     SCHEMA,
     Finding,
     FindingKind,
@@ -33,8 +34,6 @@ from gradcheck_cli.report.verification import (
     Verification,
     VerificationStatus,
 )
-
-_NONFINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
 
 
 class ReportFormatError(ValueError):
@@ -120,7 +119,7 @@ def _combined(item: Mapping[str, Any]) -> CombinedVerification:
 def _number(value: Any) -> Number:
     """An evidence/activation value: the non-finite strings back to floats, the rest as written."""
     if isinstance(value, str):
-        return _NONFINITE.get(value, value)
+        return NONFINITE_STRINGS.get(value, value)
     if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
         return value
     raise TypeError(f"expected a number or a string, got {type(value).__name__}")

@@ -229,6 +229,10 @@ def _layer_dict(layer: LayerReport) -> dict[str, Any]:
     }
 
 
+NONFINITE_STRINGS = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+"""How report@1 writes the non-finite floats (_num), for reading them back (load.py, series.py)."""
+
+
 def _num(value: Number) -> Number:
     """JSON has no NaN/Infinity: write them as the strings "NaN", "Infinity", "-Infinity"."""
     if isinstance(value, float) and not math.isfinite(value):

@@ -10,14 +10,14 @@ No torch here.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gradcheck_cli.report.records import NONFINITE_STRINGS, _num
+
 Point = float | None
 
-_NONFINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
 METRICS = ("grad_norm", "update_to_weight", "weight_norm")
 """The per-layer metrics, in JSON order: the L2 gradient norm before the optimizer step (and before
 any clipping), |Δw|/|w| of the user's optimizer step, and the L2 weight norm."""
@@ -60,12 +60,6 @@ class WatchSeries:
         return cls(steps, _points(data["loss"]), layers)
 
 
-def _num(value: Point) -> float | str | None:
-    if value is not None and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    return value
-
-
 def _points(values: Sequence[Any]) -> tuple[Point, ...]:
     return tuple(_point(v) for v in values)
 
@@ -73,8 +67,8 @@ def _points(values: Sequence[Any]) -> tuple[Point, ...]:
 def _point(value: Any) -> Point:
     if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
         return value
-    if isinstance(value, str) and value in _NONFINITE:
-        return _NONFINITE[value]
+    if isinstance(value, str) and value in NONFINITE_STRINGS:
+        return NONFINITE_STRINGS[value]
     raise TypeError(f"expected a number or null in a series, got {value!r}")
 
 
