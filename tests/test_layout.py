@@ -9,8 +9,10 @@ the package, so no torch, and fast.
   measure/series.py (plain records), report/ and itself. measure/ imports the vocabulary, target/
   and itself. target/ imports the vocabulary and itself. verify/ imports every stage but cli/.
   The vocabulary imports only the vocabulary.
-  Nothing imports cli/ but cli/ and __main__, and the package root and api.py, which import
-  cli/watch.py (the public watch) and nothing else of cli/.
+  Nothing imports cli/ but cli/ and __main__, and the package root, api.py and integrations/,
+  which import cli/watch.py (the public watch) and nothing else of cli/. integrations/ (the
+  framework callbacks) imports the vocabulary, the root, measure/, analyse/ and report/ (for the
+  types of the watch's options and report) and itself; nothing of the package imports integrations/.
 - No import cycles among the package's modules, counting module-level imports only (imports inside
   functions and under `if TYPE_CHECKING:` run later or never, so they cannot deadlock an import).
   `from pkg import name` is an edge to pkg.name when that is a module, else to pkg's `__init__`.
@@ -37,9 +39,9 @@ DATA_TABLES: frozenset[str] = frozenset()
 """Modules (dotted names) that are tables of data rather than code, allowed past MAX_MODULE_LINES."""
 
 VOCABULARY = frozenset(f"{PACKAGE}.{name}" for name in ("errors", "text", "config", "activations"))
-STAGES = ("cli", "target", "measure", "analyse", "verify", "report")
+STAGES = ("cli", "target", "measure", "analyse", "verify", "report", "integrations")
 WATCH = f"{PACKAGE}.cli.watch"
-"""The only module of cli/ that the package root and api.py import (lazily): the public watch."""
+"""The only module of cli/ that the package root, api.py and integrations/ import: the public watch."""
 
 
 @dataclass(frozen=True)
@@ -130,13 +132,17 @@ def _allowed(stage: str, target: str) -> bool:
         "analyse": {"vocabulary", "root", "analyse", "report"},
         "report": {"vocabulary", "root", "report"},
         "verify": {"vocabulary", "root", "target", "measure", "analyse", "report", "verify"},
+        "integrations": {"vocabulary", "root", "measure", "analyse", "report", "integrations"},
     }
     if stage == "analyse" and target in (f"{PACKAGE}.measure.records", f"{PACKAGE}.measure.series"):
         return True
     if other == "cli":
         # The public watch (gradcheck_cli.watch, gradcheck_cli.api.watch) lives in cli/watch.py,
-        # which writes and prints its report: the root and api.py may import it, nothing else of cli/.
-        return stage in ("cli", "__main__") or (stage in ("root", "api") and target == WATCH)
+        # which writes and prints its report: the root, api.py and the framework callbacks
+        # (integrations/) may import it, nothing else of cli/.
+        return stage in ("cli", "__main__") or (stage in ("root", "api", "integrations") and target == WATCH)
+    if other == "integrations":
+        return stage == "integrations"
     return other in rules.get(stage, {other})
 
 
@@ -176,6 +182,10 @@ def test_the_stage_rules() -> None:
     assert not _allowed("vocabulary", f"{pkg}.report.records")
     assert _allowed("root", f"{pkg}.cli.watch") and _allowed("api", f"{pkg}.cli.watch")
     assert not _allowed("root", f"{pkg}.cli.app") and not _allowed("measure", f"{pkg}.cli.watch")
+    assert _allowed("integrations", f"{pkg}.cli.watch") and _allowed("integrations", f"{pkg}.measure.output_loss")
+    assert not _allowed("integrations", f"{pkg}.cli.app") and not _allowed("integrations", f"{pkg}.target.resolve")
+    assert not _allowed("integrations", f"{pkg}.verify.run") and not _allowed("api", f"{pkg}.integrations.lightning")
+    assert not _allowed("cli", f"{pkg}.integrations.huggingface") and _allowed("integrations", f"{pkg}.errors")
 
 
 def _graph() -> dict[str, set[str]]:

@@ -89,6 +89,13 @@ class Watch:
             raise RuntimeError("this gradcheck watch is closed; start a new one with watch(...)")
         self._engine.step(loss)
 
+    def check_gradients(self) -> None:
+        """For loops whose backward runs inside `optimizer.step(closure)` (Lightning), after that
+        backward: look for NaN/Inf now, before the update writes it into the weights (the
+        optimizer's step pre-hook, which does it otherwise, runs before the closure)."""
+        if not self._closed:
+            self._engine.check_finite()
+
     def close(self) -> Report:
         """Stop watching (the same as leaving the with block) and return the Report."""
         return self._finish(gate=True)

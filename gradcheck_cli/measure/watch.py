@@ -166,6 +166,10 @@ class WatchEngine:
     def _sampling(self) -> bool:
         return self.steps == 0 or (self.sample_every > 0 and self.steps % self.sample_every == 0)
 
+    def check_finite(self) -> None:
+        """The step pre-hook's NaN/Inf check, for a backward run inside optimizer.step(closure)."""
+        self._check_finite()
+
     def _check_finite(self) -> None:
         """After a backward with NaN/Inf gradients: count them per layer, and on the first one
         replay the step's batch (before the optimizer changes the weights, from the pre-hook)."""

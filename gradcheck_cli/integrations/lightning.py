@@ -1,0 +1,114 @@
+"""The training watch as a Lightning callback (extra `.[lightning]`).
+
+    from gradcheck_cli.integrations.lightning import GradcheckCallback
+    trainer = lightning.pytorch.Trainer(max_steps=1000, callbacks=[GradcheckCallback(every=50)])
+    trainer.fit(module, loader)          # the report is written when training ends
+
+When training starts (`on_train_start`: the optimizers exist, the model is on its device) the
+callback starts `gradcheck_cli.watch(pl_module, trainer.optimizers[0], ...)`. With several
+optimizers the watch follows the first one's update/weight ratio; the gradient norms are read
+after every backward whatever optimizer it serves (the last backward of a batch wins).
+
+One `w.step(loss)` per training batch that ended with an optimizer step (Lightning's
+`trainer.global_step` moved): with `accumulate_grad_batches=k` that is every k-th batch, and in
+manual optimization every batch in which the module stepped an optimizer. The loss is the one
+`training_step` returned for the step's last batch: `outputs["loss"]` (which Lightning divides by
+`accumulate_grad_batches` before calling back; the callback multiplies it back), and in manual
+optimization the tensor, or the dict's "loss", that `training_step` returns: a manual module that
+returns no loss stops at its first step with a UserError saying so.
+
+Lightning runs the backward inside `optimizer.step(closure)`, after the optimizer's step
+pre-hook, so `on_before_optimizer_step` (after the backward, before Lightning's gradient clipping
+and before the update) is where the callback has the watch look for NaN/Inf: the norms are the
+pre-clip ones and a NaN is caught before the update writes it into the weights.
+
+The watch is closed, and its report written, on `on_train_end`, and on `on_exception` (an error
+in training, or Ctrl-C, which Lightning reports to callbacks): the report then holds the steps
+measured so far and `fail_on` is not applied; Lightning re-raises the error. With `fail_on`, a
+matching finding at the end raises `WatchGateFailed` out of `trainer.fit`. Only rank 0 writes.
+Imports `lightning.pytorch`, or the older standalone `pytorch_lightning` when `lightning` is not
+installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gradcheck_cli.cli.watch import watch
+from gradcheck_cli.errors import UserError
+
+try:
+    from lightning.pytorch import Callback
+except ImportError:  # pragma: no cover - only where the standalone package is all there is
+    try:
+        from pytorch_lightning import Callback  # type: ignore[assignment]
+    except ImportError as missing:
+        raise ImportError("gradcheck's Lightning callback needs Lightning: pip install 'gradcheck[lightning]'") \
+            from missing
+
+if TYPE_CHECKING:
+    from gradcheck_cli.analyse.thresholds import Thresholds
+    from gradcheck_cli.cli.watch import Watch
+    from gradcheck_cli.report.records import Report
+
+
+class GradcheckCallback(Callback):  # type: ignore[misc]
+    """Watch a Lightning training run (module docstring); the options are `watch(...)`'s."""
+
+    def __init__(self, *, every: int = 50, sample_every: int = 0,
+                 output: str | Path | None = "gradcheck-watch.json", quiet: bool = False,
+                 fail_on: Iterable[str] | None = None, thresholds: Thresholds | None = None) -> None:
+        self.options: dict[str, Any] = {"every": every, "sample_every": sample_every, "output": output,
+                                        "quiet": quiet, "fail_on": fail_on, "thresholds": thresholds}
+        self.watch: Watch | None = None
+        """The running watch, between the start and the end of training."""
+        self.report: Report | None = None
+        """The last finished watch's report."""
+        self._global_step = 0
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._close(None)  # a watch left from an earlier fit of this callback
+        optimizers = list(trainer.optimizers)
+        self.watch = watch(pl_module, optimizers[0] if optimizers else None, **self.options)
+        self._global_step = trainer.global_step
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        if self.watch is not None:
+            self.watch.check_gradients()
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.watch is None or trainer.global_step == self._global_step:
+            return  # accumulating, or a batch whose training_step skipped the optimizer step
+        self._global_step = trainer.global_step
+        self.watch.step(_step_loss(outputs, pl_module.automatic_optimization, trainer.accumulate_grad_batches))
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        watching, self.watch = self.watch, None
+        if watching is not None:
+            try:
+                watching.close()  # raises WatchGateFailed when fail_on matches
+            finally:
+                self.report = watching.report
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._close(exception)
+
+    def _close(self, error: BaseException | None) -> None:
+        """Close without the gate: the report holds what was measured, the error goes on as it was."""
+        watching, self.watch = self.watch, None
+        if watching is not None:
+            error = error or RuntimeError("a new training run started")
+            watching.__exit__(type(error), error, error.__traceback__)
+            self.report = watching.report
+
+
+def _step_loss(outputs: Any, automatic: bool, accumulate: int) -> Any:
+    """The loss `training_step` returned for the step's last batch (module docstring)."""
+    loss: Any = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+    if not hasattr(loss, "detach"):
+        raise UserError("gradcheck's Lightning callback needs the loss: return it from training_step "
+                        "(a tensor or a dict with 'loss') in manual optimization")
+    loss = loss.detach()
+    return loss * accumulate if automatic and accumulate != 1 else loss
