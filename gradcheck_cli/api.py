@@ -14,12 +14,13 @@ from gradcheck_cli.target.resolve import Target, resolve_target
 
 if TYPE_CHECKING:
     from gradcheck_cli.cli.watch import Watch
+    from gradcheck_cli.measure.distributed_scan import ScanRanks
     from gradcheck_cli.measure.probe import StageCallback
 
 
 def scan(target: str | Target, config: ScanConfig | None = None,
          thresholds: Thresholds | None = None, on_stage: StageCallback | None = None,
-         **options: Any) -> Report:
+         ranks: ScanRanks | None = None, **options: Any) -> Report:
     """Scan a model and return its Report; the model comes back exactly as it was.
 
     `target` is a TARGET string (model.py, model.py:NAME, pkg.module:attr, builtin:NAME) or a
@@ -30,6 +31,10 @@ def scan(target: str | Target, config: ScanConfig | None = None,
     The user's code runs seeded with `config.seed` (torch, random, numpy; isolation.py), and the
     process comes back as it was: RNG states, default dtype, grad mode, working directory. A
     SystemExit (or other BaseException but KeyboardInterrupt) from the user's code is a UserError.
+
+    Under torchrun (WORLD_SIZE > 1) every rank probes batches of its own and gets the report of
+    all of them (measure/distributed_scan.py); `ranks` is the caller's ScanRanks, whose process
+    group the caller closes (the CLI agrees on the exit code first), else the scan makes its own.
     """
     from gradcheck_cli.target.guards import (
         ScanTimeout,
@@ -42,13 +47,19 @@ def scan(target: str | Target, config: ScanConfig | None = None,
     from gradcheck_cli.target.isolation import is_exit_from_user_code, isolated_scan, user_exit_error
 
     config = replace(config or ScanConfig(), **options)
+    own_ranks = ranks is None
+    ranks = _launched_ranks() if ranks is None else ranks
+    if ranks is not None:
+        config = _rank_config(config, ranks)
     _validate(config)
     name = target if isinstance(target, str) else target.name
     # The clock names the running stage for a --timeout or an out-of-memory message.
     clock = StageClock(config.timeout, on_stage)
     try:
         with isolated_scan(config.seed), time_limit(clock), ExitStack() as scan_context:
-            return _scan(target, config, thresholds or Thresholds(), clock, scan_context)
+            if own_ranks and ranks is not None:
+                scan_context.callback(ranks.close)
+            return _scan(target, config, thresholds or Thresholds(), clock, scan_context, ranks)
     except ScanTimeout as exc:
         raise timeout_error(name, config.timeout or 0.0, exc.where) from None
     except Exception as exc:
@@ -75,7 +86,7 @@ def watch(model: Any, optimizer: Any = None, *, every: int = 50, sample_every: i
 
 
 def _scan(target: str | Target, config: ScanConfig, thresholds: Thresholds, stage: StageCallback,
-          scan_context: ExitStack) -> Report:
+          scan_context: ExitStack, ranks: ScanRanks | None = None) -> Report:
     import torch
 
     from gradcheck_cli.analyse.pipeline import analyse
@@ -99,7 +110,12 @@ def _scan(target: str | Target, config: ScanConfig, thresholds: Thresholds, stag
         apply_state_dict(model, checkpoint, config.checkpoint)
     make_batch = resolved.make_batch or synthetic_batch_maker(model, config.input_shape, source=resolved.name)
     torch.set_grad_enabled(True)  # build_model may have switched it off: the probe needs it
-    measurements = run_probe(model, make_batch, resolved.loss_fn, config, stage)
+    if ranks is None:
+        measurements = run_probe(model, make_batch, resolved.loss_fn, config, stage)
+    else:  # under torchrun: every rank its own batches, merged (measure/distributed_scan.py)
+        ranks.join(config.device)
+        measurements = ranks.probe(lambda rank_config: run_probe(
+            model, make_batch, resolved.loss_fn, rank_config, stage), config)
     stage("analysing the measurements", 0, config.batches)
     report = analyse(measurements, config, thresholds, target=resolved.name)
     if not config.verify:
@@ -111,6 +127,27 @@ def _scan(target: str | Target, config: ScanConfig, thresholds: Thresholds, stag
     copier = ModelCopier(model, resolved.build_model, config.seed,
                          (checkpoint, config.checkpoint) if checkpoint is not None and config.checkpoint else None)
     return verify_report(report, measurements, copier, make_batch, resolved.loss_fn, config, thresholds, stage)
+
+
+def _launched_ranks() -> ScanRanks | None:
+    """This process's ScanRanks under torchrun (WORLD_SIZE > 1), else None."""
+    import os
+
+    if os.environ.get("WORLD_SIZE", "1").strip() in ("", "0", "1"):
+        return None  # a single process does not import torch.distributed
+    from gradcheck_cli.measure.distributed_scan import ScanRanks
+
+    return ScanRanks.from_environment()
+
+
+def _rank_config(config: ScanConfig, ranks: ScanRanks) -> ScanConfig:
+    """The config of one rank of a scan under torchrun: its own device, and the number of ranks
+    for the report; --verify and --steps are refused (their probes are not data-parallel)."""
+    refused = {"--verify": config.verify, "--steps": config.steps > 0}
+    for option in (option for option, given in refused.items() if given):
+        raise UserError(f"{option} is not supported under torchrun (WORLD_SIZE={ranks.world_size}): each rank "
+                        f"would measure it alone; run the scan with {option} in one process")
+    return replace(config, device=ranks.device(config.device), ranks=ranks.world_size)
 
 
 def _validate(config: ScanConfig) -> None:

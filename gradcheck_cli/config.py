@@ -40,6 +40,8 @@ class ScanConfig:
     """With fp16/bf16: a static loss scale (a number), "dynamic" (GradScaler semantics), or None."""
     clip_grad_norm: float | None = None
     """Clip the gradients of the probe's optimizer steps to this total norm (verify: clip-gradients)."""
+    ranks: int = 1
+    """Processes that probed, each its own batches (WORLD_SIZE under torchrun; measure/distributed_scan.py)."""
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -51,5 +53,5 @@ class ScanConfig:
         return data
 
 
-LATER_FIELDS = ("verify", "precision", "loss_scale", "clip_grad_norm")
+LATER_FIELDS = ("verify", "precision", "loss_scale", "clip_grad_norm", "ranks")
 """Written to the report's config only when set away from their default (ScanConfig.as_dict)."""
