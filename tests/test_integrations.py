@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -196,6 +197,18 @@ def test_lightning_one_watch_step_per_optimizer_step(tmp_path: Path, accumulate:
     assert callback.watch is None and callback.report is not None and _no_hooks(module)
 
 
+def test_lightning_training_is_bit_identical_with_and_without_the_callback(tmp_path: Path) -> None:
+    pl = _lightning()
+    from gradcheck_cli.integrations.lightning import GradcheckCallback
+
+    options: dict[str, Any] = {"max_steps": 5, "accumulate_grad_batches": 2, "gradient_clip_val": 0.5}
+    bare, watched = _lightning_module(pl), _lightning_module(pl)
+    _fit(pl, bare, pl.Callback(), **options)
+    _fit(pl, watched, GradcheckCallback(every=2, sample_every=2, output=tmp_path / "w.json", quiet=True), **options)
+    for (name, a), (_, b) in zip(bare.state_dict().items(), watched.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
 def test_lightning_gradient_clipping_comes_after_the_watch_reads(tmp_path: Path) -> None:
     pl = _lightning()
     from gradcheck_cli.integrations.lightning import GradcheckCallback
@@ -332,6 +345,18 @@ def test_hf_trainer_report_with_gradient_accumulation(tmp_path: Path) -> None:
     assert callback.watch is None and _no_hooks(model)
 
 
+def test_hf_trainer_training_is_bit_identical_with_and_without_the_callback(tmp_path: Path) -> None:
+    transformers = _transformers()
+    from gradcheck_cli.integrations.huggingface import GradcheckTrainerCallback
+
+    bare, watched = _gpt2(transformers), _gpt2(transformers)
+    _train(transformers, bare, [], tmp_path / "bare", gradient_accumulation_steps=2, max_steps=4)
+    callback = GradcheckTrainerCallback(every=2, sample_every=2, output=tmp_path / "w.json", quiet=True)
+    _train(transformers, watched, [callback], tmp_path / "watched", gradient_accumulation_steps=2, max_steps=4)
+    for (name, a), (_, b) in zip(bare.state_dict().items(), watched.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
 class Poison:
     """A test-side forward hook that makes one block's MLP output NaN during step `at` only."""
 
@@ -396,6 +421,37 @@ def test_hf_trainer_error_leaves_the_watch_to_close(tmp_path: Path) -> None:
     callback.close()  # what the atexit handler does when the process ends
     assert _read(tmp_path / "watch.json")["config"]["steps"] == 2 and _no_hooks(model)
     callback.close()  # a second close does nothing
+
+
+TRAIN_AND_FAIL = """
+import sys, torch, transformers
+from gradcheck_cli.integrations.huggingface import GradcheckTrainerCallback
+
+class Breaks(transformers.TrainerCallback):
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            raise RuntimeError("the data loader broke")
+
+torch.manual_seed(0)
+model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64,
+                                                             n_positions=32, bos_token_id=0, eos_token_id=0))
+rows = [{"input_ids": r, "labels": r} for r in torch.randint(0, 64, (16, 8))]
+args = transformers.TrainingArguments(output_dir=sys.argv[1] + "/trainer", use_cpu=True, report_to=[], max_steps=4,
+                                      per_device_train_batch_size=4, save_strategy="no", disable_tqdm=True)
+callback = GradcheckTrainerCallback(output=sys.argv[1] + "/watch.json", quiet=True)
+transformers.Trainer(model=model, args=args, train_dataset=rows, callbacks=[Breaks(), callback]).train()
+"""
+
+
+def test_hf_trainer_error_the_report_is_written_at_process_exit(tmp_path: Path) -> None:
+    _transformers()
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN_AND_FAIL, encoding="utf-8")
+    run = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert run.returncode == 1 and "the data loader broke" in run.stderr
+    report = _read(tmp_path / "watch.json")
+    assert report["config"]["steps"] == 2 and report["series"]["steps"] == [0, 1]
 
 
 def test_torch_optimizer_unwraps_a_wrapper() -> None:
