@@ -52,6 +52,17 @@ def test_importing_the_integrations_package_imports_no_framework() -> None:
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.parametrize(("module", "extra"), [("lightning", "lightning"), ("huggingface", "transformers")])
+def test_without_the_framework_the_import_error_names_the_extra(module: str, extra: str) -> None:
+    code = ("import sys\n"
+            "for name in ('lightning', 'lightning.pytorch', 'pytorch_lightning', 'transformers'):\n"
+            "    sys.modules[name] = None\n"
+            f"import gradcheck_cli.integrations.{module}\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 1 and "ImportError: gradcheck's" in run.stderr
+    assert f"pip install 'gradcheck[{extra}]'" in run.stderr
+
+
 # -- the loss tap -----------------------------------------------------------------------------
 
 

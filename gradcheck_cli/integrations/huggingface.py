@@ -36,7 +36,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import TrainerCallback
+
+try:
+    from transformers import TrainerCallback
+except ImportError as missing:
+    raise ImportError("gradcheck's Trainer callback needs transformers: pip install 'gradcheck[transformers]'") \
+        from missing
 
 from gradcheck_cli.cli.watch import watch
 from gradcheck_cli.errors import UserError
