@@ -103,18 +103,20 @@ def naive(model: nn.Module, target: Target, batches: int, batch_size: int, seed:
             handle.remove()
 
 
+def lightning_grad_norm(module: nn.Module) -> dict[str, float]:
+    """``lightning.pytorch.utilities.grad_norm(module, 2)``, each value read as a float (a logger)."""
+    norms = {f"grad_2.0_norm/{name}": p.grad.data.norm(2.0)
+             for name, p in module.named_parameters() if p.grad is not None}
+    if norms:
+        norms["grad_2.0_norm_total"] = torch.tensor(list(norms.values())).norm(2.0)
+    return {key: float(value) for key, value in norms.items()}
+
+
 def lightning(model: nn.Module, target: Target, batches: int, batch_size: int, seed: int,
               device: torch.device) -> list[torch.Tensor]:
     logged: list[dict[str, float]] = []
-
-    def grad_norm(module: nn.Module) -> None:
-        norms = {f"grad_2.0_norm/{name}": p.grad.data.norm(2.0)
-                 for name, p in module.named_parameters() if p.grad is not None}
-        if norms:
-            norms["grad_2.0_norm_total"] = torch.tensor(list(norms.values())).norm(2.0)
-        logged.append({key: float(value) for key, value in norms.items()})
-
-    return _passes(model, target, batches, batch_size, seed, device, after_backward=grad_norm)
+    return _passes(model, target, batches, batch_size, seed, device,
+                   after_backward=lambda module: logged.append(lightning_grad_norm(module)))
 
 
 def _histogram(grad: torch.Tensor, logged: list[tuple[list[float], list[float]]]) -> None:

@@ -22,6 +22,7 @@ from gradcheck_cli.analyse.checks import CHECKS
 from gradcheck_cli.analyse.fixes import recommend
 from gradcheck_cli.analyse.stats import LayerStats
 from gradcheck_cli.analyse.thresholds import Thresholds, quote
+from gradcheck_cli.analyse.timeline import TIMELINE_KINDS
 from gradcheck_cli.cli import knowledge as catalog
 from gradcheck_cli.cli.app import app
 from gradcheck_cli.cli.knowledge import FINDINGS, FIXES, NOT_YET_MEASURED, NOT_YET_RECOMMENDED, Entry
@@ -97,11 +98,13 @@ def test_numbers_are_written_as_the_papers_write_them(value: float, text: str) -
 
 
 def test_not_yet_measured_text_goes_stale_loudly() -> None:
-    """An entry that says 'not yet measured' must lose that sentence when a check lands (the
-    other direction is rendered from CHECKS by explain and list, see below)."""
+    """An entry that says 'not yet measured' must lose that sentence when a check (or the training
+    watch's timeline) lands (the other direction is rendered from CHECKS and TIMELINE_KINDS by
+    explain and list, see below)."""
     for kind, entry in FINDINGS.items():
         if NOT_YET_MEASURED in entry.measured:
             assert kind not in CHECKS, f"{kind.value} has a check now: update its catalogue entry"
+            assert kind not in TIMELINE_KINDS, f"the watch finds {kind.value} now: update its page"
 
 
 def test_lookup_accepts_case_and_underscores() -> None:
@@ -303,11 +306,21 @@ def test_explain_keeps_code_verbatim_and_wraps_prose() -> None:
 
 
 def test_explain_says_when_a_kind_is_not_measured_yet() -> None:
-    unmeasured = [k for k in FindingKind if k not in CHECKS]
+    # The kinds only the training watch finds were said to be "not yet measured" (they are).
+    unmeasured = [k for k in FindingKind if k not in CHECKS and k not in TIMELINE_KINDS]
     for kind in unmeasured:
         assert "not yet measured by this version" in runner.invoke(app, ["explain", kind.value]).stdout
-    for kind in CHECKS:
+    for kind in [*CHECKS, *TIMELINE_KINDS]:
         assert "not yet measured" not in runner.invoke(app, ["explain", kind.value]).stdout
+
+
+def test_explain_says_which_kinds_only_the_training_watch_measures() -> None:
+    watch_only = [k for k in TIMELINE_KINDS if k not in CHECKS]
+    assert FindingKind.LOSS_SPIKE in watch_only and FindingKind.NONFINITE not in watch_only
+    for kind in FindingKind:
+        text = runner.invoke(app, ["explain", kind.value]).stdout
+        said = "(measured by the training watch, gradcheck_cli.watch, not by a scan)" in text
+        assert said == (kind in watch_only), kind.value
 
 
 def test_unknown_id_exits_2_with_one_line_and_a_suggestion() -> None:
@@ -350,7 +363,9 @@ def test_list_notes_unmeasured_kinds_and_unemitted_fixes() -> None:
     checks = runner.invoke(app, ["list", "checks"]).stdout.splitlines()
     for line in checks:
         kind = FindingKind(line.split()[0])
-        assert ("not yet measured" in line) == (kind not in CHECKS)
+        # The kinds only the training watch finds were noted as "not yet measured" (they are).
+        assert ("not yet measured" in line) == (kind not in CHECKS and kind not in TIMELINE_KINDS)
+        assert ("measured by the training watch" in line) == (kind not in CHECKS and kind in TIMELINE_KINDS)
     fixes = runner.invoke(app, ["list", "fixes"]).stdout.splitlines()
     for line in fixes:
         entry = FIXES[RecommendationId(line.split()[0])]

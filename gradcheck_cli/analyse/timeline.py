@@ -7,17 +7,32 @@ rank and where a replay of that step's batch found the first NaN/Inf, and the lo
 window (analyse/loss_spike.py), whose first spike becomes a `loss-spike` finding
 (docs/findings/loss-spike.md), and each layer's window of log gradient norms
 (analyse/grad_spike.py, docs/findings/grad-spike.md). Not detected yet: gradient-norm trends and
-weights growing towards an explosion. Pure: no torch.
+weights growing towards an explosion. Every finding carries `step` (where it started) and `rank`.
+
+Steps are numbered from 0: step k is the (k+1)-th `w.step` call, the index of the optimizer step,
+as StepBlock.first_step counts them; findings, evidence and the time series use the same numbers.
+The time series of the report (`series()`, report/series.py) is sampled into a bounded number of
+points by analyse/series_sampler.py. Pure: no torch.
 """
 
 from __future__ import annotations
 
 from gradcheck_cli.analyse.grad_spike import GradSpikes
 from gradcheck_cli.analyse.loss_spike import LossSpikes
+from gradcheck_cli.analyse.series_sampler import SeriesSampler
 from gradcheck_cli.analyse.thresholds import Thresholds
 from gradcheck_cli.measure.series import NonfiniteEvent, StepBlock
 from gradcheck_cli.report.evidence import GradSpikeEvidence, LossSpikeEvidence
 from gradcheck_cli.report.records import Finding, FindingKind, Number, Severity
+from gradcheck_cli.report.series import WatchSeries
+
+TIMELINE_KINDS: list[FindingKind] = [FindingKind.NONFINITE, FindingKind.LOSS_SPIKE, FindingKind.GRAD_SPIKE]
+"""The finding kinds the training watch emits over time (a detector that lands here appends its
+kind): `gradcheck explain` and `gradcheck list checks` count them as measured (cli/app.py)."""
+
+REPORT_RANK = 0
+"""The rank of a finding judged on the blocks: rank 0's, which under torch.distributed are reduced
+across ranks before they reach the timeline (measure/series.py); only rank 0 writes the report."""
 
 
 class Timeline:
@@ -31,38 +46,52 @@ class Timeline:
         self.first_nonfinite: NonfiniteEvent | None = None
         self.loss_spikes = LossSpikes(thresholds.loss_spike_sigmas, thresholds.loss_spike_window)
         self.grad_spikes = GradSpikes(self.layers, thresholds.grad_spike_sigmas, thresholds.loss_spike_window)
+        self.sampler = SeriesSampler()
 
     def add(self, block: StepBlock) -> None:
         """Blocks come in step order (the watch flushes them as the run goes)."""
         self.steps = max(self.steps, block.first_step + len(block.loss))
         self.loss_spikes.add(block.first_step, block.loss)
         self.grad_spikes.add(block)
+        self.sampler.add(block)
+        self._pin_finding_steps()
 
     def nonfinite(self, event: NonfiniteEvent) -> None:
         """Keep the earliest event: the lowest step, then the lowest rank."""
         first = self.first_nonfinite
         if first is None or (event.step, event.rank) < (first.step, first.rank):
             self.first_nonfinite = event
+            self.sampler.pin(event.step)
 
     def findings(self) -> list[Finding]:
         found: list[Finding] = []
         event = self.first_nonfinite
         if event is not None:
             found.append(Finding(FindingKind.NONFINITE, event.layer, Severity.ERROR, _message(event),
-                                 _evidence(event)))
+                                 _evidence(event), step=event.step, rank=event.rank))
         spike = self.loss_spikes.evidence()
         if spike is not None:
-            found.append(Finding(FindingKind.LOSS_SPIKE, None, Severity.WARNING, _spike_message(spike), spike))
+            found.append(Finding(FindingKind.LOSS_SPIKE, None, Severity.WARNING, _spike_message(spike), spike,
+                                 step=spike.step, rank=REPORT_RANK))
         grad = self.grad_spikes.first()
         if grad is not None:
             layer, evidence = grad
             found.append(Finding(FindingKind.GRAD_SPIKE, layer, Severity.WARNING,
-                                 _grad_spike_message(layer, evidence), evidence))
+                                 _grad_spike_message(layer, evidence), evidence, step=evidence.step,
+                                 rank=REPORT_RANK))
         return found
 
-    def series(self) -> None:
-        """The per-layer time series of the report: not kept yet (issue 13 part 2/3)."""
-        return None
+    def series(self) -> WatchSeries:
+        """The report's per-layer time series: a bounded sample of the steps (series_sampler.py)."""
+        return self.sampler.series(self.layers)
+
+    def _pin_finding_steps(self) -> None:
+        """Keep the steps where the spikes started in the series (cheap: run after every block)."""
+        if self.loss_spikes.first is not None:
+            self.sampler.pin(self.loss_spikes.first.step)
+        grad = self.grad_spikes.first()
+        if grad is not None:
+            self.sampler.pin(grad[1].step)
 
 
 def _message(event: NonfiniteEvent) -> str:

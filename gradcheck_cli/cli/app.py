@@ -356,10 +356,10 @@ def list_builtins() -> None:
 @list_app.command("checks")
 def list_checks() -> None:
     """The finding kinds (stable ids), with what each means; `gradcheck explain ID` for more."""
-    from gradcheck_cli.analyse.checks import CHECKS
+    from gradcheck_cli.cli.knowledge import measured_kinds
     from gradcheck_cli.report.render.explain import render_check_list
 
-    sys.stdout.write(render_check_list(frozenset(CHECKS)))
+    sys.stdout.write(render_check_list(*measured_kinds()))
 
 
 @list_app.command("fixes")
@@ -384,15 +384,14 @@ def explain(
         metavar="ID", help="A finding kind (gradcheck list checks) or recommendation id (gradcheck list fixes).")],
 ) -> None:
     """Explain a finding kind or recommendation: mechanism, what is measured, thresholds, fix, references."""
-    from gradcheck_cli.analyse.checks import CHECKS
-    from gradcheck_cli.cli.knowledge import get
+    from gradcheck_cli.cli.knowledge import get, measured_kinds
     from gradcheck_cli.report.render.explain import render_explain
 
     try:
         entry = get(entry_id)
     except UserError as exc:
         _fail(str(exc), exc, debug=False)
-    sys.stdout.write(render_explain(entry, frozenset(CHECKS), width=min(_terminal_width(), 100)))
+    sys.stdout.write(render_explain(entry, *measured_kinds(), width=min(_terminal_width(), 100)))
 
 
 def _command_line_layer(**given: Any) -> Layer:

@@ -27,7 +27,7 @@ from gradcheck_cli.report.catalog import (
 from gradcheck_cli.report.records import FindingKind
 
 __all__ = ["FINDINGS", "FIXES", "NOT_YET_MEASURED", "NOT_YET_RECOMMENDED", "Entry", "all_ids", "get",
-           "justifying_findings", "lookup", "related_fixes", "suggest"]
+           "justifying_findings", "lookup", "measured_kinds", "related_fixes", "suggest"]
 
 REGISTRY_INTRO = ("The values the analysis uses, from the thresholds registry (set one as "
                   "thresholds.NAME in a recipe or [tool.gradcheck]; gradcheck list thresholds shows "
@@ -58,6 +58,16 @@ def lookup(entry_id: str) -> Entry | None:
         return None
     kinds = {kind.value: kind for kind in FINDINGS}
     return FINDINGS[kinds[entry.id]] if entry.id in kinds else entry
+
+
+def measured_kinds() -> tuple[frozenset[FindingKind], frozenset[FindingKind]]:
+    """The finding kinds a scan's checks emit (analyse/checks CHECKS) and those the training
+    watch's timeline emits (analyse/timeline.py TIMELINE_KINDS), so that `explain` and `list
+    checks` say which kinds only the watch measures, and which nothing measures yet."""
+    from gradcheck_cli.analyse.checks import CHECKS
+    from gradcheck_cli.analyse.timeline import TIMELINE_KINDS
+
+    return frozenset(CHECKS), frozenset(TIMELINE_KINDS)
 
 
 def get(entry_id: str) -> Entry:

@@ -24,7 +24,7 @@ import shutil
 import sys
 import warnings
 from collections.abc import Iterable
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -144,16 +144,14 @@ def build_report(w: Watch) -> Report:
     engine = w._engine
     report = analyse(engine.measurements(), ScanConfig(), w.thresholds, target=w.target)
     over_time = tuple(w._timeline.findings())
-    extra: dict[str, Any] = {}
-    if "series" in {f.name for f in fields(report)}:
-        extra["series"] = w._timeline.series()
     verdict = report.verdict
     if any(f.kind is FindingKind.NONFINITE for f in over_time):
         verdict = Status.NONFINITE
     config = {"mode": "watch", "every": engine.every, "sample_every": engine.sample_every,
               "steps": engine.steps, "optimizer": w._optimizer_name, "device": str(engine.ring.device),
               "fail_on": list(w.fail_on if w.fail_on is not None else DEFAULT_FAIL_ON)}
-    return replace(report, config=config, verdict=verdict, findings=report.findings + over_time, **extra)
+    return replace(report, config=config, verdict=verdict, findings=report.findings + over_time,
+                   series=w._timeline.series())
 
 
 def write_report(report: Report, path: Path) -> None:

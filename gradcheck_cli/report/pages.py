@@ -8,8 +8,8 @@ The page format (docs/README.md, "Page format"), which every page follows exactl
 
 - front matter between two ``---`` lines, one ``key: value`` a line, a value being a word,
   ``true``/``false`` or a ``[a, b]`` list: ``id`` (the file's stem) always; on a finding page
-  ``fixes`` (the recommendation ids it can justify) and ``measured: false`` while no check emits
-  it; on a fix page ``recommended: false`` while no rule emits it;
+  ``fixes`` (the recommendation ids it can justify) and ``measured: false`` while no check (nor
+  the training watch's timeline) emits it; on a fix page ``recommended: false`` while no rule emits it;
 - ``# Title``, then the summary (one paragraph);
 - the sections ``## Mechanism``, ``## What gradcheck measures``, ``## Thresholds``, ``## Fix``,
   ``## References``, in that order.

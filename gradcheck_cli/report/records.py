@@ -117,10 +117,12 @@ class Finding:
     """The measured numbers: a typed record per kind (report/evidence.py) from a check, which reads
     as the mapping of its JSON keys; a plain dict when read back from a JSON report."""
     step: int | None = None
-    """A watch report's finding: the optimizer step (1-based, the count of w.step calls) it was
-    first seen at; None in a scan report (no `step` key in its JSON)."""
+    """A watch report's finding: the optimizer step where it started, counted from 0 (step k is
+    the (k+1)-th w.step call, as in its evidence and the series); None in a scan report (no
+    `step` key in its JSON)."""
     rank: int | None = None
-    """A watch report under torch.distributed: the rank it was seen on; None otherwise (no `rank` key)."""
+    """A watch report's finding: the rank it was seen on (0 without torch.distributed); None in a
+    scan report (no `rank` key)."""
 
 
 @dataclass(frozen=True)

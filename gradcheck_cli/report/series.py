@@ -1,9 +1,11 @@
 """The per-layer time series of a watch report (`Report.series`, JSON key `series`).
 
 A watch (gradcheck_cli.watch) measures every optimizer step; the report keeps a bounded sample of
-those steps (the timeline decides which: analyse/timeline.py), so a report of a million steps is as
-small as one of a thousand. Every list is aligned with `steps`: value i was measured at steps[i].
-None marks a value that was not measured at that step (e.g. no optimizer, so no update ratio).
+those steps (analyse/series_sampler.py decides which: at most 512 regular points plus the first,
+the last and where findings started), so a report of a million steps is as small as one of a
+thousand. Every list is aligned with `steps`: value i was measured at steps[i]. None marks a value
+that was not measured at that step: the update ratio is measured on every 10th step (and never
+without an optimizer), the weight norm once per block of `every` steps, at the block's last step.
 Non-finite numbers are written as "NaN"/"Infinity"/"-Infinity", as everywhere in report@1.
 No torch here.
 """
@@ -37,7 +39,7 @@ class LayerSeries:
 @dataclass(frozen=True)
 class WatchSeries:
     steps: tuple[int, ...]
-    """The optimizer steps sampled (1-based counts of w.step calls), increasing."""
+    """The optimizer steps sampled, counted from 0 (step k: the (k+1)-th w.step call), increasing."""
     loss: tuple[Point, ...]
     layers: tuple[LayerSeries, ...]
     """One per watched layer, in the report's layer order."""

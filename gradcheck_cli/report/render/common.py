@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
+from typing import Any
 
 from gradcheck_cli.report.gate import failing_findings, fingerprint, scan_exit_code
-from gradcheck_cli.report.records import Finding, ScanResult
+from gradcheck_cli.report.records import Finding, Report, ScanResult
 from gradcheck_cli.report.series import WatchSeries
 
 MISSING = "—"
@@ -85,6 +87,23 @@ def format_number(value: float | int | None) -> str:
         return f"{value:.0f}"
     # "#" keeps trailing zeros (3.40); rounding up to 100 would leave "100." behind.
     return f"{value:#.3g}".rstrip(".")
+
+
+def is_watch(report: Report) -> bool:
+    """A training watch's report (gradcheck_cli.watch), not a scan's: config["mode"] == "watch"."""
+    return report.config.get("mode") == "watch"
+
+
+def watch_summary(config: Mapping[str, Any]) -> str:
+    """What a watch measured, for the header: ``watched: 40 steps of SGD, every=10, cpu``
+    (the watch's own parameters, as gradcheck_cli.watch takes them)."""
+    steps = config.get("steps", "?")
+    optimizer = config.get("optimizer")
+    text = f"watched: {steps} steps" + (f" of {optimizer}" if optimizer else " (no optimizer)")
+    text += f", every={config.get('every', '?')}"
+    if config.get("sample_every"):
+        text += f", sample_every={config['sample_every']}"
+    return f"{text}, {config.get('device', '?')}"
 
 
 def series_summary(series: WatchSeries) -> str:

@@ -22,20 +22,23 @@ SECTIONS = (
     ("Fix", "fix"),
 )
 NOT_MEASURED_NOTE = "not yet measured by this version"
+WATCH_ONLY_NOTE = "measured by the training watch, gradcheck_cli.watch, not by a scan"
 NOT_RECOMMENDED_NOTE = "not yet recommended by this version"
 
 
-def render_explain(entry: Entry, measured: Collection[FindingKind], width: int = 88) -> str:
+def render_explain(entry: Entry, measured: Collection[FindingKind], watched: Collection[FindingKind] = (),
+                   width: int = 88) -> str:
     """The full explanation of one finding kind or recommendation id.
 
-    `measured` holds the finding kinds this version has a check for (checks.CHECKS), so the text
-    says honestly when a kind is catalogued but not yet detected.
+    `measured` holds the finding kinds this version has a check for (checks.CHECKS) and `watched`
+    those the training watch emits over time (analyse/timeline.py TIMELINE_KINDS), so the text
+    says honestly when a kind is found only by the watch, or catalogued but not yet detected.
     """
     width = max(width, 40)
     kind = _finding_kind(entry.id)
     lines = [f"{entry.id}: {entry.title}"]
     lines += textwrap.wrap(entry.summary, width, break_on_hyphens=False)
-    status = _status_note(entry, kind, measured)
+    status = _status_note(entry, kind, measured, watched)
     if status:
         lines.append(f"({status})")
     for heading, attribute in SECTIONS:
@@ -46,19 +49,20 @@ def render_explain(entry: Entry, measured: Collection[FindingKind], width: int =
         lines += ["", "Recommendations it can justify", *_aligned(rows, INDENT)]
     else:
         rid = RecommendationId(entry.id)
-        rows = [(k.value, FINDINGS[k].title + _note(k not in measured, NOT_MEASURED_NOTE))
-                for k in justifying_findings(rid)]
+        rows = [(k.value, FINDINGS[k].title + _note(_kind_note(k, measured, watched) == NOT_MEASURED_NOTE,
+                                                    NOT_MEASURED_NOTE)) for k in justifying_findings(rid)]
         lines += ["", "Justified by the findings", *_aligned(rows, INDENT)]
     lines += ["", "References", *_body("\n".join(f"- {ref}" for ref in entry.references), width)]
     return "\n".join(lines) + "\n"
 
 
-def render_check_list(measured: Collection[FindingKind]) -> str:
-    """One line per finding kind: id, title, summary (and a note when no check measures it yet)."""
+def render_check_list(measured: Collection[FindingKind], watched: Collection[FindingKind] = ()) -> str:
+    """One line per finding kind: id, title, summary (and a note when only the training watch
+    measures it, or nothing yet; `measured`, `watched` as in render_explain)."""
     rows = []
     for kind, entry in FINDINGS.items():
-        note = "" if kind in measured else f" ({NOT_MEASURED_NOTE})"
-        rows.append((entry.id, entry.title, entry.summary + note))
+        note = _kind_note(kind, measured, watched)
+        rows.append((entry.id, entry.title, entry.summary + (f" ({note})" if note else "")))
     return _table(rows)
 
 
@@ -78,10 +82,18 @@ def _finding_kind(entry_id: str) -> FindingKind | None:
         return None
 
 
-def _status_note(entry: Entry, kind: FindingKind | None, measured: Collection[FindingKind]) -> str:
+def _status_note(entry: Entry, kind: FindingKind | None, measured: Collection[FindingKind],
+                 watched: Collection[FindingKind]) -> str:
     if kind is not None:
-        return "" if kind in measured else NOT_MEASURED_NOTE
+        return _kind_note(kind, measured, watched)
     return NOT_RECOMMENDED_NOTE if RecommendationId(entry.id) in NOT_RECOMMENDED else ""
+
+
+def _kind_note(kind: FindingKind, measured: Collection[FindingKind], watched: Collection[FindingKind]) -> str:
+    """"" when a scan measures it; else whether the training watch does, or nothing yet."""
+    if kind in measured:
+        return ""
+    return WATCH_ONLY_NOTE if kind in watched else NOT_MEASURED_NOTE
 
 
 def _body(text: str, width: int) -> list[str]:

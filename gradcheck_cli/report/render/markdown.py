@@ -17,7 +17,16 @@ from collections.abc import Sequence
 
 from gradcheck_cli.report.gate import fingerprint
 from gradcheck_cli.report.records import Report, ScanResult, Status
-from gradcheck_cli.report.render.common import format_number, gate_fingerprints, outcome, series_summary, visible, where
+from gradcheck_cli.report.render.common import (
+    format_number,
+    gate_fingerprints,
+    is_watch,
+    outcome,
+    series_summary,
+    visible,
+    watch_summary,
+    where,
+)
 from gradcheck_cli.report.render.verified import (
     DID_NOT_HELP,
     NOT_VERIFIED,
@@ -151,6 +160,9 @@ def _probe_line(report: Report) -> str:
     if config.get("steps"):
         probe += f", {config['steps']} steps of {config.get('optimizer', '?')}"
     fail_on = ", ".join(config.get("fail_on", ())) or "none"
+    if is_watch(report):  # the loss over the steps is in the series line that follows
+        loss = "" if report.series is not None else f" · loss: {report.loss.kind}, mean {mean}"
+        return f"{watch_summary(config)}{loss} · fails on: {fail_on}"
     return f"{probe} · loss: {report.loss.kind}, mean {mean} · fails on: {fail_on}"
 
 

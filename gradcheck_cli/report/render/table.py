@@ -30,7 +30,7 @@ from gradcheck_cli.report.records import (
     Severity,
     Status,
 )
-from gradcheck_cli.report.render.common import format_number, series_summary, where
+from gradcheck_cli.report.render.common import format_number, is_watch, series_summary, watch_summary, where
 from gradcheck_cli.report.render.layer_table import STATUS_STYLES, BarScale, layer_table, plan_layout
 from gradcheck_cli.report.render.verified import (
     DID_NOT_HELP,
@@ -138,7 +138,12 @@ def _header(report: Report, width: int) -> Text:
     verdict.append_text(_verdict_text(report.verdict))
     loss = Text(f"loss: {_loss_summary(report)}")
     probe = Text(f"probe: {_config_summary(report)}")
-    lines = [_pack([title, target, verdict], width), _pack([loss, probe], width)]
+    if is_watch(report):  # the loss over the steps is in the series line below
+        second = [Text(watch_summary(report.config))] if report.series is not None else \
+            [loss, Text(watch_summary(report.config))]
+    else:
+        second = [loss, probe]
+    lines = [_pack([title, target, verdict], width), _pack(second, width)]
     if report.series is not None:  # a watch report
         lines.append(Text(series_summary(report.series)))
     return Text("\n").join(lines)
