@@ -1,7 +1,8 @@
 """The typed state of one measurement session: what its hooks accumulate, on the device.
 
 `LayerAccumulator` holds one layer's running sums (device tensors until the session is read, so
-that no hook forces a host sync); `ForwardTrace` the module call stack of the forward running now;
+that no hook forces a host sync); `ForwardTrace` what the forward running now has seen (the module
+call stack only in a diagnostic re-run: hooks.follow_calls);
 `BatchTrace` what one batch adds before its gradients are read (session.on_batch); `Watchers` the
 watchers that follow the user's own ops (activations, residual adds, attention scores, cells);
 `HookState` ties them together for the hooks (hooks.py).
@@ -21,6 +22,7 @@ from gradcheck_cli.measure.attention_scores import ScoreTracker
 from gradcheck_cli.measure.cell_watch import CellWatch
 from gradcheck_cli.measure.headroom import HeadroomMeter
 from gradcheck_cli.measure.norms import DeferredSquares
+from gradcheck_cli.target.call_frames import ModuleFrames
 
 
 @dataclass
@@ -68,13 +70,15 @@ class ForwardTrace:
     """The forward running now (reset when the model's root module is called)."""
 
     stack: list[str] = field(default_factory=list)
-    """Modules running, outermost first (names; "(root)" for the model itself)."""
+    """Modules running, outermost first (names; "(root)" for the model itself); kept only while
+    hooks.follow_calls is attached (the NaN replay)."""
     inputs: list[tuple[str, Any]] = field(default_factory=list)
-    """(module, its first input) for the modules running: where a residual add finds x."""
+    """(module, its first input) for the modules running, as `stack`."""
     last_layer: str | None = None
     """The layer that finished last: the producer of an activation that follows it."""
     finished: str | None = None
-    """The module that finished last (layer or not): the replay names an op as coming after it."""
+    """The module that finished last (layer or not): the replay names an op as coming after it
+    (hooks.follow_calls)."""
     last_measured: tuple[torch.Tensor | None, Any] = (None, None)
     """(output, its DeferredSquares entry) of the last module measured: a container returning its
     last child's tensor is not measured twice."""
@@ -129,3 +133,6 @@ class HookState:
     replay_output: ModuleOutputCallback | None = None
     headroom: HeadroomMeter | None = None
     """Mixed-precision headroom of every layer (headroom.py); the session creates it."""
+    frames: ModuleFrames | None = None
+    """The model's module calls on the Python stack (target/call_frames.py): where the function
+    mode finds the module running and the inputs of the modules running; register_hooks sets it."""

@@ -35,7 +35,7 @@ No tensor leaves this module: `ActivationSite.counts()` returns plain numbers (s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,7 +206,8 @@ class FunctionalWatch(TorchFunctionMode):
 
     `where()` returns (innermost module running, the layer that finished last, whether that layer's
     3-D outputs are channels-first, whether the running module is itself a recorded activation
-    module); `inputs()` (module, input tensor) for the modules running now; `ignore()` the tensors
+    module); `inputs()` (module, input tensor) for the modules running now, innermost first (read
+    lazily from the Python frames: hooks.py); `ignore()` the tensors
     the probe itself adds (the recurrent-step leaves). Sites are shared with the module activations
     (`sites`, keyed (where, function, producer)). A functional activation called inside an
     activation module (nn.ReLU calls F.relu) is that module's and is not counted twice; one called
@@ -217,7 +218,7 @@ class FunctionalWatch(TorchFunctionMode):
     """
 
     def __init__(self, where: Callable[[], tuple[str, str | None, bool, bool]],
-                 inputs: Callable[[], Sequence[tuple[str, Any]]],
+                 inputs: Callable[[], Iterable[tuple[str, Any]]],
                  ignore: Callable[[], Sequence[Any]], sites: dict[tuple[str, str, str], ActivationSite],
                  residual_in: set[str], composites: CompositeActivations | None = None,
                  scores: ScoreTracker | None = None) -> None:
@@ -274,7 +275,7 @@ class FunctionalWatch(TorchFunctionMode):
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         if not tensors or any(a is leaf for a in tensors for leaf in self.ignore()):
             return
-        for module, value in reversed(self.inputs()):  # the innermost module whose input it is
+        for module, value in self.inputs():  # the innermost module whose input it is
             if any(a is value for a in tensors):
                 self.residual_in.add(module)
                 return

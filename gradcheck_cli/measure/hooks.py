@@ -1,5 +1,15 @@
 """Every measuring hook of a session: module forward hooks, tensor hooks, the function mode.
 
+Hooks go only where something is measured (issue 16): the parameter-owning layers (a pre-hook for
+their call order, recurrent steps and cells, a post-hook for their output and the gradient arriving
+at it), the parameter-free leaf modules (a post-hook: known activations' saturation and dead units,
+a composite activation's identity, their output's NaN/Inf test) and the root (where a forward
+begins and ends). Pure containers (nn.Sequential, nn.ModuleList, a block whose forward only calls
+its children) get none, and no hook keeps a module call stack: the function mode reads the module
+running, and the inputs of the modules running, from the Python frames when it needs them
+(target/call_frames.py), which is only on a functional activation or an add. The NaN replay, a
+diagnostic re-run, follows every module call with `follow_calls`.
+
 Forward hooks record each layer's output scale and put a tensor hook on the output to see the
 gradient arriving at the layer; recurrent layers get a zero leaf added to their input, whose
 gradient is the gradient at every time step. Full backward hooks are never used: they break on
@@ -13,6 +23,7 @@ session, which removes them all on detach.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -23,12 +34,14 @@ from torch.utils.hooks import RemovableHandle
 from gradcheck_cli.activations import KNOWN as ACTIVATIONS
 from gradcheck_cli.measure.accumulators import ActivationModule, ForwardTrace, HookState, LayerAccumulator
 from gradcheck_cli.measure.activation_watch import FunctionalWatch, new_site
+from gradcheck_cli.target.call_frames import ModuleFrames
 
 RECURRENT = (nn.RNN, nn.LSTM, nn.GRU)
 
 
 def register_hooks(model: nn.Module, layers: list[LayerAccumulator], state: HookState) -> list[RemovableHandle]:
-    """Attach the session's hooks to every module of `model`; returns their handles."""
+    """Attach the session's hooks where they measure (module docstring); returns their handles."""
+    state.frames = ModuleFrames(model)
     handles = [model.register_forward_pre_hook(_enter_forward(state)),
                model.register_forward_hook(_leave_forward(state), always_call=True)]
     layer_of = {id(acc.module): acc for acc in layers}
@@ -39,15 +52,51 @@ def register_hooks(model: nn.Module, layers: list[LayerAccumulator], state: Hook
         if acc is None and type_name in ACTIVATIONS:
             act = ActivationModule(name, type_name, module)
             state.watchers.activation_modules.add(name or "(root)")
-        handles.append(module.register_forward_pre_hook(_unwatched(_pre_hook(name, acc, state))))
+        if acc is None and act is None and module is not model and module._modules:
+            continue  # a pure container: its children are measured, it computes nothing of its own
+        if acc is not None:
+            handles.append(module.register_forward_pre_hook(_unwatched(_pre_hook(acc, state))))
         handles.append(module.register_forward_hook(_unwatched(_post_hook(name, acc, act, state))))
     return handles
+
+
+def follow_calls(model: nn.Module, state: HookState) -> list[RemovableHandle]:
+    """Hooks on every module that keep `state.forward`'s call stack, the module that finished last,
+    and hand each module's output to `state.replay_output`: for a diagnostic re-run (the NaN
+    replay, replay.py), never for a probe batch. Remove the handles after the re-run."""
+    handles = []
+    for name, module in model.named_modules():
+        handles.append(module.register_forward_pre_hook(_unwatched(_call_entered(name or "(root)", state))))
+        handles.append(module.register_forward_hook(_unwatched(_call_left(name or "(root)", state))))
+    return handles
+
+
+def _call_entered(name: str, state: HookState) -> Callable[..., None]:
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+        state.forward.stack.append(name)
+        state.forward.inputs.append((name, args[0] if args else None))
+    return hook
+
+
+def _call_left(name: str, state: HookState) -> Callable[..., None]:
+    def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        trace = state.forward
+        if trace.stack:
+            trace.stack.pop()
+        if trace.inputs:
+            trace.inputs.pop()
+        trace.finished = name  # the replay names the module an op came after
+        if state.replay_output is not None:
+            state.replay_output(name, type(module).__name__, output)
+    return hook
 
 
 def leave_watch(state: HookState) -> None:
     """Leave the function mode if a forward left it entered (a BaseException such as SystemExit
     skips the always-called hook)."""
     mode, state.mode, state.depth = state.mode, None, 0
+    if state.frames is not None:
+        state.frames.outer = None  # holds the root call's frame (and its inputs) until now
     if mode is not None:
         mode.__exit__(None, None, None)
 
@@ -58,6 +107,8 @@ def _enter_forward(state: HookState) -> Callable[..., None]:
         if state.depth == 0:
             state.forward = ForwardTrace()
             if state.active:
+                if state.frames is not None:
+                    state.frames.enter_root(sys._getframe())  # the mode's frame walks stop there
                 mode = _functional_watch(state)
                 mode.__enter__()
                 state.mode = mode
@@ -87,11 +138,9 @@ def _unwatched(hook: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-def _pre_hook(name: str, acc: LayerAccumulator | None, state: HookState) -> Callable[..., Any]:
+def _pre_hook(acc: LayerAccumulator, state: HookState) -> Callable[..., Any]:
     def hook(module: nn.Module, args: tuple[Any, ...]) -> Any:
-        state.forward.stack.append(name or "(root)")
-        state.forward.inputs.append((name or "(root)", args[0] if args else None))
-        if acc is None or not state.active:
+        if not state.active:
             return None
         if acc.order < 0:
             acc.order = state.calls
@@ -153,13 +202,6 @@ def _per_step_rms(g: torch.Tensor, dims: tuple[int, int]) -> torch.Tensor:
 def _post_hook(name: str, acc: LayerAccumulator | None, act: ActivationModule | None,
                state: HookState) -> Callable[..., Any]:
     def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        trace = state.forward
-        trace.stack.pop()
-        if trace.inputs:
-            trace.inputs.pop()
-        trace.finished = name or "(root)"  # the replay names the module an op came after
-        if state.replay_output is not None:
-            state.replay_output(name or "(root)", type(module).__name__, output)
         if not state.active:
             return
         if acc is not None:
@@ -231,17 +273,17 @@ def _record_activation(act: ActivationModule, out: torch.Tensor, state: HookStat
 
 def _functional_watch(state: HookState) -> FunctionalWatch:
     """Functional activations and residual adds of one forward (activation_watch.py)."""
-    watchers = state.watchers
+    watchers, frames = state.watchers, state.frames
+    assert frames is not None, "register_hooks sets the frames"
 
     def where() -> tuple[str, str | None, bool, bool]:
-        trace = state.forward
-        module = trace.stack[-1] if trace.stack else "(root)"
-        producer = trace.last_layer
+        module = frames.innermost() or "(root)"
+        producer = state.forward.last_layer
         return (module, producer, watchers.channels_first.get(producer or "", False),
                 module in watchers.activation_modules)
     watchers.composites.pending.clear()  # what a failed forward left
     watchers.scores.start()
-    return FunctionalWatch(where, lambda: state.forward.inputs, lambda: state.batch.leaves, watchers.sites,
+    return FunctionalWatch(where, frames.inputs, lambda: state.batch.leaves, watchers.sites,
                            watchers.residual_in, watchers.composites, watchers.scores)
 
 

@@ -178,7 +178,7 @@ def _forward_loss(model: nn.Module, inputs: Any, target: Any, loss_fn: Any,
     except UserError:
         raise
     except Exception as exc:  # the user's forward failed: say where and with which inputs
-        failure = forward_failure(model, inputs, exc, session.state.forward.stack)
+        failure = forward_failure(model, inputs, exc)  # the module that raised: from the traceback
         if precision != "fp32":  # e.g. nn.LSTM has no fp16 kernel in CPU autocast (oneDNN)
             failure = UserError(f"{failure}; under --precision {precision} (torch.autocast on {device.type}) "
                                 f"an op may have no {precision} kernel: try another --precision or --device")

@@ -2,7 +2,9 @@
 
 The scan replays only the first batch whose forward, loss or gradients turned non-finite, with the
 same RNG states (the same dropout masks and random/numpy draws), under OriginWatch
-(nonfinite_origin.py), with the session paused so that the replay is no probe.
+(nonfinite_origin.py), with the session paused so that the replay is no probe. Only the replay
+follows every module call (hooks.follow_calls: the call stack, the module that finished last,
+every module output); a probe batch's hooks sit only where they measure.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 
 from gradcheck_cli.errors import UserError
 from gradcheck_cli.measure.finish import still_lazy
-from gradcheck_cli.measure.hooks import first_float_tensor
+from gradcheck_cli.measure.hooks import first_float_tensor, follow_calls
 from gradcheck_cli.measure.nonfinite_origin import OriginWatch
 from gradcheck_cli.measure.records import NonfiniteOrigin
 from gradcheck_cli.measure.session import MeasurementSession
@@ -70,6 +72,7 @@ def replay_origin(session: MeasurementSession, forward_loss: Callable[[], torch.
     state.forward.finished = None
     state.replay_output = None if forward_bad else on_module_output
     restore_rng(rng)
+    node_handles.extend(follow_calls(session.model, state))  # the probe's hooks keep no call stack
     try:
         with session.paused():
             with watch:
@@ -95,3 +98,5 @@ def replay_origin(session: MeasurementSession, forward_loss: Callable[[], torch.
         state.replay_output = None
         for handle in node_handles:
             handle.remove()
+        state.forward.stack.clear()  # what a forward that raised left
+        state.forward.inputs.clear()

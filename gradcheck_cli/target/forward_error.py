@@ -1,9 +1,9 @@
 """The user's forward raised: one line saying in which module, at which line, with which inputs, and
 the likely fix (a dtype or device mismatch, a batch that does not fit, or a bug in the forward).
 
-probe.py knows which module was running (its pre-hooks push module names on a stack that the
-post-hooks pop, so after an exception the top is the innermost module that did not finish); this
-module turns that and the exception into the UserError.
+The module that was running is read from the exception's traceback: the innermost call of one of
+the model's modules that did not finish (call_frames.py; no hook has to keep a call stack for it).
+This module turns that and the exception into the UserError.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from torch import nn
 
 from gradcheck_cli.errors import UserError
 from gradcheck_cli.target.batches import tensors_in
+from gradcheck_cli.target.call_frames import failed_calls
 from gradcheck_cli.text import exception_text
 
 _LIBRARY_DIRS = tuple(os.path.realpath(p) + os.sep for p in {
@@ -39,14 +40,17 @@ class InternalError(RuntimeError):
 
 
 def forward_failure(model: nn.Module, inputs: Any, exc: BaseException,
-                    stack: list[str]) -> UserError | InternalError:
-    """The UserError for `exc` raised by model(inputs); `stack`: the probe's module-name stack.
+                    stack: list[str] | None = None) -> UserError | InternalError:
+    """The UserError for `exc` raised by model(inputs); `stack`: the module calls it left
+    unfinished, outermost first (default: read from its traceback, call_frames.failed_calls).
     An InternalError instead when gradcheck's own hook code raised it (gradcheck_location)."""
     own = gradcheck_location(exc)
     if own is not None:
         return InternalError(f"gradcheck's own code failed at {own} while the model ran its forward: "
                              f"{exception_text(exc)}; this is a bug in gradcheck, not in the model "
                              "(please report it with the output of --debug)")
+    if stack is None:
+        stack = failed_calls(model, exc)
     name = stack[-1] if stack else "(root)"
     module = dict(model.named_modules()).get("" if name == "(root)" else name, model)
     line = _user_line(exc)
