@@ -51,6 +51,9 @@ def scan(target: str | Target, config: ScanConfig | None = None,
     ranks = _launched_ranks() if ranks is None else ranks
     if ranks is not None:
         config = _rank_config(config, ranks)
+    elif config.shard:
+        raise UserError("--shard shards the model across the ranks of torchrun, and this process is alone "
+                        "(WORLD_SIZE is unset or 1): run it as torchrun --nproc_per_node N -m gradcheck_cli scan ...")
     _validate(config)
     name = target if isinstance(target, str) else target.name
     # The clock names the running stage for a --timeout or an out-of-memory message.
@@ -114,7 +117,7 @@ def _scan(target: str | Target, config: ScanConfig, thresholds: Thresholds, stag
         measurements = run_probe(model, make_batch, resolved.loss_fn, config, stage)
     else:  # under torchrun: every rank its own batches, merged (measure/distributed_scan.py)
         ranks.join(config.device)
-        measurements = ranks.probe(lambda rank_config: run_probe(
+        measurements = ranks.probe_model(model, lambda rank_config: run_probe(
             model, make_batch, resolved.loss_fn, rank_config, stage), config)
     stage("analysing the measurements", 0, config.batches)
     report = analyse(measurements, config, thresholds, target=resolved.name)

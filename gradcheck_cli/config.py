@@ -42,6 +42,8 @@ class ScanConfig:
     """Clip the gradients of the probe's optimizer steps to this total norm (verify: clip-gradients)."""
     ranks: int = 1
     """Processes that probed, each its own batches (WORLD_SIZE under torchrun; measure/distributed_scan.py)."""
+    shard: bool = False
+    """Under torchrun: the ranks hold the model together (FSDP2 fully_shard) and probe the same batches."""
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -53,5 +55,5 @@ class ScanConfig:
         return data
 
 
-LATER_FIELDS = ("verify", "precision", "loss_scale", "clip_grad_norm", "ranks")
+LATER_FIELDS = ("verify", "precision", "loss_scale", "clip_grad_norm", "ranks", "shard")
 """Written to the report's config only when set away from their default (ScanConfig.as_dict)."""

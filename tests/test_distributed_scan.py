@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
+from torch import nn
 from typer.testing import CliRunner
 
 from gradcheck_cli.cli.app import app
@@ -32,6 +33,7 @@ from gradcheck_cli.measure.distributed_scan import (
     merge_ranks,
 )
 from gradcheck_cli.measure.records import LayerMeasurement, Measurements
+from gradcheck_cli.measure.shard_scan import shard_units, user_types
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
@@ -200,6 +202,37 @@ def test_the_users_own_process_group_is_used_and_left_running(tmp_path: Path) ->
     assert all("user group alive at exit: True" in r.stderr for r in ranks)
 
 
+def test_shard_gives_the_single_process_scan_of_the_same_batches(tmp_path: Path) -> None:
+    (tmp_path / "model.py").write_text(MODEL)
+    args = ["model.py", "--format", "json", "-q", "--batches", "2", "--batch-size", "4", "--seed", "3"]
+    ranks = _ranks([*args, "--shard"], cwd=tmp_path)
+    assert [r.returncode for r in ranks] == [0, 0], ranks[0].stderr + ranks[1].stderr
+    assert ranks[1].stdout == ""
+    report = json.loads(ranks[0].stdout)
+    assert report["config"]["shard"] is True and report["config"]["ranks"] == WORLD
+    measured = {layer["name"]: layer["grad_norm"] for layer in report["layers"]}
+    expected = _plain_grad_norms(1, batches=2, batch_size=4, seed=3)  # every rank probed --seed's batches
+    assert set(measured) == set(expected)
+    for name, value in expected.items():
+        assert measured[name] == pytest.approx(value, rel=1e-6), name
+    assert {layer["type"] for layer in report["layers"]} == {"Linear"}  # not fully_shard's FSDPLinear
+
+
+def test_shard_of_a_tied_transformer_reports_what_one_process_does() -> None:
+    args = ["builtin:transformer-preln", "--format", "json", "-q"]
+    sharded = _ranks([*args, "--shard"])
+    assert [r.returncode for r in sharded] == [0, 0], sharded[0].stderr + sharded[1].stderr
+    one = subprocess.run([sys.executable, "-m", "gradcheck_cli", "scan", *args], env=_env(),
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    report, single = json.loads(sharded[0].stdout), json.loads(one.stdout)
+    assert [(x["name"], x["type"], x["status"]) for x in report["layers"]] == \
+        [(x["name"], x["type"], x["status"]) for x in single["layers"]]
+    for x, y in zip(report["layers"], single["layers"]):
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-6), x["name"]
+        assert x["weight_norm"] == pytest.approx(y["weight_norm"], rel=1e-6), x["name"]
+    assert (report["verdict"], report["findings"]) == (single["verdict"], single["findings"])
+
+
 # -- in one process -----------------------------------------------------------------------------
 
 
@@ -211,6 +244,27 @@ def test_steps_and_verify_are_refused_under_torchrun(monkeypatch: pytest.MonkeyP
     assert result.exit_code == 2
     assert f"{option[0]} is not supported under torchrun" in result.output
     assert not dist.is_initialized()  # refused before any process group was started
+
+
+def test_shard_without_torchrun_exits_2_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    result = CliRunner().invoke(app, ["scan", "builtin:relu-he", "-q", "--shard"])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and "--shard" in result.output and "torchrun" in result.output
+
+
+def test_shard_units_are_the_children_each_block_and_tied_modules_together() -> None:
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(5, 4)
+            self.blocks = nn.ModuleList([nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4)])
+            self.head = nn.Linear(4, 5, bias=False)
+            self.head.weight = self.embed.weight
+
+    model = Tied()
+    assert shard_units(model) == [[model.blocks[0]], [model.blocks[2]], [model.embed, model.head]]
+    assert user_types(model)["(root)"] == "Tied" and user_types(model)["blocks.0"] == "Linear"
 
 
 def test_launched_world_reads_torchruns_environment() -> None:

@@ -18,8 +18,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from gradcheck_cli import __version__
-from gradcheck_cli.cli.lazy_coercion import LazyCoercionGroup
-from gradcheck_cli.cli.process_heap import claim_process, freeze_after_torch_import
 from gradcheck_cli.cli.settings import SETTINGS, Layer, Resolved
 from gradcheck_cli.config import DEFAULT_FAIL_ON, OPTIMIZERS, PRECISIONS, ScanConfig
 from gradcheck_cli.errors import UserError
@@ -33,7 +31,6 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     name="gradcheck",
-    cls=LazyCoercionGroup,  # no pydantic import for the values typer needs no adapter for
     help="Gradient diagnostics for PyTorch: which layers' gradients vanish, explode or turn NaN, "
          "why, and what to change.",
     no_args_is_help=True,
@@ -43,7 +40,7 @@ app = typer.Typer(
 )
 list_app = typer.Typer(help="List built-in models, finding kinds (checks), recommendation ids (fixes) "
                        "and thresholds.",
-                       no_args_is_help=True, cls=LazyCoercionGroup)
+                       no_args_is_help=True)
 app.add_typer(list_app, name="list")
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -143,14 +140,22 @@ def scan(
     debug: DebugOption = False,
     show_config: Annotated[bool, typer.Option(
         "--show-config", help="Print the resolved settings and where each came from, then exit.")] = False,
+    shard: Annotated[bool, typer.Option(
+        "--shard", help="Under torchrun: shard the model across the ranks (FSDP2 fully_shard) for a model "
+                        "that does not fit one device; the ranks probe the same batches.")] = False,
 ) -> None:
     """Scan a model: probe batches with hooks, classify every layer, recommend fixes.
 
     Settings resolve command line > [tool.gradcheck] in the nearest pyproject.toml > built-in defaults.
+    Under torchrun every rank probes its own batches; rank 0 prints the report of all of them.
     """
     _ignore_warnings_for_api_users()
     try:
         from gradcheck_cli.cli.progress import ScanProgress
+        from gradcheck_cli.cli.ranks import emit_on_rank_zero, launched_ranks
+
+        ranks = launched_ranks()
+        quiet = quiet or (ranks is not None and ranks.rank > 0)  # one progress bar: rank 0's
 
         options = _output_options(output_format, output, baseline, write_baseline, exit_zero, quiet, no_color)
         resolved = _resolve_settings(_command_line_layer(
@@ -164,10 +169,10 @@ def scan(
             raise typer.Exit(EXIT_OK)
         from gradcheck_cli.api import scan as run_scan
 
-        freeze_after_torch_import()
         with _user_code_output(quiet), ScanProgress(quiet=quiet, verbose=verbose) as progress:
             progress.start_scan(target)
-            report = run_scan(target, resolved.scan_config(), resolved.thresholds(), on_stage=progress.on_stage)
+            report = run_scan(target, resolved.scan_config(), resolved.thresholds(), on_stage=progress.on_stage,
+                              ranks=ranks, shard=shard)
     except typer.Exit:
         raise
     except UserError as exc:
@@ -178,7 +183,9 @@ def scan(
     except Exception as exc:  # the user's code failed somewhere we did not anticipate
         _fail(f"scanning {target} failed: {exception_text(exc)} "
               "(run with --debug for the traceback)", exc, debug)
-    raise typer.Exit(_emit([ScanResult(target, target, report)], options, False, debug))
+    results = [ScanResult(target, target, report)]
+    raise typer.Exit(_emit(results, options, False, debug) if ranks is None
+                     else emit_on_rank_zero(ranks, lambda: _emit(results, options, False, debug)))
 
 
 @app.command()
@@ -333,7 +340,6 @@ def _run_recipe_scan(name: str, target: str, settings: Resolved, debug: bool,
     """One scan of a recipe; its failure becomes the result's error instead of ending the run."""
     from gradcheck_cli.api import scan as run_scan
 
-    freeze_after_torch_import()
     cause: BaseException
     try:
         return ScanResult(name, target, run_scan(target, settings.scan_config(), settings.thresholds(),
@@ -462,5 +468,4 @@ def _fail(message: str, exc: BaseException, debug: bool) -> Any:
 
 
 def main() -> None:
-    claim_process()  # the gradcheck command's own process: the heap may be frozen after torch's import
     app()

@@ -32,6 +32,10 @@ def gradients(loss: torch.Tensor, tensors: Sequence[torch.Tensor]) -> tuple[torc
         ready = [k for k, t in enumerate(tensors) if not is_lazy(t)]
         found = dict(zip(ready, gradients(loss, [tensors[k] for k in ready])))
         return tuple(found.get(k) for k in range(len(tensors)))
+    if any(hasattr(t, "to_local") for t in tensors):
+        # FSDP2 (gradcheck scan --shard): the forward ran on gathered copies of the sharded
+        # parameters, so autograd.grad finds none of them; backward() reduce-scatters into .grad.
+        return _gradients_by_backward(loss, tensors, list(tensors))
     leaves = _reentrant_graph_leaves(loss)
     if leaves is None:
         return torch.autograd.grad(loss, list(tensors), allow_unused=True)

@@ -26,10 +26,12 @@ from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from gradcheck_cli.config import ScanConfig
 from gradcheck_cli.errors import UserError
 from gradcheck_cli.measure.records import Measurements
+from gradcheck_cli.measure.shard_scan import as_unsharded, shard_model, user_types
 
 RANK_SEED_STRIDE = 1000
 """Rank r probes under seed + RANK_SEED_STRIDE * r (its batch b under that + b)."""
@@ -104,19 +106,32 @@ class ScanRanks:
         dist.broadcast_object_list(code, src=0)
         return int(code[0])
 
-    def probe(self, run_probe: Callable[[ScanConfig], Measurements], config: ScanConfig) -> Measurements:
-        """Run this rank's probe (under its own seed) and return every rank's, merged in rank order."""
+    def probe_model(self, model: nn.Module, run_probe: Callable[[ScanConfig], Measurements],
+                    config: ScanConfig) -> Measurements:
+        """The scan's measurements: every rank's batches merged, or with config.shard the model
+        sharded across the ranks (shard_scan.py), which probe the same batches together."""
+        if not config.shard:
+            return self.probe(run_probe, config)
+        types = user_types(model)
+        shard_model(model)
+        return as_unsharded(self.probe(run_probe, config, same_batches=True), types)
+
+    def probe(self, run_probe: Callable[[ScanConfig], Measurements], config: ScanConfig,
+              same_batches: bool = False) -> Measurements:
+        """Run this rank's probe (under its own seed) and return every rank's, merged in rank order;
+        `same_batches`: every rank probes under --seed and rank 0's measurements are the scan's."""
         error: Exception | None = None
         outcome: Measurements | _RankFailure
+        seed = config.seed + (0 if same_batches else RANK_SEED_STRIDE * self.rank)
         try:
-            outcome = run_probe(replace(config, seed=config.seed + RANK_SEED_STRIDE * self.rank))
+            outcome = run_probe(replace(config, seed=seed))
         except Exception as exc:  # sent to the other ranks, then raised here as it was
             error, outcome = exc, _RankFailure(str(exc) or type(exc).__name__)
         outcomes: list[Measurements | _RankFailure | None] = [None] * self.world_size
         dist.all_gather_object(outcomes, outcome)
         if error is not None:
             raise error
-        return merge_ranks(outcomes)
+        return merge_ranks(outcomes[:1] if same_batches else outcomes)
 
 
 def merge_ranks(outcomes: list[Measurements | _RankFailure | None]) -> Measurements:

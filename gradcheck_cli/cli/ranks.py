@@ -1,0 +1,43 @@
+"""`gradcheck scan` under torchrun, the CLI's side: rank 0 alone prints and writes the report, every
+rank exits with rank 0's code (measure/distributed_scan.py; README, "Scanning under torchrun")."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import typer
+
+if TYPE_CHECKING:
+    from gradcheck_cli.measure.distributed_scan import ScanRanks
+
+EXIT_USAGE = 2
+
+
+def launched_ranks() -> ScanRanks | None:
+    """This process's place under torchrun (WORLD_SIZE > 1 in the environment), else None; a
+    UserError for an environment that makes no sense (RANK outside WORLD_SIZE)."""
+    if os.environ.get("WORLD_SIZE", "1").strip() in ("", "0", "1"):
+        return None  # a single process: torch.distributed is not imported
+    from gradcheck_cli.measure.distributed_scan import ScanRanks
+
+    return ScanRanks.from_environment()
+
+
+def emit_on_rank_zero(ranks: ScanRanks, emit: Callable[[], int]) -> int:
+    """`emit()` (render and write the report, return the exit code) on rank 0 only, since every rank
+    holds the same report; every rank returns rank 0's code; the process group is destroyed if the
+    scan started it."""
+    code = EXIT_USAGE
+    try:
+        if ranks.rank == 0:
+            code = emit()
+    except typer.Exit as exc:  # rank 0 could not write the report: every rank exits 2
+        code = exc.exit_code
+    finally:
+        sys.stdout.flush()  # before the other ranks exit: torchrun then stops the ones still running
+        code = ranks.agree(code)
+        ranks.close()
+    return code
