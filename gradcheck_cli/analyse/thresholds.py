@@ -69,6 +69,16 @@ class Thresholds:
     loss_spike_sigmas: float = 7.0
     loss_spike_window: int = 100
     grad_spike_sigmas: float = 7.0
+    # grad_trend.py and weight_growth.py (training watch): trends over steps
+    trend_window: int = 100
+    trend_min_total: float = 10.0
+    trend_min_r2: float = 0.8
+    weight_growth_min_total: float = 2.0
+    # fix_timeline.py: weight-decay's value
+    weight_decay_min: float = 0.01
+    weight_decay_max: float = 0.1
+    # rank_mismatch.py (training watch under DDP): replicas that differ
+    rank_mismatch_relative: float = 1e-5
 
 
 DEFAULTS = Thresholds()
@@ -103,7 +113,7 @@ DOMAINS = {
 # Factors compared against a growth or a distance from a threshold: below 1 they would invert the rule.
 _AT_LEAST_ONE = {"explode_relative", "init_band_margin", "run_min_gain", "run_min_total", "borderline",
                  "init_gross", "divergence_growth", "divergence_same_batch_rise", "clip_headroom",
-                 "loss_scale_margin"}
+                 "loss_scale_margin", "trend_min_total", "weight_growth_min_total"}
 # Decays and shares of a whole: 1 or less by meaning.
 _AT_MOST_ONE = {"vanish_relative", "collapse", "horizon_fraction", "lr_floor", "lr_cut"}
 
@@ -121,6 +131,8 @@ _V, _E, _VT, _ET = K.VANISHING.value, K.EXPLODING.value, K.VANISHING_THROUGH_TIM
 _INIT, _DEAD, _SAT, _DIV = K.INIT_SCALE.value, K.DEAD_RELU.value, K.SATURATED_ACTIVATION.value, K.DIVERGENCE.value
 _UNDER, _OVER, _STALE = K.FP16_UNDERFLOW.value, K.FP16_OVERFLOW.value, K.BF16_STALE_UPDATE.value
 _SPIKE, _GSPIKE = K.LOSS_SPIKE.value, K.GRAD_SPIKE.value
+_TREND, _WGROW = K.GRAD_TREND.value, K.WEIGHT_GROWTH.value
+_RANKS = K.RANK_MISMATCH.value
 
 # (name, meaning, unit, source, kinds), in the field order of Thresholds.
 _TABLE: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
@@ -337,6 +349,51 @@ _TABLE: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
      "OLMo 2 (Team OLMo 2024, arXiv:2501.00656, section 3.1) scores gradient-norm spikes with the "
      "same seven-standard-deviation rule as loss spikes",
      (_GSPIKE,)),
+    ("trend_window",
+     "steps of a layer's log gradient norm fitted by least squares to find a geometric trend",
+     "count",
+     "chosen: the loss_spike_window's 100 steps, long enough that batch noise (a factor of ~1.5 per "
+     "step) cannot make a decade; a trend must last most of it",
+     (_TREND,)),
+    ("trend_min_total",
+     "factor (one decade) the fitted line must change a layer's gradient norm by over the window",
+     "factor",
+     "a decade, as run_min_total over depth: a gradient 10x larger moves the weights 10x farther "
+     "per step; on a quadratic, a rate above the stability limit 2/L grows the error by "
+     "|1 - lr L| per step (LeCun et al. 1998, Efficient BackProp)",
+     (_TREND, _WGROW)),
+    ("trend_min_r2",
+     "share of the log norms' variance the fitted line must explain for a trend (or a steady "
+     "weight growth)",
+     "fraction",
+     "chosen from the mechanism: a single level shift (a step function) explains at most 3/4 of "
+     "its variance, a geometric trend all of it but the noise: above 4/5 a jump is not a trend",
+     (_TREND, _WGROW)),
+    ("weight_growth_min_total",
+     "factor a layer's weight norm must have grown by, steadily, for weight-growth",
+     "factor",
+     "chosen: the weights doubled; a gradient that grows with the weights (a Jacobian factor, "
+     "Wortsman et al. 2023's logit growth) has then doubled through them alone",
+     (_WGROW,)),
+    ("weight_decay_min",
+     "weight-decay's value is at least this",
+     "weight decay",
+     "PyTorch's AdamW default weight_decay=0.01, the low end of AdamW's usual 0.01-0.1 "
+     "(Loshchilov & Hutter 2019)",
+     (_WGROW,)),
+    ("weight_decay_max",
+     "weight-decay's value is at most this; a faster growth needs a lower learning rate too",
+     "weight decay",
+     "0.1, the high end of AdamW's usual range (GPT-3, Llama 2 and OLMo 2 train with 0.1)",
+     (_WGROW,)),
+    ("rank_mismatch_relative",
+     "under DDP, a layer's gradient norm on a rank differing from rank 0's by more than this fraction "
+     "(relative) after the all-reduce: the replicas drifted apart",
+     "fraction",
+     "PyTorch's DDP design notes: after the all-reduce the gradients on every replica are the same, so "
+     "the same kernel gives the same norm; 1e-5 (~100 float32 roundings) only leaves room for a norm "
+     "taken by another kernel on another device type",
+     (_RANKS,)),
 )
 
 REGISTRY: tuple[ThresholdEntry, ...] = tuple(

@@ -388,7 +388,6 @@ class Bf16StaleUpdateEvidence(Evidence):
     margin: Margin | None = optional()
 
 
-
 @dataclass(frozen=True)
 class LossSpikeEvidence(Evidence):
     """loss-spike (training watch): a loss far above the trailing window of the losses before it."""
@@ -404,7 +403,6 @@ class LossSpikeEvidence(Evidence):
     window: int
     spikes: int
     """Steps of the run whose loss was a spike (the first one is `step`)."""
-
 
 
 @dataclass(frozen=True)
@@ -425,6 +423,58 @@ class GradSpikeEvidence(Evidence):
     """Layers with at least one spike."""
 
 
+
+@dataclass(frozen=True)
+class GradTrendEvidence(Evidence):
+    """grad-trend (training watch): a layer's log gradient norm on a line from `step` to `last_step`
+    (docs/findings/grad-trend.md: every key)."""
+
+    step: int
+    last_step: int
+    direction: str
+    per_step: float
+    total: float
+    r2: float
+    window: int
+    layers: int
+
+
+@dataclass(frozen=True)
+class WeightGrowthEvidence(Evidence):
+    """weight-growth (training watch): a layer's weights and gradients growing together from `step`
+    to `last_step` (docs/findings/weight-growth.md: every key)."""
+
+    step: int
+    last_step: int
+    weight_norm: float
+    weight_total: float
+    grad_total: float
+    rate: float
+    r2: float
+    nonfinite_after: bool = flag()
+    layers: int = 1
+
+
+@dataclass(frozen=True)
+class RankMismatchEvidence(Evidence):
+    """rank-mismatch (training watch under DDP): a rank's gradients differ from rank 0's after
+    the all-reduce (analyse/rank_mismatch.py)."""
+
+    step: int
+    """The first step where they differed."""
+    rank: int
+    """The rank that differed most from rank 0 at that step."""
+    relative_difference: float
+    """|n_r - n_0| / max(n_r, n_0) of the layer's norms n (1.0: one was NaN/Inf)."""
+    seen_in: str
+    """gradients (each step's, after the all-reduce) | weights (at a flush: the step is then the
+    last of that block; an update changed on one rank after the backward)."""
+    tolerance: float
+    """rank_mismatch_relative: the difference replicas may have."""
+    steps: int
+    """Steps of the run where some rank's gradients differed."""
+
+
 RECORDS: dict[FindingKind, tuple[type[Evidence], ...]] = {
     FindingKind.VANISHING: (StatusEvidence,),
     FindingKind.EXPLODING: (StatusEvidence, OverflowGrowthEvidence),
@@ -441,5 +491,8 @@ RECORDS: dict[FindingKind, tuple[type[Evidence], ...]] = {
     FindingKind.BF16_STALE_UPDATE: (Bf16StaleUpdateEvidence,),
     FindingKind.LOSS_SPIKE: (LossSpikeEvidence,),
     FindingKind.GRAD_SPIKE: (GradSpikeEvidence,),
+    FindingKind.GRAD_TREND: (GradTrendEvidence,),
+    FindingKind.WEIGHT_GROWTH: (WeightGrowthEvidence,),
+    FindingKind.RANK_MISMATCH: (RankMismatchEvidence,),
 }
 """The evidence record(s) each finding kind's check builds (kinds without a check have none)."""

@@ -115,6 +115,29 @@ class LowerLrParameters(Parameters):
                 f"# then warm up to it:\n{_WARMUP}")
 
 
+@dataclass(frozen=True)
+class WeightDecayParameters(Parameters):
+    """weight-decay: the value that offsets the weights' measured growth (analyse/fix_timeline.py)."""
+
+    weight_decay: float
+    """The value to set: (growth per step) / lr plus the decay the run had, within AdamW's usual range."""
+    growth_per_step: float
+    """The measured slope of the log weight norm per step that the decay offsets."""
+    lr: float | None
+    """The run's learning rate (None: the watch had no optimizer)."""
+    optimizer: str | None
+    """The optimizer class of the run: SGD keeps SGD (its weight_decay shrinks by lr x value per
+    step too); any other becomes AdamW (decoupled decay; Adam's own weight_decay is an L2 term
+    that its step normalises away)."""
+
+    def snippet(self) -> str:
+        lr = f"{self.lr:g}" if self.lr is not None else "lr"
+        name = "SGD" if self.optimizer == "SGD" else "AdamW"
+        return (f"optimizer = torch.optim.{name}(model.parameters(), lr={lr}, weight_decay={self.weight_decay:g})\n"
+                "# each step shrinks the weights by lr x weight_decay, which offsets\n"
+                f"# the measured growth of {self.growth_per_step:.3g} per step (in log)")
+
+
 # --- activations and structure -----------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -50,6 +50,9 @@ class FindingKind(str, Enum):
     BF16_STALE_UPDATE = "bf16-stale-update"
     LOSS_SPIKE = "loss-spike"
     GRAD_SPIKE = "grad-spike"
+    GRAD_TREND = "grad-trend"
+    WEIGHT_GROWTH = "weight-growth"
+    RANK_MISMATCH = "rank-mismatch"
 
 
 class Severity(str, Enum):

@@ -58,6 +58,9 @@ DEFAULT_LEVELS: dict[FindingKind, str] = {
     FindingKind.BF16_STALE_UPDATE: "note",
     FindingKind.LOSS_SPIKE: "warning",
     FindingKind.GRAD_SPIKE: "warning",
+    FindingKind.GRAD_TREND: "warning",
+    FindingKind.WEIGHT_GROWTH: "warning",
+    FindingKind.RANK_MISMATCH: "error",
 }
 
 RULE_ORDER = tuple(FindingKind)
