@@ -6,8 +6,9 @@ non-finite event (by step, then rank), which becomes a `nonfinite` finding namin
 rank and where a replay of that step's batch found the first NaN/Inf, and the loss's trailing
 window (analyse/loss_spike.py), whose first spike becomes a `loss-spike` finding
 (docs/findings/loss-spike.md), and each layer's window of log gradient norms
-(analyse/grad_spike.py, docs/findings/grad-spike.md). Not detected yet: gradient-norm trends and
-weights growing towards an explosion. Every finding carries `step` (where it started) and `rank`.
+(analyse/grad_spike.py, docs/findings/grad-spike.md), each layer's geometric gradient-norm trend
+(analyse/grad_trend.py, docs/findings/grad-trend.md) and weights growing with their gradients
+(analyse/weight_growth.py, docs/findings/weight-growth.md). Every finding carries `step` (where it started) and `rank`.
 
 Steps are numbered from 0: step k is the (k+1)-th `w.step` call, the index of the optimizer step,
 as StepBlock.first_step counts them; findings, evidence and the time series use the same numbers.
@@ -18,15 +19,20 @@ points by analyse/series_sampler.py. Pure: no torch.
 from __future__ import annotations
 
 from gradcheck_cli.analyse.grad_spike import GradSpikes
+from gradcheck_cli.analyse.grad_trend import GradTrends
 from gradcheck_cli.analyse.loss_spike import LossSpikes
+from gradcheck_cli.analyse.rank_mismatch import RankMismatches
+from gradcheck_cli.analyse.rank_mismatch import message as rank_mismatch_message
 from gradcheck_cli.analyse.series_sampler import SeriesSampler
 from gradcheck_cli.analyse.thresholds import Thresholds
+from gradcheck_cli.analyse.weight_growth import WeightGrowths
 from gradcheck_cli.measure.series import NonfiniteEvent, StepBlock
 from gradcheck_cli.report.evidence import GradSpikeEvidence, LossSpikeEvidence
 from gradcheck_cli.report.records import Finding, FindingKind, Number, Severity
 from gradcheck_cli.report.series import WatchSeries
 
-TIMELINE_KINDS: list[FindingKind] = [FindingKind.NONFINITE, FindingKind.LOSS_SPIKE, FindingKind.GRAD_SPIKE]
+TIMELINE_KINDS: list[FindingKind] = [FindingKind.NONFINITE, FindingKind.LOSS_SPIKE, FindingKind.GRAD_SPIKE,
+                                     FindingKind.RANK_MISMATCH, FindingKind.GRAD_TREND, FindingKind.WEIGHT_GROWTH]
 """The finding kinds the training watch emits over time (a detector that lands here appends its
 kind): `gradcheck explain` and `gradcheck list checks` count them as measured (cli/app.py)."""
 
@@ -47,6 +53,9 @@ class Timeline:
         self.loss_spikes = LossSpikes(thresholds.loss_spike_sigmas, thresholds.loss_spike_window)
         self.grad_spikes = GradSpikes(self.layers, thresholds.grad_spike_sigmas, thresholds.loss_spike_window)
         self.sampler = SeriesSampler()
+        self.rank_mismatches = RankMismatches(self.layers, thresholds.rank_mismatch_relative)
+        self.grad_trends = GradTrends(self.layers, thresholds)  # analyse/grad_trend.py
+        self.weight_growths = WeightGrowths(self.layers, thresholds)  # analyse/weight_growth.py
 
     def add(self, block: StepBlock) -> None:
         """Blocks come in step order (the watch flushes them as the run goes)."""
@@ -54,6 +63,9 @@ class Timeline:
         self.loss_spikes.add(block.first_step, block.loss)
         self.grad_spikes.add(block)
         self.sampler.add(block)
+        self.rank_mismatches.add(block)  # DDP only (analyse/rank_mismatch.py)
+        self.grad_trends.add(block)
+        self.weight_growths.add(block)
         self._pin_finding_steps()
 
     def nonfinite(self, event: NonfiniteEvent) -> None:
@@ -79,6 +91,13 @@ class Timeline:
             found.append(Finding(FindingKind.GRAD_SPIKE, layer, Severity.WARNING,
                                  _grad_spike_message(layer, evidence), evidence, step=evidence.step,
                                  rank=REPORT_RANK))
+        mismatch = self.rank_mismatches.evidence()
+        if mismatch is not None:
+            layer, ranks = mismatch
+            found.append(Finding(FindingKind.RANK_MISMATCH, layer, Severity.ERROR,
+                                 rank_mismatch_message(layer, ranks), ranks, step=ranks.step, rank=ranks.rank))
+        found += self.grad_trends.findings()
+        found += self.weight_growths.findings(event.step if event is not None else None)
         return found
 
     def series(self) -> WatchSeries:

@@ -61,10 +61,10 @@ class Watch:
         self.quiet = quiet
         self.fail_on = tuple(fail_on) if fail_on is not None else None
         self.thresholds = thresholds or Thresholds()
-        self.target = type(model).__name__
+        self.target = _model_name(model)
         self.report: Report | None = None
         self._engine = WatchEngine(model, optimizer, every, sample_every, self._on_block, self._on_event,
-                                   reduce=_reducer())
+                                   reduce=_reducer(model))
         self._timeline = _timeline(self._engine.names, self.thresholds)
         self._optimizer_name = type(optimizer).__name__ if optimizer is not None else None
         self._closed = False
@@ -108,9 +108,9 @@ class Watch:
         if self._closed and self.report is not None:
             return self.report
         self._closed = True
-        self._engine.detach()
+        self._engine.detach(lockstep=gate)  # on the user's exception: no collective (may be alone)
         self.report = build_report(self)
-        if self._engine.rank == 0:  # under torch.distributed the blocks are reduced: one report
+        if _is_writer():  # under torch.distributed the blocks are reduced: rank 0 writes the report
             if self.output is not None:
                 write_report(self.report, self.output)
             if not self.quiet:
@@ -137,6 +137,7 @@ def watch(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, e
 def build_report(w: Watch) -> Report:
     """The scan's analysis of the steps the session measured, with the timeline's findings over
     time (each with its step) and its bounded per-layer time series."""
+    from gradcheck_cli.analyse.fix_timeline import settings_of, with_timeline_fixes
     from gradcheck_cli.analyse.pipeline import analyse
     from gradcheck_cli.config import ScanConfig
     from gradcheck_cli.report.records import FindingKind, Status
@@ -150,7 +151,11 @@ def build_report(w: Watch) -> Report:
     config = {"mode": "watch", "every": engine.every, "sample_every": engine.sample_every,
               "steps": engine.steps, "optimizer": w._optimizer_name, "device": str(engine.ring.device),
               "fail_on": list(w.fail_on if w.fail_on is not None else DEFAULT_FAIL_ON)}
-    return replace(report, config=config, verdict=verdict, findings=report.findings + over_time,
+    findings = report.findings + over_time
+    # weight-growth justifies weight-decay, its value from the run's optimizer (analyse/fix_timeline.py)
+    recommendations = with_timeline_fixes(report.recommendations, findings, settings_of(engine.optimizer),
+                                          w.thresholds)
+    return replace(report, config=config, verdict=verdict, findings=findings, recommendations=recommendations,
                    series=w._timeline.series())
 
 
@@ -186,11 +191,25 @@ def _validate(every: int, sample_every: int) -> None:
         raise UserError(f"sample_every must be a whole number of steps, 0 or more (got {sample_every!r})")
 
 
-def _reducer() -> Any:
-    """Under torch.distributed, the block's reduction across ranks (watch_ring.Reducer:
-    reduce(flat, rows, layers, has_update_rows)). None: not written yet (issue 13 part 5), so each
-    rank measures its own gradients and only rank 0 writes its report."""
-    return None
+def _reducer(model: nn.Module) -> Any:
+    """Under torch.distributed with several ranks, the blocks' reduction across ranks
+    (measure/distributed.py: FSDP2 shards add, DDP replicas are compared); None otherwise."""
+    from gradcheck_cli.measure.distributed import rank_reduction
+
+    return rank_reduction(model)
+
+
+def _model_name(model: nn.Module) -> str:
+    from gradcheck_cli.measure.distributed import model_name
+
+    return model_name(model)
+
+
+def _is_writer() -> bool:
+    """Only rank 0 writes and prints under torch.distributed (measure/distributed.py)."""
+    from gradcheck_cli.measure.distributed import is_writer
+
+    return is_writer()
 
 
 def _timeline(layers: list[str], thresholds: Thresholds) -> Any:

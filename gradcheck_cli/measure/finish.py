@@ -17,6 +17,7 @@ from torch.nn.parameter import is_lazy
 
 from gradcheck_cli.measure.accumulators import LayerAccumulator
 from gradcheck_cli.measure.activation_watch import ActivationSite
+from gradcheck_cli.measure.distributed import add_shards
 from gradcheck_cli.measure.hooks import RECURRENT
 from gradcheck_cli.measure.norms import squared_norms
 from gradcheck_cli.measure.records import LayerMeasurement
@@ -37,6 +38,8 @@ class HostRead:
 
     def add(self, t: torch.Tensor) -> slice:
         """Queue t (any shape; as float64); its values will be `values[slice]`."""
+        if hasattr(t, "full_tensor"):  # an FSDP2 statistic (a DTensor): its value over every shard
+            t = t.full_tensor()
         flat = t.detach().reshape(-1).to(torch.float64)
         self._parts.append(flat)
         self._size += flat.numel()
@@ -65,7 +68,7 @@ def _weight_squares(layers: list[LayerAccumulator], params: list[nn.Parameter], 
     own = [params[pi] for layer in layers for pi in layer.param_indices]
     if not own:
         return []
-    squares = squared_norms(own, own[0].device)
+    squares = add_shards(squared_norms(own, own[0].device), own)  # FSDP2: over every shard
     slices, start = [], 0
     for layer in layers:
         end = start + len(layer.param_indices)

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gradcheck_cli.measure.distributed import local_tensor
+
 _FAST_RANGE = {torch.float32: (1e-12, 1e18), torch.float64: (1e-140, 1e140)}
 """[FLOOR, CEIL] of a trusted fast norm, by the dtype it was accumulated in (module docstring)."""
 
@@ -228,6 +230,7 @@ def _scaled_norms(values: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def _dense_values(t: torch.Tensor) -> torch.Tensor:
+    t = local_tensor(t)  # FSDP2's DTensor: this rank's shard (sums of squares add across ranks)
     if t.layout == torch.sparse_coo:
         return t.coalesce().values()
     if t.layout != torch.strided:  # CSR/CSC/BSR: rare enough to densify

@@ -30,6 +30,23 @@ class NonfiniteEvent:
 
 
 @dataclass(frozen=True)
+class ReplicaSpread:
+    """Per step of a block under DDP, where the gradients of a rank differed most from rank 0's
+    after the all-reduce (which makes them replicas): the largest relative difference of a layer's
+    gradient norm, |n_r - n_0| / max(n_r, n_0) (1.0 where only one of them is finite), with its
+    rank and layer index (rank 1, layer 0 when all agree)."""
+
+    relative: tuple[float, ...]
+    rank: tuple[int, ...]
+    layer: tuple[int, ...]
+    weights: tuple[float, int, int] = (0.0, 1, 0)
+    """The same comparison of the layers' weight norms at the end of the block: (relative, rank,
+    layer). It catches what changed one rank's update after the backward (a gradient edited or
+    clipped on one rank only before the optimizer step), which the gradients read at the end of
+    the backward cannot see."""
+
+
+@dataclass(frozen=True)
 class StepBlock:
     """Rows of consecutive optimizer steps, layer columns in `layers` order."""
 
@@ -47,6 +64,9 @@ class StepBlock:
     """Per layer: the squared norm of its weights at the end of the block."""
     nonfinite_grads: tuple[int, ...]
     """Per layer: NaN/Inf gradient elements summed over the block's steps."""
+    replicas: ReplicaSpread | None = None
+    """Under data parallelism (DDP): how far each step's gradients on the other ranks were from
+    rank 0's (measure/distributed.py); None otherwise."""
 
     @property
     def steps(self) -> range:

@@ -51,11 +51,13 @@ from torch.utils.hooks import RemovableHandle
 
 from gradcheck_cli.measure.accumulators import BatchTrace, ForwardTrace, HookState, LayerAccumulator, Watchers
 from gradcheck_cli.measure.activation_watch import ActivationSite, CompositeActivations, channels_first_layer
+from gradcheck_cli.measure.distributed import add_shards
 from gradcheck_cli.measure.finish import layer_measurements, still_lazy
 from gradcheck_cli.measure.headroom import HeadroomMeter
 from gradcheck_cli.measure.hooks import composite_candidates, leave_watch, register_hooks
-from gradcheck_cli.measure.norms import count_nonfinite, squared_norms
+from gradcheck_cli.measure.norms import squared_norms
 from gradcheck_cli.measure.records import LayerMeasurement, Measurements
+from gradcheck_cli.measure.shard_scan import count_nonfinite_over_shards
 
 
 @dataclass(frozen=True)
@@ -191,8 +193,8 @@ class MeasurementSession:
         return group_sq([g for g in grads if g is not None], self.owner[given], len(self.layers))
 
     def _count_nonfinite(self, li: int, grads: list[torch.Tensor | None]) -> int:
-        return sum(count_nonfinite(g) for k, g in enumerate(grads)
-                   if g is not None and self.owner_of[k] == li)
+        return count_nonfinite_over_shards([g for k, g in enumerate(grads)  # FSDP2: every rank's shard
+                                            if g is not None and self.owner_of[k] == li])
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -275,4 +277,4 @@ def group_sq(tensors: list[torch.Tensor], owner: torch.Tensor, n_layers: int) ->
     per_layer = torch.zeros(n_layers, dtype=torch.float64, device=owner.device)
     if tensors:
         per_layer.index_add_(0, owner, squared_norms(tensors, owner.device))
-    return per_layer
+    return add_shards(per_layer, tensors)  # FSDP2: the shards' squares add across ranks

@@ -32,13 +32,21 @@ random number is drawn.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
+from gradcheck_cli.measure.distributed import (
+    Candidate,
+    RankReduction,
+    alone,
+    local_tensor,
+    own_nonfinite_loss,
+    unwrap,
+)
 from gradcheck_cli.measure.norms import _dense_values
 from gradcheck_cli.measure.records import Measurements
 from gradcheck_cli.measure.series import NonfiniteEvent, StepBlock
@@ -57,6 +65,7 @@ class WatchEngine:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, every: int,
                  sample_every: int, on_block: Callable[[StepBlock], None],
                  on_event: Callable[[NonfiniteEvent], None], reduce: Reducer | None = None) -> None:
+        model = unwrap(model)  # DDP: the user's module (its names; a replay without collectives)
         self.model, self.optimizer = model, optimizer
         self.session = MeasurementSession(model)
         self.names = [acc.name for acc in self.session.layers]
@@ -67,6 +76,11 @@ class WatchEngine:
         self.on_block, self.on_event, self.reduce = on_block, on_event, reduce
         self.steps = 0
         self.rank = _rank()
+        self.ranks = reduce if isinstance(reduce, RankReduction) else None
+        """Under torch.distributed (measure/distributed.py): flushes in lock-step only."""
+        self._reported = False
+        self._alone = False
+        """Detached after an exception: the report is this rank's own, read without collectives."""
         self.event: NonfiniteEvent | None = None
         self._handles: list[Any] = []
         self._pending: torch.Tensor | None = None
@@ -86,6 +100,10 @@ class WatchEngine:
         # One hook per trainable parameter, acting once per backward (torch's multi-grad hook in
         # mode "any" does the same but keeps an entry per backward forever: memory would grow).
         handles += [p.register_hook(self._on_gradient) for p in self.trainable]
+        if self.ranks is not None and self.ranks.sharded:
+            # FSDP2 sets the sharded .grad itself (no hook on them fires): the model's outputs
+            # start the backward instead.
+            handles.append(self.model.register_forward_hook(self._hook_outputs))
         if self.optimizer is not None:
             handles.append(self.optimizer.register_step_pre_hook(self._before_step))
             handles.append(self.optimizer.register_step_post_hook(self._after_step))
@@ -93,8 +111,13 @@ class WatchEngine:
         if self.sample_every > 0:
             self.session.attach()
 
-    def detach(self) -> None:
-        """Flush what is left and remove every hook (also the session's)."""
+    def detach(self, lockstep: bool = True) -> None:
+        """Flush what is left and remove every hook (also the session's). `lockstep=False` (an
+        exception in the user's loop): this rank's own numbers, without any collective."""
+        if not lockstep and self.ranks is not None:
+            self.reduce = self.ranks = None
+            self._alone = True
+            self._flush_now = self.event is not None and not self._reported
         handles, self._handles = self._handles, []
         for handle in handles:
             handle.remove()
@@ -113,7 +136,18 @@ class WatchEngine:
         task = torch._C._current_graph_task_id()
         if task != self._task and not self._replaying:
             self._task = task  # the first gradient of this backward: read them all at its end
-            torch.autograd.Variable._execution_engine.queue_callback(self._after_backward)
+            read = self._after_backward if self.ranks is None else self._after_final_callbacks
+            torch.autograd.Variable._execution_engine.queue_callback(read)
+
+    def _after_final_callbacks(self) -> None:
+        """Under torch.distributed, read after the callbacks queued during the backward: DDP's
+        all-reduce and FSDP's reduce-scatter write .grad in theirs (the engine runs a callback
+        queued by a callback, after the others)."""
+        torch.autograd.Variable._execution_engine.queue_callback(self._after_backward)
+
+    def _hook_outputs(self, module: nn.Module, args: Any, output: Any) -> None:
+        for tensor in _grad_tensors(output):
+            tensor.register_hook(self._on_gradient)
 
     def _after_backward(self) -> None:
         """Every .grad of this backward is accumulated: take the layers' squared norms."""
@@ -130,16 +164,21 @@ class WatchEngine:
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._check_finite()
         if self.steps % UPDATE_EVERY == 0:
-            self._weights_before = [p.detach().clone() for p in self.trainable]
+            self._weights_before = [local_tensor(p.detach()).clone() for p in self.trainable]
 
     def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         before, self._weights_before = self._weights_before, None
         if before is None:
             return
-        after = [p.detach() for p in self.trainable]
+        after = [local_tensor(p.detach()) for p in self.trainable]
         n, device = len(self.names), self._owner.device
-        delta_sq = checked_layer_sq(list(torch._foreach_sub(after, before)), self._owner, n, device)[0]
         weight_sq = checked_layer_sq(before, self._owner, n, device)[0]
+        # The copy becomes w_before - w_after in place (the same norm as the update): no second
+        # buffer the size of the weights (on GPT-2-small, 0.5 GB and a pass; bench/README.md).
+        torch._foreach_sub_(before, after)
+        delta_sq = checked_layer_sq(before, self._owner, n, device)[0]
+        if self.ranks is not None:  # FSDP2: the shards' sums of squares add up first
+            delta_sq, weight_sq = self.ranks.sum_shards(delta_sq, weight_sq)
         self.ring.write_update(torch.where(weight_sq > 0, (delta_sq / weight_sq).sqrt(),
                                            torch.full_like(weight_sq, math.nan)))
 
@@ -180,7 +219,7 @@ class WatchEngine:
         self.ring.nonfinite.add_(counts)
         if self.event is None:
             self.event = self._nonfinite_event(counts.tolist())
-            self._flush_now = True
+            self._flush_now = self.ranks is None  # in lock-step: exchanged at the next flush
 
     def _nonfinite_counts(self) -> torch.Tensor:
         """NaN/Inf gradient elements per layer, on the device (read with the block)."""
@@ -197,7 +236,8 @@ class WatchEngine:
         bad = [li for li in range(len(self.names)) if counts[li] > 0]
         layer = self.names[bad[-1]] if bad else None
         origin = None
-        if self._last_batch is not None:
+        if self._last_batch is not None and not (self.ranks is not None and self.ranks.sharded):
+            # (not under FSDP2: its forward gathers the shards, a collective one rank cannot run)
             self._replaying = True
             try:
                 origin = replay_last_batch(self.session, self._last_batch)
@@ -209,15 +249,40 @@ class WatchEngine:
                               direction=origin.direction if origin else None)
 
     def _flush(self) -> None:
-        weight_sq = checked_layer_sq([p.detach() for p in self.trainable], self._owner, len(self.names),
-                                     self._owner.device, check=False)[0]
+        weight_sq = checked_layer_sq(self.trainable, self._owner, len(self.names), self._owner.device,
+                                     check=False)[0]
+        if self.ranks is not None:
+            self._exchange_event()
         block = self.ring.flush(weight_sq, self.reduce)
+        if block is not None and self.ranks is not None and self.ranks.spread is not None:
+            block = replace(block, replicas=self.ranks.spread)
         if block is not None:
             self.on_block(block)
-            self._loss_event(block)
+            if self.ranks is None:
+                self._loss_event(block)
         if self._flush_now and self.event is not None:
             self.on_event(self.event)
         self._flush_now = False
+
+    def _exchange_event(self) -> None:
+        """Under torch.distributed, at every flush until one is found: every rank's first
+        non-finite event (or its first non-finite loss in the ring) -> the earliest over ranks
+        (measure/distributed.py), the same on every rank."""
+        assert self.ranks is not None
+        if self._reported:
+            return
+        losses = self.ring.loss[:self.ring.row].tolist() if self.ring.row else []
+        first = self.ring.first_step
+        event = self.event
+        if event is None:
+            bad = [first + row for row, value in enumerate(losses) if not math.isfinite(value)]
+            event = NonfiniteEvent(step=bad[0], rank=self.rank, layer=None) if bad else None
+        mine = None if event is None else Candidate(
+            event, event.origin_module is not None or own_nonfinite_loss(losses, first, event.step))
+        winner = self.ranks.first_event(mine)
+        if winner is not None:
+            self._reported = True
+            self.on_event(winner)
 
     def _loss_event(self, block: StepBlock) -> None:
         """A non-finite loss whose gradients stayed finite (no per-step read saw it): the event
@@ -233,7 +298,8 @@ class WatchEngine:
 
     def measurements(self) -> Measurements:
         """The session's measurements: step 0 and the sampled steps (the scan's per-layer view)."""
-        measured = self.session.measurements()
+        with alone(self._alone):
+            measured = self.session.measurements()
         return replace(measured, loss_kind="watch", loss_trace=measured.losses)
 
 
@@ -242,7 +308,7 @@ _TRUSTED = (1e-12, 1e18)
 outside it (tiny gradients whose squares underflow, huge ones) it is taken again in float64."""
 
 
-def checked_layer_sq(tensors: list[torch.Tensor], owner: torch.Tensor, n_layers: int,
+def checked_layer_sq(tensors: Sequence[torch.Tensor], owner: torch.Tensor, n_layers: int,
                      device: torch.device, check: bool = True) -> tuple[torch.Tensor, bool]:
     """Squared L2 norm per layer (float64, on the device) and whether all were finite, with ONE
     host read: the norms are taken in float32 by one fused call (float64 for float64 tensors),
@@ -253,24 +319,48 @@ def checked_layer_sq(tensors: list[torch.Tensor], owner: torch.Tensor, n_layers:
     per_layer = torch.zeros(n_layers, dtype=torch.float64, device=device)
     if not tensors:
         return per_layer, True
-    values = [_dense_values(t.detach()) for t in tensors]
+    values = _norm_inputs(tensors)
     wide = any(v.dtype == torch.float64 for v in values)
-    norms = torch.stack(torch._foreach_norm(values, 2, dtype=torch.float64 if wide else torch.float32))
-    norms = norms.to(device, torch.float64)
-    if not check:
-        return per_layer.index_add_(0, owner.to(device), norms.square()), True
-    outside = (norms < _TRUSTED[0]) | (norms > _TRUSTED[1])
-    finite, trusted = torch.stack([torch.isfinite(norms).all(), ~outside.any()]).tolist()
-    if finite and not trusted and not wide:
-        redo = outside.nonzero().flatten().tolist()
-        norms[redo] = torch.stack(torch._foreach_norm([values[k] for k in redo], 2, dtype=torch.float64)).to(norms)
-    per_layer.index_add_(0, owner.to(device), norms.square())
+    with torch.no_grad():  # (gradients of a create_graph backward require grad: no graph here)
+        norms = torch.stack(torch._foreach_norm(values, 2, dtype=torch.float64 if wide else torch.float32))
+        norms = norms.to(device, torch.float64)
+        if not check:
+            return per_layer.index_add_(0, owner.to(device), norms.square()), True
+        outside = (norms < _TRUSTED[0]) | (norms > _TRUSTED[1])
+        finite, trusted = torch.stack([torch.isfinite(norms).all(), ~outside.any()]).tolist()
+        if finite and not trusted and not wide:
+            redo = outside.nonzero().flatten().tolist()
+            norms[redo] = torch.stack(torch._foreach_norm([values[k] for k in redo], 2,
+                                                          dtype=torch.float64)).to(norms)
+        per_layer.index_add_(0, owner.to(device), norms.square())
     return per_layer, bool(finite)
+
+
+_PLAIN_TYPES = (torch.Tensor, nn.Parameter)
+
+
+def _norm_inputs(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The tensors as torch._foreach_norm takes them (read under no_grad): plain dense tensors as
+    they are, the usual case (a detach() and two checks per tensor cost more than the norms
+    themselves on a 50-tensor model; bench/README.md), else a DTensor's local shard and a sparse
+    tensor's values."""
+    if all(type(t) in _PLAIN_TYPES and t.layout == torch.strided for t in tensors):
+        return list(tensors)
+    return [_dense_values(local_tensor(t.detach())) for t in tensors]
 
 
 def _grad(p: torch.Tensor) -> torch.Tensor:
     assert p.grad is not None
-    return p.grad.detach()
+    return local_tensor(p.grad.detach())
+
+
+def _grad_tensors(output: Any) -> list[torch.Tensor]:
+    """The tensors of a model's output (a tensor, a tuple/list/dict of them, a ModelOutput) that
+    a backward can start from."""
+    if isinstance(output, torch.Tensor):
+        return [output] if output.requires_grad else []
+    values = output.values() if isinstance(output, dict) else output if isinstance(output, (list, tuple)) else ()
+    return [t for v in values for t in _grad_tensors(v)]
 
 
 def _rank() -> int:

@@ -77,6 +77,7 @@ class RecommendationId(str, Enum):
     USE_BF16 = "use-bf16"
     KEEP_FP32 = "keep-fp32"
     FP32_MASTER_WEIGHTS = "fp32-master-weights"
+    SYNC_RANKS = "sync-ranks"
 
 
 Number = float | int | str | None
