@@ -109,8 +109,11 @@ def alone(on: bool = True) -> Iterator[None]:
 
 
 def is_sharded(model: nn.Module) -> bool:
-    """Some parameter is a DTensor (FSDP2's fully_shard, or tensor parallelism)."""
-    return any(hasattr(p, "to_local") for p in model.parameters())
+    """Some parameter is a DTensor (FSDP2's fully_shard, or tensor parallelism), or the model holds
+    FSDP1's FullyShardedDataParallel (flat parameters, each rank its shard: never replicas, which
+    would read as a rank-mismatch)."""
+    return any(hasattr(p, "to_local") for p in model.parameters()) or \
+        any(type(m).__name__ == "FullyShardedDataParallel" for m in model.modules())
 
 
 def rank_reduction(model: nn.Module) -> RankReduction | None:
