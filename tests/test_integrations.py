@@ -253,6 +253,42 @@ def test_lightning_nan_at_a_known_step(tmp_path: Path, manual: bool) -> None:
     assert finding["evidence"]["direction"] == "forward", finding
 
 
+def test_lightning_two_optimizers_one_watch_step_per_batch(tmp_path: Path) -> None:
+    pl = _lightning()
+    from gradcheck_cli.integrations.lightning import GradcheckCallback
+
+    class TwoParts(pl.LightningModule):  # type: ignore[misc, name-defined]
+        """Manual optimization stepping two optimizers per batch (as GANs do)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.encoder, self.head = nn.Linear(6, 4), nn.Linear(4, 1)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            loss = nn.functional.mse_loss(self.head(self.encoder(x)), y)
+            for optimizer in self.optimizers():
+                optimizer.zero_grad()
+            self.manual_backward(loss)
+            for optimizer in self.optimizers():
+                optimizer.step()
+            return loss
+
+        def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+            return [torch.optim.SGD(part.parameters(), lr=0.05) for part in (self.encoder, self.head)]
+
+    torch.manual_seed(0)
+    trainer = _fit(pl, TwoParts(), GradcheckCallback(output=tmp_path / "watch.json", quiet=True), max_steps=6)
+    report = _read(tmp_path / "watch.json")
+    assert trainer.global_step == 6  # Lightning counts each optimizer's step: 3 batches
+    assert report["config"]["steps"] == 3 and report["series"]["steps"] == [0, 1, 2]
+    assert [layer["name"] for layer in report["layers"]] == ["encoder", "head"]
+    assert report["findings"] == [] and report["config"]["optimizer"] is None
+    # No update ratio: over one optimizer's step the other optimizer's layer would read 0.
+    assert all(value is None for layer in report["series"]["layers"] for value in layer["update_to_weight"])
+
+
 def test_lightning_manual_optimization_without_a_returned_loss_says_so(tmp_path: Path) -> None:
     pl = _lightning()
     from gradcheck_cli.integrations.lightning import GradcheckCallback

@@ -5,9 +5,12 @@
     trainer.fit(module, loader)          # the report is written when training ends
 
 When training starts (`on_train_start`: the optimizers exist, the model is on its device) the
-callback starts `gradcheck_cli.watch(pl_module, trainer.optimizers[0], ...)`. With several
-optimizers the watch follows the first one's update/weight ratio; the gradient norms are read
-after every backward whatever optimizer it serves (the last backward of a batch wins).
+callback starts `gradcheck_cli.watch(pl_module, optimizer, ...)` with the module's one optimizer.
+With several optimizers (each stepping some of the layers) it is given none: a ratio |Δw| / |w|
+over one optimizer's step would read 0 for the layers the others step, so the report has no
+update/weight ratios then; the gradient norms are read after every backward whatever optimizer
+it serves (the last backward of a batch wins), and NaN/Inf is still caught before the update
+(below).
 
 One `w.step(loss)` per training batch that ended with an optimizer step (Lightning's
 `trainer.global_step` moved): with `accumulate_grad_batches=k` that is every k-th batch, and in
@@ -71,7 +74,7 @@ class GradcheckCallback(Callback):  # type: ignore[misc]
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._close(None)  # a watch left from an earlier fit of this callback
         optimizers = list(trainer.optimizers)
-        self.watch = watch(pl_module, optimizers[0] if optimizers else None, **self.options)
+        self.watch = watch(pl_module, optimizers[0] if len(optimizers) == 1 else None, **self.options)
         self._global_step = trainer.global_step
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
