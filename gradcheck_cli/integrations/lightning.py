@@ -27,10 +27,10 @@ pre-clip ones and a NaN is caught before the update writes it into the weights.
 
 The watch is closed, and its report written, on `on_train_end`, and on `on_exception` (an error
 in training, or Ctrl-C, which Lightning reports to callbacks): the report then holds the steps
-measured so far and `fail_on` is not applied; Lightning re-raises the error. With `fail_on`, a
-matching finding at the end raises `WatchGateFailed` out of `trainer.fit`. Only rank 0 writes.
-Imports `lightning.pytorch`, or the older standalone `pytorch_lightning` when `lightning` is not
-installed.
+measured so far and `fail_on` is not applied; Lightning re-raises the error (on Ctrl-C it exits
+with status 1). With `fail_on`, a matching finding at the end raises `WatchGateFailed` out of
+`trainer.fit`. Only rank 0 writes. Imports `lightning.pytorch`, or the older standalone
+`pytorch_lightning` when `lightning` is not installed.
 """
 
 from __future__ import annotations
