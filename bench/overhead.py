@@ -320,15 +320,16 @@ def _mem_text(row: Row, path: str) -> str:
 
 
 def profile_scan(target: Target, batches: int, batch_size: int, seed: int, device: torch.device,
-                 top: int) -> str:
-    """cProfile of one scan (after a warm-up scan): where its time goes, by own time per function."""
+                 top: int, clock: Callable[[], float] = time.perf_counter) -> str:
+    """cProfile of one scan (after a warm-up scan): where its time goes, by own time per function,
+    timed with `clock` (--clock cpu: the process's CPU time, steady on a busy machine)."""
     import cProfile
     import io
     import pstats
 
     model = target.build_model().to(device)
     scan_call(model, target, batches, batch_size, seed, device)
-    profiler = cProfile.Profile()
+    profiler = cProfile.Profile(clock)
     profiler.runcall(scan_call, model, target, batches, batch_size, seed, device)
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
@@ -415,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     for model in models if args.profile else []:
         print(f"\ncProfile of one scan of {model.name} (own time, top {args.profile}):")
         print(profile_scan(model.target(), args.batches, args.batch_size or model.batch_size, args.seed,
-                           device, args.profile), end="")
+                           device, args.profile, CLOCKS[args.clock]), end="")
     print(f"\ntotal {time.perf_counter() - started:.1f} s, {_load_text()}")
     if not all(row.losses_match for row in rows):
         print("WARNING: some paths' losses differ from the plain ones: they did not run the same batches",

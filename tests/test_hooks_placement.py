@@ -198,7 +198,7 @@ def test_frames_name_the_modules_a_hook_stack_names() -> None:
         handles.append(module.register_forward_pre_hook(
             lambda m, args, label=label: stack.append((label, args[0] if args else None))))
         handles.append(module.register_forward_hook(lambda m, args, out: stack.pop() and None))
-    frames = ModuleFrames(model)
+    frames = ModuleFrames(model.named_modules())
     mode = _Compare(stack, frames)
     try:
         with mode:
@@ -223,5 +223,5 @@ def test_a_failed_forward_is_placed_in_the_innermost_unfinished_call() -> None:
 
 def test_the_walk_is_exact_outside_any_module() -> None:
     model = nn.Linear(2, 2)
-    frames = ModuleFrames(model)
+    frames = ModuleFrames(model.named_modules())
     assert frames.innermost() is None and list(frames.inputs()) == []

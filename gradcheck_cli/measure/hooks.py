@@ -41,11 +41,12 @@ RECURRENT = (nn.RNN, nn.LSTM, nn.GRU)
 
 def register_hooks(model: nn.Module, layers: list[LayerAccumulator], state: HookState) -> list[RemovableHandle]:
     """Attach the session's hooks where they measure (module docstring); returns their handles."""
-    state.frames = ModuleFrames(model)
+    modules = list(model.named_modules())
+    state.frames = ModuleFrames(modules)
     handles = [model.register_forward_pre_hook(_enter_forward(state)),
                model.register_forward_hook(_leave_forward(state), always_call=True)]
     layer_of = {id(acc.module): acc for acc in layers}
-    for name, module in model.named_modules():
+    for name, module in modules:
         acc = layer_of.get(id(module))
         type_name = type(module).__name__
         act = None

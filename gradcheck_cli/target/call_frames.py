@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -30,9 +30,10 @@ _CALL_IMPL = nn.Module._call_impl.__code__
 class ModuleFrames:
     """The model's modules by identity, and the calls of them running now (innermost first)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, modules: Iterable[tuple[str, nn.Module]]) -> None:
+        """`modules`: the model's named_modules() (a module reused in two places is named once)."""
         self._names: dict[int, tuple[nn.Module, str]] = {}
-        for name, module in model.named_modules():
+        for name, module in modules:
             self._names.setdefault(id(module), (module, name or "(root)"))
         self.outer: FrameType | None = None
         """The root's outermost running call: a walk stops there (set by the caller, cleared after)."""
@@ -76,6 +77,6 @@ class ModuleFrames:
 def failed_calls(model: nn.Module, exc: BaseException) -> list[str]:
     """The module calls that `exc` left unfinished, outermost first, from its traceback: where a
     forward raised ('(root)' for the model itself)."""
-    frames = ModuleFrames(model)
+    frames = ModuleFrames(model.named_modules())
     names = (frames.name_of(frame) for frame, _ in traceback.walk_tb(exc.__traceback__))
     return [name for name in names if name is not None]
