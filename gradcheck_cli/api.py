@@ -150,6 +150,8 @@ def _rank_config(config: ScanConfig, ranks: ScanRanks) -> ScanConfig:
     for option in (option for option, given in refused.items() if given):
         raise UserError(f"{option} is not supported under torchrun (WORLD_SIZE={ranks.world_size}): each rank "
                         f"would measure it alone; run the scan with {option} in one process")
+    if config.shard and config.precision != "fp32":
+        raise UserError(f"--shard measures in fp32 only: --precision {config.precision} needs a scan without --shard")
     return replace(config, device=ranks.device(config.device), ranks=ranks.world_size)
 
 

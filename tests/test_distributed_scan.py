@@ -71,10 +71,11 @@ def _env(rank: int | None = None, port: int | None = None) -> dict[str, str]:
     return env
 
 
-def _ranks(args: list[str], cwd: Path | None = None) -> list[subprocess.CompletedProcess[str]]:
+def _ranks(args: list[str], cwd: Path | None = None,
+           command: tuple[str, ...] = ("-m", "gradcheck_cli", "scan")) -> list[subprocess.CompletedProcess[str]]:
     """`gradcheck scan ARGS` as the WORLD processes torchrun would start; each rank's result."""
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "gradcheck_cli", "scan", *args], env=_env(rank, port),
+    procs = [subprocess.Popen([sys.executable, *command, *args], env=_env(rank, port),
                               cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for rank in range(WORLD)]
     results = []
@@ -218,31 +219,67 @@ def test_shard_gives_the_single_process_scan_of_the_same_batches(tmp_path: Path)
     assert {layer["type"] for layer in report["layers"]} == {"Linear"}  # not fully_shard's FSDPLinear
 
 
-def test_shard_of_a_tied_transformer_reports_what_one_process_does() -> None:
-    args = ["builtin:transformer-preln", "--format", "json", "-q"]
+def _same_numbers(sharded: Any, single: Any, where: str = "report") -> None:
+    """The two JSON values are equal, their floats to 1e-6 relative."""
+    if isinstance(single, dict):
+        assert set(sharded) == set(single), where
+        for key in single:
+            _same_numbers(sharded[key], single[key], f"{where}.{key}")
+    elif isinstance(single, list):
+        assert len(sharded) == len(single), where
+        for k, (a, b) in enumerate(zip(sharded, single)):
+            _same_numbers(a, b, f"{where}[{k}]")
+    elif isinstance(single, float):
+        assert sharded == pytest.approx(single, rel=1e-6, abs=1e-12, nan_ok=True), where
+    else:
+        assert sharded == single, where
+
+
+@pytest.mark.parametrize("builtin", ["transformer-preln", "nan-log"])
+def test_shard_reports_what_one_process_does(builtin: str) -> None:
+    """A tied-embedding transformer (tied modules share one FSDP group) and a model whose gradients
+    turn NaN (the non-finite counts add over the shards; the replay finds the same op)."""
+    args = [f"builtin:{builtin}", "--format", "json", "-q"]
     sharded = _ranks([*args, "--shard"])
-    assert [r.returncode for r in sharded] == [0, 0], sharded[0].stderr + sharded[1].stderr
     one = subprocess.run([sys.executable, "-m", "gradcheck_cli", "scan", *args], env=_env(),
                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert [r.returncode for r in sharded] == [one.returncode] * WORLD, sharded[0].stderr + sharded[1].stderr
     report, single = json.loads(sharded[0].stdout), json.loads(one.stdout)
-    assert [(x["name"], x["type"], x["status"]) for x in report["layers"]] == \
-        [(x["name"], x["type"], x["status"]) for x in single["layers"]]
-    for x, y in zip(report["layers"], single["layers"]):
-        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-6), x["name"]
-        assert x["weight_norm"] == pytest.approx(y["weight_norm"], rel=1e-6), x["name"]
-    assert (report["verdict"], report["findings"]) == (single["verdict"], single["findings"])
+    assert report.pop("config") == {**single.pop("config"), "ranks": WORLD, "shard": True}
+    _same_numbers(report, single)
+
+
+API_SCAN = textwrap.dedent('''
+    import torch.distributed as dist
+
+    import gradcheck_cli
+
+    report = gradcheck_cli.scan("builtin:relu-he")
+    print(report.verdict.value, report.config["ranks"], len(report.loss.values), dist.is_initialized())
+''')
+
+
+def test_the_python_api_scans_on_every_rank_and_destroys_the_group_it_started() -> None:
+    ranks = _ranks([], command=("-c", API_SCAN))
+    assert [r.returncode for r in ranks] == [0, 0], ranks[0].stderr + ranks[1].stderr
+    assert [r.stdout for r in ranks] == [f"healthy {WORLD} {WORLD * 3} False\n"] * WORLD
 
 
 # -- in one process -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("option", [["--steps", "1"], ["--verify"]])
-def test_steps_and_verify_are_refused_under_torchrun(monkeypatch: pytest.MonkeyPatch, option: list[str]) -> None:
+@pytest.mark.parametrize(("option", "message"), [
+    (["--steps", "1"], "--steps is not supported under torchrun"),
+    (["--verify"], "--verify is not supported under torchrun"),
+    (["--shard", "--precision", "bf16"], "--shard measures in fp32 only"),
+])
+def test_what_torchrun_cannot_do_is_refused(monkeypatch: pytest.MonkeyPatch, option: list[str],
+                                            message: str) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     result = CliRunner().invoke(app, ["scan", "builtin:relu-he", "-q", *option])
     assert result.exit_code == 2
-    assert f"{option[0]} is not supported under torchrun" in result.output
+    assert result.output.count("\n") == 1 and message in result.output
     assert not dist.is_initialized()  # refused before any process group was started
 
 

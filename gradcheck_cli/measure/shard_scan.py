@@ -18,8 +18,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import torch
 from torch import nn
 
+from gradcheck_cli.measure.distributed import add_shards, local_tensor
+from gradcheck_cli.measure.norms import count_nonfinite
 from gradcheck_cli.measure.records import Measurements
 
 CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.Sequential)
@@ -68,3 +71,14 @@ def as_unsharded(measurements: Measurements, types: dict[str, str]) -> Measureme
     module_types = tuple(types[name] for name in names) if len(names) == len(measurements.module_types) \
         else measurements.module_types
     return replace(measurements, layers=layers, module_types=module_types)
+
+
+def count_nonfinite_over_shards(tensors: list[torch.Tensor]) -> int:
+    """NaN/Inf elements of `tensors`; a DTensor's (FSDP2) counted on each rank's shard and added
+    across the ranks, so that every rank gets the count of the whole tensors (in lock-step, as the
+    session's squares: measure/distributed.py, add_shards)."""
+    if not tensors:
+        return 0
+    local = sum(count_nonfinite(local_tensor(t)) for t in tensors)
+    return int(add_shards(torch.tensor([float(local)], dtype=torch.float64, device=local_tensor(tensors[0]).device),
+                          tensors).item())
