@@ -95,14 +95,13 @@ def _scan(target: str | Target, config: ScanConfig, thresholds: Thresholds, stag
     from gradcheck_cli.analyse.pipeline import analyse
     from gradcheck_cli.measure.probe import run_probe
     from gradcheck_cli.target.batches import synthetic_batch_maker
-    from gradcheck_cli.target.checkpoint import apply_state_dict, read_checkpoint
     from gradcheck_cli.target.guards import recursion_room
     from gradcheck_cli.target.isolation import fresh_start
     from gradcheck_cli.target.scannable import check_scannable, unwrap_model
 
     stage("loading the target", 0, config.batches)
     # A bad checkpoint stops the scan before the user's model code runs.
-    checkpoint = read_checkpoint(config.checkpoint) if config.checkpoint else None
+    checkpoint = _read_checkpoint(config.checkpoint) if config.checkpoint else None
     resolved = resolve_target(target) if isinstance(target, str) else target
     stage("building the model", 0, config.batches)
     fresh_start(config.seed)  # the model's init does not depend on what its import drew or switched off
@@ -110,6 +109,8 @@ def _scan(target: str | Target, config: ScanConfig, thresholds: Thresholds, stag
     scan_context.enter_context(recursion_room(model))  # torch's module traversals recurse per level
     check_scannable(model, resolved.name)
     if checkpoint is not None and config.checkpoint:
+        from gradcheck_cli.target.checkpoint import apply_state_dict
+
         apply_state_dict(model, checkpoint, config.checkpoint)
     make_batch = resolved.make_batch or synthetic_batch_maker(model, config.input_shape, source=resolved.name)
     torch.set_grad_enabled(True)  # build_model may have switched it off: the probe needs it
@@ -130,6 +131,13 @@ def _scan(target: str | Target, config: ScanConfig, thresholds: Thresholds, stag
     copier = ModelCopier(model, resolved.build_model, config.seed,
                          (checkpoint, config.checkpoint) if checkpoint is not None and config.checkpoint else None)
     return verify_report(report, measurements, copier, make_batch, resolved.loss_fn, config, thresholds, stage)
+
+
+def _read_checkpoint(path: str) -> Any:
+    """The --checkpoint file's state dict (target/checkpoint.py, imported only for a scan that has one)."""
+    from gradcheck_cli.target.checkpoint import read_checkpoint
+
+    return read_checkpoint(path)
 
 
 def _launched_ranks() -> ScanRanks | None:
