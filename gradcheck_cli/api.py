@@ -60,8 +60,9 @@ def scan(target: str | Target, config: ScanConfig | None = None,
     clock = StageClock(config.timeout, on_stage)
     try:
         with isolated_scan(config.seed), time_limit(clock), ExitStack() as scan_context:
-            if own_ranks and ranks is not None:
-                scan_context.callback(ranks.close)
+            if ranks is not None:  # the CLI's group outlives a scan that reports (the ranks agree on
+                # its exit code first, cli/ranks.py); a scan that fails, or the API's own, ends it here
+                scan_context.push(lambda failed, *_: None if failed is None and not own_ranks else ranks.close())
             return _scan(target, config, thresholds or Thresholds(), clock, scan_context, ranks)
     except ScanTimeout as exc:
         raise timeout_error(name, config.timeout or 0.0, exc.where) from None
