@@ -328,3 +328,6 @@ def test_ranks_merge_in_rank_order_and_a_failed_rank_is_named() -> None:
     assert merged.batches == 2
     with pytest.raises(UserError, match="^rank 1: out of data$"):
         merge_ranks([_measured(1.0, 4.0), _RankFailure("out of data")])
+    assert merge_ranks([_measured(1.0, 4.0), _measured(1.0, 4.0)], rank_zero_only=True).batches == 1  # --shard
+    with pytest.raises(UserError, match="^rank 1: out of data$"):  # --shard: a failed rank is named too
+        merge_ranks([_measured(1.0, 4.0), _RankFailure("out of data")], rank_zero_only=True)

@@ -131,14 +131,15 @@ class ScanRanks:
         dist.all_gather_object(outcomes, outcome)
         if error is not None:
             raise error
-        return merge_ranks(outcomes[:1] if same_batches else outcomes)
+        return merge_ranks(outcomes, rank_zero_only=same_batches)
 
 
-def merge_ranks(outcomes: list[Measurements | _RankFailure | None]) -> Measurements:
-    """The ranks' measurements merged in rank order; the first rank that failed ends the scan."""
+def merge_ranks(outcomes: list[Measurements | _RankFailure | None], rank_zero_only: bool = False) -> Measurements:
+    """The ranks' measurements merged in rank order (`rank_zero_only`: rank 0's, when every rank
+    measured the same batches); the first rank that failed ends the scan."""
     for rank, outcome in enumerate(outcomes):
         if not isinstance(outcome, Measurements):
             message = outcome.message if isinstance(outcome, _RankFailure) else "sent nothing"
             raise UserError(f"rank {rank}: {message}")
     measured = [outcome for outcome in outcomes if isinstance(outcome, Measurements)]
-    return functools.reduce(Measurements.merge, measured)
+    return measured[0] if rank_zero_only else functools.reduce(Measurements.merge, measured)
