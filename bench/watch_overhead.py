@@ -35,7 +35,10 @@ zoo's small ResNet-style CNN with BatchNorm, batch 16); any model bench/overhead
 Torch runs 2 intra-op threads unless ``--threads`` says otherwise; the load average is printed.
 ``--clock cpu`` times the process's CPU time (bench/overhead.py's CLOCKS), steadier than the wall
 clock on a machine shared with other jobs (set OMP_WAIT_POLICY=PASSIVE so waiting threads do not
-spin). ``--profile N`` prints the N functions with the most own time in one watch@1 run.
+spin). ``--parts N`` prints the fastest of N calls of each part of the watch's per-step work (its
+gradient norms and finite read, a row and a flush, the update ratio), a breakdown that the load
+disturbs far less than the ratios; ``--profile N`` the N functions with the most own time in one
+watch@1 run.
 
     python bench/watch_overhead.py                      # both models (~15 min on 2 quiet cores)
     python bench/watch_overhead.py --models cnn-resnet-bn --repeats 9
@@ -63,6 +66,7 @@ from overhead import CLOCKS, _all_models, _load_text, _params_text, _print_align
 from torch import nn
 
 import gradcheck_cli
+from gradcheck_cli.measure.watch import UPDATE_EVERY
 from gradcheck_cli.target.batches import call_model, move_to, split_batch
 from gradcheck_cli.target.resolve import Target
 
@@ -297,6 +301,56 @@ def profile_watch(bench: BenchModel, steps: int, batch_size: int, seed: int, dev
     return text[text.index("   ncalls"):] if "   ncalls" in text else text
 
 
+def watch_parts(bench: BenchModel, batch_size: int, seed: int, device: torch.device, clock: Callable[[], float],
+                calls: int) -> str:
+    """Where a watched step's extra time goes, part by part: the fastest of `calls` calls of each
+    (load only ever adds time, so the minimum is steadier than a ratio of two noisy medians).
+    The parts are the engine's own methods (measure/watch.py), called as the hooks call them."""
+    target = bench.target()
+    model = target.build_model().to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    batch = make_batches(target, 1, batch_size, seed, device)
+    train(model, optimizer, batch, target, Monitor())
+
+    def fastest(fn: Callable[[], object]) -> float:
+        return min(timed_once(fn, device, clock) for _ in range(calls))
+
+    step = fastest(lambda: train(model, optimizer, batch, target, Monitor()))
+    w = gradcheck_cli.watch(model, optimizer, every=1, sample_every=0, output=None, quiet=True)
+    engine = w._engine
+    assert target.loss_fn is not None
+    loss = target.loss_fn(call_model(model, batch[0][0]), batch[0][1])
+    loss.backward()  # (the hooks queue a read; the parts below are timed on their own)
+
+    def row_and_flush() -> None:
+        engine.ring.write(loss, engine._pending)
+        engine.ring.advance()
+        engine._flush()
+
+    def update_ratio() -> None:
+        engine.steps = 0  # a step the ratio is measured on
+        engine._before_step(optimizer, (), {})
+        engine._after_step(optimizer, (), {})
+
+    parts = {"gradient norms + finite read (every step)": fastest(engine._after_backward),
+             "row + flush with its weight norms (every=1)": fastest(row_and_flush),
+             f"update ratio (1 step in {UPDATE_EVERY})": fastest(update_ratio)}
+    engine.steps = 0
+    w.close()
+    optimizer.zero_grad(set_to_none=True)
+    lines = [f"  plain step {step * 1e3:.1f} ms"]
+    lines += [f"  {name}: {t * 1e6:.0f} us = {t / step:.2%} of a step" for name, t in parts.items()]
+    return "\n".join(lines)
+
+
+def timed_once(fn: Callable[[], object], device: torch.device, clock: Callable[[], float]) -> float:
+    sync(device)
+    start = clock()
+    fn()
+    sync(device)
+    return clock() - start
+
+
 # --------------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------------
@@ -321,6 +375,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: " + ",".join(QUICK_MODELS) + ", 10 steps, 2 repeats, unless given")
+    parser.add_argument("--parts", type=int, default=0, metavar="N",
+                        help="also print the fastest of N calls of each part of the watch's per-step work")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also print the N functions with the most own time in one watch@1 run per model")
     args = parser.parse_args(argv)
@@ -367,6 +423,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name}: {time.perf_counter() - t0:.1f} s, {_load_text()}", file=sys.stderr, flush=True)
     print()
     print_table(rows, paths)
+    for name in names if args.parts else []:
+        bench = bench_model_named(name)
+        print(f"\nthe watch's parts on {name} (fastest of {args.parts} calls, {args.clock} clock):")
+        print(watch_parts(bench, args.batch_size or bench.batch_size, args.seed, device, CLOCKS[args.clock],
+                          args.parts))
     for name in names if args.profile else []:
         bench = bench_model_named(name)
         print(f"\ncProfile of one watch@1 run of {name} ({args.steps} steps, own time, top {args.profile}):")

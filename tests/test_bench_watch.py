@@ -38,6 +38,17 @@ def test_smoke_run_prints_every_path(capsys: pytest.CaptureFixture[str]) -> None
     assert "load average" in out and "AdamW" in out
 
 
+def test_parts_name_each_part_of_the_watchs_step(capsys: pytest.CaptureFixture[str]) -> None:
+    assert watch_overhead.main([*SMOKE, "--paths", "watch@1", "--parts", "2"]) == 0
+    out = capsys.readouterr().out
+    parts = out[out.index("the watch's parts on relu-he"):].splitlines()[1:5]
+    assert parts[0].strip().startswith("plain step")
+    assert [line.split(":")[0].strip() for line in parts[1:]] == [
+        "gradient norms + finite read (every step)", "row + flush with its weight norms (every=1)",
+        "update ratio (1 step in 10)"]
+    assert all(line.endswith("of a step") for line in parts[1:])
+
+
 def _perturbing(model: nn.Module, optimizer: torch.optim.Optimizer) -> watch_overhead.Monitor:
     def nudge() -> None:
         with torch.no_grad():
