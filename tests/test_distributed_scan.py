@@ -283,6 +283,14 @@ def test_what_torchrun_cannot_do_is_refused(monkeypatch: pytest.MonkeyPatch, opt
     assert not dist.is_initialized()  # refused before any process group was started
 
 
+def test_a_recipe_is_refused_under_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    result = CliRunner().invoke(app, ["run", str(Path(__file__).parents[1] / "recipes" / "quick.yaml"), "-q"])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and "does not run under torchrun" in result.output
+
+
 def test_shard_without_torchrun_exits_2_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     result = CliRunner().invoke(app, ["scan", "builtin:relu-he", "-q", "--shard"])

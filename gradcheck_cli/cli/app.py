@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from gradcheck_cli import __version__
+from gradcheck_cli.cli.lazy_coercion import LazyCoercionGroup
+from gradcheck_cli.cli.process_heap import claim_process, freeze_after_torch_import
 from gradcheck_cli.cli.settings import SETTINGS, Layer, Resolved
 from gradcheck_cli.config import DEFAULT_FAIL_ON, OPTIMIZERS, PRECISIONS, ScanConfig
 from gradcheck_cli.errors import UserError
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     name="gradcheck",
+    cls=LazyCoercionGroup,  # no pydantic import for the values typer needs no adapter for
     help="Gradient diagnostics for PyTorch: which layers' gradients vanish, explode or turn NaN, "
          "why, and what to change.",
     no_args_is_help=True,
@@ -40,7 +43,7 @@ app = typer.Typer(
 )
 list_app = typer.Typer(help="List built-in models, finding kinds (checks), recommendation ids (fixes) "
                        "and thresholds.",
-                       no_args_is_help=True)
+                       no_args_is_help=True, cls=LazyCoercionGroup)
 app.add_typer(list_app, name="list")
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -169,6 +172,7 @@ def scan(
             raise typer.Exit(EXIT_OK)
         from gradcheck_cli.api import scan as run_scan
 
+        freeze_after_torch_import()
         with _user_code_output(quiet), ScanProgress(quiet=quiet, verbose=verbose) as progress:
             progress.start_scan(target)
             report = run_scan(target, resolved.scan_config(), resolved.thresholds(), on_stage=progress.on_stage,
@@ -234,6 +238,9 @@ def run(
     _ignore_warnings_for_api_users()
     try:
         from gradcheck_cli.cli.progress import ScanProgress
+        from gradcheck_cli.cli.ranks import refuse_recipe_under_torchrun
+
+        refuse_recipe_under_torchrun()
 
         options = _output_options(output_format, output, baseline, write_baseline, exit_zero, quiet, no_color)
         plan = _recipe_plan(recipe, _command_line_layer(
@@ -340,6 +347,7 @@ def _run_recipe_scan(name: str, target: str, settings: Resolved, debug: bool,
     """One scan of a recipe; its failure becomes the result's error instead of ending the run."""
     from gradcheck_cli.api import scan as run_scan
 
+    freeze_after_torch_import()
     cause: BaseException
     try:
         return ScanResult(name, target, run_scan(target, settings.scan_config(), settings.thresholds(),
@@ -468,4 +476,5 @@ def _fail(message: str, exc: BaseException, debug: bool) -> Any:
 
 
 def main() -> None:
+    claim_process()  # the gradcheck command's own process: the heap may be frozen after torch's import
     app()

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from gradcheck_cli.errors import UserError
+
 if TYPE_CHECKING:
     from gradcheck_cli.measure.distributed_scan import ScanRanks
 
@@ -41,3 +43,11 @@ def emit_on_rank_zero(ranks: ScanRanks, emit: Callable[[], int]) -> int:
         code = ranks.agree(code)
         ranks.close()
     return code
+
+
+def refuse_recipe_under_torchrun() -> None:
+    """`gradcheck run` is not distributed: under torchrun every rank would print its own report."""
+    world = launched_ranks()
+    if world is not None:
+        raise UserError(f"gradcheck run (a recipe) does not run under torchrun (WORLD_SIZE={world.world_size}): "
+                        "run the recipe in one process, or each scan as torchrun ... -m gradcheck_cli scan TARGET")
