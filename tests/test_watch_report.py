@@ -167,3 +167,41 @@ def test_gradcheck_report_reads_and_renders_a_watch_report(tmp_path: Path) -> No
     assert runner.invoke(app, ["report", str(path), "--format", "json"]).stdout == path.read_text()
     finding = next(f for f in json.loads(path.read_text())["findings"] if f["kind"] == "nonfinite")
     assert (finding["step"], finding["rank"], finding["evidence"]["step"]) == (23, 0, 23)
+
+
+def _exact_spikes(values: list[float], sigmas: float, window: int) -> list[int]:
+    """The spike rule re-summed exactly at every step (loss_spike.py's rule, written out)."""
+    spikes: list[int] = []
+    kept: list[float] = []
+    for step, value in enumerate(values):
+        if not math.isfinite(value):
+            continue
+        if len(kept) == window:
+            mean = math.fsum(kept) / window
+            std = math.sqrt(math.fsum((x - mean) ** 2 for x in kept) / window)
+            if std > 0 and value - mean >= sigmas * std:
+                spikes.append(step)
+            kept.pop(0)
+        kept.append(value)
+    return spikes
+
+
+def test_the_running_sums_find_exactly_the_spikes_the_exact_rule_finds() -> None:
+    import random
+
+    from gradcheck_cli.analyse.loss_spike import LossSpikes
+
+    rng = random.Random(0)
+    for trial in range(40):
+        level, noise, values = rng.choice([1.0, 1e6, -3.0, 1e-9]), rng.choice([0.0, 1e-12, 1e-3, 0.5]), []
+        for _ in range(1500):
+            if rng.random() < 0.003:
+                level *= rng.choice([1e6, 1e-6, -1.0])  # a regime change: stale shifts and cancellation
+            spike = rng.choice([3.0, 6.99, 7.01, 50.0]) * noise if rng.random() < 0.01 else 0.0
+            values.append(math.nan if rng.random() < 0.002 else level + rng.gauss(0, noise) + spike)
+        detector = LossSpikes(7.0, 50)
+        for first in range(0, len(values), 37):  # in blocks, as the watch flushes them
+            detector.add(first, values[first:first + 37])
+        exact = _exact_spikes(values, 7.0, 50)
+        assert detector.count == len(exact), trial
+        assert (detector.first.step if detector.first else None) == (exact[0] if exact else None), trial
