@@ -13,6 +13,16 @@ Three things are timed, each in a fresh Python process started from an empty tem
 ``time.process_time`` around the scan): on a machine whose cores other processes compete for, the
 work done varies much less than the wall time.
 
+``--bytecode`` says whether the children read compiled bytecode, as an installed package does (pip
+compiles a wheel's modules at install time; an editable checkout writes ``__pycache__`` on first
+import): ``cached`` (default) runs them with ``PYTHONPYCACHEPREFIX`` set to a directory of this
+benchmark's own (``gradcheck-startup-pycache`` in the temporary directory; the checkout is not
+written to) and ``PYTHONDONTWRITEBYTECODE`` unset, after one untimed warm-up round that fills it;
+``source`` keeps the environment as it is: under ``PYTHONDONTWRITEBYTECODE=1`` (set on the shared
+development machine) a checkout without ``__pycache__`` compiles every gradcheck module from source
+on every run, while torch's bytecode, compiled at install, is read: about 0.1-0.15 s of CPU that a
+user's installed gradcheck does not spend.
+
 ``ratio = cli / (torch + work)``: 1.0 means the command costs nothing beyond importing torch and
 doing the scan; the rest is the CLI's own start-up (the interpreter, typer and its pydantic, the
 package's modules, the settings, rendering). The issue's target is 1.1.
@@ -54,18 +64,29 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _run(argv: Sequence[str], cwd: str, clock: str = "wall") -> tuple[float, str, str]:
+def child_env(bytecode: str) -> dict[str, str]:
+    """The children's environment: `cached` reads (and on the warm-up writes) bytecode under a
+    directory of the benchmark's own; `source` is this process's environment unchanged."""
+    env = dict(os.environ)
+    if bytecode == "cached":
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = os.path.join(tempfile.gettempdir(), "gradcheck-startup-pycache")
+    return env
+
+
+def _run(argv: Sequence[str], cwd: str, clock: str = "wall",
+         env: dict[str, str] | None = None) -> tuple[float, str, str]:
     """The wall (or CPU) time of one process, its stdout and its stderr; a failed run stops the
     benchmark."""
     cpu, start = _children_cpu(), time.perf_counter()
-    done = subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True)
+    done = subprocess.run(list(argv), cwd=cwd, capture_output=True, text=True, env=env)
     elapsed = _children_cpu() - cpu if clock == "cpu" else time.perf_counter() - start
     if done.returncode not in (0, 1):  # 1: the scan has findings, still a complete run
         raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()[-400:]}")
     return elapsed, done.stdout, done.stderr
 
 
-def measure(model: str, repeats: int, cwd: str, clock: str) -> dict[str, list[float]]:
+def measure(model: str, repeats: int, cwd: str, clock: str, env: dict[str, str]) -> dict[str, list[float]]:
     commands = {
         "torch": [sys.executable, "-c", "import torch"],
         "cli": [sys.executable, "-m", "gradcheck_cli", "scan", f"builtin:{model}", "--format", "json"],
@@ -73,18 +94,20 @@ def measure(model: str, repeats: int, cwd: str, clock: str) -> dict[str, list[fl
     }
     times: dict[str, list[float]] = {key: [] for key in commands}
     keys = list(commands)
+    for key in keys:  # untimed warm-up: the bytecode cache (--bytecode cached) and the OS's file cache
+        _run(commands[key], cwd, clock, env)
     for r in range(repeats):
         for key in keys[r % 3:] + keys[:r % 3]:  # rotate the order: all three share the noise
-            elapsed, out, _ = _run(commands[key], cwd, clock)
+            elapsed, out, _ = _run(commands[key], cwd, clock, env)
             times[key].append(float(out.strip()) if key == "work" else elapsed)
     return times
 
 
-def import_profile(model: str, cwd: str, top: int) -> list[str]:
+def import_profile(model: str, cwd: str, top: int, env: dict[str, str]) -> list[str]:
     """The CLI run's top-level imports by cumulative time (torch excluded), from -X importtime."""
     argv = [sys.executable, "-X", "importtime", "-m", "gradcheck_cli", "scan", f"builtin:{model}",
             "--format", "json"]
-    _, _, err = _run(argv, cwd)
+    _, _, err = _run(argv, cwd, env=env)
     rows = []
     for line in err.splitlines():
         match = re.match(r"import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)", line)
@@ -117,14 +140,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="wall time (default) or the processes' CPU time, steadier on a busy machine")
     parser.add_argument("--top", type=int, default=12, help="imports listed by --imports")
+    parser.add_argument("--bytecode", choices=("cached", "source"), default="cached",
+                        help="cached (default): the children read compiled bytecode, as an installed package "
+                             "does; source: the environment as it is (see the module docstring)")
     args = parser.parse_args(argv)
     import gradcheck_cli
 
     print(f"gradcheck start-up: {gradcheck_cli.__file__}, builtin:{args.model}, {args.repeats} "
           f"repeats, {args.clock} clock, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
-          f"load average {_load()}")
+          f"load average {_load()}, bytecode {args.bytecode} (PYTHONDONTWRITEBYTECODE="
+          f"{os.environ.get('PYTHONDONTWRITEBYTECODE', 'unset')} here)")
+    env = child_env(args.bytecode)
     with tempfile.TemporaryDirectory() as cwd:
-        times = measure(args.model, args.repeats, cwd, args.clock)
+        times = measure(args.model, args.repeats, cwd, args.clock, env)
         med = {key: statistics.median(values) for key, values in times.items()}
         for key, label in (("torch", 'python -c "import torch"'), ("work", "api.scan in-process"),
                            ("cli", "gradcheck scan --format json")):
@@ -134,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ratio cli / (torch + work) = {med['cli'] / (med['torch'] + med['work']):.3f}; "
               f"the CLI's own start-up: {rest:+.3f} s; load average {_load()}")
         if args.imports:
-            print("\n".join(import_profile(args.model, cwd, args.top)))
+            print("\n".join(import_profile(args.model, cwd, args.top, env)))
     return 0
 
 
