@@ -205,3 +205,19 @@ def test_the_running_sums_find_exactly_the_spikes_the_exact_rule_finds() -> None
         exact = _exact_spikes(values, 7.0, 50)
         assert detector.count == len(exact), trial
         assert (detector.first.step if detector.first else None) == (exact[0] if exact else None), trial
+
+
+def test_a_rank_mismatch_step_is_kept_in_the_series() -> None:
+    from dataclasses import replace
+
+    from gradcheck_cli.measure.series import ReplicaSpread
+
+    timeline = Timeline(["a", "b"], Thresholds())
+    for first in range(0, 20_000, 100):
+        block = _block(first, 100)
+        relative = tuple(0.5 if step == 12_345 else 0.0 for step in block.steps)  # rank 1 drifted there
+        timeline.add(replace(block, replicas=ReplicaSpread(relative, (1,) * 100, (1,) * 100)))
+    series = timeline.series()
+    [mismatch] = [f for f in timeline.findings() if f.kind is FindingKind.RANK_MISMATCH]
+    assert (mismatch.step, mismatch.rank, mismatch.layer) == (12_345, 1, "b")
+    assert 12_345 % 2 == 1 and 12_345 in series.steps  # every stride here is even

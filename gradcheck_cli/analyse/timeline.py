@@ -105,12 +105,15 @@ class Timeline:
         return self.sampler.series(self.layers)
 
     def _pin_finding_steps(self) -> None:
-        """Keep the steps where the spikes started in the series (cheap: run after every block)."""
+        """Keep the steps where a spike or a rank mismatch was first seen in the series (cheap: run
+        after every block, while that block is at hand). A trend's start lies in blocks gone by."""
         if self.loss_spikes.first is not None:
             self.sampler.pin(self.loss_spikes.first.step)
         grad = self.grad_spikes.first()
         if grad is not None:
             self.sampler.pin(grad[1].step)
+        if self.rank_mismatches.first is not None:
+            self.sampler.pin(self.rank_mismatches.first[0])
 
 
 def _message(event: NonfiniteEvent) -> str:
