@@ -7,6 +7,8 @@ Scenarios (2 ranks, gloo, CPU; each rank draws its own batches from seed 100 + r
   ddp-nan       DDP, rank 1's fc1 output is multiplied by NaN at step NAN_STEP (a forward hook)
   ddp-mismatch  DDP, rank 1 scales fc2's weight gradient by 1.5 after the all-reduce at MISMATCH_STEP
   fsdp          fully_shard on fc1, fc2 and the model
+  ddp-comm-hook DDP, a communication hook that scales rank 1's reduced gradients by 1.5 at
+                MISMATCH_STEP (what a rank altering the all-reduce does)
   ddp-raise     DDP, rank 1's loop raises at RAISE_STEP (rank 0 goes on into the next all-reduce)
 Rank r writes its watch report to OUT/report-rank{r}.json (only rank 0 should: is_writer) and what
 its own `w.report` says to OUT/result-rank{r}.json.
@@ -70,7 +72,10 @@ def main(scenario: str, out: str) -> None:
         fully_shard(net)
         model: nn.Module = net
     else:
-        model = nn.parallel.DistributedDataParallel(net)
+        ddp = nn.parallel.DistributedDataParallel(net)
+        if scenario == "ddp-comm-hook":
+            ddp.register_comm_hook(state, _uneven_all_reduce)
+        model = ddp
     if scenario == "ddp-nan" and rank == 1:
         net.fc1.register_forward_hook(
             lambda module, args, output: output * float("nan") if state["step"] == NAN_STEP else output)
@@ -83,6 +88,24 @@ def main(scenario: str, out: str) -> None:
         raise
     _result(w, out, rank)
     dist.destroy_process_group()
+
+
+def _uneven_all_reduce(state: dict[str, int], bucket: Any) -> Any:
+    """DDP's averaging all-reduce, after which rank 1 scales its copy at MISMATCH_STEP."""
+    tensor = bucket.buffer().div_(dist.get_world_size())
+    future = dist.all_reduce(tensor, async_op=True).get_future()  # type: ignore[union-attr]
+
+    def then(done: Any) -> torch.Tensor:
+        reduced = done.value()[0]
+        if dist.get_rank() == 1 and state["step"] == MISMATCH_STEP:
+            reduced.mul_(1.5)
+        return reduced
+
+    return future.then(then)
+
+
+# DDP checks the hook's annotations as objects (this module's are strings: __future__ annotations).
+_uneven_all_reduce.__annotations__.update(bucket=dist.GradBucket, **{"return": torch.futures.Future[torch.Tensor]})
 
 
 def train(w: Any, model: nn.Module, net: Net, optimizer: torch.optim.Optimizer, state: dict[str, int],

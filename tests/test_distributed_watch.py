@@ -140,6 +140,16 @@ def test_ddp_gradient_changed_on_rank_1_after_the_all_reduce_is_a_rank_mismatch(
     assert "rank 1" in mismatch["message"]
 
 
+def test_ddp_all_reduce_altered_on_rank_1_is_a_rank_mismatch_at_its_step(tmp_path: Path) -> None:
+    run = _torchrun("ddp-comm-hook", tmp_path)
+    report = run["reports"]["report-rank0.json"]
+    [mismatch] = [f for f in report["findings"] if f["kind"] == "rank-mismatch"]
+    assert (mismatch["step"], mismatch["rank"]) == (worker.MISMATCH_STEP, 1)
+    assert mismatch["evidence"]["seen_in"] == "gradients"  # read after DDP wrote its result
+    assert mismatch["evidence"]["relative_difference"] == pytest.approx(0.5 / 1.5, rel=1e-6)
+    assert mismatch["evidence"]["steps"] == 1
+
+
 def test_an_exception_on_one_rank_leaves_its_watch_without_waiting_for_the_others(tmp_path: Path) -> None:
     run = _launch("ddp-raise", tmp_path)  # a watch that waited in a collective would hang: TIMEOUT
     assert run.returncode != 0
