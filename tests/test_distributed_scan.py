@@ -174,11 +174,32 @@ FAILS_ON_RANK_1 = MODEL + textwrap.dedent('''
 
 def test_a_rank_whose_probe_fails_stops_every_rank_naming_it(tmp_path: Path) -> None:
     (tmp_path / "model.py").write_text(FAILS_ON_RANK_1)
-    ranks = _ranks(["model.py", "--format", "json", "-q"], cwd=tmp_path)  # without the exchange: a hang
+    ranks = _ranks(["model.py", "--format", "json", "-q"], cwd=tmp_path)
     assert [r.returncode for r in ranks] == [2, 2]
     assert [r.stdout for r in ranks] == ["", ""]
     assert "rank 1:" in ranks[0].stderr and "no data on this rank" in ranks[0].stderr
     assert "Traceback" not in ranks[0].stderr + ranks[1].stderr
+
+
+SLOW_ON_RANK_1 = MODEL + textwrap.dedent('''
+    import os
+    import time
+
+    _make_batch = make_batch
+
+    def make_batch(batch_size):
+        if os.environ.get("RANK") == "1":
+            time.sleep(60)
+        return _make_batch(batch_size)
+''')
+
+
+def test_a_rank_that_runs_out_of_time_stops_every_rank(tmp_path: Path) -> None:
+    (tmp_path / "model.py").write_text(SLOW_ON_RANK_1)
+    ranks = _ranks(["model.py", "--format", "json", "-q", "--timeout", "5"], cwd=tmp_path)
+    assert [r.returncode for r in ranks] == [2, 2]
+    # rank 0 is told why (not only that rank 1's connection closed)
+    assert all("--timeout" in r.stderr and "Traceback" not in r.stderr for r in ranks)
 
 
 USER_GROUP = MODEL + textwrap.dedent('''

@@ -32,6 +32,7 @@ from gradcheck_cli.config import ScanConfig
 from gradcheck_cli.errors import UserError
 from gradcheck_cli.measure.records import Measurements
 from gradcheck_cli.measure.shard_scan import as_unsharded, shard_model, user_types
+from gradcheck_cli.target.guards import ScanTimeout
 
 RANK_SEED_STRIDE = 1000
 """Rank r probes under seed + RANK_SEED_STRIDE * r (its batch b under that + b)."""
@@ -120,18 +121,24 @@ class ScanRanks:
               same_batches: bool = False) -> Measurements:
         """Run this rank's probe (under its own seed) and return every rank's, merged in rank order;
         `same_batches`: every rank probes under --seed and rank 0's measurements are the scan's."""
-        error: Exception | None = None
+        error: BaseException | None = None
         outcome: Measurements | _RankFailure
         seed = config.seed + (0 if same_batches else RANK_SEED_STRIDE * self.rank)
         try:
             outcome = run_probe(replace(config, seed=seed))
-        except Exception as exc:  # sent to the other ranks, then raised here as it was
-            error, outcome = exc, _RankFailure(str(exc) or type(exc).__name__)
+        except BaseException as exc:  # --timeout and Ctrl-C too: else the other ranks wait for this one
+            error, outcome = exc, _RankFailure(_failure_text(exc))
         outcomes: list[Measurements | _RankFailure | None] = [None] * self.world_size
         dist.all_gather_object(outcomes, outcome)
         if error is not None:
             raise error
         return merge_ranks(outcomes, rank_zero_only=same_batches)
+
+
+def _failure_text(exc: BaseException) -> str:
+    if isinstance(exc, ScanTimeout):
+        return f"the scan ran past --timeout ({exc.where})"
+    return str(exc) or type(exc).__name__
 
 
 def merge_ranks(outcomes: list[Measurements | _RankFailure | None], rank_zero_only: bool = False) -> Measurements:
