@@ -1,9 +1,10 @@
 """`gradcheck scan --shard` under torchrun: the ranks hold the model together (FSDP2's fully_shard).
 
 For a model that does not fit one device: each direct child that has parameters (the children of
-a ModuleList/ModuleDict, such as a transformer's blocks, one by one) is wrapped with
-`torch.distributed.fsdp.fully_shard`, then the root, so that every rank keeps only its shard of
-each weight and gathers one unit's weights at a time. Every rank probes the SAME batches (those of
+a ModuleList/ModuleDict/Sequential child, such as a transformer's blocks, one by one; modules
+that share a tied weight in one group) is wrapped with `torch.distributed.fsdp.fully_shard`, then
+the root, so that every rank keeps only its shard of each weight and gathers one unit's weights at
+a time. Every rank probes the SAME batches (those of
 a single-process scan under --seed): FSDP's gradient, reduced across the ranks, is then each
 batch's own gradient, and the session's per-layer sums of squares over the local shards are added
 across the ranks (measure/distributed.py, `add_shards`). The report is the single-process scan's
