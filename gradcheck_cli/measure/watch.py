@@ -251,8 +251,7 @@ class WatchEngine:
     def _flush(self) -> None:
         weight_sq = checked_layer_sq(self.trainable, self._owner, len(self.names), self._owner.device,
                                      check=False)[0]
-        if self.ranks is not None:
-            self._exchange_event()
+        winner = self._exchange_event() if self.ranks is not None else None
         block = self.ring.flush(weight_sq, self.reduce)
         if block is not None and self.ranks is not None and self.ranks.spread is not None:
             block = replace(block, replicas=self.ranks.spread)
@@ -260,17 +259,19 @@ class WatchEngine:
             self.on_block(block)
             if self.ranks is None:
                 self._loss_event(block)
+        if winner is not None:  # after its block (the series keeps the step it names)
+            self.on_event(winner)
         if self._flush_now and self.event is not None:
             self.on_event(self.event)
         self._flush_now = False
 
-    def _exchange_event(self) -> None:
-        """Under torch.distributed, at every flush until one is found: every rank's first
-        non-finite event (or its first non-finite loss in the ring) -> the earliest over ranks
-        (measure/distributed.py), the same on every rank."""
+    def _exchange_event(self) -> NonfiniteEvent | None:
+        """Under torch.distributed, at every flush until one is found (before the ring's rows are
+        reduced: this rank's own losses): every rank's first non-finite event (or its first
+        non-finite loss) -> the earliest over ranks (measure/distributed.py), on every rank."""
         assert self.ranks is not None
         if self._reported:
-            return
+            return None
         losses = self.ring.loss[:self.ring.row].tolist() if self.ring.row else []
         first = self.ring.first_step
         event = self.event
@@ -282,7 +283,7 @@ class WatchEngine:
         winner = self.ranks.first_event(mine)
         if winner is not None:
             self._reported = True
-            self.on_event(winner)
+        return winner
 
     def _loss_event(self, block: StepBlock) -> None:
         """A non-finite loss whose gradients stayed finite (no per-step read saw it): the event
