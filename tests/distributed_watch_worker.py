@@ -7,6 +7,7 @@ Scenarios (2 ranks, gloo, CPU; each rank draws its own batches from seed 100 + r
   ddp-nan       DDP, rank 1's fc1 output is multiplied by NaN at step NAN_STEP (a forward hook)
   ddp-mismatch  DDP, rank 1 scales fc2's weight gradient by 1.5 after the all-reduce at MISMATCH_STEP
   fsdp          fully_shard on fc1, fc2 and the model
+  fsdp-nan      fsdp, with ddp-nan's NaN on rank 1
   ddp-comm-hook DDP, a communication hook that scales rank 1's reduced gradients by 1.5 at
                 MISMATCH_STEP (what a rank altering the all-reduce does)
   ddp-raise     DDP, rank 1's loop raises at RAISE_STEP (rank 0 goes on into the next all-reduce)
@@ -64,7 +65,7 @@ def main(scenario: str, out: str) -> None:
     rank = dist.get_rank()
     net = build()
     state = {"step": 0}
-    if scenario == "fsdp":
+    if scenario.startswith("fsdp"):
         from torch.distributed.fsdp import fully_shard
 
         fully_shard(net.fc1)
@@ -76,7 +77,7 @@ def main(scenario: str, out: str) -> None:
         if scenario == "ddp-comm-hook":
             ddp.register_comm_hook(state, _uneven_all_reduce)
         model = ddp
-    if scenario == "ddp-nan" and rank == 1:
+    if scenario.endswith("-nan") and rank == 1:
         net.fc1.register_forward_hook(
             lambda module, args, output: output * float("nan") if state["step"] == NAN_STEP else output)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)

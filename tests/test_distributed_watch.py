@@ -110,6 +110,15 @@ def test_fsdp2_reduced_norms_equal_plain_autograd_on_the_unsharded_model(tmp_pat
     assert run["ranks"][1]["series"] == run["ranks"][0]["series"]
 
 
+def test_fsdp2_nan_on_rank_1_is_named_by_its_own_loss(tmp_path: Path) -> None:
+    run = _torchrun("fsdp-nan", tmp_path)
+    report = run["reports"]["report-rank0.json"]
+    [nonfinite] = [f for f in report["findings"] if f["kind"] == "nonfinite"]
+    # every rank's gradient shards turn NaN through the reduce-scatter; rank 1's own loss did
+    assert (nonfinite["step"], nonfinite["rank"], nonfinite["layer"]) == (worker.NAN_STEP, 1, "fc2")
+    assert "origin_module" not in nonfinite["evidence"]  # no replay: FSDP's forward is collective
+
+
 def test_ddp_healthy_run_has_no_finding_and_one_report_file(tmp_path: Path) -> None:
     run = _torchrun("ddp-healthy", tmp_path)
     assert list(run["reports"]) == ["report-rank0.json"]
