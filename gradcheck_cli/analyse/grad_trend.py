@@ -15,9 +15,9 @@ reported only when the loss did not fall over the same window: its least-squares
 two standard errors below zero. A layer whose gradient fades while the loss stays put is a
 layer that stopped learning.
 
-The start of a trend is where the window that found it best splits into a flat stretch followed
-by a line (least squares over every split, line_fit.break_point), at the earliest the window's
-first step; the trend lasts while the window's line still makes a decade in its direction, and
+The start of a trend is where the window that found it is best fitted by a level that turns into
+the line (a hinge, least squares over every turning step: line_fit.break_point), at the earliest
+the window's first step; the trend lasts while the window's line still makes a decade in its direction, and
 its per-step and total factors are fitted over that span. Bounded: per layer one window and the
 first trend's sums; one window for the loss. Pure: no torch.
 """
