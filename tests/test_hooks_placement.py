@@ -225,3 +225,32 @@ def test_the_walk_is_exact_outside_any_module() -> None:
     model = nn.Linear(2, 2)
     frames = ModuleFrames(model.named_modules())
     assert frames.innermost() is None and list(frames.inputs()) == []
+
+
+class _LogBlock(nn.Module):
+    """A container with a layer and an activation, whose own forward takes log(tanh(.)): NaN for
+    every negative tanh output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.act = nn.Tanh()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(self.act(self.fc(x)))
+
+
+def test_the_nan_replay_still_follows_every_module_call_and_leaves_no_hook() -> None:
+    """The probe no longer keeps a call stack; the replay does (hooks.follow_calls), so the origin
+    is the container's own op and `after` the module that finished before it, as at a3f28c5."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Sequential(_LogBlock()), nn.Linear(4, 2))
+
+    def make_batch(batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(batch_size, 4), torch.randint(0, 2, (batch_size,))
+    report = scan(Target("nan-in-a-container", lambda: model, make_batch)).to_dict()
+    evidence = next(f["evidence"] for f in report["findings"] if f["kind"] == "nonfinite")
+    assert (evidence["origin"], evidence["origin_type"], evidence["op"], evidence["after"]) == \
+        ("1.0", "_LogBlock", "log", "1.0.act")
+    assert evidence["direction"] == "forward" and evidence["cause"] == "unsafe-op"
+    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
