@@ -332,15 +332,37 @@ def watch_parts(bench: BenchModel, batch_size: int, seed: int, device: torch.dev
         engine._before_step(optimizer, (), {})
         engine._after_step(optimizer, (), {})
 
+    on_block, engine.on_block = engine.on_block, lambda block: None  # (the timeline: below)
     parts = {"gradient norms + finite read (every step)": fastest(engine._after_backward),
              "row + flush with its weight norms (every=1)": fastest(row_and_flush),
              f"update ratio (1 step in {UPDATE_EVERY})": fastest(update_ratio)}
-    engine.steps = 0
+    engine.on_block, engine.steps = on_block, 0
     w.close()
     optimizer.zero_grad(set_to_none=True)
+    parts["timeline per block (analyse/, median)"] = _timeline_per_block(model, optimizer, target, batch, calls,
+                                                                         clock)
     lines = [f"  plain step {step * 1e3:.1f} ms"]
     lines += [f"  {name}: {t * 1e6:.0f} us = {t / step:.2%} of a step" for name, t in parts.items()]
     return "\n".join(lines)
+
+
+def _timeline_per_block(model: nn.Module, optimizer: torch.optim.Optimizer, target: Target, batch: list[Batch],
+                        steps: int, clock: Callable[[], float]) -> float:
+    """The analysis of each block (analyse/timeline.py) in a real run of `steps` steps at every=1
+    (the same batch again: losses and norms move as training goes; loss windows fill after 100)."""
+    w = gradcheck_cli.watch(model, optimizer, every=1, sample_every=0, output=None, quiet=True)
+    timeline, times = w._timeline, []
+    add = timeline.add
+
+    def timed_add(block: Any) -> None:
+        start = clock()
+        add(block)
+        times.append(clock() - start)
+
+    timeline.add = timed_add
+    train(model, optimizer, batch * steps, target, Monitor(after_step=w.step))
+    w.close()
+    return statistics.median(times)
 
 
 def timed_once(fn: Callable[[], object], device: torch.device, clock: Callable[[], float]) -> float:

@@ -41,11 +41,11 @@ def test_smoke_run_prints_every_path(capsys: pytest.CaptureFixture[str]) -> None
 def test_parts_name_each_part_of_the_watchs_step(capsys: pytest.CaptureFixture[str]) -> None:
     assert watch_overhead.main([*SMOKE, "--paths", "watch@1", "--parts", "2"]) == 0
     out = capsys.readouterr().out
-    parts = out[out.index("the watch's parts on relu-he"):].splitlines()[1:5]
+    parts = out[out.index("the watch's parts on relu-he"):].splitlines()[1:6]
     assert parts[0].strip().startswith("plain step")
     assert [line.split(":")[0].strip() for line in parts[1:]] == [
         "gradient norms + finite read (every step)", "row + flush with its weight norms (every=1)",
-        "update ratio (1 step in 10)"]
+        "update ratio (1 step in 10)", "timeline per block (analyse/, median)"]
     assert all(line.endswith("of a step") for line in parts[1:])
 
 
