@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import distributed_watch_worker as worker
 import pytest
 import torch
 import torch.distributed as dist
@@ -29,9 +30,6 @@ from gradcheck_cli.analyse.timeline import Timeline
 from gradcheck_cli.measure.distributed import Candidate, earliest, is_writer, local_tensor, replica_spread
 from gradcheck_cli.measure.series import NonfiniteEvent, ReplicaSpread, StepBlock
 from gradcheck_cli.report.records import FindingKind
-
-sys.path.insert(0, str(Path(__file__).parent))
-import distributed_watch_worker as worker  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")

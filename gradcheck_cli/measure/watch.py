@@ -25,6 +25,9 @@ What it reads, and when (docs/architecture.md, the watch):
   session, so the final report has the scan's per-layer picture of the start of training.
 Rows go into a device ring (watch_ring.py) and come over in one host transfer per `every` steps,
 and at once after the first non-finite step. Nothing per step is kept beyond the ring.
+Under torch.distributed (measure/distributed.py) the blocks are reduced across ranks, flushes
+happen only at the `every` boundaries (collectives need every rank), and the read at the end of
+a backward waits for DDP's all-reduce / FSDP's reduce-scatter.
 The model and optimizer run exactly as without the watch: the hooks read and never write, and no
 random number is drawn.
 """
