@@ -16,10 +16,15 @@ What it reads, and when (docs/architecture.md, the watch):
   (and whether each float32 norm is in the range where it is exact; checked_layer_sq). It is the
   only per-step host read, and it is what lets the first NaN/Inf be caught BEFORE the optimizer
   writes it into the weights: the optimizer's step pre-hook (step(), when no optimizer was given)
-  replays the step's batch (watch_replay.py) with the weights that produced it.
+  replays the step's batch (watch_replay.py) with the weights that produced it. On a GPU the
+  read is a sync per step; it cannot move to the flush without giving that up: the host must know
+  before optimizer.step() whether to replay, and afterwards the weights are gone (keeping a copy
+  of them per step would cost more). Loops that log loss.item() or use GradScaler sync anyway.
 * the update/weight ratio |Δw| / |w| of the user's own optimizer: a copy of the weights in the
-  step pre-hook and the difference in the post-hook cost three passes over the weights, so it is
-  taken on every UPDATE_EVERY-th step only (steps 0, 10, 20, ...); the other rows are NaN.
+  step pre-hook, the update subtracted into it in the post-hook (no second weight-sized buffer);
+  three passes over the weights, so it is taken on every UPDATE_EVERY-th step only (steps 0, 10,
+  20, ...); the other rows are NaN. The copy is made anew each time rather than kept: a kept one
+  would hold the weights' size through every forward and backward, the peak (bench/README.md).
 * the loss, from step(loss); activation statistics from the MeasurementSession, attached only for
   the forward of every `sample_every`-th step (0: never). Step 0's gradients always go to the
   session, so the final report has the scan's per-layer picture of the start of training.
