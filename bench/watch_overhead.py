@@ -333,6 +333,7 @@ def watch_parts(bench: BenchModel, batch_size: int, seed: int, device: torch.dev
         engine._after_step(optimizer, (), {})
 
     on_block, engine.on_block = engine.on_block, lambda block: None  # (the timeline: below)
+    engine.steps = 1  # not step 0, whose gradients the watch also copies for the session
     parts = {"gradient norms + finite read (every step)": fastest(engine._after_backward),
              "row + flush with its weight norms (every=1)": fastest(row_and_flush),
              f"update ratio (1 step in {UPDATE_EVERY})": fastest(update_ratio)}
