@@ -30,7 +30,7 @@ from gradcheck_cli.report.records import Finding, FindingKind, Recommendation, R
 R = RecommendationId
 
 # Most urgent first: data and NaN sources, then what stops a diverging run, then root causes.
-RANK = (R.CHECK_INPUTS, R.GUARD_NONFINITE, R.USE_BF16, R.KEEP_FP32, R.LOSS_SCALING, R.FP32_MASTER_WEIGHTS,
+RANK = (R.CHECK_INPUTS, R.SYNC_RANKS, R.GUARD_NONFINITE, R.USE_BF16, R.KEEP_FP32, R.LOSS_SCALING, R.FP32_MASTER_WEIGHTS,
         R.CLIP_GRADIENTS, R.LOWER_LR, R.HE_INIT, R.XAVIER_INIT, R.SWAP_ACTIVATION, R.GATED_RNN,
         R.ADD_NORMALIZATION, R.ADD_SKIP, R.WEIGHT_DECAY)
 
@@ -53,6 +53,7 @@ TITLES = {
     R.USE_BF16: "Autocast in bfloat16 instead of float16",
     R.KEEP_FP32: "Run the overflowing layers in float32",
     R.FP32_MASTER_WEIGHTS: "Keep float32 master weights for bf16 training",
+    R.SYNC_RANKS: "Keep the DDP replicas in step",
 }
 
 
