@@ -38,7 +38,8 @@ class _StubScan:
         self.make = make
         self.configs: list[ScanConfig] = []
 
-    def __call__(self, target: str, config: ScanConfig, thresholds: Any = None, on_stage: Any = None) -> Report:
+    def __call__(self, target: str, config: ScanConfig, thresholds: Any = None, on_stage: Any = None,
+                 **distributed: Any) -> Report:  # ranks, shard: a scan under torchrun
         self.configs.append(config)
         if on_stage is not None and config.verify:
             on_stage("verifying he-init (1/1)", 0, config.batches)
