@@ -104,7 +104,8 @@ def test_a_known_result_is_what_typers_adapter_returns(annotation: type) -> None
     assert known_result(annotation, "1", plain=False) == (False, None)  # bounds, parser, path: typer's
 
 
-def test_an_in_process_run_leaves_the_collector_alone() -> None:
+def test_an_in_process_run_leaves_the_collector_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(process_heap, "_state", {"owned": False, "frozen": False})  # as a fresh process
     before = gc.get_freeze_count()
     done = CliRunner().invoke(app, ["scan", "builtin:relu-he", "--format", "json", *SMALL])
     assert done.exit_code == 0, done.output
