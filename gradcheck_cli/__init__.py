@@ -23,13 +23,13 @@ def scan(target: Any, config: Any = None, thresholds: Any = None, **options: Any
 
 def watch(model: Any, optimizer: Any = None, *, every: int = 50, sample_every: int = 0,
           output: Any = "gradcheck-watch.json", quiet: bool = False, fail_on: Any = None,
-          thresholds: Any = None) -> Watch:
+          thresholds: Any = None, scaler: Any = None) -> Watch:
     """Watch a training loop (`with watch(model, optimizer) as w: ... w.step(loss)`) and return
     the Watch; see gradcheck_cli.api.watch."""
     from gradcheck_cli.cli.watch import watch as _watch
 
     return _watch(model, optimizer, every=every, sample_every=sample_every, output=output, quiet=quiet,
-                  fail_on=fail_on, thresholds=thresholds)
+                  fail_on=fail_on, thresholds=thresholds, scaler=scaler)
 
 
 __all__ = ["__version__", "scan", "watch"]

@@ -79,14 +79,15 @@ def scan(target: str | Target, config: ScanConfig | None = None,
 
 def watch(model: Any, optimizer: Any = None, *, every: int = 50, sample_every: int = 0,
           output: Any = "gradcheck-watch.json", quiet: bool = False, fail_on: Any = None,
-          thresholds: Thresholds | None = None) -> Watch:
+          thresholds: Thresholds | None = None, scaler: Any = None) -> Watch:
     """Watch the user's own training loop: `with watch(model, optimizer) as w: ... w.step(loss)`
     once per optimizer step; leaving the block writes `output` (JSON) and prints the table to
-    stderr unless `quiet` (gradcheck_cli/cli/watch.py; README, "Watching training")."""
+    stderr unless `quiet` (gradcheck_cli/cli/watch.py; README, "Watching training"). `scaler`:
+    the loop's torch.amp.GradScaler under fp16 mixed precision (measure/watch_scaler.py)."""
     from gradcheck_cli.cli.watch import watch as _watch
 
     return _watch(model, optimizer, every=every, sample_every=sample_every, output=output, quiet=quiet,
-                  fail_on=fail_on, thresholds=thresholds)
+                  fail_on=fail_on, thresholds=thresholds, scaler=scaler)
 
 
 def _scan(target: str | Target, config: ScanConfig, thresholds: Thresholds, stage: StageCallback,

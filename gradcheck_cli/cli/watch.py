@@ -52,7 +52,7 @@ class Watch:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
                  every: int = 50, sample_every: int = 0, output: str | Path | None = "gradcheck-watch.json",
                  quiet: bool = False, fail_on: Iterable[str] | None = None,
-                 thresholds: Thresholds | None = None) -> None:
+                 thresholds: Thresholds | None = None, scaler: Any = None) -> None:
         from gradcheck_cli.analyse.thresholds import Thresholds
         from gradcheck_cli.measure.watch import WatchEngine
 
@@ -64,7 +64,7 @@ class Watch:
         self.target = _model_name(model)
         self.report: Report | None = None
         self._engine = WatchEngine(model, optimizer, every, sample_every, self._on_block, self._on_event,
-                                   reduce=_reducer(model))
+                                   reduce=_reducer(model), scaler=scaler)
         self._timeline = _timeline(self._engine.names, self.thresholds)
         self._optimizer_name = type(optimizer).__name__ if optimizer is not None else None
         self._closed = False
@@ -128,10 +128,14 @@ class Watch:
 
 def watch(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, every: int = 50,
           sample_every: int = 0, output: str | Path | None = "gradcheck-watch.json", quiet: bool = False,
-          fail_on: Iterable[str] | None = None, thresholds: Thresholds | None = None) -> Watch:
-    """Watch `model` (and `optimizer`) in the user's own loop; see the module docstring."""
+          fail_on: Iterable[str] | None = None, thresholds: Thresholds | None = None,
+          scaler: Any = None) -> Watch:
+    """Watch `model` (and `optimizer`) in the user's own loop; see the module docstring.
+    `scaler`: the loop's torch.amp.GradScaler under fp16 mixed precision (measure/watch_scaler.py):
+    the norms are the true, unscaled ones and the scaler's skipped overflow steps are counted in the
+    report's config ("skipped_steps"), not reported as nonfinite."""
     return Watch(model, optimizer, every=every, sample_every=sample_every, output=output, quiet=quiet,
-                 fail_on=fail_on, thresholds=thresholds)
+                 fail_on=fail_on, thresholds=thresholds, scaler=scaler)
 
 
 def build_report(w: Watch) -> Report:
@@ -151,6 +155,8 @@ def build_report(w: Watch) -> Report:
     config = {"mode": "watch", "every": engine.every, "sample_every": engine.sample_every,
               "steps": engine.steps, "optimizer": w._optimizer_name, "device": str(engine.ring.device),
               "fail_on": list(w.fail_on if w.fail_on is not None else DEFAULT_FAIL_ON)}
+    if engine.scaler is not None:  # fp16 AMP: the GradScaler's overflow steps (measure/watch_scaler.py)
+        config["skipped_steps"] = engine.scaler.skipped
     findings = report.findings + over_time
     # weight-growth justifies weight-decay, its value from the run's optimizer (analyse/fix_timeline.py)
     recommendations = with_timeline_fixes(report.recommendations, findings, settings_of(engine.optimizer),

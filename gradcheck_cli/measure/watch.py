@@ -28,6 +28,9 @@ What it reads, and when (docs/architecture.md, the watch):
 * the loss, from step(loss); activation statistics from the MeasurementSession, attached only for
   the forward of every `sample_every`-th step (0: never). Step 0's gradients always go to the
   session, so the final report has the scan's per-layer picture of the start of training.
+* with fp16 AMP (`scaler=`, a torch.amp.GradScaler): the gradients read at the end of the backward
+  are scaled by the loss scale; the norms are divided by it on the device, and the scaler's own
+  overflow steps (which it skips) are counted, not reported as non-finite (watch_scaler.py).
 Rows go into a device ring (watch_ring.py) and come over in one host transfer per `every` steps,
 and at once after the first non-finite step. Nothing per step is kept beyond the ring.
 Under torch.distributed (measure/distributed.py) the blocks are reduced across ranks, flushes
@@ -61,6 +64,7 @@ from gradcheck_cli.measure.series import NonfiniteEvent, StepBlock
 from gradcheck_cli.measure.session import MeasurementSession
 from gradcheck_cli.measure.watch_replay import LastBatch, replay_last_batch
 from gradcheck_cli.measure.watch_ring import Reducer, StepRing
+from gradcheck_cli.measure.watch_scaler import ScalerReading
 
 UPDATE_EVERY = 10
 """The update/weight ratio is measured on steps 0, UPDATE_EVERY, 2 * UPDATE_EVERY, ... (module
@@ -72,7 +76,8 @@ class WatchEngine:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, every: int,
                  sample_every: int, on_block: Callable[[StepBlock], None],
-                 on_event: Callable[[NonfiniteEvent], None], reduce: Reducer | None = None) -> None:
+                 on_event: Callable[[NonfiniteEvent], None], reduce: Reducer | None = None,
+                 scaler: Any = None) -> None:
         model = unwrap(model)  # DDP: the user's module (its names; a replay without collectives)
         self.model, self.optimizer = model, optimizer
         self.session = MeasurementSession(model)
@@ -83,6 +88,9 @@ class WatchEngine:
         self.ring = StepRing(every, len(self.names), self._owner.device, updates=optimizer is not None)
         self.on_block, self.on_event, self.reduce = on_block, on_event, reduce
         self.steps = 0
+        self.scaler = ScalerReading(scaler) if scaler is not None else None
+        """fp16 AMP (watch_scaler.py): norms divided by the loss scale, overflow steps skipped."""
+        self._resample = False
         self.rank = _rank()
         self.ranks = reduce if isinstance(reduce, RankReduction) else None
         """Under torch.distributed (measure/distributed.py): flushes in lock-step only."""
@@ -165,9 +173,15 @@ class WatchEngine:
             self._owner[[k for k, g in enumerate(grads) if g is not None]]
         self._pending, finite = checked_layer_sq(given, owner, len(self.names), self._owner.device)
         self._bad = not finite
+        if self.scaler is not None:  # the true norms: divided by the loss scale (watch_scaler.py)
+            self._pending = self.scaler.unscale_sq(self._pending)
+            if not finite:
+                self.scaler.note_overflow(self._nonfinite_counts())  # zero_grad may come before step(loss)
         if self._sampling():
             # The session reads them at step(loss), after zero_grad may have cleared them in place.
             self._sampled_grads = [None if g is None else g.detach().clone() for g in grads]
+            if self.scaler is not None:
+                self.scaler.unscale_(self._sampled_grads)
 
     def _before_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._check_finite()
@@ -194,12 +208,15 @@ class WatchEngine:
 
     def step(self, loss: torch.Tensor | float) -> None:
         """The end of one optimizer step: write its row; flush every `every` steps."""
+        if self.scaler is not None:
+            self._scaler_verdict(loss)
         self._check_finite()
         self.ring.write(loss, self._pending)
         if self._sampled_grads is not None:
             with torch.no_grad():
                 self.session.on_batch(loss, self._sampled_grads)
             self._sampled_grads = None
+            self._resample = False
         if self.sample_every > 0 and self.steps % self.sample_every == 0:
             self.session.detach()
         self._pending = None
@@ -210,12 +227,26 @@ class WatchEngine:
         if self.sample_every > 0 and self.steps % self.sample_every == 0 and self._handles:
             self.session.attach()  # the next step's forward is a sampled one
 
+    def _scaler_verdict(self, loss: torch.Tensor | float) -> None:
+        """With a GradScaler: non-finite gradients from an overflow of the scaling are a skipped
+        step (counted; no finding, no row, no sample), anything else stays (watch_scaler.py)."""
+        assert self.scaler is not None
+        if not self._bad:
+            self.scaler.stepped()
+        elif self.scaler.skipped_overflow(loss):
+            self._bad = False
+            self._pending = None
+            self._resample = self._resample or self._sampled_grads is not None
+            self._sampled_grads = None  # step 0's picture comes from the next step that is not skipped
+
     def _sampling(self) -> bool:
-        return self.steps == 0 or (self.sample_every > 0 and self.steps % self.sample_every == 0)
+        return self.steps == 0 or self._resample or (self.sample_every > 0 and self.steps % self.sample_every == 0)
 
     def check_finite(self) -> None:
-        """The step pre-hook's NaN/Inf check, for a backward run inside optimizer.step(closure)."""
-        self._check_finite()
+        """The step pre-hook's NaN/Inf check, for a backward run inside optimizer.step(closure).
+        With a GradScaler it waits for step(loss): the scaler skips an overflowing step itself."""
+        if self.scaler is None:
+            self._check_finite()
 
     def _check_finite(self) -> None:
         """After a backward with NaN/Inf gradients: count them per layer, and on the first one
@@ -223,7 +254,8 @@ class WatchEngine:
         if not self._bad:
             return
         self._bad = False  # handled: the next backward sets it again
-        counts = self._nonfinite_counts()
+        held = self.scaler.take_counts() if self.scaler is not None else None
+        counts = held if held is not None else self._nonfinite_counts()
         self.ring.nonfinite.add_(counts)
         if self.event is None:
             self.event = self._nonfinite_event(counts.tolist())
