@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -131,3 +132,58 @@ def test_weights_are_bit_identical_with_and_without_the_watch() -> None:
     _watched(watched, torch.amp.GradScaler("cpu", init_scale=2.0**20), 10)
     for a, b in zip(bare.parameters(), watched.parameters()):
         assert torch.equal(a, b)
+
+
+def test_lightning_16_mixed_gives_the_watch_its_scaler(tmp_path: object) -> None:
+    """Lightning's MixedPrecision plugin with a GradScaler (what precision="16-mixed" builds on a
+    GPU; on a CPU it is given explicitly): its overflow steps are skipped, not nonfinite."""
+    pl = pytest.importorskip("lightning.pytorch")
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from gradcheck_cli.integrations.lightning import GradcheckCallback
+
+    class Regressor(pl.LightningModule):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 1))
+
+        def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            return nn.functional.mse_loss(self.net(x).float(), y)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    torch.manual_seed(0)
+    x = torch.randn(48, 6, generator=torch.Generator().manual_seed(1))
+    callback = GradcheckCallback(every=4, output=None, quiet=True)
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**20))
+    trainer = pl.Trainer(max_steps=12, accelerator="cpu", plugins=[plugin], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[callback])
+    trainer.fit(Regressor(), torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, x[:, :1].sin()),
+                                                         batch_size=4))
+    report = callback.report
+    assert report is not None
+    assert 1 <= report.config["skipped_steps"] < 12
+    assert not [f for f in report.findings if f.kind is FindingKind.NONFINITE]
+
+
+def test_hf_trainer_callback_takes_the_accelerated_optimizers_scaler(tmp_path: object) -> None:
+    """fp16=True: Accelerate keeps the GradScaler on the AcceleratedOptimizer the Trainer hands to
+    on_train_begin, as `.scaler` next to the torch optimizer `.optimizer` (an fp16 Trainer needs a
+    GPU, and building the real wrapper needs a global Accelerator: a stand-in with its two
+    attributes, accelerate/optimizer.py)."""
+    pytest.importorskip("transformers")
+    from gradcheck_cli.integrations.huggingface import GradcheckTrainerCallback
+
+    model = _model()
+    scaler = torch.amp.GradScaler("cpu")
+    wrapped = SimpleNamespace(optimizer=_optimizer_of(model), scaler=scaler)
+    callback = GradcheckTrainerCallback(output=None, quiet=True)
+    callback.on_train_begin(None, None, None, model=model, optimizer=wrapped)
+    try:
+        assert callback.watch is not None
+        engine_scaler = callback.watch._engine.scaler
+        assert engine_scaler is not None and engine_scaler.scaler is scaler
+    finally:
+        callback.close()

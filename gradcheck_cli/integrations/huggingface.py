@@ -26,6 +26,12 @@ saying so, the report of what was measured written.
 the watch then stays open, its hooks on the model, until the process exits, when an `atexit`
 handler closes it and writes the report of the steps measured (no gate; the error has already
 ended the run). A process that goes on after the error (a notebook) calls `callback.close()`.
+
+With `fp16=True` the Trainer's Accelerator keeps its GradScaler on the optimizer it wraps
+(AcceleratedOptimizer.scaler), which `on_train_begin` receives: the watch is given it (`scaler=`),
+so the norms are the unscaled ones and the scaler's skipped overflow steps are counted in the
+report's config ("skipped_steps"), not reported as nonfinite. (The callback's kwargs hold no
+Accelerator; an optimizer that is not Accelerate's wrapper has no scaler to find.)
 """
 
 from __future__ import annotations
@@ -75,7 +81,8 @@ class GradcheckTrainerCallback(TrainerCallback):  # type: ignore[misc]
                        **kwargs: Any) -> None:
         self.close()  # a watch left open by an earlier train() that raised
         tap = OutputLoss(model)
-        self.watch = watch(model, _torch_optimizer(optimizer), **self.options)
+        self.watch = watch(model, _torch_optimizer(optimizer), scaler=getattr(optimizer, "scaler", None),
+                           **self.options)
         tap.attach()
         self._loss = tap
         atexit.register(self.close)

@@ -31,6 +31,11 @@ measured so far and `fail_on` is not applied; Lightning re-raises the error (on 
 with status 1). With `fail_on`, a matching finding at the end raises `WatchGateFailed` out of
 `trainer.fit`. Only rank 0 writes. Imports `lightning.pytorch`, or the older standalone
 `pytorch_lightning` when `lightning` is not installed.
+
+Under `precision="16-mixed"` the precision plugin's GradScaler is given to the watch (`scaler=`):
+the norms are the unscaled ones and the steps the scaler skips on an overflow are counted in the
+report's config ("skipped_steps"), not reported as nonfinite; Lightning runs the scaler's step
+after `on_before_optimizer_step`, so the NaN/Inf check then waits for the step's end.
 """
 
 from __future__ import annotations
@@ -74,7 +79,8 @@ class GradcheckCallback(Callback):  # type: ignore[misc]
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._close(None)  # a watch left from an earlier fit of this callback
         optimizers = list(trainer.optimizers)
-        self.watch = watch(pl_module, optimizers[0] if len(optimizers) == 1 else None, **self.options)
+        self.watch = watch(pl_module, optimizers[0] if len(optimizers) == 1 else None, scaler=_scaler(trainer),
+                           **self.options)
         self._global_step = trainer.global_step
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
@@ -105,6 +111,15 @@ class GradcheckCallback(Callback):  # type: ignore[misc]
             error = error or RuntimeError("a new training run started")
             watching.__exit__(type(error), error, error.__traceback__)
             self.report = watching.report
+
+
+def _scaler(trainer: Any) -> Any:
+    """The GradScaler of `precision="16-mixed"` (the precision plugin's `scaler`; None under other
+    precisions, bf16 included, which need none): the watch divides the norms by its scale and
+    counts its skipped overflow steps (measure/watch_scaler.py)."""
+    plugin = getattr(trainer, "precision_plugin", None) or getattr(getattr(trainer, "strategy", None),
+                                                                   "precision_plugin", None)
+    return getattr(plugin, "scaler", None)
 
 
 def _step_loss(outputs: Any, automatic: bool, accumulate: int) -> Any:
