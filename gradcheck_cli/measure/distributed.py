@@ -28,8 +28,8 @@ earliest (step, rank) where the rank's OWN forward or loss was non-finite (its r
 origin, or its loss was NaN/Inf). Under DDP a NaN born in rank 1's forward reaches every rank's
 gradients through the all-reduce at the same step, so rank 0's gradients are non-finite too; the
 origin is rank 1's. Every rank must create the watch (not rank 0 alone), call `w.step` the same
-number of times (as DDP requires) and close the watch together; on an exception the watch detaches without any collective
-(cli/watch.py): torchrun then stops the other ranks as it does without the watch.
+number of times (as DDP requires) and close the watch together; on an exception the watch
+detaches without any collective (cli/watch.py): torchrun then stops the other ranks as it does without the watch.
 
 `local_tensor` (a DTensor's local shard) and `is_writer` (only rank 0 writes and prints) are shared
 with the scan under torchrun (measure/distributed_scan.py). docs/architecture.md, the watch.
