@@ -63,6 +63,21 @@ def _plain(descriptor: Any) -> bool:
             and not getattr(info, "clamp", False) and not descriptor.is_choice and not descriptor.is_path)
 
 
+def _layout_known() -> bool:
+    """typer's private coercion layer has the shape this module was written against (typer 0.29):
+    a frozen dataclass with exactly these fields. Any other typer: no shortcut, typer's own path."""
+    from dataclasses import fields, is_dataclass
+
+    try:
+        names = {f.name for f in fields(RuntimeParam)} if is_dataclass(RuntimeParam) else None
+    except TypeError:  # pragma: no cover - not a dataclass after all
+        return False
+    return names == {"parameter_info", "annotation"} and callable(getattr(RuntimeParam, "_coerce_value", None))
+
+
+if RuntimeParam is not None and not _layout_known():  # pragma: no cover - another typer's internals
+    RuntimeParam = None  # type: ignore[assignment,misc]
+
 if RuntimeParam is not None:
     @dataclass(frozen=True)
     class _Deferred(RuntimeParam):
