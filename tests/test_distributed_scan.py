@@ -213,6 +213,9 @@ USER_GROUP = MODEL + textwrap.dedent('''
     @atexit.register
     def _still_up():
         print(f"user group alive at exit: {dist.is_initialized()}", file=sys.stderr)
+        if dist.is_initialized():  # the user's own teardown: a gloo group left alive at interpreter
+            dist.barrier()          # exit can abort the process ("terminate called without an
+            dist.destroy_process_group()  # active exception"), with or without gradcheck
 ''')
 
 

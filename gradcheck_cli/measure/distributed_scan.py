@@ -19,6 +19,7 @@ it (naming the rank) instead of waiting for it.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import os
 from collections.abc import Callable, Mapping
@@ -36,6 +37,8 @@ from gradcheck_cli.target.guards import ScanTimeout
 
 RANK_SEED_STRIDE = 1000
 """Rank r probes under seed + RANK_SEED_STRIDE * r (its batch b under that + b)."""
+SETTLE_TIMEOUT = datetime.timedelta(seconds=60)
+"""How long the ranks wait for each other before the process group is destroyed (`_settle`)."""
 
 
 def launched_world(environ: Mapping[str, str] = os.environ) -> tuple[int, int] | None:
@@ -96,6 +99,7 @@ class ScanRanks:
     def close(self) -> None:
         """Destroy the process group if `join` started it (the user's own is left running)."""
         if self._created and dist.is_initialized():
+            _settle()
             dist.destroy_process_group()
         self._created = False
 
@@ -133,6 +137,21 @@ class ScanRanks:
         if error is not None:
             raise error
         return merge_ranks(outcomes, rank_zero_only=same_batches)
+
+
+def _settle() -> None:
+    """Wait until every rank has finished the group's last collective before it is destroyed. The
+    last one is usually `agree`'s broadcast, which returns on rank 0 as soon as its send is queued:
+    destroying the group under that send killed rank 0 with "terminate called without an active
+    exception" (seen once in a CI run of tests/test_distributed_scan.py). A rank that is gone
+    raises here; the group is destroyed all the same."""
+    try:
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier(timeout=SETTLE_TIMEOUT)
+        else:
+            dist.barrier()
+    except RuntimeError:
+        pass
 
 
 def _failure_text(exc: BaseException) -> str:
