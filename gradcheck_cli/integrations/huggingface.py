@@ -37,9 +37,7 @@ Accelerator; an optimizer that is not Accelerate's wrapper has no scaler to find
 from __future__ import annotations
 
 import atexit
-from collections.abc import Iterable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -49,40 +47,27 @@ except ImportError as missing:
     raise ImportError("gradcheck's Trainer callback needs transformers: pip install 'gradcheck[transformers]'") \
         from missing
 
-from gradcheck_cli.cli.watch import watch
 from gradcheck_cli.errors import UserError
+from gradcheck_cli.integrations.holder import WatchHolder
 from gradcheck_cli.measure.output_loss import OutputLoss
-
-if TYPE_CHECKING:
-    from gradcheck_cli.analyse.thresholds import Thresholds
-    from gradcheck_cli.cli.watch import Watch
-    from gradcheck_cli.report.records import Report
 
 NO_LOSS = ("gradcheck's Trainer callback reads the loss from the model's output, and this model's output has "
            "no 'loss' (label_smoothing_factor, compute_loss_func or an overridden compute_loss compute it outside "
            "the model): use gradcheck_cli.watch in your own loop, or let the model compute its loss")
 
 
-class GradcheckTrainerCallback(TrainerCallback):  # type: ignore[misc]
+class GradcheckTrainerCallback(WatchHolder, TrainerCallback):  # type: ignore[misc]
     """Watch a Hugging Face Trainer run (module docstring); the options are `watch(...)`'s."""
 
-    def __init__(self, *, every: int = 50, sample_every: int = 0,
-                 output: str | Path | None = "gradcheck-watch.json", quiet: bool = False,
-                 fail_on: Iterable[str] | None = None, thresholds: Thresholds | None = None) -> None:
-        self.options: dict[str, Any] = {"every": every, "sample_every": sample_every, "output": output,
-                                        "quiet": quiet, "fail_on": fail_on, "thresholds": thresholds}
-        self.watch: Watch | None = None
-        """The running watch, between the start and the end of training."""
-        self.report: Report | None = None
-        """The last finished watch's report."""
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
         self._loss: OutputLoss | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        **kwargs: Any) -> None:
         self.close()  # a watch left open by an earlier train() that raised
         tap = OutputLoss(model)
-        self.watch = watch(model, _torch_optimizer(optimizer), scaler=getattr(optimizer, "scaler", None),
-                           **self.options)
+        self._start(model, _torch_optimizer(optimizer), getattr(optimizer, "scaler", None))
         tap.attach()
         self._loss = tap
         atexit.register(self.close)
@@ -98,22 +83,13 @@ class GradcheckTrainerCallback(TrainerCallback):  # type: ignore[misc]
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._stop()
-        watching, self.watch = self.watch, None
-        if watching is not None:
-            try:
-                watching.close()  # raises WatchGateFailed when fail_on matches
-            finally:
-                self.report = watching.report
+        self._finish()
 
     def close(self) -> None:
         """Close a watch that training left open (module docstring): the report of the steps
         measured, without the gate. Nothing happens when no watch is open."""
         self._stop()
-        watching, self.watch = self.watch, None
-        if watching is not None:
-            error = RuntimeError("training ended without on_train_end")
-            watching.__exit__(type(error), error, None)
-            self.report = watching.report
+        self._abandon(RuntimeError("training ended without on_train_end"))
 
     def _stop(self) -> None:
         atexit.unregister(self.close)

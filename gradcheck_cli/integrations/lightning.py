@@ -40,12 +40,11 @@ after `on_before_optimizer_step`, so the NaN/Inf check then waits for the step's
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
-from gradcheck_cli.cli.watch import watch
 from gradcheck_cli.errors import UserError
+from gradcheck_cli.integrations.holder import WatchHolder
 
 try:
     from lightning.pytorch import Callback
@@ -56,31 +55,18 @@ except ImportError:  # pragma: no cover - only where the standalone package is a
         raise ImportError("gradcheck's Lightning callback needs Lightning: pip install 'gradcheck[lightning]'") \
             from missing
 
-if TYPE_CHECKING:
-    from gradcheck_cli.analyse.thresholds import Thresholds
-    from gradcheck_cli.cli.watch import Watch
-    from gradcheck_cli.report.records import Report
 
-
-class GradcheckCallback(Callback):  # type: ignore[misc]
+class GradcheckCallback(WatchHolder, Callback):  # type: ignore[misc]
     """Watch a Lightning training run (module docstring); the options are `watch(...)`'s."""
 
-    def __init__(self, *, every: int = 50, sample_every: int = 0,
-                 output: str | Path | None = "gradcheck-watch.json", quiet: bool = False,
-                 fail_on: Iterable[str] | None = None, thresholds: Thresholds | None = None) -> None:
-        self.options: dict[str, Any] = {"every": every, "sample_every": sample_every, "output": output,
-                                        "quiet": quiet, "fail_on": fail_on, "thresholds": thresholds}
-        self.watch: Watch | None = None
-        """The running watch, between the start and the end of training."""
-        self.report: Report | None = None
-        """The last finished watch's report."""
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
         self._global_step = 0
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        self._close(None)  # a watch left from an earlier fit of this callback
+        self._abandon(RuntimeError("a new training run started"))  # a watch left from an earlier fit
         optimizers = list(trainer.optimizers)
-        self.watch = watch(pl_module, optimizers[0] if len(optimizers) == 1 else None, scaler=_scaler(trainer),
-                           **self.options)
+        self._start(pl_module, optimizers[0] if len(optimizers) == 1 else None, _scaler(trainer))
         self._global_step = trainer.global_step
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
@@ -94,23 +80,10 @@ class GradcheckCallback(Callback):  # type: ignore[misc]
         self.watch.step(_step_loss(outputs, pl_module.automatic_optimization, trainer.accumulate_grad_batches))
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        watching, self.watch = self.watch, None
-        if watching is not None:
-            try:
-                watching.close()  # raises WatchGateFailed when fail_on matches
-            finally:
-                self.report = watching.report
+        self._finish()
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        self._close(exception)
-
-    def _close(self, error: BaseException | None) -> None:
-        """Close without the gate: the report holds what was measured, the error goes on as it was."""
-        watching, self.watch = self.watch, None
-        if watching is not None:
-            error = error or RuntimeError("a new training run started")
-            watching.__exit__(type(error), error, error.__traceback__)
-            self.report = watching.report
+        self._abandon(exception)
 
 
 def _scaler(trainer: Any) -> Any:
