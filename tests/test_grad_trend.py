@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
-from training_runs import fold_run, mlp_run
+from training_runs import fold_run, mlp_run, watched_regression
 
 from gradcheck_cli.analyse.grad_trend import GradTrends
 from gradcheck_cli.analyse.line_fit import LineWindow, break_point
@@ -129,24 +129,13 @@ def test_a_watched_run_above_the_stability_limit_reports_the_trend_with_its_step
     import torch
     from torch import nn
 
-    from gradcheck_cli import watch
-
     torch.manual_seed(0)
     x = torch.randn(256, 8)
     y = x @ torch.randn(8, 1) + 0.1 * torch.randn(256, 1)
     design = torch.cat([x, torch.ones(256, 1)], 1)
     sharpest = float(torch.linalg.eigvalsh(2 * design.T @ design / 256).max())
-    model = nn.Linear(8, 1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1.02 * 2 / sharpest)
-    with watch(model, optimizer, every=25, output=tmp_path / "w.json", quiet=True) as w:
-        for _ in range(300):
-            loss = ((model(x) - y) ** 2).mean()
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            w.step(loss)
-    assert w.report is not None
-    found = {f.kind: f for f in w.report.findings}
+    report = watched_regression(nn.Linear(8, 1), 1.02 * 2 / sharpest, x, y, 300, tmp_path / "w.json")
+    found = {f.kind: f for f in report.findings}
     trend = found[FindingKind.GRAD_TREND]
     assert trend.layer is not None
     assert trend.step is not None and trend.step <= 10 and trend.rank == 0

@@ -8,7 +8,7 @@ import pickle
 from pathlib import Path
 
 import pytest
-from training_runs import fold_run, mlp_run, squared
+from training_runs import fold_run, mlp_run, squared, watched_regression
 
 from gradcheck_cli.analyse.fix_timeline import OptimizerSettings, weight_decay_fix, with_timeline_fixes
 from gradcheck_cli.analyse.thresholds import Thresholds
@@ -154,19 +154,8 @@ def test_a_watched_healthy_run_gets_no_weight_decay_and_a_diverging_one_does(tmp
     import torch
     from torch import nn
 
-    from gradcheck_cli import watch
-
     def watched(model: nn.Module, lr: float, x: torch.Tensor, y: torch.Tensor, steps: int):  # type: ignore[no-untyped-def]
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-        with watch(model, optimizer, every=25, output=tmp_path / "w.json", quiet=True) as w:
-            for _ in range(steps):
-                loss = ((model(x) - y) ** 2).mean()
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad()
-                w.step(loss)
-        assert w.report is not None
-        return w.report
+        return watched_regression(model, lr, x, y, steps, tmp_path / "w.json")
 
     torch.manual_seed(0)
     x, y = torch.randn(256, 8), torch.randn(256, 1)

@@ -40,6 +40,24 @@ def mlp_run(optimizer: str, lr: float, classify: bool, steps: int, seed: int = 0
     return losses, grads, weights
 
 
+def watched_regression(model: Any, lr: float, x: Any, y: Any, steps: int, output: Any):  # type: ignore[no-untyped-def]
+    """Full-batch SGD on mean squared error under gradcheck_cli.watch (every=25); the watch's report."""
+    import torch
+
+    from gradcheck_cli import watch
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    with watch(model, optimizer, every=25, output=output, quiet=True) as w:
+        for _ in range(steps):
+            loss = ((model(x) - y) ** 2).mean()
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            w.step(loss)
+    assert w.report is not None
+    return w.report
+
+
 def squared(tensors: Iterable[Any]) -> float:
     """The squared L2 norm of the tensors together (plain autograd's numbers, no gradcheck)."""
     return math.fsum(float(t.pow(2).sum()) for t in tensors if t is not None)
