@@ -54,6 +54,7 @@ class Watch:
                  quiet: bool = False, fail_on: Iterable[str] | None = None,
                  thresholds: Thresholds | None = None, scaler: Any = None) -> None:
         from gradcheck_cli.analyse.thresholds import Thresholds
+        from gradcheck_cli.measure.distributed import model_name, rank_reduction
         from gradcheck_cli.measure.watch import WatchEngine
 
         _validate(every, sample_every)
@@ -61,10 +62,10 @@ class Watch:
         self.quiet = quiet
         self.fail_on = tuple(fail_on) if fail_on is not None else None
         self.thresholds = thresholds or Thresholds()
-        self.target = _model_name(model)
+        self.target = model_name(model)
         self.report: Report | None = None
         self._engine = WatchEngine(model, optimizer, every, sample_every, self._on_block, self._on_event,
-                                   reduce=_reducer(model), scaler=scaler)
+                                   reduce=rank_reduction(model), scaler=scaler)
         self._timeline = _timeline(self._engine.names, self.thresholds)
         self._optimizer_name = type(optimizer).__name__ if optimizer is not None else None
         self._closed = False
@@ -110,7 +111,9 @@ class Watch:
         self._closed = True
         self._engine.detach(lockstep=gate)  # on the user's exception: no collective (may be alone)
         self.report = build_report(self)
-        if _is_writer():  # under torch.distributed the blocks are reduced: rank 0 writes the report
+        from gradcheck_cli.measure.distributed import is_writer
+
+        if is_writer():  # under torch.distributed the blocks are reduced: rank 0 writes the report
             if self.output is not None:
                 write_report(self.report, self.output)
             if not self.quiet:
@@ -195,27 +198,6 @@ def _validate(every: int, sample_every: int) -> None:
         raise UserError(f"every must be a whole number of steps, at least 1 (got {every!r})")
     if isinstance(sample_every, bool) or not isinstance(sample_every, int) or sample_every < 0:
         raise UserError(f"sample_every must be a whole number of steps, 0 or more (got {sample_every!r})")
-
-
-def _reducer(model: nn.Module) -> Any:
-    """Under torch.distributed with several ranks, the blocks' reduction across ranks
-    (measure/distributed.py: FSDP2 shards add, DDP replicas are compared); None otherwise."""
-    from gradcheck_cli.measure.distributed import rank_reduction
-
-    return rank_reduction(model)
-
-
-def _model_name(model: nn.Module) -> str:
-    from gradcheck_cli.measure.distributed import model_name
-
-    return model_name(model)
-
-
-def _is_writer() -> bool:
-    """Only rank 0 writes and prints under torch.distributed (measure/distributed.py)."""
-    from gradcheck_cli.measure.distributed import is_writer
-
-    return is_writer()
 
 
 def _timeline(layers: list[str], thresholds: Thresholds) -> Any:
