@@ -38,14 +38,18 @@ with the scan under torchrun (measure/distributed_scan.py). docs/architecture.md
 from __future__ import annotations
 
 import math
+import pickle
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 from gradcheck_cli.measure.series import NonfiniteEvent, ReplicaSpread
+
+T = TypeVar("T")
 
 
 def active() -> bool:
@@ -179,10 +183,39 @@ class RankReduction:
         return list(flat.split([p.numel() for p in parts]))
 
     def first_event(self, mine: Candidate | None) -> NonfiniteEvent | None:
-        """Every rank's candidate (all_gather_object) -> the earliest by (step, not own, rank)."""
-        gathered: list[Candidate | None] = [None] * self.world
-        torch.distributed.all_gather_object(gathered, mine)
-        return earliest([c for c in gathered if c is not None])
+        """Every rank's candidate (all_gather_objects) -> the earliest by (step, not own, rank)."""
+        return earliest([c for c in all_gather_objects(mine) if c is not None])
+
+
+def all_gather_objects(obj: T) -> list[T]:
+    """Every rank's `obj`, in rank order. torch's all_gather_object (and broadcast_object_list)
+    read their byte buffers back through Tensor.numpy(), which fails with "Numpy is not available"
+    under a torch without numpy (its CPU wheel does not require it): here the pickled bytes travel
+    as uint8 tensors and come back through .tolist()."""
+    dist, device = torch.distributed, _collective_device()
+    data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8).to(device)
+    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([data.numel()], dtype=torch.int64, device=device))
+    lengths = [int(n) for n in torch.cat(sizes).tolist()]
+    padded = torch.zeros(max(lengths), dtype=torch.uint8, device=device)
+    padded[:data.numel()] = data
+    gathered = [torch.empty_like(padded) for _ in lengths]
+    dist.all_gather(gathered, padded)
+    return [pickle.loads(bytes(t[:n].tolist())) for t, n in zip(gathered, lengths)]  # noqa: S301 - our ranks'
+
+
+def broadcast_int(value: int, src: int = 0) -> int:
+    """`src`'s value on every rank (broadcast_object_list without numpy, as above)."""
+    tensor = torch.tensor([value], dtype=torch.int64, device=_collective_device())
+    torch.distributed.broadcast(tensor, src)
+    return int(tensor.item())
+
+
+def _collective_device() -> torch.device:
+    """nccl moves CUDA tensors only; gloo, CPU ones."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def earliest(candidates: list[Candidate]) -> NonfiniteEvent | None:

@@ -4,7 +4,7 @@ torchrun starts the same command on every rank (WORLD_SIZE > 1 and RANK in the e
 rank builds the model as a single process would (the same --seed: the same weights on every rank)
 and probes its own batches: rank r draws them under the seed `seed + RANK_SEED_STRIDE * r` (batch b
 of rank r under seed + 1000 * r + b, so the ranks' batches differ while --batches <= 1000). The
-ranks' Measurements are then exchanged (all_gather_object) and merged in rank order with
+ranks' Measurements are then exchanged (distributed.all_gather_objects) and merged in rank order with
 `Measurements.merge`: the merged scan is the scan of one process that probed rank 0's batches,
 then rank 1's, ... (per-batch gradient norms concatenate, sums of squares and counts add), so every
 rank holds the same measurements, the same report and the same exit code; rank 0 alone prints and
@@ -31,6 +31,7 @@ from torch import nn
 
 from gradcheck_cli.config import ScanConfig
 from gradcheck_cli.errors import UserError
+from gradcheck_cli.measure.distributed import all_gather_objects, broadcast_int
 from gradcheck_cli.measure.records import Measurements
 from gradcheck_cli.measure.shard_scan import as_unsharded, shard_model, user_types
 from gradcheck_cli.target.guards import ScanTimeout
@@ -107,9 +108,7 @@ class ScanRanks:
         """Rank 0's exit code, on every rank (it alone rendered and wrote the report)."""
         if not dist.is_initialized():
             return exit_code
-        code = [exit_code]
-        dist.broadcast_object_list(code, src=0)
-        return int(code[0])
+        return broadcast_int(exit_code, src=0)
 
     def probe_model(self, model: nn.Module, run_probe: Callable[[ScanConfig], Measurements],
                     config: ScanConfig) -> Measurements:
@@ -132,8 +131,7 @@ class ScanRanks:
             outcome = run_probe(replace(config, seed=seed))
         except BaseException as exc:  # --timeout and Ctrl-C too: else the other ranks wait for this one
             error, outcome = exc, _RankFailure(_failure_text(exc))
-        outcomes: list[Measurements | _RankFailure | None] = [None] * self.world_size
-        dist.all_gather_object(outcomes, outcome)
+        outcomes: list[Measurements | _RankFailure | None] = list(all_gather_objects(outcome))
         if error is not None:
             raise error
         return merge_ranks(outcomes, rank_zero_only=same_batches)
