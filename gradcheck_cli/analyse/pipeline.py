@@ -8,16 +8,20 @@ watch, merged ranks) can call it on its own measurements.
 
 from __future__ import annotations
 
+from dataclasses import fields
+from typing import Any
+
 from gradcheck_cli import __version__
 from gradcheck_cli.analyse.checks import CheckContext, run_checks
 from gradcheck_cli.analyse.classify import LayerVerdict, classify_layers, verdict
 from gradcheck_cli.analyse.fixes import recommend
+from gradcheck_cli.analyse.recurrence import effective_horizon, near_end, oriented_steps
 from gradcheck_cli.analyse.stats import LayerStats, compute_stats
 from gradcheck_cli.analyse.structure import has_normalization
-from gradcheck_cli.analyse.thresholds import Thresholds
+from gradcheck_cli.analyse.thresholds import DEFAULTS, Thresholds
 from gradcheck_cli.config import ScanConfig
 from gradcheck_cli.measure.records import Measurements
-from gradcheck_cli.report.records import FindingKind, LayerReport, LossInfo, Report, Status
+from gradcheck_cli.report.records import FindingKind, LayerReport, LossInfo, Report, Status, ThroughTime
 
 NONFINITE_KINDS = (FindingKind.NONFINITE, FindingKind.NONFINITE_INPUT)
 """Findings that make the model's verdict nonfinite even when every gradient is finite."""
@@ -37,20 +41,39 @@ def analyse(measurements: Measurements, config: ScanConfig, thresholds: Threshol
     return Report(
         target=target,
         tool_version=__version__,
-        config=config.as_dict(),
+        config=report_config(config.as_dict(), thresholds),
         loss=LossInfo(measurements.loss_kind, measurements.loss_trace),
         verdict=model_verdict,
-        layers=tuple(_report_row(layer, v) for layer, v in zip(layers, verdicts)),
+        layers=tuple(_report_row(layer, v, thresholds) for layer, v in zip(layers, verdicts)),
         findings=tuple(findings),
         recommendations=tuple(recommend(findings, layers, has_normalization(measurements.module_types), thresholds)),
     )
 
 
-def _report_row(layer: LayerStats, layer_verdict: LayerVerdict) -> LayerReport:
+def report_config(config: dict[str, Any], thresholds: Thresholds) -> dict[str, Any]:
+    """The report's config: the scan's settings, and under "thresholds" the thresholds set away
+    from their defaults (absent when there are none), so a report says what decided it and its
+    charts draw the lines it was judged by."""
+    changed = {f.name: getattr(thresholds, f.name) for f in fields(Thresholds)
+               if getattr(thresholds, f.name) != getattr(DEFAULTS, f.name)}
+    return {**config, "thresholds": changed} if changed else config
+
+
+def _report_row(layer: LayerStats, layer_verdict: LayerVerdict, thresholds: Thresholds) -> LayerReport:
     """The layer's row of the public report (schema gradcheck/report@1): the subset of its
     statistics that the report promises, and its status. The analysis itself reads `layer`."""
     return LayerReport(
         name=layer.name, type=layer.type_name, index=layer.index, params=layer.params,
         status=layer_verdict.status, grad_norm=layer.grad_norm, weight_norm=layer.weight_norm,
         grad_to_weight=layer.grad_to_weight, nonfinite_grads=layer.nonfinite_grads,
-        activation=layer.activation, update_to_weight=layer.update_to_weight)
+        activation=layer.activation, update_to_weight=layer.update_to_weight,
+        through_time=_through_time(layer, thresholds))
+
+
+def _through_time(layer: LayerStats, thresholds: Thresholds) -> ThroughTime | None:
+    """The per-step profile of a recurrent layer, as the through-time rules read it."""
+    if len(layer.step_grad_rms) < 2:
+        return None
+    steps = oriented_steps(layer.step_grad_rms, layer.step_entry_grad_rms, layer.bidirectional)
+    return ThroughTime(steps, near_end(layer.step_entry_grad_rms, layer.bidirectional),
+                       effective_horizon(steps, thresholds.horizon_fraction))

@@ -145,7 +145,7 @@ def build_report(w: Watch) -> Report:
     """The scan's analysis of the steps the session measured, with the timeline's findings over
     time (each with its step) and its bounded per-layer time series."""
     from gradcheck_cli.analyse.fix_timeline import settings_of, with_timeline_fixes
-    from gradcheck_cli.analyse.pipeline import analyse
+    from gradcheck_cli.analyse.pipeline import analyse, report_config
     from gradcheck_cli.config import ScanConfig
     from gradcheck_cli.report.records import FindingKind, Status
 
@@ -164,7 +164,7 @@ def build_report(w: Watch) -> Report:
     # weight-growth justifies weight-decay, its value from the run's optimizer (analyse/fix_timeline.py)
     recommendations = with_timeline_fixes(report.recommendations, findings, settings_of(engine.optimizer),
                                           w.thresholds)
-    return replace(report, config=config, verdict=verdict, findings=findings, recommendations=recommendations,
+    return replace(report, config=report_config(config, w.thresholds), verdict=verdict, findings=findings, recommendations=recommendations,
                    series=w._timeline.series())
 
 

@@ -26,6 +26,7 @@ from gradcheck_cli.report.records import (
     Report,
     Severity,
     Status,
+    ThroughTime,
 )
 from gradcheck_cli.report.series import WatchSeries
 from gradcheck_cli.report.verification import (
@@ -78,7 +79,13 @@ def _layer(item: Mapping[str, Any]) -> LayerReport:
         nonfinite_grads=_int(item["nonfinite_grads"]),
         activation={_str(k): _number(v) for k, v in item["activation"].items()},
         update_to_weight=_optional_float(item["update_to_weight"]),
+        through_time=_through_time(item["through_time"]) if item.get("through_time") is not None else None,
     )
+
+
+def _through_time(item: Mapping[str, Any]) -> ThroughTime:
+    return ThroughTime(step_grad_rms=tuple(_float(v) for v in item["step_grad_rms"]),
+                       near_end=_str(item["near_end"]), horizon=_optional_int(item["horizon"]))
 
 
 def _finding(item: Mapping[str, Any]) -> Finding:

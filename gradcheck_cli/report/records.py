@@ -85,6 +85,24 @@ Number = float | int | str | None
 
 
 @dataclass(frozen=True)
+class ThroughTime:
+    """A recurrent layer's gradient through time: what reached each time step of its input."""
+
+    step_grad_rms: tuple[float, ...]
+    """The RMS gradient reaching each time step, ordered from the far end of the sequence to the
+    end nearest the loss (analyse/recurrence.oriented_steps), mean over probe batches."""
+    near_end: str
+    """Which step of the input sequence is nearest the loss: "last" (unidirectional) or "first"."""
+    horizon: int | None
+    """The effective horizon: steps back from the near end until the gradient is below
+    thresholds.horizon_fraction of its value there; None when it never falls that low."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"step_grad_rms": [_num(v) for v in self.step_grad_rms], "near_end": self.near_end,
+                "horizon": self.horizon}
+
+
+@dataclass(frozen=True)
 class LayerReport:
     name: str
     """Qualified name from named_modules(), e.g. "encoder.0"; "" never occurs (root is "(root)")."""
@@ -108,6 +126,9 @@ class LayerReport:
     """With --steps: the largest relative weight change of one optimizer step, |Δw| / |w|
     (lr * |g| / |w| for SGD, measured around optimizer.step() for Adam/AdamW; healthy ~1e-3).
     None without --steps."""
+    through_time: ThroughTime | None = None
+    """A recurrent layer's profile through time (nn.RNN/LSTM/GRU, or a cell called in a loop);
+    None for every other layer (no `through_time` key in its JSON)."""
 
 
 @dataclass(frozen=True)
@@ -220,7 +241,7 @@ def _recommendation_dict(rec: Recommendation) -> dict[str, Any]:
 
 
 def _layer_dict(layer: LayerReport) -> dict[str, Any]:
-    return {
+    data: dict[str, Any] = {
         "name": layer.name,
         "type": layer.type,
         "index": layer.index,
@@ -233,6 +254,9 @@ def _layer_dict(layer: LayerReport) -> dict[str, Any]:
         "activation": {k: _num(v) for k, v in layer.activation.items()},
         "update_to_weight": _num(layer.update_to_weight),
     }
+    if layer.through_time is not None:
+        data["through_time"] = layer.through_time.as_dict()
+    return data
 
 
 NONFINITE_STRINGS = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
