@@ -38,12 +38,14 @@ def is_stdout(path: Path | None) -> bool:
     return path is not None and str(path) == STDOUT
 
 
-def write_output(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` as the module docstring says; UserError naming the path if it fails."""
+def write_output(path: Path, text: str | bytes) -> None:
+    """Write ``text`` (str as UTF-8, or bytes: an image) to ``path`` as the module docstring says;
+    UserError naming the path if it fails."""
+    data = text.encode("utf-8") if isinstance(text, str) else text
     try:
         descriptor = inherited_descriptor(str(path))
         if descriptor is not None:
-            _write_descriptor(descriptor, text)
+            _write_descriptor(descriptor, data)
             return
         real = os.path.realpath(path)
         try:
@@ -51,10 +53,10 @@ def write_output(path: Path, text: str) -> None:
         except FileNotFoundError:
             existing = None
         if existing is not None and not stat.S_ISREG(existing.st_mode):
-            with open(real, "w", encoding="utf-8") as handle:  # a FIFO or a device: write through it
-                handle.write(text)
+            with open(real, "wb") as handle:  # a FIFO or a device: write through it
+                handle.write(data)
             return
-        _replace_atomically(Path(real), text, existing)
+        _replace_atomically(Path(real), data, existing)
     except OSError as exc:
         hint = "; check that the folder exists and is writable" if exc.errno in FOLDER_ERRORS else ""
         raise UserError(f"cannot write {path}: {exc.strerror or exc}{hint}") from None
@@ -75,22 +77,21 @@ def inherited_descriptor(path: str) -> int | None:
     return None
 
 
-def _write_descriptor(descriptor: int, text: str) -> None:
+def _write_descriptor(descriptor: int, data: bytes) -> None:
     for stream in (sys.stdout, sys.stderr):  # what Python buffered comes first
         if stream is not None:
             stream.flush()
-    data = text.encode("utf-8")
     while data:
         data = data[os.write(descriptor, data):]
 
 
-def _replace_atomically(path: Path, text: str, existing: os.stat_result | None) -> None:
+def _replace_atomically(path: Path, data: bytes, existing: os.stat_result | None) -> None:
     handle, temporary = _temporary_beside(path)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        with os.fdopen(handle, "wb") as stream:
             if existing is not None:
                 os.fchmod(stream.fileno(), stat.S_IMODE(existing.st_mode))
-            stream.write(text)
+            stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)

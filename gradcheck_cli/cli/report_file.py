@@ -34,6 +34,12 @@ def load_report(path: Path, fail_on: tuple[str, ...] | None) -> ScanResult:
     return ScanResult(report.target, report.target, report)
 
 
+def read_report_json(path: Path) -> Any:
+    """FILE's JSON document, whatever its schema (`gradcheck plot` also reads a recipe run's run@1);
+    the same one-line UserError as load_report when it is missing, unreadable or not JSON."""
+    return _read_json(path)
+
+
 def _read_json(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
