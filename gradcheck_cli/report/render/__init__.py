@@ -51,6 +51,8 @@ class OutputFormat(str, Enum):
     """JUnit XML: one testcase per scan and per failing finding, for CI test reports."""
     GITHUB = "github"
     """GitHub Actions workflow commands (::error/::warning annotations)."""
+    HTML = "html"
+    """One self-contained HTML page (inline CSS and SVG charts, no script) for people and CI artifacts."""
 
 
 def render(results: Sequence[ScanResult], fmt: OutputFormat, *, combined: bool = False,
@@ -90,5 +92,9 @@ def render(results: Sequence[ScanResult], fmt: OutputFormat, *, combined: bool =
         from gradcheck_cli.report.render.github import render_github
 
         return render_github(results, known)
+    if fmt is OutputFormat.HTML:
+        from gradcheck_cli.report.render.html import render_html
+
+        return render_html(results, known)
     # Reached only by a format added to the enum without a renderer (tests walk every member).
     raise ValueError(f"no renderer for output format {fmt!r}")
