@@ -19,6 +19,7 @@ import typer
 
 from gradcheck_cli import __version__
 from gradcheck_cli.cli.lazy_coercion import LazyCoercionGroup
+from gradcheck_cli.cli.plot import plot_command
 from gradcheck_cli.cli.process_heap import claim_process, freeze_after_torch_import
 from gradcheck_cli.cli.settings import SETTINGS, Layer, Resolved
 from gradcheck_cli.config import DEFAULT_FAIL_ON, OPTIMIZERS, PRECISIONS, ScanConfig
@@ -293,6 +294,9 @@ def report_command(
     except UserError as exc:
         _fail(str(exc), exc, debug)
     raise typer.Exit(_emit([result], options, False, debug))
+
+
+app.command("plot")(plot_command)  # cli/plot.py: a saved report's charts as images (matplotlib)
 
 
 def _ignore_warnings_for_api_users() -> None:
