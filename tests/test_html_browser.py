@@ -1,0 +1,231 @@
+"""The HTML report as a person sees it: rendered by headless Chromium (issue 15, part 4).
+
+Five reports (vanishing: builtin:deep-sigmoid, exploding: builtin:relu-normal-init, NaN:
+builtin:nan-log, recurrent: builtin:rnn-long, and a watched training loop) are rendered with
+``--format html``'s renderer, opened in Chromium (tests/browser.py) and checked there:
+- the page loads without a console error and requests nothing but itself (no network, no asset);
+- every chart is drawn: the pixels inside its box are not blank, and its box stays within
+  1200 x 900 CSS pixels;
+- the flow chart's DOM as the browser parsed it has one bar per layer with parameters in each panel,
+  naming the report's layers in execution order with their status and numbers; every non-healthy bar
+  has a text mark next to its colour;
+- the recurrent report has one through-time chart per recurrent layer, the watch its loss and
+  step-norm charts.
+Screenshots of each page go to $GRADCHECK_SCREENSHOTS when set (to look at), else to tmp_path.
+The instruments themselves are tested first, on hand-written pages: the console check catches an
+error, the request check an external URL, and the blank check a chart with nothing drawn in it.
+Without Chromium (or when it does not start) every test here skips, saying why.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from browser import Browser, BrowserUnavailable, Page, start_browser
+from png_reader import ink_fraction, read_png
+
+from gradcheck_cli.report.charts import charts_of
+from gradcheck_cli.report.records import Report, ScanResult, Status
+
+MIN_INK = 0.02
+"""A drawn chart has at least this share of pixels that are not its background (the blank chart
+of the instrument test has 0; the real charts measure 0.05 to 0.2)."""
+MAX_CHART = (1200, 900)
+"""The SVG contract's bound on a chart's box in CSS pixels, whatever the model size."""
+CASES = ("vanishing", "exploding", "nonfinite", "recurrent", "watch")
+BUILTINS = {"vanishing": "builtin:deep-sigmoid", "exploding": "builtin:relu-normal-init",
+            "nonfinite": "builtin:nan-log", "recurrent": "builtin:rnn-long"}
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    try:
+        started = start_browser(tmp_path_factory.mktemp("chromium"))
+    except BrowserUnavailable as reason:
+        pytest.skip(str(reason))
+    yield started
+    started.close()
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    chosen = os.environ.get("GRADCHECK_SCREENSHOTS")
+    folder = Path(chosen) if chosen else tmp_path_factory.mktemp("screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def report_of(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Report]:
+    """Each case's report, made once per module (the scans are seeded: the same report every run)."""
+    made: dict[str, Report] = {}
+
+    def make(case: str) -> Report:
+        if case not in made:
+            made[case] = _watched(tmp_path_factory.mktemp("watch")) if case == "watch" else _scanned(case)
+        return made[case]
+
+    return make
+
+
+def _scanned(case: str) -> Report:
+    from gradcheck_cli import scan
+
+    return scan(BUILTINS[case])
+
+
+def _watched(folder: Path) -> Report:
+    """A tiny seeded training loop under gradcheck_cli.watch: an MLP fitting sin(x.sum()), 100 steps."""
+    import torch
+    from torch import nn
+    from training_runs import watched_regression
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 1))
+    x = torch.randn(64, 4)
+    return watched_regression(model, 0.05, x, torch.sin(x.sum(1, keepdim=True)), 100, folder / "watch.json")
+
+
+def _html(report: Report) -> str:
+    from gradcheck_cli.report.render import OutputFormat, render
+
+    return render([ScanResult(report.target, report.target, report)], OutputFormat.HTML)
+
+
+def _open(browser: Browser, path: Path, html: str) -> Page:
+    path.write_text(html, encoding="utf-8")
+    return browser.open(path.resolve().as_uri())
+
+
+# --- the instruments, on hand-written pages: each check can fail -----------------------------------
+
+def _chart_page(drawn: bool) -> str:
+    bars = ('<rect x="40" y="60" width="30" height="100" fill="#3366cc"/>'
+            '<rect x="90" y="20" width="30" height="140" fill="#cc3333"/>') if drawn else ""
+    return ('<!doctype html><html><head><meta charset="utf-8"><title>t</title></head>'
+            '<body style="margin:0;background:#fff">'
+            '<svg class="chart" data-chart="flow" width="200" height="180" role="img" aria-labelledby="t1">'
+            f'<title id="t1">flow</title><rect width="200" height="180" fill="#ffffff"/>{bars}</svg>'
+            '</body></html>')
+
+
+def test_the_console_check_catches_errors_and_the_request_check_external_urls(browser: Browser,
+                                                                               tmp_path: Path) -> None:
+    broken = ('<!doctype html><html><body><img src="missing.png"><img src="http://example.invalid/x.png">'
+              '<script>console.error("logged on purpose"); throw new Error("thrown on purpose");</script>'
+              '</body></html>')
+    page = _open(browser, tmp_path / "broken.html", broken)
+    try:
+        errors = "\n".join(page.errors)
+        assert "logged on purpose" in errors and "thrown on purpose" in errors
+        assert "missing.png" in errors
+        assert _foreign(page, tmp_path / "broken.html") == [(tmp_path / "missing.png").as_uri(),
+                                                            "http://example.invalid/x.png"]
+    finally:
+        page.close()
+    clean = _open(browser, tmp_path / "clean.html", _chart_page(drawn=True))
+    try:
+        assert clean.errors == []
+        assert _foreign(clean, tmp_path / "clean.html") == []
+    finally:
+        clean.close()
+
+
+def test_the_blank_check_tells_a_drawn_chart_from_an_empty_one(browser: Browser, tmp_path: Path) -> None:
+    inks = {}
+    for drawn in (False, True):
+        page = _open(browser, tmp_path / f"chart-{drawn}.html", _chart_page(drawn))
+        try:
+            box = page.box('svg[data-chart="flow"]')
+            assert box is not None and (box.width, box.height) == (200, 180)
+            image = read_png(page.screenshot(box))
+            inks[drawn] = ink_fraction(image)
+            if drawn:  # the reader's pixels are where the page drew them
+                assert image.pixel(50, 100) == (0x33, 0x66, 0xCC) and image.pixel(100, 30) == (0xCC, 0x33, 0x33)
+                assert image.pixel(5, 5) == (255, 255, 255)
+        finally:
+            page.close()
+    assert inks[False] == 0.0
+    assert inks[True] == pytest.approx((30 * 100 + 30 * 140) / (200 * 180))
+    assert inks[True] > MIN_INK
+
+
+# --- the five reports -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_report_renders_in_chromium(case: str, browser: Browser, report_of: Callable[[str], Report],
+                                        screenshots: Path) -> None:
+    report = report_of(case)
+    path = screenshots / f"{case}.html"
+    page = _open(browser, path, _html(report))
+    try:
+        (screenshots / f"{case}.png").write_bytes(page.screenshot())
+        assert page.errors == [], f"console errors on {path}"
+        assert _foreign(page, path) == [], "the page requested something besides itself"
+        assert page.evaluate("document.scripts.length") == 0
+        kinds = _check_charts_are_drawn(page, case, screenshots)
+        expected = {"flow"} | ({"through-time"} if case == "recurrent" else set()) | \
+            ({"loss", "step-norms"} if case == "watch" else set())
+        assert expected <= set(kinds), f"charts drawn: {kinds}"
+        _check_flow_bars(page, report)
+        if case == "recurrent":
+            _check_through_time(page, report)
+    finally:
+        page.close()
+
+
+def _check_charts_are_drawn(page: Page, case: str, screenshots: Path) -> list[str]:
+    """Each chart's box is bounded and has ink in it (its screenshot kept as CASE-N-KIND.png);
+    returns the chart kinds, in page order."""
+    kinds: list[str] = page.evaluate("[...document.querySelectorAll('svg.chart')].map(s => s.dataset.chart)")
+    for index, kind in enumerate(kinds):
+        box = page.box("svg.chart", index)
+        assert box is not None
+        assert 0 < box.width <= MAX_CHART[0] and 0 < box.height <= MAX_CHART[1], (kind, box)
+        picture = page.screenshot(box)
+        (screenshots / f"{case}-{index}-{kind}.png").write_bytes(picture)
+        ink = ink_fraction(read_png(picture))
+        assert ink >= MIN_INK, f"{case}: the {kind} chart (#{index}) looks blank: {ink:.4f} of its pixels drawn"
+    return kinds
+
+
+def _check_flow_bars(page: Page, report: Report) -> None:
+    """One bar per layer with parameters in each panel, as the browser parsed them: the layers'
+    names in execution order, their statuses and the report's numbers; a text mark on each
+    non-healthy bar (status is never shown by colour alone)."""
+    layers = sorted((layer for layer in report.layers if layer.params > 0), key=lambda x: x.index)
+    chart = charts_of(report).flow
+    assert chart is not None and len(chart.bars) == len(layers)  # no grouping at this size
+    for metric in ("grad_norm", "grad_to_weight"):
+        bars = page.evaluate(
+            f"[...document.querySelectorAll('svg[data-chart=\"flow\"] g.panel[data-metric=\"{metric}\"] rect.bar')]"
+            ".map(r => [r.dataset.layer, r.dataset.status, r.dataset.count, r.dataset.value,"
+            " [...r.parentNode.querySelectorAll('text')].filter(t => t.dataset.layer === r.dataset.layer)"
+            ".map(t => t.textContent.trim()).join(' ')])")
+        assert len(bars) == len(layers), f"{metric}: {len(bars)} bars for {len(layers)} layers with parameters"
+        for (name, status, count, value, mark), layer in zip(bars, layers):
+            assert (name, status, count) == (layer.name, layer.status.value, "1")
+            number = getattr(layer, metric)
+            assert value == ("" if number is None else repr(number))
+            if layer.status is not Status.HEALTHY or (number is not None and not math.isfinite(number)):
+                assert mark, f"{metric}: the {layer.status.value} bar of {name} has no text mark"
+
+
+def _check_through_time(page: Page, report: Report) -> None:
+    profiles = charts_of(report).through_time
+    assert profiles, "builtin:rnn-long has a recurrent layer"
+    drawn = page.evaluate("[...document.querySelectorAll('svg[data-chart=\"through-time\"]')].map(s =>"
+                          " [s.dataset.layer, s.querySelectorAll('.horizon').length])")
+    assert [name for name, _ in drawn] == [p.layer for p in profiles]
+    for (name, horizons), profile in zip(drawn, profiles):
+        assert horizons == (0 if profile.horizon is None else 1), name
+
+
+def _foreign(page: Page, path: Path) -> list[str]:
+    """What the page requested besides itself and inline data: URLs."""
+    own = path.resolve().as_uri()
+    return [url for url in page.requests if url != own and not url.startswith("data:")]
