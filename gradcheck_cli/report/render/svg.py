@@ -178,7 +178,8 @@ def flow_svg(chart: FlowChart, ident: str) -> str:
     named = len(bars) <= MAX_NAMED_BARS
     top_panel = Axis(0, 1, 44, 44 + PANEL_HEIGHT)
     low_panel = Axis(0, 1, top_panel.bottom + 36, top_panel.bottom + 36 + PANEL_HEIGHT)
-    label_room = 118 if named else 40
+    longest = max(len(shorten(b.label)) for b in bars) if named else 0
+    label_room = 30 + math.ceil(4.5 * longest) if named else 40
     height = int(low_panel.bottom + label_room + 40)
     limits = chart.thresholds
     desc = (f"{chart.layers} layers with parameters in execution order, {len(bars)} bars; top: log10 of each "
@@ -195,7 +196,7 @@ def flow_svg(chart: FlowChart, ident: str) -> str:
                           [math.log10(t[1]) for t in thresholds if t[1] > 0], low_panel.top, low_panel.bottom)
     parts += _panel("grad_norm", "log10 gradient L2 norm", norm_axis, bars, ident)
     parts += _panel("grad_to_weight", "log10 grad/weight", ratio_axis, bars, ident, thresholds)
-    parts += _x_labels(bars, low_panel.bottom, named)
+    parts += _x_labels(bars, low_panel.bottom, named, label_room)
     parts += _legend(sorted({b.status for b in bars} | {Status.HEALTHY}, key=list(Status).index),
                      ident, height - 14)
     parts.append("</svg>")
@@ -251,12 +252,13 @@ def _bar(bar: Bar, value: float | None, axis: Axis, x: float, width: float, iden
     if marks:
         kind = "missing" if position is None else "status"
         parts.append(f'<text class="mark {kind}" data-layer="{attr(bar.label)}" x="{num(x + width / 2)}" '
-                     f'y="{num(top - 3)}" text-anchor="middle" font-size="9" font-weight="bold">'
+                     f'y="{num(top - 3)}" text-anchor="middle" font-size="{11 if position is None else 9}" '
+                     f'font-weight="bold">'
                      f'{attr(" ".join(marks))}</text>')
     return parts
 
 
-def _x_labels(bars: Sequence[Bar], bottom: float, named: bool) -> list[str]:
+def _x_labels(bars: Sequence[Bar], bottom: float, named: bool, room: int) -> list[str]:
     """Layer names under the bars (rotated), or positions every few bars for a long model."""
     slot = PLOT_WIDTH / len(bars)
     parts = ['<g class="x-labels">']
@@ -268,7 +270,7 @@ def _x_labels(bars: Sequence[Bar], bottom: float, named: bool) -> list[str]:
                      f'transform="rotate(-40 {x} {num(bottom + 12)})">{attr(text)}</text>')
     caption = "layers in execution order (first → last)" if named else "layer position in execution order"
     parts.append(f'<text class="axis-label" x="{num(LEFT + PLOT_WIDTH / 2)}" '
-                 f'y="{num(bottom + (112 if named else 30))}" text-anchor="middle">{caption}</text>')
+                 f'y="{num(bottom + room - 6)}" text-anchor="middle">{caption}</text>')
     parts.append("</g>")
     return parts
 

@@ -101,10 +101,22 @@ def step_svg(chart: StepChart, kind: str, ident: str) -> str:
                         zip(chart.x, chart.band_low, chart.band_high, strict=True)], axis)
     for i, line in enumerate(chart.lines):
         parts += _line(line, [x_of(s) for s in chart.x], [position(v) for v in line.values], axis, i)
-    parts += _x_axis(axis, [(x_of(low), str(low)), (x_of(high), str(high))], chart.x_label)
+    parts += _x_axis(axis, [(x_of(step), str(step)) for step in _step_ticks(low, high)], chart.x_label)
     parts += _line_legend(chart.lines, chart.hidden_lines, HEIGHT - 8)
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+def _step_ticks(low: int, high: int) -> list[int]:
+    """Round steps (1, 2 or 5 times a power of ten apart) from ``low`` to ``high``, both included."""
+    if high <= low:
+        return [low]
+    raw = (high - low) / 6
+    power = 10 ** max(0, math.floor(math.log10(raw))) if raw >= 1 else 1
+    spacing = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    inner = range(math.ceil(low / spacing) * spacing, high + 1, spacing)
+    # An inner tick closer than half a spacing to an end would print over the end's label.
+    return [low, *(t for t in inner if low + spacing / 2 <= t <= high - spacing / 2), high]
 
 
 def _finite(value: float | None) -> float | None:

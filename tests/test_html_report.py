@@ -1,0 +1,351 @@
+"""`--format html`: one self-contained page whose SVG charts carry the report's own numbers.
+
+The charts are read back as XML (every chart is a well-formed <svg> element): each flow bar's
+data-value is the report's float, and its drawn height is the log10 of that value on the panel's
+scale, so the picture, not only an attribute, shows the number. Reports are built in code (no
+scan runs) except for the end-to-end CLI tests on tiny builtins.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import replace
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from format_reports import errored_result, exploding_report, exploding_result, healthy_result
+from typer.testing import CliRunner
+from verified_reports import verified_result
+
+from gradcheck_cli.cli.app import app
+from gradcheck_cli.report.charts import MAX_BARS
+from gradcheck_cli.report.records import (
+    Finding,
+    FindingKind,
+    LayerReport,
+    LossInfo,
+    Report,
+    ScanResult,
+    Severity,
+    Status,
+    ThroughTime,
+)
+from gradcheck_cli.report.render import OutputFormat, format_number, render
+from gradcheck_cli.report.render.html import FOLD_HEALTHY_PAST
+from gradcheck_cli.report.series import LayerSeries, WatchSeries
+
+runner = CliRunner()
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def _layer(index: int, name: str, grad_norm: float | None, status: Status = Status.HEALTHY,
+           weight_norm: float = 2.0, nonfinite: int = 0, through_time: ThroughTime | None = None) -> LayerReport:
+    ratio = None if grad_norm is None else grad_norm / weight_norm
+    return LayerReport(name, "Linear", index, 100, status, grad_norm, weight_norm, ratio, nonfinite,
+                       through_time=through_time)
+
+
+def _report(layers: tuple[LayerReport, ...], **changes: object) -> Report:
+    report = Report("models/net.py", "0.1.0", {"batches": 3, "batch_size": 16, "seed": 0, "device": "cpu",
+                                               "steps": 0, "fail_on": ["exploding", "nonfinite"]},
+                    LossInfo("mse", (1.0, 0.9, 0.8)), Status.HEALTHY, layers, (), ())
+    return replace(report, **changes)  # type: ignore[arg-type]
+
+
+def _page(report: Report, known: frozenset[str] = frozenset()) -> str:
+    return render([ScanResult(report.target, report.target, report)], OutputFormat.HTML, known=known)
+
+
+def _charts(page: str, kind: str | None = None) -> list[ET.Element]:
+    """Every inline <svg> of the page parsed as XML (fails if one is not well-formed)."""
+    charts = [ET.fromstring(match) for match in re.findall(r"<svg\b.*?</svg>", page, flags=re.S)]
+    return [c for c in charts if kind is None or c.get("data-chart") == kind]
+
+
+def _bars(chart: ET.Element, metric: str) -> list[ET.Element]:
+    (panel,) = [g for g in chart.iter("g") if g.get("class") == "panel" and g.get("data-metric") == metric]
+    return [r for r in panel.iter("rect") if "bar" in (r.get("class") or "").split()]
+
+
+def _classes(element: ET.Element) -> list[str]:
+    return (element.get("class") or "").split()
+
+
+# --- the flow chart carries the report's numbers --------------------------------------------------
+
+
+GRAD_NORMS = (3.0e-9, 0.25, 1.5e4, 7.0e-4, 0.031, 2.0)
+"""Out of order, across 13 decades, so the drawing's order is not the layer order."""
+
+
+def test_every_bar_carries_its_layers_number_in_both_panels() -> None:
+    layers = tuple(_layer(i, f"block.{i}", g) for i, g in enumerate(GRAD_NORMS))
+    (flow,) = _charts(_page(_report(layers)), "flow")
+    for metric in ("grad_norm", "grad_to_weight"):
+        bars = _bars(flow, metric)
+        assert [b.get("data-layer") for b in bars] == [layer.name for layer in layers]
+        assert [float(b.get("data-value", "")) for b in bars] == [getattr(layer, metric) for layer in layers]
+        assert all(b.get("data-count") == "1" and b.get("data-status") == "healthy" for b in bars)
+
+
+@pytest.mark.parametrize("metric", ["grad_norm", "grad_to_weight"])
+def test_bar_heights_are_the_log_of_the_value_on_one_scale(metric: str) -> None:
+    """A larger value is a taller bar ending higher up, and height differences are proportional
+    to differences of log10: the same pixels per decade for every pair of bars."""
+    layers = tuple(_layer(i, f"block.{i}", g) for i, g in enumerate(GRAD_NORMS))
+    bars = _bars(_charts(_page(_report(layers)), "flow")[0], metric)
+    points = sorted((math.log10(float(b.get("data-value", ""))), float(b.get("height", "")), float(b.get("y", "")))
+                    for b in bars)
+    heights, tops = [p[1] for p in points], [p[2] for p in points]
+    assert heights == sorted(heights) and len(set(heights)) == len(heights)
+    assert tops == sorted(tops, reverse=True)
+    assert all(abs(p[1] + p[2] - (points[0][1] + points[0][2])) < 0.02 for p in points)  # one floor
+    per_decade = (points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0])
+    for low, high in zip(points, points[1:]):
+        assert (high[1] - low[1]) == pytest.approx(per_decade * (high[0] - low[0]), abs=0.02)
+
+
+def _threshold_lines(page: str) -> dict[str, ET.Element]:
+    (flow,) = _charts(page, "flow")
+    (panel,) = [g for g in flow.iter("g") if g.get("data-metric") == "grad_to_weight"]
+    return {line.get("data-threshold", ""): line for line in panel.iter("line") if "threshold" in _classes(line)}
+
+
+@pytest.mark.parametrize(("config", "vanish", "explode"), [
+    ({}, 1e-7, 1e3),
+    ({"thresholds": {"vanish_grad_to_weight": 1e-5, "explode_grad_to_weight": 10.0}}, 1e-5, 10.0),
+])
+def test_threshold_lines_at_the_reports_thresholds(config: dict[str, object], vanish: float, explode: float) -> None:
+    """The lines sit where a bar of exactly the threshold's value would end, and say so in text."""
+    layers = (_layer(0, "at-vanish", vanish * 2.0), _layer(1, "at-explode", explode * 2.0), _layer(2, "mid", 0.5))
+    report = _report(layers)
+    page = _page(replace(report, config={**report.config, **config}))
+    lines = _threshold_lines(page)
+    assert set(lines) == {"vanish_grad_to_weight", "explode_grad_to_weight"}
+    assert float(lines["vanish_grad_to_weight"].get("data-value", "")) == vanish
+    assert float(lines["explode_grad_to_weight"].get("data-value", "")) == explode
+    bars = {b.get("data-layer"): b for b in _bars(_charts(page, "flow")[0], "grad_to_weight")}
+    for name, key in (("at-vanish", "vanish_grad_to_weight"), ("at-explode", "explode_grad_to_weight")):
+        assert float(bars[name].get("y", "")) == pytest.approx(float(lines[key].get("y1", "")), abs=0.02)
+    assert f"vanishing below {format_number(vanish)}" in page and f"exploding above {format_number(explode)}" in page
+
+
+def test_a_thousand_layers_stay_a_bounded_picture_with_grouped_bars() -> None:
+    layers = tuple(_layer(i, f"layers.{i}", 10.0 ** (-(i % 9)), Status.VANISHING if i % 9 > 7 else Status.HEALTHY)
+                   for i in range(1000))
+    page = _page(_report(layers, verdict=Status.VANISHING))
+    for chart in _charts(page):
+        assert int(chart.get("width", "")) <= 1200 and int(chart.get("height", "")) <= 900
+    (flow,) = _charts(page, "flow")
+    for metric in ("grad_norm", "grad_to_weight"):
+        bars = _bars(flow, metric)
+        assert len(bars) <= MAX_BARS
+        assert sum(int(b.get("data-count", "")) for b in bars) == 1000
+    flagged = sum(1 for layer in layers if layer.status is not Status.HEALTHY)
+    assert 0 < flagged < FOLD_HEALTHY_PAST < 1000
+    # The flagged layers in a table of their own, then every layer's row in the folded one.
+    before, folded = page.split("<details><summary>All 1000 layers</summary>")
+    assert before.count('<tr><td class="num">') == flagged and folded.count('<tr><td class="num">') == 1000
+
+
+def test_nonfinite_layers_are_marked_in_text_never_drawn_as_a_bar() -> None:
+    nan, inf = float("nan"), float("inf")
+    layers = (_layer(0, "enc", nan, Status.NONFINITE, nonfinite=816), _layer(1, "mid", inf, Status.NONFINITE),
+              _layer(2, "head", 0.3), _layer(3, "frozen", None, Status.FROZEN))
+    page = _page(_report(layers, verdict=Status.NONFINITE))
+    (flow,) = _charts(page, "flow")
+    bars = {b.get("data-layer"): b for b in _bars(flow, "grad_norm")}
+    assert bars["enc"].get("data-value") == "nan" and bars["mid"].get("data-value") == "inf"
+    assert bars["frozen"].get("data-value") == ""
+    for name in ("enc", "mid", "frozen"):
+        assert "missing" in _classes(bars[name]) and float(bars[name].get("height", "")) == 0
+    assert float(bars["head"].get("height", "")) > 0
+    marks = {t.get("data-layer"): t.text for t in flow.iter("text") if "mark" in _classes(t)
+             and t.get("data-layer") and t in _panel_children(flow, "grad_norm")}
+    assert marks["enc"] == "NaN" and marks["mid"] == "Inf NaN" and marks["frozen"] == "— F"
+    geometry = re.findall(r'\b(?:x|y|x1|y1|x2|y2|width|height|cx|cy|points)="([^"]*)"', page)
+    assert geometry and not [value for value in geometry if re.search(r"nan|inf", value, re.I)]
+
+
+def _panel_children(chart: ET.Element, metric: str) -> list[ET.Element]:
+    (panel,) = [g for g in chart.iter("g") if g.get("data-metric") == metric]
+    return list(panel.iter())
+
+
+def test_every_unhealthy_bar_has_a_glyph_and_the_legend_explains_it() -> None:
+    page = render([exploding_result()], OutputFormat.HTML)
+    (flow,) = _charts(page, "flow")
+    glyphs = [t.text for t in _panel_children(flow, "grad_norm") if "status" in _classes(t)]
+    assert glyphs == ["E", "E"]  # net.0 and net.2 explode; the healthy head has none
+    legend = [t.text for g in flow.iter("g") if g.get("class") == "legend" for t in g.iter("text")]
+    assert legend == ["healthy", "E = exploding"]
+    fills = {b.get("data-status"): b.get("fill") for b in _bars(flow, "grad_norm")}
+    assert fills["exploding"] != fills["healthy"] and "url(#" in (fills["exploding"] or "")
+
+
+# --- through time and over steps ---------------------------------------------------------------
+
+
+def test_through_time_points_carry_the_profile_and_the_horizon_is_drawn() -> None:
+    profile = tuple(10.0 ** (-0.3 * k) for k in reversed(range(20)))  # far end first, rising to the loss
+    rnn = _layer(0, "rnn", 0.4, Status.VANISHING, through_time=ThroughTime(profile, "last", 5))
+    page = _page(_report((rnn, _layer(1, "head", 0.5)), verdict=Status.VANISHING))
+    (chart,) = _charts(page, "through-time")
+    assert chart.get("data-layer") == "rnn"
+    points = [c for c in chart.iter("circle") if "point" in _classes(c)]
+    assert [float(c.get("data-value", "")) for c in points] == list(profile)
+    ys = [float(c.get("cy", "")) for c in points]
+    assert ys == sorted(ys, reverse=True)  # a larger gradient is drawn higher
+    (horizon,) = [line for line in chart.iter("line") if "horizon" in _classes(line)]
+    assert horizon.get("data-value") == "5"
+    xs = [float(c.get("cx", "")) for c in points]
+    assert float(horizon.get("x1", "")) == pytest.approx(xs[-1 - 5], abs=0.02)  # 5 steps back from the near end
+
+
+def _watch_report() -> Report:
+    steps = tuple(range(0, 100, 10))
+    layers = tuple(LayerSeries(f"l{i}", tuple(0.1 * (i + 1) * (1 + s / 100) for s in steps),
+                               (None,) * len(steps), (None,) * len(steps)) for i in range(10))
+    loss = tuple(2.0 - s / 100 for s in steps[:-1]) + (float("nan"),)
+    report = _report(tuple(_layer(i, f"l{i}", 0.1 * (i + 1)) for i in range(10)),
+                     config={"mode": "watch", "steps": 100, "optimizer": "SGD", "every": 10, "device": "cpu",
+                             "fail_on": ["exploding"]},
+                     series=WatchSeries(steps, loss, layers))
+    return report
+
+
+def test_a_watch_report_has_its_loss_and_step_norm_charts() -> None:
+    page = _page(_watch_report())
+    assert "watched: 100 steps of SGD, every=10, cpu" in page
+    (loss,) = _charts(page, "loss")
+    (norms,) = _charts(page, "step-norms")
+    series = [g for g in norms.iter("g") if g.get("class") == "series"]
+    assert len(series) == 8 and norms.find("polygon") is not None  # 8 lines, the other 2 in the band
+    assert "2 more not drawn as lines" in ET.tostring(norms, encoding="unicode")
+    assert [t.text for t in loss.iter("text") if "missing" in _classes(t)] == ["NaN"]  # the last loss
+
+
+# --- the page -----------------------------------------------------------------------------------
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+
+def _tags(page: str) -> list[tuple[str, dict[str, str | None]]]:
+    parser = _Tags()
+    parser.feed(page)
+    return parser.tags
+
+
+def test_the_page_is_self_contained_without_script_or_network() -> None:
+    for page in (render([exploding_result()], OutputFormat.HTML), _page(_watch_report()),
+                 render([verified_result()], OutputFormat.HTML)):
+        assert "<script" not in page.lower() and "@import" not in page and "@font-face" not in page
+        assert not re.search(r"https?://", page)
+        references = [value for _, attrs in _tags(page) for key, value in attrs.items()
+                      if key in ("src", "href", "xlink:href")]
+        assert all((value or "").startswith("#") for value in references)
+        assert all(url.startswith("#") for url in re.findall(r"url\(([^)]*)\)", page))
+
+
+def test_report_text_is_escaped() -> None:
+    evil = _layer(0, HOSTILE, 0.2, Status.EXPLODING)
+    finding = Finding(FindingKind.EXPLODING, HOSTILE, Severity.ERROR, "a </table><script>x</script> & more", {})
+    page = _page(_report((evil,), target=f"m.py:{HOSTILE}", findings=(finding,), verdict=Status.EXPLODING))
+    assert HOSTILE not in page and "<script>" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert not [tag for tag, _ in _tags(page) if tag in ("img", "script")]
+    (flow,) = _charts(page, "flow")
+    assert {b.get("data-layer") for b in _bars(flow, "grad_norm")} == {HOSTILE}  # the name, read back intact
+
+
+def test_same_report_same_bytes_also_read_back_from_json() -> None:
+    result = verified_result()
+    assert result.report is not None
+    page = render([result], OutputFormat.HTML)
+    assert page == render([result], OutputFormat.HTML)
+    again = Report.from_dict(result.report.to_dict())
+    assert render([ScanResult(result.name, result.target, again)], OutputFormat.HTML) == page
+
+
+def test_a_recipe_run_is_one_page_with_a_section_per_scan() -> None:
+    page = render([exploding_result(), errored_result()], OutputFormat.HTML, combined=True)
+    assert page.count("<html") == 1 and page.count('<section id="scan-') == 2
+    assert '<a href="#scan-1">mlp</a>' in page and '<a href="#scan-2">broken</a>' in page
+    assert "2 scans: 0 passed, 1 failed, 1 errored" in page
+    assert "NameError: name &#x27;nn&#x27; is not defined" in page  # the failed scan's error line
+    assert len(_charts(page, "flow")) == 1  # only the scan that ran has charts
+    ids = re.findall(r'\bid="([^"]+)"', page)
+    assert len(ids) == len(set(ids))  # two scans' charts never share an id
+
+
+def test_baselined_findings_are_marked() -> None:
+    page = render([exploding_result()], OutputFormat.HTML, known=frozenset({"exploding:net.0"}))
+    rows = re.findall(r"<tr><td>error</td><td>exploding</td><td>at (net\.\d)</td>.*?<td class=\"[^\"]*\">(\w+)</td>",
+                      page)
+    assert rows == [("net.0", "baselined"), ("net.2", "fails")]
+
+
+def test_verification_before_and_after_is_shown() -> None:
+    page = render([verified_result()], OutputFormat.HTML)
+    assert "verification: <strong>verified</strong>" in page and "made worse" in page
+    assert "<td>grad_to_weight</td><td>net.0</td><td class=\"num\">3.0e+03</td><td class=\"num\">2.1e-03</td>" in page
+    assert "Applied together: he-init + clip-gradients -&gt; verdict healthy" in page
+
+
+def test_accessible_structure() -> None:
+    page = render([exploding_result(), healthy_result()], OutputFormat.HTML, combined=True)
+    assert page.startswith('<!DOCTYPE html>\n<html lang="en">') and "<title>gradcheck: 2 scans</title>" in page
+    levels = [int(tag[1]) for tag, _ in _tags(page) if re.fullmatch(r"h[1-6]", tag)]
+    assert levels[0] == 1 and all(b - a <= 1 for a, b in zip(levels, levels[1:]))  # no skipped level
+    for chart in _charts(page):
+        title = chart.find("title")
+        assert chart.get("role") == "img" and title is not None and title.text
+        assert chart.get("aria-labelledby") == title.get("id") and chart.find("desc") is not None
+    assert all(attrs.get("scope") in ("col", "row") for tag, attrs in _tags(page) if tag == "th")
+    assert "[E] exploding" in page and "[E] EXPLODING" in page  # status in words, not colour alone
+
+
+def test_golden_flow_svg_structure(golden) -> None:  # type: ignore[no-untyped-def]
+    """The skeleton of the flow chart of a 3-layer report: elements, classes, data-* and text, no coordinates."""
+    (flow,) = _charts(render([ScanResult("mlp", "m.py", exploding_report())], OutputFormat.HTML), "flow")
+    kept = ("class", "id", "role", "aria-labelledby", "aria-describedby")
+    lines: list[str] = []
+
+    def walk(element: ET.Element, depth: int) -> None:
+        attrs = " ".join(f'{k}="{v}"' for k, v in sorted(element.attrib.items())
+                         if k in kept or k.startswith("data-"))
+        text = (element.text or "").strip()
+        lines.append("  " * depth + f"<{element.tag}{' ' + attrs if attrs else ''}>" + (f" {text}" if text else ""))
+        for child in element:
+            if child.tag != "defs":
+                walk(child, depth + 1)
+
+    walk(flow, 0)
+    golden("\n".join(lines) + "\n")
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+
+def test_scan_and_report_write_the_same_page(tmp_path: Path) -> None:
+    page, saved = tmp_path / "r.html", tmp_path / "r.json"
+    scan = ["scan", "builtin:deep-sigmoid", "--batches", "1", "--batch-size", "4"]
+    result = runner.invoke(app, [*scan, "--format", "html", "-o", str(page)])
+    assert result.exit_code == 0, result.output  # vanishing does not fail the default gate
+    assert "wrote the html report to" in result.stderr
+    assert runner.invoke(app, [*scan, "--format", "json", "-o", str(saved), "-q"]).exit_code == 0
+    reported = runner.invoke(app, ["report", str(saved), "--format", "html"])
+    assert reported.exit_code == 0 and reported.stdout == page.read_text(encoding="utf-8")
+    (flow,) = _charts(reported.stdout, "flow")
+    assert len(_bars(flow, "grad_norm")) == 10  # deep-sigmoid: 10 Linear layers
+    assert runner.invoke(app, ["scan", "builtin:nan-log", "--batches", "1", "--format", "html"]).exit_code == 1
