@@ -52,7 +52,7 @@ _D = ScanConfig()  # the built-in defaults shown in --help (options default to N
 
 # The reporting options `scan` and `run` share; cli_output.emit acts on them.
 FormatOption = Annotated[str, typer.Option(
-    "--format", help="table, json, markdown, sarif, junit or github. Machine formats are alone on stdout; "
+    "--format", help="table, json, markdown, sarif, junit, github or html. Machine formats are alone on stdout; "
                      "github writes workflow-command annotations to stderr.")]
 OutputOption = Annotated[Path | None, typer.Option(
     "--output", "-o", help="Write the report to FILE instead of stdout ('-': stdout). A regular file is "
