@@ -228,6 +228,13 @@ def test_a_watch_report_has_its_loss_and_step_norm_charts() -> None:
     assert [t.text for t in loss.iter("text") if "missing" in _classes(t)] == ["NaN"]  # the last loss
 
 
+def test_a_watch_stopped_before_its_first_step_has_no_charts_over_steps() -> None:
+    empty = WatchSeries((), (), (LayerSeries("l0", (), (), ()),))
+    page = _page(replace(_watch_report(), series=empty))
+    assert len(_charts(page, "flow")) == 1 and not _charts(page, "loss") and not _charts(page, "step-norms")
+    assert "watch: no steps" in page
+
+
 # --- the page -----------------------------------------------------------------------------------
 
 
