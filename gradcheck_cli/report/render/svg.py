@@ -35,7 +35,8 @@ LEFT, RIGHT = 80, 190
 PLOT_WIDTH = WIDTH - LEFT - RIGHT
 PANEL_HEIGHT = 190
 MAX_NAME = 22
-"""Characters of a layer name under a bar (longer names are shortened; the full one is in the tooltip)."""
+"""Characters of a layer name under a bar: longer names keep their end ("…layers.11.mlp.fc2"), the part
+that tells siblings apart; the full name is in the bar's tooltip and the layer table."""
 MAX_NAMED_BARS = 40
 """Up to this many bars each get their layer name under them; more get a position every few bars."""
 
@@ -99,7 +100,7 @@ def missing_word(value: float | None) -> str:
 
 
 def shorten(text: str, limit: int = MAX_NAME) -> str:
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= limit else "…" + text[len(text) - limit + 1:]
 
 
 def open_svg(kind: str, ident: str, height: int, title: str, desc: str, extra: str = "") -> list[str]:
@@ -161,15 +162,16 @@ def pattern_defs(ident: str) -> list[str]:
     return parts
 
 
-def fill_of(status: Status, ident: str) -> str:
-    """fill/stroke attributes of a bar or legend swatch of this status."""
+def fill_of(status: Status, ident: str, thin: bool = False) -> str:
+    """fill/stroke attributes of a bar or legend swatch of this status; a ``thin`` bar (a few px
+    wide: a grouped chart) gets a hairline outline, else the outline would hide its pattern."""
     background, line, pattern = STATUS_STYLE.get(status, STATUS_STYLE[Status.HEALTHY])
     fill = f"url(#{ident}-{status.value})" if pattern else background
     if status in (Status.FROZEN, Status.UNUSED):
         return f'fill="{fill}" stroke="{line}" stroke-dasharray="3 2"'
     if status is Status.HEALTHY:
         return f'fill="{fill}"'
-    return f'fill="{fill}" stroke="#000000" stroke-width="1"'
+    return f'fill="{fill}" stroke="#000000" stroke-width="{0.4 if thin else 1}"'
 
 
 def flow_svg(chart: FlowChart, ident: str) -> str:
@@ -180,7 +182,7 @@ def flow_svg(chart: FlowChart, ident: str) -> str:
     top_panel = Axis(0, 1, 44, 44 + PANEL_HEIGHT)
     low_panel = Axis(0, 1, top_panel.bottom + 36, top_panel.bottom + 36 + PANEL_HEIGHT)
     longest = max(len(shorten(b.label)) for b in bars) if named else 0
-    label_room = 30 + math.ceil(4.5 * longest) if named else 40
+    label_room = 30 + math.ceil(5 * longest) if named else 40  # names at 60 degrees, ~5.8 px a character
     height = int(low_panel.bottom + label_room + 40)
     limits = chart.thresholds
     desc = (f"{chart.layers} layers with parameters in execution order, {len(bars)} bars; top: log10 of each "
@@ -239,7 +241,7 @@ def _bar(bar: Bar, value: float | None, axis: Axis, x: float, width: float, iden
                + (f", {bar.count} layers, median shown" if bar.count > 1 else "") + ")")
     parts = [f'<rect class="{classes}" data-layer="{attr(bar.label)}" data-status="{bar.status.value}" '
              f'data-count="{bar.count}" data-value="{data_value(value)}" x="{num(x)}" y="{num(top)}" '
-             f'width="{num(width)}" height="{num(axis.bottom - top)}" {fill_of(bar.status, ident)}>'
+             f'width="{num(width)}" height="{num(axis.bottom - top)}" {fill_of(bar.status, ident, width < 6)}>'
              f'<title>{attr(tooltip)}</title></rect>']
     if with_range and bar.low is not None and bar.high is not None:
         low, high = log10(bar.low), log10(bar.high)
@@ -268,7 +270,7 @@ def _x_labels(bars: Sequence[Bar], bottom: float, named: bool, room: int) -> lis
         x = num(LEFT + (i + 0.5) * slot)
         text = shorten(bars[i].label) if named else str(bars[i].first)
         parts.append(f'<text class="tick" x="{x}" y="{num(bottom + 12)}" text-anchor="end" '
-                     f'transform="rotate(-40 {x} {num(bottom + 12)})">{attr(text)}</text>')
+                     f'transform="rotate(-60 {x} {num(bottom + 12)})">{attr(text)}</text>')
     caption = "layers in execution order (first → last)" if named else "layer position in execution order"
     parts.append(f'<text class="axis-label" x="{num(LEFT + PLOT_WIDTH / 2)}" '
                  f'y="{num(bottom + room - 6)}" text-anchor="middle">{caption}</text>')
