@@ -10,7 +10,7 @@ The images draw what the HTML page draws (render/svg.py), from the same chart ob
 - flow: two panels along depth, log10 gradient L2 norm and log10 grad/weight per layer (or group
   of layers, with the group's min..max grad/weight as a whisker), the vanishing and exploding
   thresholds as labelled dashed lines; a missing or non-finite value is a text placeholder
-  ("NaN", "Inf", "n/a") at the foot of its column, never a bar;
+  ("NaN", "Inf", "—") at the foot of its column, never a bar;
 - through-time: a recurrent layer's log10 RMS gradient per time step, far end to near end, with
   the effective horizon as a labelled dashed line;
 - loss and step norms: lines over steps (the step norms on a log10 axis over the min..max band of
@@ -210,7 +210,7 @@ def _limits(values: Sequence[float]) -> tuple[float, float]:
 def _missing(value: float | None) -> str:
     """The placeholder of a value a log axis cannot place."""
     if value is None:
-        return "n/a"
+        return "\u2014"  # an em dash, as on the HTML page
     if math.isnan(value):
         return "NaN"
     if math.isinf(value):
