@@ -49,7 +49,7 @@ def find_chromium() -> str | None:
     """$GRADCHECK_CHROMIUM when set, else the first of BINARIES on PATH."""
     chosen = os.environ.get("GRADCHECK_CHROMIUM")
     if chosen:
-        return chosen if Path(chosen).exists() or shutil.which(chosen) else None
+        return shutil.which(chosen)
     return next((path for name in BINARIES if (path := shutil.which(name))), None)
 
 
@@ -106,6 +106,11 @@ class Page:
                                      {"format": "png", "clip": area, "captureBeyondViewport": True}, self.session)
         return base64.b64decode(reply["data"])
 
+    def greyscale(self, on: bool = True) -> None:
+        """Render the page as a person without colour vision sees it (achromatopsia: every pixel grey)."""
+        self.browser.command("Emulation.setEmulatedVisionDeficiency", {"type": "achromatopsia" if on else "none"},
+                             self.session)
+
     def close(self) -> None:
         self.browser.command("Target.closeTarget", {"targetId": self.target})
 
@@ -152,14 +157,16 @@ class Browser:
                    timeout, f"the load event of {url}")
         return page
 
-    def close(self) -> None:
-        """Close the browser; kill its process group when it does not exit in a few seconds."""
+    def close(self, ask_first: bool = True) -> None:
+        """Close the browser (asking it to, unless ``ask_first`` is False); kill its process group
+        when it does not exit in a few seconds."""
+        if ask_first:
+            try:
+                self.command("Browser.close", timeout=5)
+            except BrowserError:
+                pass
         try:
-            self.command("Browser.close", timeout=5)
-        except BrowserError:
-            pass
-        try:
-            self.process.wait(timeout=5)
+            self.process.wait(timeout=5 if ask_first else 0.1)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=5)
@@ -182,7 +189,7 @@ class Browser:
                 raise BrowserError(f"no answer from the browser within {timeout:g} s waiting for {what}")
             chunk = os.read(self._replies, 1 << 20)
             if not chunk:
-                raise BrowserError(f"the browser closed its pipe waiting for {what}: {self.tail_of_log()}")
+                raise BrowserError(f"the browser closed its pipe waiting for {what} (its log: {self.log})")
             self._buffer += chunk
 
     def _record(self, message: dict[str, Any]) -> None:
@@ -214,6 +221,8 @@ def start_browser(workdir: Path) -> Browser:
     """Start headless Chromium with a fresh profile under ``workdir``; BrowserUnavailable when there
     is none or it does not answer within START_TIMEOUT_S."""
     binary = find_chromium()
+    if binary is None and os.environ.get("GRADCHECK_CHROMIUM"):
+        raise BrowserUnavailable(f"GRADCHECK_CHROMIUM={os.environ['GRADCHECK_CHROMIUM']} is not an executable")
     if binary is None:
         raise BrowserUnavailable("no Chromium found (looked for $GRADCHECK_CHROMIUM, " + ", ".join(BINARIES) +
                                  "); on Debian: apt-get install chromium")
@@ -248,6 +257,6 @@ def start_browser(workdir: Path) -> Browser:
     try:
         browser.command("Browser.getVersion", timeout=START_TIMEOUT_S)
     except BrowserError as error:
-        browser.close()
-        raise BrowserUnavailable(f"{binary} did not start: {error}") from error
+        browser.close(ask_first=False)
+        raise BrowserUnavailable(f"{binary} did not start: {error}; its output: {browser.tail_of_log()}") from error
     return browser

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import statistics
 import struct
 import zlib
 from collections import Counter
@@ -97,3 +98,10 @@ def ink_fraction(image: Image) -> float:
         return 0.0
     background = counts.most_common(1)[0][1]
     return 1.0 - background / (image.width * image.height)
+
+
+def grey_levels(image: Image) -> tuple[float, float]:
+    """Mean and standard deviation of the first channel (the grey level of a greyscale screenshot):
+    a flat fill has a deviation near 0, a hatched or dotted one a large deviation."""
+    values = [pixel[0] for pixel in image.pixels()]
+    return statistics.fmean(values), statistics.pstdev(values)
