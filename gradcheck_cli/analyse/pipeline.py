@@ -3,11 +3,13 @@
 Measurements -> per-layer statistics (stats.py) -> per-layer status (classify.py) -> findings
 (checks/) -> ranked recommendations (fixes.py) -> the Report. The scan (api.py) calls it on the
 measurements of its probe batches; anything else that measured a model the same way (a training
-watch, merged ranks) can call it on its own measurements.
+watch, merged ranks) can call it on its own measurements. A scan with --steps also gets the series
+of its optimizer steps (Report.series, in the watch's schema: report/series.py).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields
 from typing import Any
 
@@ -22,6 +24,7 @@ from gradcheck_cli.analyse.thresholds import DEFAULTS, Thresholds
 from gradcheck_cli.config import ScanConfig
 from gradcheck_cli.measure.records import Measurements
 from gradcheck_cli.report.records import FindingKind, LayerReport, LossInfo, Report, Status, ThroughTime
+from gradcheck_cli.report.series import LayerSeries, WatchSeries
 
 NONFINITE_KINDS = (FindingKind.NONFINITE, FindingKind.NONFINITE_INPUT)
 """Findings that make the model's verdict nonfinite even when every gradient is finite."""
@@ -47,6 +50,7 @@ def analyse(measurements: Measurements, config: ScanConfig, thresholds: Threshol
         layers=tuple(_report_row(layer, v, thresholds) for layer, v in zip(layers, verdicts)),
         findings=tuple(findings),
         recommendations=tuple(recommend(findings, layers, has_normalization(measurements.module_types), thresholds)),
+        series=step_series(measurements, [layer.name for layer in layers]),
     )
 
 
@@ -77,3 +81,32 @@ def _through_time(layer: LayerStats, thresholds: Thresholds) -> ThroughTime | No
     steps = oriented_steps(layer.step_grad_rms, layer.step_entry_grad_rms, layer.bidirectional)
     return ThroughTime(steps, near_end(layer.step_entry_grad_rms, layer.bidirectional),
                        effective_horizon(steps, thresholds.horizon_fraction))
+
+
+def step_series(measurements: Measurements, order: list[str]) -> WatchSeries | None:
+    """The optimizer steps of a scan with --steps as the report's series (None: no step taken).
+
+    Point i is the i-th step the probe took (numbered from 0 across the probe batches): `loss` is
+    the loss whose gradients that step used, as the watch's is the loss given to w.step: for the
+    first step after a probe batch that batch's loss, for a later one the loss on the same batch
+    after the step before it. These are exactly the loss trace's entries (Report.loss.values) but
+    the last probe batch's, which no step follows. `grad_norm` is the norm of the gradient the step
+    used (before any clipping), `update_to_weight` its |Δw| / |w|, `weight_norm` the norm of the
+    layer's trainable weights after it. The layers owning a trainable parameter, in `order`.
+    """
+    points = measurements.step_points
+    if not points:
+        return None
+    column = {name: k for k, name in enumerate(measurements.step_layers)}
+    kept = [(name, column[name]) for name in order if name in column]
+    layers = tuple(LayerSeries(name,
+                               tuple(_norm(p.grad_sq[k]) for p in points),
+                               tuple(p.update_ratio[k] for p in points),
+                               tuple(_norm(p.weight_sq[k]) for p in points))
+                   for name, k in kept)
+    return WatchSeries(tuple(range(len(points))), tuple(p.loss for p in points), layers)
+
+
+def _norm(square: float | None) -> float | None:
+    """A norm from its square; None (no gradient) and NaN/Inf stay as they are."""
+    return square if square is None or not math.isfinite(square) else math.sqrt(square)

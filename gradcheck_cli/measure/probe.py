@@ -28,6 +28,7 @@ from gradcheck_cli.measure.records import LayerMeasurement, Measurements, Nonfin
 from gradcheck_cli.measure.replay import nonfinite_weights, replay_origin
 from gradcheck_cli.measure.restore import restore_snapshot, take_snapshot
 from gradcheck_cli.measure.session import MeasurementSession, collector_paused
+from gradcheck_cli.measure.step_series import StepRows
 from gradcheck_cli.measure.steps import (
     largest_first_update,
     largest_updates,
@@ -65,7 +66,8 @@ class _ProbeRun:
     trace: list[float] = field(default_factory=list)
     step_losses: list[float] = field(default_factory=list)
     step_rounds: list[tuple[float, ...]] = field(default_factory=list)
-    update_rows: list[torch.Tensor] = field(default_factory=list)
+    step_rows: StepRows = field(default_factory=StepRows)
+    """With --steps: per optimizer step, per layer (step_series.py)."""
     as_built: dict[int, LayerMeasurement] | None = None
     scaler: LossScaler = field(default_factory=lambda: LossScaler(None))
 
@@ -156,16 +158,27 @@ def _probe_batch(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: An
         run.origin = nonfinite_weights(session) or replay_origin(
             session, forward, rng, facts.forward_nonfinite, facts.outputs_nonfinite)
     if run.optimizer is not None and batch_index < config.batches - 1:
-        if batch_index == 0:  # the model as built, before the probe's own steps change it
-            _refuse_steps_with_unbuilt_lazy(session)
-            run.as_built = session.layer_measurements(watchers=False)
-        stage("optimizer steps", number, config.batches)
-        stepped = take_steps(session, forward, run.optimizer, config.steps, grads, run.update_rows,
-                             config.clip_grad_norm)
-        run.step_losses.extend(stepped[:-1])
-        run.trace.extend(stepped[:-1])
-        run.step_rounds.append((facts.loss, *stepped))
+        _steps_after_batch(session, run, forward, grads, facts.loss, batch_index)
     return True
+
+
+def _steps_after_batch(session: MeasurementSession, run: _ProbeRun, forward: Callable[[], torch.Tensor],
+                       grads: tuple[torch.Tensor | None, ...], loss: float, batch_index: int) -> None:
+    """--steps: the optimizer steps on this batch, the first with its measured gradients."""
+    assert run.optimizer is not None
+    config = run.config
+    if batch_index == 0:  # the model as built, before the probe's own steps change it
+        _refuse_steps_with_unbuilt_lazy(session)
+        run.as_built = session.layer_measurements(watchers=False)
+    run.stage("optimizer steps", batch_index + 1, config.batches)
+    stepped = take_steps(session, forward, run.optimizer, config.steps, grads, run.step_rows,
+                         config.clip_grad_norm)
+    run.step_losses.extend(stepped[:-1])
+    run.trace.extend(stepped[:-1])
+    # The loss each step's gradients came from: this batch's, then the loss after each step but
+    # the last (that one is only in step_rounds): exactly this round's entries of the trace.
+    run.step_rows.losses.extend((loss, *stepped[:-1]))
+    run.step_rounds.append((loss, *stepped))
 
 
 def _forward_loss(model: nn.Module, inputs: Any, target: Any, loss_fn: Any,
@@ -244,13 +257,16 @@ def _headroom(session: MeasurementSession) -> HeadroomMeter:
 
 
 def _measurements(session: MeasurementSession, run: _ProbeRun) -> Measurements:
-    updates = max_update_ratios(run.update_rows, len(session.layers))
+    update_rows = run.step_rows.update
+    updates = max_update_ratios(update_rows, len(session.layers))
     names = [layer.name for layer in session.layers]
     headroom = _headroom(session).read()
     records = {li: replace(record, update_to_weight=updates[li], headroom=headroom.get(record.name),
                            **_built_fields(run.as_built, li))
                for li, record in session.layer_measurements().items()}
     scaler = run.scaler
+    stepped_layers = sorted(set(session.owner_of))  # the layers owning a trainable parameter
+    step_points = run.step_rows.points(stepped_layers)
     return replace(
         session.measurements(records),
         precision=run.config.precision,
@@ -262,9 +278,11 @@ def _measurements(session: MeasurementSession, run: _ProbeRun) -> Measurements:
         step_losses=tuple(run.step_losses),
         loss_trace=tuple(run.trace),
         nonfinite_origin=run.origin,
-        first_step_update=largest_first_update(run.update_rows, names),
+        first_step_update=largest_first_update(update_rows, names),
         step_rounds=tuple(run.step_rounds),
-        step_updates=largest_updates(run.update_rows, names),
+        step_updates=largest_updates(update_rows, names),
+        step_layers=tuple(names[li] for li in stepped_layers) if step_points else (),
+        step_points=step_points,
     )
 
 

@@ -252,6 +252,23 @@ class NonfiniteOrigin:
 
 
 @dataclass(frozen=True)
+class StepPoint:
+    """One optimizer step of a scan with --steps (measure/step_series.py), per layer in the order
+    of Measurements.step_layers."""
+
+    loss: float
+    """The loss whose gradients the step used: for the first step after a probe batch, that
+    batch's loss; for a later one, the loss on the same batch after the step before it."""
+    grad_sq: tuple[float | None, ...]
+    """Squared L2 norm of the layer's gradient that the step used, before any clipping (None: the
+    layer got no gradient)."""
+    update_ratio: tuple[float, ...]
+    """|Δw| / |w| of the step (NaN for zero weights), as LayerMeasurement.update_to_weight."""
+    weight_sq: tuple[float, ...]
+    """Sum of squares of the layer's trainable parameters after the step."""
+
+
+@dataclass(frozen=True)
 class Measurements:
     """Everything one measurement session (session.py) and the scan around it recorded."""
 
@@ -292,6 +309,10 @@ class Measurements:
     of the time, which was then halved); the probe re-ran those batches at the halved scale."""
     final_loss_scale: float | None = None
     """The loss scale after the last probe batch (the static scale, or where the dynamic one ended)."""
+    step_layers: tuple[str, ...] = ()
+    """With --steps: the layers of `step_points`, those owning a trainable parameter."""
+    step_points: tuple[StepPoint, ...] = ()
+    """With --steps: one per optimizer step the probe took, in the order taken, across batches."""
 
     def merge(self, other: Measurements) -> Measurements:
         """The measurements of one session that saw this one's batches, then `other`'s.
@@ -301,7 +322,7 @@ class Measurements:
         recurrent mean squares average weighted by their calls, activation counts add (firing ORs),
         non-finite counts add, update/weight ratios take the maximum, and what describes the
         weights (weight_sq, weight_std, bias_mean, recurrent_weights) is the later side's, `other`.
-        Losses, loss traces, step rounds and updates concatenate; flags OR; residual modules unite;
+        Losses, loss traces, step rounds, updates and step points concatenate; flags OR; residual modules unite;
         the first NaN/Inf origin, first gradient norm and first step update are this side's when it
         has one. Headroom: maxima of the maxima, counts added; scale overflows add, the initial
         loss scale is this side's and the final one `other`'s. Merging is associative, and a
@@ -331,4 +352,6 @@ class Measurements:
             scale_overflows=self.scale_overflows + other.scale_overflows,
             final_loss_scale=other.final_loss_scale if other.final_loss_scale is not None
             else self.final_loss_scale,
+            step_layers=self.step_layers or other.step_layers,
+            step_points=self.step_points + other.step_points,
         )

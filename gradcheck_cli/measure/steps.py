@@ -1,7 +1,8 @@
 """--steps: the scan's optimizer steps between probe batches, and the update/weight ratios.
 
 The steps run with the session paused (they are no probe); each one records, per layer, the
-relative change of the weights |Δw| / |w|, and the loss on the same batch after the step. With
+relative change of the weights |Δw| / |w|, the norm of the gradient it used and the weight norm
+after it (step_series.py: the report's series), and the loss on the same batch after the step. With
 config.clip_grad_norm (verify: clip-gradients, docs/fixes/clip-gradients.md) the gradients are
 clipped before each step exactly as torch.nn.utils.clip_grad_norm_ clips them, so the update
 ratios are those of the clipped steps.
@@ -19,6 +20,7 @@ from gradcheck_cli.config import ScanConfig
 from gradcheck_cli.errors import UserError
 from gradcheck_cli.measure.backward import gradients
 from gradcheck_cli.measure.session import MeasurementSession, group_sq
+from gradcheck_cli.measure.step_series import StepRows
 
 ForwardLoss = Callable[[], torch.Tensor]
 """Runs the model and the loss on the current batch; returns the loss."""
@@ -30,17 +32,19 @@ def make_optimizer(config: ScanConfig, params: list[nn.Parameter]) -> torch.opti
 
 
 def take_steps(session: MeasurementSession, forward_loss: ForwardLoss, optimizer: torch.optim.Optimizer,
-               steps: int, grads: tuple[torch.Tensor | None, ...], update_rows: list[torch.Tensor],
+               steps: int, grads: tuple[torch.Tensor | None, ...], rows: StepRows,
                clip_grad_norm: float | None = None) -> list[float]:
     """`steps` optimizer steps on the current batch, the first with the probe's own gradients.
 
     Returns the loss on this batch after each step, the last one included (the descent lemma is a
     statement about the batch a step was taken on: comparing it with the next batch's loss would
     mix the step's effect with the data's); the session is paused so these passes do not count as
-    probes. Appends to `update_rows` one device tensor per step: each layer's update/weight ratio
-    |Δw| / |w|. Plain SGD moves the weights by exactly lr * g, so there it is lr * |g| / |w|, with
-    no copy; adaptive optimizers rescale g per element, so the change is measured around step().
-    With `clip_grad_norm`, every step's gradients are clipped to that total norm first.
+    probes. Adds to `rows` one row of device tensors per step (StepRows.add): each layer's squared
+    norm of the gradient the step used (before clipping), its update/weight ratio |Δw| / |w| and
+    its squared weight norm after the step. Plain SGD moves the weights by exactly lr * g, so there
+    the ratio is lr * |g| / |w|, with no copy; adaptive optimizers rescale g per element, so the
+    change is measured around step(). With `clip_grad_norm`, every step's gradients are clipped to
+    that total norm first.
     """
     params = session.trainable
     plain_sgd = isinstance(optimizer, torch.optim.SGD)
@@ -53,9 +57,11 @@ def take_steps(session: MeasurementSession, forward_loss: ForwardLoss, optimizer
     losses = []
     with session.paused():
         for step in range(steps):
+            grad_sq, received = _grad_squares(session, grads)
             if clip_grad_norm is not None:
                 grads = clip_gradients(grads, clip_grad_norm)
-            update_rows.append(_step(session, optimizer, grads, plain_sgd))
+            update, weight_sq = _step(session, optimizer, grads, plain_sgd)
+            rows.add(grad_sq, received, update, weight_sq)
             loss = forward_loss()
             losses.append(float(loss.detach()))
             if step < steps - 1:
@@ -76,9 +82,18 @@ def clip_gradients(grads: tuple[torch.Tensor | None, ...], max_norm: float) -> t
     return tuple(None if g is None else g * scale.to(g.device) for g in grads)
 
 
+def _grad_squares(session: MeasurementSession,
+                  grads: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor, frozenset[int]]:
+    """Each layer's squared gradient norm (a device tensor) and the layers that got a gradient."""
+    given = [k for k, g in enumerate(grads) if g is not None]
+    squares = group_sq([g for g in grads if g is not None], session.owner[given], len(session.layers))
+    return squares, frozenset(session.owner_of[k] for k in given)
+
+
 def _step(session: MeasurementSession, optimizer: torch.optim.Optimizer,
-          grads: tuple[torch.Tensor | None, ...], plain_sgd: bool) -> torch.Tensor:
-    """One optimizer step with `grads`; each layer's update/weight ratio (NaN for zero weights)."""
+          grads: tuple[torch.Tensor | None, ...], plain_sgd: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step with `grads`; each layer's update/weight ratio (NaN for zero weights)
+    and its squared weight norm after the step."""
     params, owner, n_layers = session.trainable, session.owner, len(session.layers)
     lr = float(optimizer.param_groups[0]["lr"])
     for p, g in zip(params, grads):
@@ -95,7 +110,7 @@ def _step(session: MeasurementSession, optimizer: torch.optim.Optimizer,
         change_sq = group_sq(list(torch._foreach_sub(weights, before)), owner, n_layers)
     for p in params:
         p.grad = None
-    return torch.where(weight_sq > 0, change_sq / weight_sq, torch.nan).sqrt()
+    return torch.where(weight_sq > 0, change_sq / weight_sq, torch.nan).sqrt(), group_sq(weights, owner, n_layers)
 
 
 def largest_updates(rows: list[torch.Tensor], names: list[str]) -> tuple[tuple[str, float], ...]:

@@ -94,6 +94,18 @@ def is_watch(report: Report) -> bool:
     return report.config.get("mode") == "watch"
 
 
+def summarised_series(report: Report) -> WatchSeries | None:
+    """The series that the table and Markdown headers summarise in one line (series_summary): a
+    watch's, or any series a report was given, but not a scan's own --steps series (its optimizer
+    steps numbered 0.., analyse/pipeline.py step_series): the scan's loss line and update/w column
+    already show those steps, and a scan's text formats stay as they were before it had one."""
+    series = report.series
+    if series is None or is_watch(report):
+        return series
+    scan_steps = bool(report.config.get("steps")) and series.steps == tuple(range(len(series.steps)))
+    return None if scan_steps else series
+
+
 def watch_summary(config: Mapping[str, Any]) -> str:
     """What a watch measured, for the header: ``watched: 40 steps of SGD, every=10, cpu``
     (the watch's own parameters, as gradcheck_cli.watch takes them)."""

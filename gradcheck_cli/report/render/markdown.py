@@ -23,6 +23,7 @@ from gradcheck_cli.report.render.common import (
     is_watch,
     outcome,
     series_summary,
+    summarised_series,
     visible,
     watch_summary,
     where,
@@ -94,8 +95,9 @@ def _scan_section(result: ScanResult, known: frozenset[str], level: int) -> str:
     title = result.name if level == 3 else report.target
     lines = [f"{hashes} gradcheck: {code_span(title)} — verdict **{verdict}** — {OUTCOME_MARKS[word]}",
              "", _probe_line(report)]
-    if report.series is not None:  # a watch report
-        lines += ["", visible(series_summary(report.series))]
+    series = summarised_series(report)  # a watch's; not a scan's own --steps series
+    if series is not None:
+        lines += ["", visible(series_summary(series))]
     failing = gate_fingerprints(result, known)
     if report.findings:
         lines += ["", f"**Findings ({len(report.findings)})**", "",

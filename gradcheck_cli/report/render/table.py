@@ -30,7 +30,14 @@ from gradcheck_cli.report.records import (
     Severity,
     Status,
 )
-from gradcheck_cli.report.render.common import format_number, is_watch, series_summary, watch_summary, where
+from gradcheck_cli.report.render.common import (
+    format_number,
+    is_watch,
+    series_summary,
+    summarised_series,
+    watch_summary,
+    where,
+)
 from gradcheck_cli.report.render.layer_table import STATUS_STYLES, BarScale, layer_table, plan_layout
 from gradcheck_cli.report.render.verified import (
     DID_NOT_HELP,
@@ -144,8 +151,9 @@ def _header(report: Report, width: int) -> Text:
     else:
         second = [loss, probe]
     lines = [_pack([title, target, verdict], width), _pack(second, width)]
-    if report.series is not None:  # a watch report
-        lines.append(Text(series_summary(report.series)))
+    series = summarised_series(report)  # a watch's; not a scan's own --steps series
+    if series is not None:
+        lines.append(Text(series_summary(series)))
     return Text("\n").join(lines)
 
 
