@@ -138,6 +138,21 @@ def test_status_is_marked_by_text_and_hatch_not_colour_alone() -> None:
     assert {"V: vanishing", "E: exploding", "NaN: non-finite gradient (NaN/Inf)", "healthy"} <= set(legend)
 
 
+def test_the_status_styles_differ_in_greyscale_and_in_pattern() -> None:
+    from gradcheck_cli.report.render.images import STYLES
+
+    assert set(STYLES) == set(Status)  # a new status cannot be forgotten
+    lightness = sorted(_luminance(style.colour) for style in STYLES.values())
+    assert min(b - a for a, b in zip(lightness, lightness[1:])) >= 0.08  # apart on a greyscale print
+    flagged = [style for status, style in STYLES.items() if status is not Status.HEALTHY]
+    assert len({style.hatch for style in flagged}) == len(flagged) and all(style.mark for style in flagged)
+
+
+def _luminance(colour: str) -> float:
+    red, green, blue = (int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5))
+    return 0.2126 * red + 0.7152 * green + 0.0722 * blue
+
+
 @needs_matplotlib
 @pytest.mark.parametrize("config", [{"steps": 0}, {"steps": 0, "thresholds": {"vanish_grad_to_weight": 1e-5,
                                                                              "explode_grad_to_weight": 50.0}}])
@@ -200,8 +215,10 @@ def test_the_watch_charts_draw_the_series() -> None:
     loss = chart_figure(charts.loss).axes[0]
     y = _ys(loss.lines[0])
     assert _xs(loss.lines[0]) == [0, 5, 10, 15] and y[:2] + y[3:] == [2.0, 1.5, 0.75] and math.isnan(y[2])
+    marked = [line for line in loss.lines if line.get_gid() == "nonfinite"]
+    assert len(marked) == 1 and _xs(marked[0]) == [10]  # the NaN loss: marked at its step, not a silent gap
     norms = chart_figure(charts.step_norms).axes[0]
-    lines = {line.get_label(): _ys(line) for line in norms.lines if line.get_gid()}
+    lines = {line.get_label(): _ys(line) for line in norms.lines if (line.get_gid() or "").startswith("line-")}
     assert lines["net.1 [V: vanishing]"] == pytest.approx([-3.0, math.log10(2e-3), math.log10(4e-3), math.log10(8e-3)])
     assert norms.get_ylabel() == "log10 gradient L2 norm" and norms.get_xlabel() == "optimizer step"
 
@@ -327,6 +344,7 @@ def test_a_recipe_run_gets_one_set_of_files_per_scan(tmp_path: Path) -> None:
     ("stdout", ["image files", "not -"]),
     ("bad-chart", ["invalid --chart 'bars'", "flow, through-time, loss, step-norms"]),
     ("no-such-chart", ["has no loss chart to draw; it has: flow, through-time (net.0)"]),
+    ("no-folder", ["cannot write", "check that the folder exists"]),
 ])
 def test_user_errors_exit_two_with_one_line(tmp_path: Path, case: str, needles: list[str]) -> None:
     report = tmp_path / "r.json"
@@ -337,10 +355,11 @@ def test_user_errors_exit_two_with_one_line(tmp_path: Path, case: str, needles: 
             "suffix": [str(report), "-o", str(tmp_path / "x.jpg")],
             "stdout": [str(report), "-o", "-"],
             "bad-chart": [str(report), "-o", str(tmp_path / "x.png"), "--chart", "bars"],
-            "no-such-chart": [str(report), "-o", str(tmp_path / "x.png"), "--chart", "loss"]}[case]
+            "no-such-chart": [str(report), "-o", str(tmp_path / "x.png"), "--chart", "loss"],
+            "no-folder": [str(report), "-o", str(tmp_path / "nowhere" / "x.png")]}[case]
     report.with_name("bad.json").write_text("{", encoding="utf-8")
     report.with_name("other.json").write_text('{"schema": "something/else"}', encoding="utf-8")
-    if case == "no-such-chart" and find_spec("matplotlib") is None:
+    if case in ("no-such-chart", "no-folder") and find_spec("matplotlib") is None:
         pytest.skip("matplotlib is not installed")
     assert_one_line_error(_plot(*args), *needles)
     assert not list(tmp_path.glob("x*"))

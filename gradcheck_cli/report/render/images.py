@@ -318,6 +318,11 @@ def step_figure(chart: StepChart) -> Figure:
                   label=label, gid=f"line-{number}")
     if chart.hidden_lines:
         axes.plot([], [], linestyle="none", label=f"{chart.hidden_lines} more layers: inside the band")
+    nonfinite = sorted({step for line in chart.lines for step, value in zip(x, line.values, strict=True)
+                        if value is not None and not math.isfinite(value)})
+    if nonfinite:  # a diverged loss must not just end the line: the steps are marked along the top
+        axes.plot(nonfinite, [0.97] * len(nonfinite), transform=axes.get_xaxis_transform(), linestyle="none",
+                  marker="X", color="black", label="NaN/Inf at this step (off the axis)", gid="nonfinite")
     axes.set_xlabel(chart.x_label)
     axes.set_ylabel(f"log10 {chart.y_label}" if chart.log_y else chart.y_label)
     axes.grid(linewidth=0.3, alpha=0.5)
