@@ -248,26 +248,38 @@ def _check_charts_are_drawn(page: Page, case: str, screenshots: Path) -> list[st
     return kinds
 
 
+BARS_AS_SEEN = """(metric => {
+  const svg = document.querySelector('svg[data-chart="flow"]'), frame = svg.getBoundingClientRect();
+  const seen = e => { const b = e.getBoundingClientRect();
+    return b.width >= 1 && b.height >= 1 && getComputedStyle(e).visibility === 'visible' && b.left >= frame.left - 1
+      && b.right <= frame.right + 1 && b.top >= frame.top - 1 && b.bottom <= frame.bottom + 1; };
+  return [...svg.querySelectorAll(`g.panel[data-metric="${metric}"] rect.bar`)].map(r => {
+    const marks = [...r.parentNode.querySelectorAll('text')].filter(t => t.dataset.layer === r.dataset.layer);
+    return [r.dataset.layer, r.dataset.status, r.dataset.count, r.dataset.value, seen(r),
+            marks.filter(seen).map(t => t.textContent.trim()).join(' ')]; }); })"""
+"""Per bar of a flow panel: its data attributes, whether it is drawn (a box of at least 1 x 1 px,
+visible, inside the chart) and the text of its marks that are drawn."""
+
+
 def _check_flow_bars(page: Page, report: Report) -> None:
-    """One bar per layer with parameters in each panel, as the browser parsed them: the layers'
-    names in execution order, their statuses and the report's numbers; a text mark on each
-    non-healthy bar (status is never shown by colour alone)."""
+    """One bar per layer with parameters in each panel, as the browser parsed and drew them: the
+    layers' names in execution order, their statuses and the report's numbers, each finite number
+    a visible bar; a visible text mark on each non-healthy or non-finite bar (status is never shown
+    by colour alone)."""
     layers = sorted((layer for layer in report.layers if layer.params > 0), key=lambda x: x.index)
     chart = charts_of(report).flow
     assert chart is not None and len(chart.bars) == len(layers)  # no grouping at this size
     for metric in ("grad_norm", "grad_to_weight"):
-        bars = page.evaluate(
-            f"[...document.querySelectorAll('svg[data-chart=\"flow\"] g.panel[data-metric=\"{metric}\"] rect.bar')]"
-            ".map(r => [r.dataset.layer, r.dataset.status, r.dataset.count, r.dataset.value,"
-            " [...r.parentNode.querySelectorAll('text')].filter(t => t.dataset.layer === r.dataset.layer)"
-            ".map(t => t.textContent.trim()).join(' ')])")
+        bars = page.evaluate(f"({BARS_AS_SEEN})('{metric}')")
         assert len(bars) == len(layers), f"{metric}: {len(bars)} bars for {len(layers)} layers with parameters"
-        for (name, status, count, value, mark), layer in zip(bars, layers):
-            assert (name, status, count) == (layer.name, layer.status.value, "1")
+        for (name, status, count, value, drawn, mark), layer in zip(bars, layers):
+            assert (name, status, count) == (layer.name, layer.status.value, "1"), f"{metric}: bar {name}"
             number = getattr(layer, metric)
-            assert value == ("" if number is None else repr(number))
-            if layer.status is not Status.HEALTHY or (number is not None and not math.isfinite(number)):
-                assert mark, f"{metric}: the {layer.status.value} bar of {name} has no text mark"
+            assert value == ("" if number is None else repr(number)), f"{metric}: bar {name}"
+            finite = number is not None and math.isfinite(number)
+            assert drawn or not finite, f"{metric}: the bar of {name} ({number!r}) is not drawn"
+            if layer.status is not Status.HEALTHY or not finite:
+                assert mark, f"{metric}: the {layer.status.value} bar of {name} has no visible text mark"
 
 
 def _check_through_time(page: Page, report: Report) -> None:
