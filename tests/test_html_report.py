@@ -83,7 +83,12 @@ GRAD_NORMS = (3.0e-9, 0.25, 1.5e4, 7.0e-4, 0.031, 2.0)
 
 def test_every_bar_carries_its_layers_number_in_both_panels() -> None:
     layers = tuple(_layer(i, f"block.{i}", g) for i, g in enumerate(GRAD_NORMS))
+    layers += (_layer(len(layers), "transformer.encoder.layers.11.self_attn.out_proj", 0.5),)
     (flow,) = _charts(_page(_report(layers)), "flow")
+    names = [t.text for g in flow.iter("g") if g.get("class") == "x-labels"
+             for t in g.iter("text") if "tick" in _classes(t)]
+    assert names[:-1] == [f"block.{i}" for i in range(len(GRAD_NORMS))]
+    assert names[-1] == "…11.self_attn.out_proj"  # a long name keeps the end that tells siblings apart
     for metric in ("grad_norm", "grad_to_weight"):
         bars = _bars(flow, metric)
         assert [b.get("data-layer") for b in bars] == [layer.name for layer in layers]
@@ -144,6 +149,12 @@ def test_a_thousand_layers_stay_a_bounded_picture_with_grouped_bars() -> None:
         bars = _bars(flow, metric)
         assert len(bars) <= MAX_BARS
         assert sum(int(b.get("data-count", "")) for b in bars) == 1000
+    # A grouped bar shows its median's grad/weight; its range line spans the group's smallest to largest.
+    ranges = {line.get("data-layer"): line for line in flow.iter("line") if "range" in _classes(line)}
+    for bar in _bars(flow, "grad_to_weight"):
+        line = ranges[bar.get("data-layer")]
+        assert float(line.get("data-low", "")) <= float(bar.get("data-value", "")) <= float(line.get("data-high", ""))
+        assert float(line.get("y1", "")) + 0.01 >= float(bar.get("y", "")) >= float(line.get("y2", "")) - 0.01
     flagged = sum(1 for layer in layers if layer.status is not Status.HEALTHY)
     assert 0 < flagged < FOLD_HEALTHY_PAST < 1000
     # The flagged layers in a table of their own, then every layer's row in the folded one.

@@ -247,7 +247,8 @@ def _bar(bar: Bar, value: float | None, axis: Axis, x: float, width: float, iden
         low, high = log10(bar.low), log10(bar.high)
         if low is not None and high is not None:
             middle = num(x + width / 2)
-            parts.append(f'<line class="range" x1="{middle}" y1="{num(axis.y(low))}" x2="{middle}" '
+            parts.append(f'<line class="range" data-layer="{attr(bar.label)}" data-low="{data_value(bar.low)}" '
+                         f'data-high="{data_value(bar.high)}" x1="{middle}" y1="{num(axis.y(low))}" x2="{middle}" '
                          f'y2="{num(axis.y(high))}" stroke="#000000"/>')
     marks = [missing_word(value)] if position is None else []
     if bar.status in STATUS_MARKS and STATUS_MARKS[bar.status] not in marks:
