@@ -164,8 +164,8 @@ def build_report(w: Watch) -> Report:
     # weight-growth justifies weight-decay, its value from the run's optimizer (analyse/fix_timeline.py)
     recommendations = with_timeline_fixes(report.recommendations, findings, settings_of(engine.optimizer),
                                           w.thresholds)
-    return replace(report, config=report_config(config, w.thresholds), verdict=verdict, findings=findings, recommendations=recommendations,
-                   series=w._timeline.series())
+    return replace(report, config=report_config(config, w.thresholds), verdict=verdict, findings=findings,
+                   recommendations=recommendations, series=w._timeline.series())
 
 
 def write_report(report: Report, path: Path) -> None:
