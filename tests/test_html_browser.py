@@ -7,14 +7,20 @@ builtin:nan-log, recurrent: builtin:rnn-long, and a watched training loop) are r
 - every chart is drawn: the pixels inside its box are not blank, and its box stays within
   1200 x 900 CSS pixels;
 - the flow chart's DOM as the browser parsed it has one bar per layer with parameters in each panel,
-  naming the report's layers in execution order with their status and numbers; every non-healthy bar
-  has a text mark next to its colour;
-- the recurrent report has one through-time chart per recurrent layer, the watch its loss and
-  step-norm charts.
-Screenshots of each page go to $GRADCHECK_SCREENSHOTS when set (to look at), else to tmp_path.
-The instruments themselves are tested first, on hand-written pages: the console check catches an
-error, the request check an external URL, and the blank check a chart with nothing drawn in it.
-Without Chromium (or when it does not start) every test here skips, saying why.
+  naming the report's layers in execution order with their status and numbers; each finite number
+  is a visible bar, and every non-healthy or NaN bar has a visible text mark besides its colour;
+- seen in greyscale (Chromium's achromatopsia emulation) the bars of different statuses still
+  differ, and each status drawn is named in the chart;
+- no two texts of a chart are drawn over each other;
+- the recurrent report has one through-time chart per recurrent layer (with its horizon line), the
+  watch its loss and step-norm charts; a 1,000-layer report keeps a bounded chart of 200 bars on a
+  page no wider than the window.
+Screenshots go to $GRADCHECK_SCREENSHOTS when set (to look at), else to tmp_path: CASE.png (the
+whole page), CASE-N-KIND.png (each chart), CASE-flow-grey.png (the flow chart in greyscale), next
+to CASE.html. The instruments are tested on hand-written pages first, each shown to fail: the console
+check catches an error, the request check a URL, the blank check an empty chart, the greyscale check
+two statuses told by hue alone. Without Chromium (or when it does not start) every test here skips,
+saying why.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ from gradcheck_cli.report.records import LayerReport, LossInfo, Report, ScanResu
 
 MIN_INK = 0.02
 """A drawn chart has at least this share of pixels that are not its background (the blank chart
-of the instrument test has 0; the real charts measure 0.05 to 0.2)."""
+of the instrument test has 0; the real charts measure 0.05 (axes, grid and a line, or NaN marks
+only) to 0.4 (ten hatched bars))."""
 MAX_CHART = (1200, 900)
 """The SVG contract's bound on a chart's box in CSS pixels, whatever the model size."""
 CASES = ("vanishing", "exploding", "nonfinite", "recurrent", "watch")
