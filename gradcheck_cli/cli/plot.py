@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import re
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -122,7 +122,7 @@ def chart_kind(value: str | None) -> ChartKind | None:
         raise UserError(f"invalid --chart '{value}'; choose one of: {choices}") from None
 
 
-def _drawing() -> Any:
+def _drawing() -> Callable[[Chart, ImageFormat], bytes]:
     """images.chart_image, or the one-line error naming the extra when matplotlib is missing."""
     try:
         import matplotlib  # noqa: F401  (checked here: images.py imports it inside its functions)
