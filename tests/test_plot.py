@@ -207,6 +207,18 @@ def test_the_through_time_profile_and_its_horizon() -> None:
 
 
 @needs_matplotlib
+def test_a_long_sequence_is_drawn_at_the_middle_of_each_group_of_steps() -> None:
+    from gradcheck_cli.report.render.images import chart_figure
+
+    profile = charts_of(_recurrent(tuple(10.0 ** (i / 100 - 10) for i in range(1000)), horizon=150)).through_time[0]
+    assert profile.group == 5 and len(profile.values) == 200
+    drawn = {line.get_gid(): line for line in chart_figure(profile).axes[0].lines}
+    assert _xs(drawn["profile"])[:2] == [2.0, 7.0] and _xs(drawn["profile"])[-1] == 997.0
+    assert _ys(drawn["profile"]) == pytest.approx([math.log10(v) for v in profile.values])
+    assert _xs(drawn["horizon"]) == [849, 849]  # steps are still counted one by one
+
+
+@needs_matplotlib
 def test_the_watch_charts_draw_the_series() -> None:
     from gradcheck_cli.report.render.images import chart_figure
 
