@@ -74,7 +74,8 @@ def report_of(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Repor
 
     def make(case: str) -> Report:
         if case not in made:
-            made[case] = _watched(tmp_path_factory.mktemp("watch")) if case == "watch" else _scanned(case)
+            made[case] = _watched(tmp_path_factory.mktemp("watch")) if case == "watch" else \
+                _thousand_layers() if case == "thousand-layers" else _scanned(case)
         return made[case]
 
     return make
@@ -96,6 +97,15 @@ def _watched(folder: Path) -> Report:
     model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 1))
     x = torch.randn(64, 4)
     return watched_regression(model, 0.05, x, torch.sin(x.sum(1, keepdim=True)), 100, folder / "watch.json")
+
+
+def _thousand_layers() -> Report:
+    """A 1,000-layer report built in code: the first 300 layers vanishing, the gradient growing along depth."""
+    layers = tuple(LayerReport(f"blocks.{i}.fc", "Linear", i, 100, Status.VANISHING if i < 300 else Status.HEALTHY,
+                               10 ** (-9 + 8 * i / 1000), 2.0, 10 ** (-9 + 8 * i / 1000) / 2, 0) for i in range(1000))
+    return Report("models/deep.py", "0.1.0", {"batches": 3, "batch_size": 16, "seed": 0, "device": "cpu",
+                                              "steps": 0, "fail_on": ["exploding", "nonfinite"]},
+                  LossInfo("mse", (1.0, 0.9, 0.8)), Status.VANISHING, layers, (), ())
 
 
 def _html(report: Report) -> str:
@@ -203,11 +213,17 @@ def test_the_report_renders_in_chromium(case: str, browser: Browser, report_of: 
         page.close()
 
 
-OVERLAP_KNOWN = pytest.mark.xfail(strict=True, reason="the step-norm chart's end-of-line labels of layers whose "
-                                  "norms end close together are drawn over each other (\"0\" over \"2\")")
+OVERLAPS_KNOWN = {
+    "watch": "the step-norm chart's end-of-line labels of layers whose norms end close together are drawn over "
+             "each other (\"0\" over \"2\")",
+    "thousand-layers": "the flow chart's V marks over 3 px wide bars run into each other (118 pairs), and the "
+                       "x-axis caption touches the rotated tick labels 400, 500 and 600"}
+"""Overlaps seen in the charts as they are drawn now (strict: the test fails once they are gone,
+so the mark is removed)."""
 
 
-@pytest.mark.parametrize("case", [c if c != "watch" else pytest.param(c, marks=OVERLAP_KNOWN) for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=OVERLAPS_KNOWN[c]))
+                                  if c in OVERLAPS_KNOWN else c for c in (*CASES, "thousand-layers")])
 def test_no_chart_text_is_drawn_over_another(case: str, browser: Browser, report_of: Callable[[str], Report],
                                              tmp_path: Path) -> None:
     page = _open(browser, tmp_path / f"{case}.html", _html(report_of(case)))
@@ -217,14 +233,11 @@ def test_no_chart_text_is_drawn_over_another(case: str, browser: Browser, report
         page.close()
 
 
-def test_a_thousand_layer_report_stays_bounded_in_chromium(browser: Browser, screenshots: Path) -> None:
+def test_a_thousand_layer_report_stays_bounded_in_chromium(browser: Browser, report_of: Callable[[str], Report],
+                                                           screenshots: Path) -> None:
     """1,000 layers: MAX_BARS bars of 5 layers each, the chart within its bounds and drawn, and the page
     no wider than the window (it scrolls down, never sideways)."""
-    layers = tuple(LayerReport(f"blocks.{i}.fc", "Linear", i, 100, Status.VANISHING if i < 300 else Status.HEALTHY,
-                               10 ** (-9 + 8 * i / 1000), 2.0, 10 ** (-9 + 8 * i / 1000) / 2, 0) for i in range(1000))
-    report = Report("models/deep.py", "0.1.0", {"batches": 3, "batch_size": 16, "seed": 0, "device": "cpu",
-                                                "steps": 0, "fail_on": ["exploding", "nonfinite"]},
-                    LossInfo("mse", (1.0, 0.9, 0.8)), Status.VANISHING, layers, (), ())
+    report = report_of("thousand-layers")
     path = screenshots / "thousand-layers.html"
     page = _open(browser, path, _html(report))
     try:
