@@ -25,6 +25,7 @@ saying why.
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 import os
@@ -170,6 +171,23 @@ def test_the_blank_check_tells_a_drawn_chart_from_an_empty_one(browser: Browser,
     assert inks[False] == 0.0
     assert inks[True] == pytest.approx((30 * 100 + 30 * 140) / (200 * 180))
     assert inks[True] > MIN_INK
+
+
+def test_the_png_reader_reads_a_screenshot_as_pillow_does(browser: Browser, report_of: Callable[[str], Report],
+                                                           tmp_path: Path) -> None:
+    """Every pixel of a report page's screenshot (text, hatching, lines: rows with each PNG filter,
+    Paeth and Average included)."""
+    image_module = pytest.importorskip("PIL.Image")
+    page = _open(browser, tmp_path / "page.html", _html(report_of("vanishing")))
+    try:
+        png = page.screenshot()
+    finally:
+        page.close()
+    mine = read_png(png)
+    with image_module.open(io.BytesIO(png)) as theirs:
+        assert (mine.width, mine.height) == theirs.size
+        rgb = theirs.convert("RGB").tobytes()
+    assert mine.pixels() == [tuple(rgb[i:i + 3]) for i in range(0, len(rgb), 3)]
 
 
 def test_the_greyscale_check_catches_statuses_told_by_colour_alone(browser: Browser, tmp_path: Path) -> None:
