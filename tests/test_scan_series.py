@@ -175,3 +175,15 @@ def test_measurements_merge_concatenates_the_step_points() -> None:
     assert merged.step_layers == ("fc",)
     assert merged.step_points == (point, later)
     assert first.merge(Measurements(layers=(), losses=())) == first
+
+
+def test_the_series_reads_nothing_more_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per SGD step the probe reads the loss, one sum of squares (weights and gradients together,
+    measure/norms.py squared_norms syncs once per call) and, at the end, that step's update row
+    (largest_updates): 3 reads, whatever the depth. The series' own rows are read once per scan."""
+    from test_host_transfers import _all_reads, _stack
+
+    for depth in (3, 12):
+        two = _all_reads(monkeypatch, _stack(depth), steps=2, optimizer="sgd")
+        four = _all_reads(monkeypatch, _stack(depth), steps=4, optimizer="sgd")
+        assert four - two == 3 * 2 * 2  # 2 more steps after each of the 2 first batches

@@ -35,6 +35,7 @@ from gradcheck_cli.measure.steps import (
     make_optimizer,
     max_update_ratios,
     take_steps,
+    weight_squares,
 )
 from gradcheck_cli.target.batches import batch_has_nonfinite, call_model, move_to, split_batch
 from gradcheck_cli.target.forward_error import forward_failure
@@ -266,7 +267,7 @@ def _measurements(session: MeasurementSession, run: _ProbeRun) -> Measurements:
                for li, record in session.layer_measurements().items()}
     scaler = run.scaler
     stepped_layers = sorted(set(session.owner_of))  # the layers owning a trainable parameter
-    step_points = run.step_rows.points(stepped_layers)
+    step_points = run.step_rows.points(stepped_layers, weight_squares(session)) if run.step_rows.update else ()
     return replace(
         session.measurements(records),
         precision=run.config.precision,

@@ -260,8 +260,8 @@ class StepPoint:
     """The loss whose gradients the step used: for the first step after a probe batch, that
     batch's loss; for a later one, the loss on the same batch after the step before it."""
     grad_sq: tuple[float | None, ...]
-    """Squared L2 norm of the layer's gradient that the step used, before any clipping (None: the
-    layer got no gradient)."""
+    """Squared L2 norm of the layer's gradient that the step used (clipped under
+    config.clip_grad_norm, as the step used it; None: the layer got no gradient)."""
     update_ratio: tuple[float, ...]
     """|Δw| / |w| of the step (NaN for zero weights), as LayerMeasurement.update_to_weight."""
     weight_sq: tuple[float, ...]

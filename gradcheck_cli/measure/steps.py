@@ -2,7 +2,7 @@
 
 The steps run with the session paused (they are no probe); each one records, per layer, the
 relative change of the weights |Δw| / |w|, the norm of the gradient it used and the weight norm
-after it (step_series.py: the report's series), and the loss on the same batch after the step. With
+(step_series.py: the report's series), and the loss on the same batch after the step. With
 config.clip_grad_norm (verify: clip-gradients, docs/fixes/clip-gradients.md) the gradients are
 clipped before each step exactly as torch.nn.utils.clip_grad_norm_ clips them, so the update
 ratios are those of the clipped steps.
@@ -40,11 +40,12 @@ def take_steps(session: MeasurementSession, forward_loss: ForwardLoss, optimizer
     statement about the batch a step was taken on: comparing it with the next batch's loss would
     mix the step's effect with the data's); the session is paused so these passes do not count as
     probes. Adds to `rows` one row of device tensors per step (StepRows.add): each layer's squared
-    norm of the gradient the step used (before clipping), its update/weight ratio |Δw| / |w| and
-    its squared weight norm after the step. Plain SGD moves the weights by exactly lr * g, so there
-    the ratio is lr * |g| / |w|, with no copy; adaptive optimizers rescale g per element, so the
-    change is measured around step(). With `clip_grad_norm`, every step's gradients are clipped to
-    that total norm first.
+    norm of the gradient the step used, its update/weight ratio |Δw| / |w| and its squared weight
+    norm before the step (the weights after a step are those before the next one: StepRows.points).
+    Plain SGD moves the weights by exactly lr * g, so there the ratio is lr * |g| / |w|, with no
+    copy; adaptive optimizers rescale g per element, so the change is measured around step(). With
+    `clip_grad_norm`, every step's gradients are clipped to that total norm first (and their norms
+    are those of the clipped gradients the step used).
     """
     params = session.trainable
     plain_sgd = isinstance(optimizer, torch.optim.SGD)
@@ -57,11 +58,9 @@ def take_steps(session: MeasurementSession, forward_loss: ForwardLoss, optimizer
     losses = []
     with session.paused():
         for step in range(steps):
-            grad_sq, received = _grad_squares(session, grads)
             if clip_grad_norm is not None:
                 grads = clip_gradients(grads, clip_grad_norm)
-            update, weight_sq = _step(session, optimizer, grads, plain_sgd)
-            rows.add(grad_sq, received, update, weight_sq)
+            rows.add(*_step(session, optimizer, grads, plain_sgd))
             loss = forward_loss()
             losses.append(float(loss.detach()))
             if step < steps - 1:
@@ -82,27 +81,24 @@ def clip_gradients(grads: tuple[torch.Tensor | None, ...], max_norm: float) -> t
     return tuple(None if g is None else g * scale.to(g.device) for g in grads)
 
 
-def _grad_squares(session: MeasurementSession,
-                  grads: tuple[torch.Tensor | None, ...]) -> tuple[torch.Tensor, frozenset[int]]:
-    """Each layer's squared gradient norm (a device tensor) and the layers that got a gradient."""
-    given = [k for k, g in enumerate(grads) if g is not None]
-    squares = group_sq([g for g in grads if g is not None], session.owner[given], len(session.layers))
-    return squares, frozenset(session.owner_of[k] for k in given)
-
-
-def _step(session: MeasurementSession, optimizer: torch.optim.Optimizer,
-          grads: tuple[torch.Tensor | None, ...], plain_sgd: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step with `grads`; each layer's update/weight ratio (NaN for zero weights)
-    and its squared weight norm after the step."""
+def _step(session: MeasurementSession, optimizer: torch.optim.Optimizer, grads: tuple[torch.Tensor | None, ...],
+          plain_sgd: bool) -> tuple[torch.Tensor, frozenset[int], torch.Tensor, torch.Tensor]:
+    """One optimizer step with `grads`. Per layer: the squared norm of its gradients, the layers
+    that got one, the update/weight ratio (NaN for zero weights) and the squared weight norm
+    before the step. Weights and gradients are summed in one group_sq (one host sync, as
+    squared_norms does per call): their layers side by side, the gradients' shifted by n_layers."""
     params, owner, n_layers = session.trainable, session.owner, len(session.layers)
     lr = float(optimizer.param_groups[0]["lr"])
     for p, g in zip(params, grads):
         p.grad = g
     weights = [p.detach() for p in params]
-    weight_sq = group_sq(weights, owner, n_layers)
+    given = [k for k, g in enumerate(grads) if g is not None]
+    both = group_sq(weights + [g for g in grads if g is not None], torch.cat([owner, owner[given] + n_layers]),
+                    2 * n_layers)
+    weight_sq, grad_sq = both[:n_layers], both[n_layers:]
+    received = frozenset(session.owner_of[k] for k in given)
     if plain_sgd:
-        given = [(k, g) for k, g in enumerate(grads) if g is not None]
-        change_sq = group_sq([g for _, g in given], owner[[k for k, _ in given]], n_layers) * lr * lr
+        change_sq = grad_sq * lr * lr
         optimizer.step()
     else:
         before = [w.clone() for w in weights]
@@ -110,7 +106,12 @@ def _step(session: MeasurementSession, optimizer: torch.optim.Optimizer,
         change_sq = group_sq(list(torch._foreach_sub(weights, before)), owner, n_layers)
     for p in params:
         p.grad = None
-    return torch.where(weight_sq > 0, change_sq / weight_sq, torch.nan).sqrt(), group_sq(weights, owner, n_layers)
+    return grad_sq, received, torch.where(weight_sq > 0, change_sq / weight_sq, torch.nan).sqrt(), weight_sq
+
+
+def weight_squares(session: MeasurementSession) -> torch.Tensor:
+    """Each layer's squared norm of its trainable weights now (a device tensor; one host sync)."""
+    return group_sq([p.detach() for p in session.trainable], session.owner, len(session.layers))
 
 
 def largest_updates(rows: list[torch.Tensor], names: list[str]) -> tuple[tuple[str, float], ...]:
