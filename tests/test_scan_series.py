@@ -187,3 +187,12 @@ def test_the_series_reads_nothing_more_per_step(monkeypatch: pytest.MonkeyPatch)
         two = _all_reads(monkeypatch, _stack(depth), steps=2, optimizer="sgd")
         four = _all_reads(monkeypatch, _stack(depth), steps=4, optimizer="sgd")
         assert four - two == 3 * 2 * 2  # 2 more steps after each of the 2 first batches
+
+
+def test_the_html_page_charts_a_scans_steps_without_calling_it_a_watch() -> None:
+    from gradcheck_cli.report.render import OutputFormat, render
+
+    report = scan(Target("mlp", _mlp, _make_batch, _loss), batches=2, batch_size=BATCH, steps=3, lr=0.1)
+    page = render([ScanResult("mlp", "mlp", report)], OutputFormat.HTML)
+    assert page.count('data-chart="step-norms"') == 1  # the per-layer norms over the scan's steps
+    assert "watch:" not in page

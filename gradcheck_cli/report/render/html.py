@@ -27,6 +27,7 @@ from gradcheck_cli.report.render.common import (
     is_watch,
     outcome,
     series_summary,
+    summarised_series,
     visible,
     watch_summary,
     where,
@@ -139,8 +140,9 @@ def _header(report: Report, word: str) -> str:
             ("measured", esc(_measured(report))),
             ("loss", esc(_loss_text(report))),
             ("gate", esc(OUTCOME_WORDS[word]) + f" (fails on: {esc(_fail_on(report))})")]
-    if report.series is not None:
-        rows.append(("series", esc(series_summary(report.series))))
+    series = summarised_series(report)  # a watch's ("watch: N sampled steps"); a scan's steps are charted
+    if series is not None:
+        rows.append(("series", esc(series_summary(series))))
     items = "\n".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in rows)
     return (f'<p>Verdict: <span class="verdict verdict-{verdict}">[{esc(mark)}] {esc(verdict.upper())}</span></p>\n'
             f'<dl class="meta">\n{items}\n</dl>')
