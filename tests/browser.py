@@ -7,7 +7,8 @@ for its load event, and reads what the person would see and what a developer con
 - the console's errors: console.error/assert calls, uncaught exceptions, and the browser's own log
   errors (a resource that failed to load, a blocked request);
 - every URL the page requested (a self-contained page requests nothing but itself and data: URLs);
-- screenshots (the whole page, or a clip such as one chart's box), the rendered DOM, and element boxes.
+- screenshots (the whole page, or a clip such as one chart's box), the rendered DOM, element boxes,
+  the images of the accessibility tree, and the page seen without colour vision.
 
 ``start_browser`` raises BrowserUnavailable (the tests skip with its reason) when no Chromium is
 found or it does not start. Every wait has a timeout, and the browser's process group is killed
@@ -105,6 +106,13 @@ class Page:
         reply = self.browser.command("Page.captureScreenshot",
                                      {"format": "png", "clip": area, "captureBeyondViewport": True}, self.session)
         return base64.b64decode(reply["data"])
+
+    def images_as_announced(self) -> list[str]:
+        """The names of the page's images in its accessibility tree (what a screen reader announces
+        for each <img> or role="img" element), in document order."""
+        nodes = self.browser.command("Accessibility.getFullAXTree", session=self.session)["nodes"]
+        return [str(node.get("name", {}).get("value", "")) for node in nodes
+                if node.get("role", {}).get("value") == "image" and not node.get("ignored")]
 
     def greyscale(self, on: bool = True) -> None:
         """Render the page as a person without colour vision sees it (achromatopsia: every pixel grey)."""

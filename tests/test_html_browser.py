@@ -224,6 +224,7 @@ def test_the_report_renders_in_chromium(case: str, browser: Browser, report_of: 
             ({"loss", "step-norms"} if case == "watch" else set())
         assert expected <= set(kinds), f"charts drawn: {kinds}"
         _check_flow_bars(page, report)
+        _check_charts_are_announced(page)
         if case == "recurrent":
             _check_through_time(page, report)
         _check_statuses_read_in_greyscale(page, screenshots / f"{case}-flow-grey.png")
@@ -247,6 +248,29 @@ def test_no_chart_text_is_drawn_over_another(case: str, browser: Browser, report
     page = _open(browser, tmp_path / f"{case}.html", _html(report_of(case)))
     try:
         assert _overlapping_texts(page) == []
+    finally:
+        page.close()
+
+
+def test_a_recipe_run_page_has_each_scans_charts(browser: Browser, report_of: Callable[[str], Report],
+                                                  screenshots: Path) -> None:
+    """A recipe run's one page, two scans and one that failed: each scan's flow chart with its own
+    bars, every chart drawn and announced by its own title."""
+    from gradcheck_cli.report.render import OutputFormat, render
+
+    reports = [report_of("vanishing"), report_of("exploding")]
+    results = [ScanResult(name, report.target, report) for name, report in zip(("sigmoid", "relu"), reports)]
+    results.append(ScanResult("broken", "models/broken.py", None, "models/broken.py: no model found"))
+    path = screenshots / "recipe-run.html"
+    page = _open(browser, path, render(results, OutputFormat.HTML, combined=True))
+    try:
+        (screenshots / "recipe-run.png").write_bytes(page.screenshot())
+        assert page.errors == [] and _foreign(page, path) == []
+        assert _check_charts_are_drawn(page, "recipe-run", screenshots) == ["flow", "flow"]
+        for index, report in enumerate(reports):
+            _check_flow_bars(page, report, index)
+        _check_charts_are_announced(page)
+        assert "models/broken.py: no model found" in page.evaluate("document.body.innerText")
     finally:
         page.close()
 
@@ -286,8 +310,8 @@ def _check_charts_are_drawn(page: Page, case: str, screenshots: Path) -> list[st
     return kinds
 
 
-BARS_AS_SEEN = """(metric => {
-  const svg = document.querySelector('svg[data-chart="flow"]'), frame = svg.getBoundingClientRect();
+BARS_AS_SEEN = """((metric, chart) => {
+  const svg = document.querySelectorAll('svg[data-chart="flow"]')[chart], frame = svg.getBoundingClientRect();
   const seen = e => { const b = e.getBoundingClientRect();
     return b.width >= 1 && b.height >= 1 && getComputedStyle(e).visibility === 'visible' && b.left >= frame.left - 1
       && b.right <= frame.right + 1 && b.top >= frame.top - 1 && b.bottom <= frame.bottom + 1; };
@@ -295,11 +319,11 @@ BARS_AS_SEEN = """(metric => {
     const marks = [...r.parentNode.querySelectorAll('text')].filter(t => t.dataset.layer === r.dataset.layer);
     return [r.dataset.layer, r.dataset.status, r.dataset.count, r.dataset.value, seen(r),
             marks.filter(seen).map(t => t.textContent.trim()).join(' ')]; }); })"""
-"""Per bar of a flow panel: its data attributes, whether it is drawn (a box of at least 1 x 1 px,
-visible, inside the chart) and the text of its marks that are drawn."""
+"""Per bar of a panel of the page's chart-th flow chart: its data attributes, whether it is drawn (a
+box of at least 1 x 1 px, visible, inside the chart) and the text of its marks that are drawn."""
 
 
-def _check_flow_bars(page: Page, report: Report) -> None:
+def _check_flow_bars(page: Page, report: Report, chart_index: int = 0) -> None:
     """One bar per layer with parameters in each panel, as the browser parsed and drew them: the
     layers' names in execution order, their statuses and the report's numbers, each finite number
     a visible bar; a visible text mark on each non-healthy or non-finite bar (status is never shown
@@ -308,7 +332,7 @@ def _check_flow_bars(page: Page, report: Report) -> None:
     chart = charts_of(report).flow
     assert chart is not None and len(chart.bars) == len(layers)  # no grouping at this size
     for metric in ("grad_norm", "grad_to_weight"):
-        bars = page.evaluate(f"({BARS_AS_SEEN})('{metric}')")
+        bars = page.evaluate(f"({BARS_AS_SEEN})('{metric}', {chart_index})")
         assert len(bars) == len(layers), f"{metric}: {len(bars)} bars for {len(layers)} layers with parameters"
         for (name, status, count, value, drawn, mark), layer in zip(bars, layers):
             assert (name, status, count) == (layer.name, layer.status.value, "1"), f"{metric}: bar {name}"
@@ -318,6 +342,18 @@ def _check_flow_bars(page: Page, report: Report) -> None:
             assert drawn or not finite, f"{metric}: the bar of {name} ({number!r}) is not drawn"
             if layer.status is not Status.HEALTHY or not finite:
                 assert mark, f"{metric}: the {layer.status.value} bar of {name} has no visible text mark"
+
+
+def _check_charts_are_announced(page: Page) -> None:
+    """A screen reader announces each chart as an image named by its own title (ids are unique on the
+    page, so a chart's aria-labelledby cannot name another section's title)."""
+    ids = page.evaluate("[...document.querySelectorAll('[id]')].map(e => e.id)")
+    assert len(ids) == len(set(ids)), f"ids used twice: {sorted({i for i in ids if ids.count(i) > 1})}"
+    titles = page.evaluate("[...document.querySelectorAll('svg.chart')].map(s => {"
+                           " const t = document.getElementById(s.getAttribute('aria-labelledby'));"
+                           " return t && s.contains(t) && t.tagName === 'title' ? t.textContent.trim() : null; })")
+    assert titles and all(titles), f"a chart without its own <title> (aria-labelledby): {titles}"
+    assert page.images_as_announced() == titles
 
 
 def _check_through_time(page: Page, report: Report) -> None:
