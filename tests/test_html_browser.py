@@ -11,16 +11,18 @@ builtin:nan-log, recurrent: builtin:rnn-long, and a watched training loop) are r
   is a visible bar, and every non-healthy or NaN bar has a visible text mark besides its colour;
 - seen in greyscale (Chromium's achromatopsia emulation) the bars of different statuses still
   differ, and each status drawn is named in the chart;
+- a screen reader announces each chart as an image named by its own title (ids unique);
 - no two texts of a chart are drawn over each other;
-- the recurrent report has one through-time chart per recurrent layer (with its horizon line), the
-  watch its loss and step-norm charts; a 1,000-layer report keeps a bounded chart of 200 bars on a
-  page no wider than the window.
+- the recurrent report has one through-time chart per recurrent layer, a drawn point per time step
+  with the report's value, and the horizon line where the point of its step is drawn; the watch
+  has its loss and step-norm charts; a recipe run's page has each scan's flow chart with its own
+  bars; a 1,000-layer report keeps a bounded chart of 200 bars on a page no wider than the window.
 Screenshots go to $GRADCHECK_SCREENSHOTS when set (to look at), else to tmp_path: CASE.png (the
 whole page), CASE-N-KIND.png (each chart), CASE-flow-grey.png (the flow chart in greyscale), next
-to CASE.html. The instruments are tested on hand-written pages first, each shown to fail: the console
-check catches an error, the request check a URL, the blank check an empty chart, the greyscale check
-two statuses told by hue alone. Without Chromium (or when it does not start) every test here skips,
-saying why.
+to CASE.html. The instruments are tested on hand-written pages first, each shown to fail: the
+console check catches an error, the request check a URL, the blank check an empty chart, the
+greyscale check two statuses told by hue alone, and the PNG reader gives Pillow's pixels.
+Without Chromium (or when it does not start) every test here skips, saying why.
 """
 
 from __future__ import annotations
@@ -357,13 +359,26 @@ def _check_charts_are_announced(page: Page) -> None:
 
 
 def _check_through_time(page: Page, report: Report) -> None:
+    """One chart per recurrent layer; one point per time step carrying the report's value (far end
+    first), each drawn; the horizon line drawn where the point of its time step is."""
     profiles = charts_of(report).through_time
     assert profiles, "builtin:rnn-long has a recurrent layer"
-    drawn = page.evaluate("[...document.querySelectorAll('svg[data-chart=\"through-time\"]')].map(s =>"
-                          " [s.dataset.layer, s.querySelectorAll('.horizon').length])")
-    assert [name for name, _ in drawn] == [p.layer for p in profiles]
-    for (name, horizons), profile in zip(drawn, profiles):
-        assert horizons == (0 if profile.horizon is None else 1), name
+    drawn = page.evaluate("""[...document.querySelectorAll('svg[data-chart="through-time"]')].map(svg => {
+      const frame = svg.getBoundingClientRect(), centre = e => { const b = e.getBoundingClientRect();
+        return (b.width > 0 || b.height > 0) && b.left >= frame.left && b.right <= frame.right
+          ? b.left + b.width / 2 : null; };
+      return [svg.dataset.layer, [...svg.querySelectorAll('[data-value]:not(.horizon)')].map(e =>
+        [e.dataset.value, centre(e)]), [...svg.querySelectorAll('line.horizon')].map(centre)]; })""")
+    assert [name for name, _, _ in drawn] == [p.layer for p in profiles]
+    for (name, points, horizons), profile in zip(drawn, profiles):
+        assert [value for value, _ in points] == [repr(v) for v in profile.values], name
+        assert all(x is not None for _, x in points), f"{name}: a point is not drawn inside its chart"
+        if profile.horizon is None:
+            assert horizons == [], name
+            continue
+        assert profile.group == 1, "the test's profile is not grouped"
+        assert len(horizons) == 1 and horizons[0] == pytest.approx(points[-1 - profile.horizon][1], abs=1.5), \
+            f"{name}: the horizon line is not at the point {profile.horizon} steps back from the near end"
 
 
 def _overlapping_texts(page: Page) -> list[str]:
