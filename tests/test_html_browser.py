@@ -6,6 +6,8 @@ builtin:nan-log, recurrent: builtin:rnn-long, and a watched training loop) are r
 - the page loads without a console error and requests nothing but itself (no network, no asset);
 - every chart is drawn: the pixels inside its box are not blank, and its box stays within
   1200 x 900 CSS pixels;
+- the flow chart's axis titles with units and its two threshold lines (at the report's thresholds,
+  each with its words beside it) are drawn inside it;
 - the flow chart's DOM as the browser parsed it has one bar per layer with parameters in each panel,
   naming the report's layers in execution order with their status and numbers; each finite number
   is a visible bar, and every non-healthy or NaN bar has a visible text mark besides its colour;
@@ -226,6 +228,7 @@ def test_the_report_renders_in_chromium(case: str, browser: Browser, report_of: 
             ({"loss", "step-norms"} if case == "watch" else set())
         assert expected <= set(kinds), f"charts drawn: {kinds}"
         _check_flow_bars(page, report)
+        _check_flow_axes(page, report)
         _check_charts_are_announced(page)
         if case == "recurrent":
             _check_through_time(page, report)
@@ -344,6 +347,30 @@ def _check_flow_bars(page: Page, report: Report, chart_index: int = 0) -> None:
             assert drawn or not finite, f"{metric}: the bar of {name} ({number!r}) is not drawn"
             if layer.status is not Status.HEALTHY or not finite:
                 assert mark, f"{metric}: the {layer.status.value} bar of {name} has no visible text mark"
+
+
+def _check_flow_axes(page: Page, report: Report) -> None:
+    """The flow chart's axis titles (with their units) and its two threshold lines, at the report's
+    thresholds, are drawn inside the chart, each line with a text saying which it is."""
+    drawn = page.evaluate("""(() => { const svg = document.querySelector('svg[data-chart="flow"]'),
+      frame = svg.getBoundingClientRect(), seen = e => { const b = e.getBoundingClientRect();
+        return (b.width > 0 || b.height > 0) && b.left >= frame.left - 1 && b.right <= frame.right + 1
+          && b.top >= frame.top - 1 && b.bottom <= frame.bottom + 1; };
+      const texts = [...svg.querySelectorAll('text')].filter(seen), middle = e => {
+        const b = e.getBoundingClientRect(); return b.top + b.height / 2; };
+      return [texts.map(t => t.textContent.trim()),
+              [...svg.querySelectorAll('g.panel[data-metric="grad_to_weight"] line.threshold')]
+                .map(l => [l.dataset.threshold, l.dataset.value, seen(l), texts.filter(t =>
+                  Math.abs(middle(t) - middle(l)) < 8).map(t => t.textContent.trim()).join(' | ')])]; })()""")
+    texts, lines = drawn
+    assert {"log10 gradient L2 norm", "log10 grad/weight"} <= set(texts), "an axis title is not drawn"
+    chart = charts_of(report).flow
+    assert chart is not None
+    limits = chart.thresholds
+    assert [line[:3] for line in lines] == [["vanish_grad_to_weight", repr(limits.vanish_grad_to_weight), True],
+                                            ["explode_grad_to_weight", repr(limits.explode_grad_to_weight), True]]
+    beside = [line[3] for line in lines]
+    assert "vanish" in beside[0] and "explod" in beside[1], f"threshold lines without their words: {beside}"
 
 
 def _check_charts_are_announced(page: Page) -> None:
