@@ -7,7 +7,7 @@ Four chart kinds, each built from a Report alone (no torch, no analysis):
 - through-time: a recurrent layer's log10 gradient per time step, far end to near end, with its
   effective horizon;
 - loss: the loss per probe batch and step (a scan) or per sampled optimizer step (a watch);
-- step norms: per-layer gradient norms over a watch's sampled steps.
+- step norms: per-layer gradient norms over a watch's sampled steps or a scan's --steps.
 
 Large models stay readable: past MAX_BARS layers the flow chart groups consecutive layers into
 one bar each (median, minimum and maximum of the group, its worst status), past MAX_TIME_POINTS
@@ -180,12 +180,13 @@ def through_time_profiles(report: Report) -> tuple[TimeProfile, ...]:
 
 
 def loss_chart(report: Report) -> StepChart | None:
-    """A watch's loss over its sampled steps; a scan's over its probe batches and steps.
-    None for a scan without --steps (its few probe losses are in the table)."""
-    if report.series is not None:
+    """A watch's loss over its sampled steps; a scan with --steps: every loss it measured, in order
+    (each probe batch's, then the loss after each step on that batch: `loss.values`, which also
+    holds the last batch's loss that the series leaves out). None for a scan without --steps."""
+    if report.series is not None and not _scan_steps(report):
         return StepChart("Loss over training steps", "optimizer step", "loss", report.series.steps,
                          (Line("loss", report.series.loss),), log_y=False)
-    if not report.config.get("steps") or len(report.loss.values) < 2:
+    if not _scan_steps(report) or len(report.loss.values) < 2:
         return None
     x = tuple(range(len(report.loss.values)))
     return StepChart("Loss over the probe batches and --steps", "measurement (probe batch or step, in order)",
@@ -193,7 +194,7 @@ def loss_chart(report: Report) -> StepChart | None:
 
 
 def step_norm_chart(report: Report) -> StepChart | None:
-    """A watch's per-layer gradient norms over its sampled steps (log scale)."""
+    """Per-layer gradient norms over a watch's sampled steps, or over a scan's --steps (log scale)."""
     series = report.series
     if series is None or not series.layers:
         return None
@@ -205,9 +206,16 @@ def step_norm_chart(report: Report) -> StepChart | None:
     columns = list(zip(*(s.grad_norm for s in series.layers)))
     low = tuple(min((v for v in col if _finite(v)), default=None) for col in columns)
     high = tuple(max((v for v in col if _finite(v)), default=None) for col in columns)
-    return StepChart("Per-layer gradient norm over training steps", "optimizer step", "gradient L2 norm",
-                     series.steps, lines, log_y=True, band_low=low, band_high=high,
-                     hidden_lines=max(0, len(series.layers) - MAX_LINES))
+    title, x_label = (("Per-layer gradient norm over the scan's --steps", "optimizer step (across probe batches)")
+                      if _scan_steps(report) else
+                      ("Per-layer gradient norm over training steps", "optimizer step"))
+    return StepChart(title, x_label, "gradient L2 norm", series.steps, lines, log_y=True, band_low=low,
+                     band_high=high, hidden_lines=max(0, len(series.layers) - MAX_LINES))
+
+
+def _scan_steps(report: Report) -> bool:
+    """A scan that took optimizer steps (--steps), as opposed to a training watch."""
+    return bool(report.config.get("steps")) and report.config.get("mode") != "watch"
 
 
 def log10(value: float | None) -> float | None:
