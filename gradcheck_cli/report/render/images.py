@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -87,9 +88,11 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 STYLE: dict[Any, Any] = {  # Any: matplotlib types rcParams keys as a Literal of every name
     "svg.hashsalt": "gradcheck",  # the ids of clip paths and hatches come from a hash: fixed salt
     "svg.fonttype": "none",  # text stays text (searchable, read by screen readers), not paths
+    "text.parse_math": False,  # a layer named "cost$_1$" is that text, not math (a "$\\frac{$" raised)
     "font.size": 9.0,
     "hatch.linewidth": 0.8,
 }
+MISSING_GLYPH = r"Glyph \d+ .* missing from font"
 METADATA: dict[ImageFormat, dict[str, str | None]] = {
     ImageFormat.PNG: {"Software": "gradcheck"},
     ImageFormat.SVG: {"Date": None, "Creator": "gradcheck"},
@@ -135,7 +138,10 @@ def save_figure(figure: Figure, fmt: ImageFormat, title: str) -> bytes:
     if fmt is not ImageFormat.PNG:
         metadata["Title"] = title
     buffer = io.BytesIO()
-    canvas.print_figure(buffer, format=fmt.value, dpi=DPI, metadata=metadata)
+    with warnings.catch_warnings():  # a layer name in a script the font lacks (CJK, emoji) is drawn as
+        # boxes; matplotlib's warning per glyph would print source lines on the command's stderr
+        warnings.filterwarnings("ignore", message=MISSING_GLYPH, category=UserWarning)
+        canvas.print_figure(buffer, format=fmt.value, dpi=DPI, metadata=metadata)
     return buffer.getvalue()
 
 
