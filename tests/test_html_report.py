@@ -367,3 +367,160 @@ def test_scan_and_report_write_the_same_page(tmp_path: Path) -> None:
     (flow,) = _charts(reported.stdout, "flow")
     assert len(_bars(flow, "grad_norm")) == 10  # deep-sigmoid: 10 Linear layers
     assert runner.invoke(app, ["scan", "builtin:nan-log", "--batches", "1", "--format", "html"]).exit_code == 1
+
+
+# --- the charts as a person reads them (labels apart, marks legible, bars bounded) ----------------
+
+
+def _frame(chart: ET.Element, metric: str) -> ET.Element:
+    (frame,) = [r for r in _panel_children(chart, metric) if "frame" in _classes(r)]
+    return frame
+
+
+def test_end_of_line_labels_are_spread_apart_and_joined_to_their_lines() -> None:
+    """Ten layers whose norms end within a twentieth of a decade of each other: every label at
+    least 11 px from the next, and one moved off its line's end has a leader from that end."""
+    (norms,) = _charts(_page(_watch_report()), "step-norms")
+    ends, labels = [], []
+    for series in (g for g in norms.iter("g") if g.get("class") == "series"):
+        (polyline,) = series.iter("polyline")
+        x, y = map(float, (polyline.get("points") or "").split()[-1].split(","))
+        (label,) = [t for t in series.iter("text") if "line-label" in _classes(t)]
+        at = float(label.get("y", ""))
+        leaders = [line for line in series.iter("line") if "leader" in _classes(line)]
+        if abs(at - y) > 2:
+            assert [(float(leaders[0].get("y1", "")), float(leaders[0].get("y2", "")))] == [(y, at)]
+            assert float(leaders[0].get("x1", "")) == pytest.approx(x + 1)
+        ends.append(y)
+        labels.append(at)
+    assert max(ends) - min(ends) < 8 * 11  # the ends alone are too close for 8 labels
+    gaps = [b - a for a, b in zip(sorted(labels), sorted(labels)[1:])]
+    assert len(labels) == 8 and min(gaps) >= 11, gaps
+    order = sorted(range(8), key=lambda i: (ends[i], i))
+    assert [labels[i] for i in order] == sorted(labels)  # the labels keep their lines' order
+
+
+def _own_text(element: ET.Element) -> str:
+    """An element's text without its <title> tooltip."""
+    title = element.find("title")
+    return ((element.text or "") + (title.tail or "" if title is not None else "")).strip()
+
+
+def _thin_report() -> Report:
+    """600 layers (200 bars of 3): layers 0..299 vanishing, 450..452 exploding, 453..599 healthy."""
+    def status(i: int) -> Status:
+        return Status.VANISHING if i < 300 else Status.EXPLODING if 450 <= i < 453 else Status.HEALTHY
+    layers = tuple(_layer(i, f"blocks.{i}", 10 ** (-9 + 8 * i / 600), status(i)) for i in range(600))
+    return _report(layers, verdict=Status.EXPLODING)
+
+
+def test_thin_bars_get_one_mark_per_run_of_a_status() -> None:
+    """Bars ~3 px wide: one mark per run of bars with the same status ("V ×300" over a bracket
+    spanning the run), not one glyph per bar; every bar keeps its own data attributes; the thin
+    bars get the lighter pattern."""
+    (flow,) = _charts(_page(_thin_report()), "flow")
+    for metric in ("grad_norm", "grad_to_weight"):
+        children = _panel_children(flow, metric)
+        marks = [t for t in children if t.tag == "text" and "mark" in _classes(t)]
+        assert [_own_text(t) for t in marks] == ["V ×300", "E ×3"]
+        runs = [g for g in children if g.tag == "g" and g.get("class") == "mark-run"]
+        assert [(g.get("data-first"), g.get("data-last"), g.get("data-layers")) for g in runs] == \
+            [("blocks.0 … blocks.2", "blocks.297 … blocks.299", "300"), ("blocks.450 … blocks.452",) * 2 + ("3",)]
+        bars = _bars(flow, metric)
+        assert len(bars) == MAX_BARS and float(bars[0].get("width", "")) < 4
+        (bracket,) = [p for p in runs[0].iter("path") if "run-bracket" in _classes(p)]
+        span = [float(v) for v in re.findall(r"[-\d.]+", bracket.get("d", ""))]
+        assert span[0] == pytest.approx(float(bars[0].get("x", "")))
+        assert span[3] == pytest.approx(float(bars[99].get("x", "")) + float(bars[99].get("width", "")))
+        assert [b.get("data-status") for b in bars[:100]] == ["vanishing"] * 100
+        assert bars[0].get("fill", "").endswith("-vanishing-thin)")
+
+
+def test_threshold_lines_are_drawn_over_the_bars_on_a_white_halo() -> None:
+    """Over dark cross-hatched bars a dashed black line alone is lost: each threshold line comes
+    after every bar (drawn above them) with a wider white line under it at the same place."""
+    (flow,) = _charts(render([exploding_result()], OutputFormat.HTML), "flow")
+    children = _panel_children(flow, "grad_to_weight")
+    last_bar = max(i for i, e in enumerate(children) if "bar" in _classes(e))
+    for i, line in enumerate(children):
+        if "threshold" not in _classes(line):
+            continue
+        halo = children[i - 1]
+        assert i > last_bar and "threshold-halo" in _classes(halo)
+        assert [halo.get(k) for k in ("x1", "y1", "x2", "y2")] == [line.get(k) for k in ("x1", "y1", "x2", "y2")]
+        assert halo.get("stroke") == "#ffffff" and float(halo.get("stroke-width", "")) > 2 * float(
+            line.get("stroke-width", ""))
+
+
+def test_a_nonfinite_value_is_a_full_height_dotted_placeholder_like_its_legend_swatch() -> None:
+    nan = float("nan")
+    layers = (_layer(0, "enc", nan, Status.NONFINITE), _layer(1, "head", 0.3), _layer(2, "frozen", None, Status.FROZEN))
+    (flow,) = _charts(_page(_report(layers, verdict=Status.NONFINITE)), "flow")
+    (swatch,) = [r for r in flow.iter("rect") if "swatch" in _classes(r) and r.get("data-status") == "nonfinite"]
+    for metric in ("grad_norm", "grad_to_weight"):
+        frame = _frame(flow, metric)
+        boxes = [r for r in _panel_children(flow, metric) if "placeholder" in _classes(r)]
+        assert [b.get("data-layer") for b in boxes] == ["enc"]  # not for "frozen": a missing value is not NaN
+        (box,) = boxes
+        assert (box.get("y"), box.get("height")) == (frame.get("y"), frame.get("height"))
+        assert [box.get(k) for k in ("fill", "stroke", "stroke-dasharray")] == \
+            [swatch.get(k) for k in ("fill", "stroke", "stroke-dasharray")]
+        marks = {t.get("data-layer"): t for t in _panel_children(flow, metric) if "mark" in _classes(t)}
+        assert marks["enc"].text == "NaN" and marks["frozen"].text == "— F"
+        top, bottom = float(frame.get("y", "")), float(frame.get("y", "")) + float(frame.get("height", ""))
+        assert top + 40 < float(marks["enc"].get("y", "")) < bottom - 40  # in the box, not at the baseline
+        assert float(marks["frozen"].get("y", "")) > bottom - 10
+    healthy = _charts(_page(_report((_layer(0, "a", 0.3), _layer(1, "b", 0.2)))), "flow")[0]
+    assert [r.get("data-status") for r in healthy.iter("rect") if "swatch" in _classes(r)] == ["healthy"]
+
+
+@pytest.mark.parametrize("count", [1, 2, 5])
+def test_bars_are_at_most_48_px_wide_and_centred(count: int) -> None:
+    (flow,) = _charts(_page(_report(tuple(_layer(i, f"l{i}", 0.1 * (i + 1)) for i in range(count)))), "flow")
+    frame = _frame(flow, "grad_norm")
+    left, right = float(frame.get("x", "")), float(frame.get("x", "")) + float(frame.get("width", ""))
+    bars = _bars(flow, "grad_norm")
+    assert all(float(b.get("width", "")) <= 48 for b in bars)
+    first, last = float(bars[0].get("x", "")), float(bars[-1].get("x", "")) + float(bars[-1].get("width", ""))
+    assert first - left == pytest.approx(right - last, abs=0.02)
+
+
+def _y_tick_labels(chart: ET.Element) -> list[str]:
+    return [t.text or "" for t in chart.iter("text") if "tick" in _classes(t) and t.get("text-anchor") == "end"]
+
+
+def test_linear_tick_labels_are_distinct_with_the_decimals_of_their_step() -> None:
+    """A loss between 5.541 and 5.552 has ticks 0.005 apart: three significant digits printed
+    5.55 for both 5.545 and 5.550."""
+    report = _watch_report()
+    assert report.series is not None
+    losses = tuple(5.541 + 0.0012 * k for k in range(len(report.series.steps)))
+    (loss,) = _charts(_page(replace(report, series=replace(report.series, loss=losses))), "loss")
+    labels = _y_tick_labels(loss)
+    assert labels == ["5.540", "5.545", "5.550", "5.555"]
+
+
+def test_through_time_x_axis_has_ticks_at_round_steps_under_their_points() -> None:
+    profile = tuple(10.0 ** (-0.3 * k) for k in reversed(range(100)))
+    rnn = _layer(0, "rnn", 0.4, Status.VANISHING, through_time=ThroughTime(profile, "last", 5))
+    (chart,) = _charts(_page(_report((rnn,), verdict=Status.VANISHING)), "through-time")
+    ticks = {t.text or "": float(t.get("x", "")) for t in chart.iter("text")
+             if "tick" in _classes(t) and t.get("text-anchor") == "middle"}
+    assert list(ticks) == ["0", "20", "40", "60", "80", "99"]
+    xs = [float(c.get("cx", "")) for c in chart.iter("circle") if "point" in _classes(c)]
+    for text, x in ticks.items():
+        assert x == pytest.approx(xs[-1 - int(text)], abs=0.02)  # k steps back is the k-th point from the right
+
+
+def test_a_status_glyph_never_sits_on_a_threshold_line() -> None:
+    """A bar ending 0.4 decade under the exploding line would have its E on the line: it moves above."""
+    layers = (_layer(0, "near", 2.0e3 * 10 ** -0.4, Status.EXPLODING), _layer(1, "head", 0.5))
+    page = _page(_report(layers, verdict=Status.EXPLODING))
+    line = float(_threshold_lines(page)["explode_grad_to_weight"].get("y1", ""))
+    (flow,) = _charts(page, "flow")
+    (glyph,) = [t for t in _panel_children(flow, "grad_to_weight") if "mark" in _classes(t)]
+    (bar,) = [b for b in _bars(flow, "grad_to_weight") if b.get("data-layer") == "near"]
+    assert line < float(bar.get("y", "")) < line + 12  # the bar's top is just under the line
+    baseline = float(glyph.get("y", ""))
+    assert not baseline - 9 <= line <= baseline + 2, (baseline, line)
+    assert glyph.get("paint-order") == "stroke" and glyph.get("stroke") == "#ffffff"  # and on a white halo

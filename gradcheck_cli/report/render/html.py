@@ -32,7 +32,8 @@ from gradcheck_cli.report.render.common import (
     watch_summary,
     where,
 )
-from gradcheck_cli.report.render.svg import STATUS_MARKS, flow_svg
+from gradcheck_cli.report.render.svg import flow_svg
+from gradcheck_cli.report.render.svg_marks import STATUS_MARKS
 from gradcheck_cli.report.render.svg_series import step_svg, through_time_svg
 from gradcheck_cli.report.render.verified import (
     DID_NOT_HELP,

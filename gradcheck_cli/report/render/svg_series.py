@@ -5,7 +5,9 @@ Same contract and primitives as svg.py (the flow chart): one ``<svg class="chart
 ``<title>``/``<desc>``, well-formed XML, values a log axis cannot place written as text marks
 ("NaN"), never drawn as made-up points. The through-time chart has one ``<circle class="point">``
 per profile value with its data-value (``repr``), and the horizon as ``<line class="horizon">``.
-A step chart tells its lines apart by dash pattern and a label at the line's end, not only colour.
+A step chart tells its lines apart by dash pattern and a label at the line's end, not only colour;
+labels of lines that end close together are spread apart (at least LABEL_GAP px), each joined to
+its line's end by a short leader. The through-time x axis has ticks at round numbers of steps back.
 """
 
 from __future__ import annotations
@@ -14,19 +16,21 @@ import math
 from collections.abc import Sequence
 
 from gradcheck_cli.report.charts import Line, StepChart, TimeProfile, log10
-from gradcheck_cli.report.render.common import format_number
-from gradcheck_cli.report.render.svg import (
+from gradcheck_cli.report.render.svg_axes import (
     LEFT,
     PLOT_WIDTH,
     Axis,
     attr,
     data_value,
     decade_ticks,
+    linear_ticks,
     log_axis,
     missing_word,
     num,
     open_svg,
     shorten,
+    spread,
+    step_ticks,
     y_grid,
 )
 
@@ -35,6 +39,8 @@ HEIGHT = 330
 LINE_STYLES = (("#1f77b4", ""), ("#d62728", "6 3"), ("#2ca02c", "2 3"), ("#9467bd", "9 3 2 3"),
                ("#8c564b", "12 4"), ("#e377c2", "4 2 4 6"), ("#17becf", "1 2"), ("#7f7f7f", "8 2 1 2"))
 """Colour and dash pattern of each line of a step chart (at most charts.MAX_LINES lines)."""
+LABEL_GAP = 13
+"""px between the baselines of two end-of-line labels: an 11 px font's box does not overlap the next."""
 
 
 def through_time_svg(profile: TimeProfile, ident: str) -> str:
@@ -70,8 +76,11 @@ def through_time_svg(profile: TimeProfile, ident: str) -> str:
                      f'stroke-dasharray="6 3"/>')
         parts.append(f'<text class="horizon-label" x="{at}" y="{num(axis.top - 4)}" text-anchor="middle">'
                      f'horizon: {profile.horizon} steps</text>')
-    last = profile.steps - 1
-    parts += _x_axis(axis, [(xs[0], str(last)), (xs[-1], "0")] if n > 1 else [(xs[0], "0")],
+    def x_of(back: int) -> float:  # k steps back from the near end (a point stands for ``group`` steps)
+        return LEFT + max(0.0, n - 1 - back / profile.group) * step if n > 1 else xs[0]
+
+    ticks = step_ticks(0, profile.steps - 1) if n > 1 else [0]
+    parts += _x_axis(axis, [(x_of(k), str(k)) for k in ticks],
                      f"steps back from the near end ({profile.near_end} step of the input, nearest the loss)")
     parts.append("</svg>")
     return "\n".join(parts)
@@ -82,7 +91,7 @@ def step_svg(chart: StepChart, kind: str, ident: str) -> str:
     min..max band of all layers when the chart has one."""
     values = [v for line in chart.lines for v in line.values] + list(chart.band_low) + list(chart.band_high)
     bottom = PLOT_TOP + PLOT_HEIGHT
-    axis, ticks, labels = (_log_ticks(values, bottom) if chart.log_y else _linear_ticks(values, bottom))
+    axis, ticks, labels = (_log_ticks(values, bottom) if chart.log_y else linear_ticks(values, PLOT_TOP, bottom))
     desc = (f"{chart.y_label} over {len(chart.x)} points of {chart.x_label}"
             + ("; log scale" if chart.log_y else "")
             + (f"; {chart.hidden_lines} more layers are inside the grey band (minimum to maximum of all layers)"
@@ -99,24 +108,17 @@ def step_svg(chart: StepChart, kind: str, ident: str) -> str:
     if chart.band_low:
         parts += _band([(x_of(s), position(a), position(b)) for s, a, b in
                         zip(chart.x, chart.band_low, chart.band_high, strict=True)], axis)
-    for i, line in enumerate(chart.lines):
-        parts += _line(line, [x_of(s) for s in chart.x], [position(v) for v in line.values], axis, i)
-    parts += _x_axis(axis, [(x_of(step), str(step)) for step in _step_ticks(low, high)], chart.x_label)
+    xs = [x_of(s) for s in chart.x]
+    ends = [_end(xs, [position(v) for v in line.values], axis) for line in chart.lines]
+    placed = [end for end in ends if end is not None]
+    label_ys = iter(spread([y for _, y in placed], LABEL_GAP, axis.top, axis.bottom))
+    for i, (line, end) in enumerate(zip(chart.lines, ends, strict=True)):
+        label = None if end is None else (end[0], end[1], next(label_ys))
+        parts += _line(line, xs, [position(v) for v in line.values], axis, i, label)
+    parts += _x_axis(axis, [(x_of(step), str(step)) for step in step_ticks(low, high)], chart.x_label)
     parts += _line_legend(chart.lines, chart.hidden_lines, HEIGHT - 8)
     parts.append("</svg>")
     return "\n".join(parts)
-
-
-def _step_ticks(low: int, high: int) -> list[int]:
-    """Round steps (1, 2 or 5 times a power of ten apart) from ``low`` to ``high``, both included."""
-    if high <= low:
-        return [low]
-    raw = (high - low) / 6
-    power = 10 ** max(0, math.floor(math.log10(raw))) if raw >= 1 else 1
-    spacing = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
-    inner = range(math.ceil(low / spacing) * spacing, high + 1, spacing)
-    # An inner tick closer than half a spacing to an end would print over the end's label.
-    return [low, *(t for t in inner if low + spacing / 2 <= t <= high - spacing / 2), high]
 
 
 def _finite(value: float | None) -> float | None:
@@ -127,21 +129,6 @@ def _log_ticks(values: Sequence[float | None], bottom: float) -> tuple[Axis, lis
     axis = log_axis(values, [], PLOT_TOP, bottom)
     ticks = decade_ticks(axis)
     return axis, [float(t) for t in ticks], [str(t) for t in ticks]
-
-
-def _linear_ticks(values: Sequence[float | None], bottom: float) -> tuple[Axis, list[float], list[str]]:
-    """A linear axis over the finite values, with round ticks (1, 2 or 5 times a power of ten)."""
-    finite = [v for v in values if v is not None and math.isfinite(v)] or [0.0, 1.0]
-    low, high = min(finite), max(finite)
-    if high == low:
-        low, high = low - 1.0, high + 1.0
-    raw = (high - low) / 5
-    power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
-    first, last = math.floor(low / step), math.ceil(high / step)
-    axis = Axis(first * step, last * step, PLOT_TOP, bottom)
-    ticks = [k * step for k in range(first, last + 1)]
-    return axis, ticks, [format_number(0.0 if abs(t) < step / 1e6 else t) for t in ticks]
 
 
 def _polylines(points: Sequence[tuple[float, float | None]], axis: Axis, style: str,
@@ -174,7 +161,16 @@ def _band(points: Sequence[tuple[float, float | None, float | None]], axis: Axis
     return shapes
 
 
-def _line(line: Line, xs: Sequence[float], positions: Sequence[float | None], axis: Axis, index: int) -> list[str]:
+def _end(xs: Sequence[float], positions: Sequence[float | None], axis: Axis) -> tuple[float, float] | None:
+    """Where a line's last placeable point is drawn, if it has one."""
+    placed = [(x, axis.y(p)) for x, p in zip(xs, positions, strict=True) if p is not None]
+    return placed[-1] if placed else None
+
+
+def _line(line: Line, xs: Sequence[float], positions: Sequence[float | None], axis: Axis, index: int,
+          label: tuple[float, float, float] | None) -> list[str]:
+    """The line's polylines, a mark per value it cannot place, and its label at ``label`` (the
+    line's end x and y, and the label's y, spread from the other labels)."""
     colour, dash = LINE_STYLES[index % len(LINE_STYLES)]
     style = f'stroke="{colour}" stroke-width="1.6"' + (f' stroke-dasharray="{dash}"' if dash else "")
     parts = [f'<g class="series" data-label="{attr(line.label)}" data-status="{line.status.value}">']
@@ -183,10 +179,12 @@ def _line(line: Line, xs: Sequence[float], positions: Sequence[float | None], ax
         if position is None and value is not None:  # measured, but not placeable: NaN, Inf, 0 on a log axis
             parts.append(f'<text class="mark missing" x="{num(x)}" y="{num(axis.top + 10)}" '
                          f'text-anchor="middle" font-size="9">{attr(missing_word(value))}</text>')
-    placed = [(x, p) for x, p in zip(xs, positions, strict=True) if p is not None]
-    if placed:
-        x, position = placed[-1]
-        parts.append(f'<text class="line-label" x="{num(x + 6)}" y="{num(axis.y(position))}" '
+    if label is not None:
+        x, y, at = label
+        if abs(at - y) > 2:  # moved away from its line's end: a leader says which line it names
+            parts.append(f'<line class="leader" x1="{num(x + 1)}" y1="{num(y)}" x2="{num(x + 7)}" y2="{num(at)}" '
+                         f'stroke="{colour}" stroke-width="0.8"/>')
+        parts.append(f'<text class="line-label" x="{num(x + 9)}" y="{num(at)}" '
                      f'dominant-baseline="middle" fill="{colour}">{attr(shorten(line.label))}</text>')
     parts.append("</g>")
     return parts
