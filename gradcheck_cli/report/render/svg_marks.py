@@ -3,8 +3,11 @@
 A bar wide enough for its mark gets its own (``<text class="mark status|missing"
 data-layer=...>``) above its top. When the bars are narrower than their marks (a long or grouped
 model, bars a few px wide), one mark per run of consecutive bars with the same mark is drawn
-instead, centred over the run with a bracket spanning it and the number of layers it covers
-("V ×300"), so the glyphs never merge into a band. Marks are drawn after the threshold lines, on
+instead, centred over the run with a bracket spanning it and the number of bars it marks ("V ×60";
+a grouped bar is marked by its worst layer, so the bars, not the layers, are what is counted), so
+the glyphs never merge into a band. Runs of one mark closer together than
+MERGE_GAP share one mark (a bracket across them with a tick over each run), so a status that comes
+and goes every few bars is one mark, not a stack of them. Marks are drawn after the threshold lines, on
 a white halo, and never on a threshold line: a mark that would sit on one moves above it; marks
 that would overlap each other move up a row.
 """
@@ -24,6 +27,8 @@ STATUS_MARKS = {Status.VANISHING: "V", Status.EXPLODING: "E", Status.NONFINITE: 
 
 ROW = 11.0
 """px between two rows of marks (a 9 px bold glyph and its halo)."""
+MERGE_GAP = 30.0
+"""px: runs of the same mark closer than this share one mark (their own marks would collide)."""
 STATUS_SIZE, MISSING_SIZE = 9, 11
 """Font sizes of a status glyph and of the word for a value a log axis cannot place."""
 
@@ -54,10 +59,18 @@ def marks_svg(marks: Sequence[Mark], slot: float, thresholds: Sequence[float]) -
     placed: list[tuple[float, float, float]] = []
     if all(mark.width() <= slot for mark in marks):
         return [_own_mark(mark, thresholds, placed) for mark in marks]
+    groups = itertools.groupby(enumerate(marks), key=lambda pair: (pair[1].index - pair[0], pair[1].text, pair[1].kind))
+    clusters: list[list[list[Mark]]] = []
+    for _, members in groups:
+        run = [mark for _, mark in members]
+        same = [c for c in clusters if (c[0][0].text, c[0][0].kind) == (run[0].text, run[0].kind)]
+        if same and run[0].left - same[-1][-1][-1].right < MERGE_GAP:  # across runs of other marks too
+            same[-1].append(run)
+        else:
+            clusters.append([run])
     parts: list[str] = []
-    runs = itertools.groupby(enumerate(marks), key=lambda pair: (pair[1].index - pair[0], pair[1].text, pair[1].kind))
-    for _, members in runs:
-        parts += _run_mark([mark for _, mark in members], thresholds, placed)
+    for cluster in clusters:
+        parts += _run_mark(cluster, thresholds, placed)
     return parts
 
 
@@ -69,24 +82,29 @@ def _own_mark(mark: Mark, thresholds: Sequence[float], placed: list[tuple[float,
             f'text-anchor="middle" font-size="{size}" font-weight="bold" {HALO}>{attr(mark.text)}</text>')
 
 
-def _run_mark(run: Sequence[Mark], thresholds: Sequence[float], placed: list[tuple[float, float, float]]) -> list[str]:
-    """One mark over a run of bars with the same mark: a bracket spanning the run (when it has
-    more than one bar) and the mark with the number of layers it stands for."""
-    first, last = run[0], run[-1]
-    layers = sum(mark.layers for mark in run)
-    text = first.text if layers == 1 else f"{first.text} ×{layers}"
+def _run_mark(runs: Sequence[Sequence[Mark]], thresholds: Sequence[float],
+              placed: list[tuple[float, float, float]]) -> list[str]:
+    """One mark over runs of bars with the same mark: a bracket spanning them (a tick down over
+    each run) and the mark with the number of layers it stands for."""
+    marks = [mark for run in runs for mark in run]
+    first, last = marks[0], marks[-1]
+    layers = sum(mark.layers for mark in marks)
+    text = first.text if len(marks) == 1 else f"{first.text} ×{len(marks)}"
     left, right = first.left, last.right
-    top = min(mark.top for mark in run) - 2
+    top = min(mark.top for mark in marks) - 2
     y = _free_y((left + right) / 2, first.width(text), top - 3, thresholds, placed)
     parts = [f'<g class="mark-run" data-first="{attr(first.layer)}" data-last="{attr(last.layer)}" '
-             f'data-bars="{len(run)}" data-layers="{layers}">']
-    if len(run) > 1:
-        parts.append(f'<path class="run-bracket" d="M{num(left)},{num(top + 3)} V{num(top)} H{num(right)} '
-                     f'V{num(top + 3)}" fill="none" stroke="#000000" stroke-width="1"/>')
+             f'data-bars="{len(marks)}" data-runs="{len(runs)}" data-layers="{layers}">']
+    if len(marks) > 1:
+        ticks = " ".join(f"M{num(run[0].left)},{num(top + 3)} V{num(top)} H{num(run[-1].right)} V{num(top + 3)}"
+                         for run in runs)
+        parts.append(f'<path class="run-bracket" d="M{num(left)},{num(top)} H{num(right)} {ticks}" '
+                     f'fill="none" stroke="#000000" stroke-width="1"/>')
     size = MISSING_SIZE if first.kind == "missing" else STATUS_SIZE
     parts.append(f'<text class="mark {first.kind} run" x="{num((left + right) / 2)}" y="{num(y)}" '
                  f'text-anchor="middle" font-size="{size}" font-weight="bold" {HALO}>'
-                 f'<title>{attr(f"{layers} layers: {first.layer} to {last.layer}")}</title>{attr(text)}</text>')
+                 f'<title>{attr(f"{len(marks)} bars of {layers} layers: {first.layer} to {last.layer}")}</title>'
+                 f'{attr(text)}</text>')
     parts.append("</g>")
     return parts
 
