@@ -79,7 +79,10 @@ def pattern_defs(ident: str) -> list[str]:
     for status, (background, line, pattern) in STATUS_STYLE.items():
         if not pattern:
             continue
-        for suffix, width, radius in (("", 1.6 if pattern == "hatch" else 1.3, 1.2), ("-thin", 0.7, 0.8)):
+        # Thin: finer hatching (light vanishing bars stay light); the cross keeps enough ink that an
+        # orange exploding bar, as grey as a healthy one in greyscale, still reads darker than it.
+        for suffix, width, radius in (("", 1.6 if pattern == "hatch" else 1.3, 1.2),
+                                      ("-thin", 0.7 if pattern == "hatch" else 1.0, 0.8)):
             parts.append(f'<pattern id="{ident}-{status.value}{suffix}" width="6" height="6" '
                          f'patternUnits="userSpaceOnUse"><rect width="6" height="6" fill="{background}"/>'
                          f'{shapes[pattern].format(line=line, w=width, r=radius)}</pattern>')

@@ -25,8 +25,8 @@ STATUS_MARKS = {Status.VANISHING: "V", Status.EXPLODING: "E", Status.NONFINITE: 
                 Status.FROZEN: "F", Status.UNUSED: "U"}
 """The glyph above a non-healthy bar: status in text, not in colour alone."""
 
-ROW = 11.0
-"""px between two rows of marks (a 9 px bold glyph and its halo)."""
+ROW = 14.0
+"""px between two rows of marks: a 9 px bold glyph with its halo, and under it the bracket of a run's mark."""
 MERGE_GAP = 30.0
 """px: runs of the same mark closer than this share one mark (their own marks would collide)."""
 STATUS_SIZE, MISSING_SIZE = 9, 11
@@ -96,9 +96,10 @@ def _run_mark(runs: Sequence[Sequence[Mark]], thresholds: Sequence[float],
     parts = [f'<g class="mark-run" data-first="{attr(first.layer)}" data-last="{attr(last.layer)}" '
              f'data-bars="{len(marks)}" data-runs="{len(runs)}" data-layers="{layers}">']
     if len(marks) > 1:
-        ticks = " ".join(f"M{num(run[0].left)},{num(top + 3)} V{num(top)} H{num(run[-1].right)} V{num(top + 3)}"
-                         for run in runs)
-        parts.append(f'<path class="run-bracket" d="M{num(left)},{num(top)} H{num(right)} {ticks}" '
+        bracket = y + 3  # just under its mark: moved up with it, so two marks' brackets stay apart
+        ticks = " ".join(f"M{num(run[0].left)},{num(bracket + 3)} V{num(bracket)} H{num(run[-1].right)} "
+                         f"V{num(bracket + 3)}" for run in runs)
+        parts.append(f'<path class="run-bracket" d="M{num(left)},{num(bracket)} H{num(right)} {ticks}" '
                      f'fill="none" stroke="#000000" stroke-width="1"/>')
     size = MISSING_SIZE if first.kind == "missing" else STATUS_SIZE
     parts.append(f'<text class="mark {first.kind} run" x="{num((left + right) / 2)}" y="{num(y)}" '
