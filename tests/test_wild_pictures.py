@@ -206,3 +206,54 @@ def test_layer_names_with_dollars_and_glyphs_the_font_lacks_are_drawn_as_written
         labels = figure.axes[1].get_xticklabels()
         assert [label.get_text() for label in labels] == list(ODD_NAMES)
         assert not any(label.get_parse_math() for label in labels)
+
+
+def _broken_vae_report() -> Report:
+    """The flow of pytorch/examples' VAE with its logvar bias set to 100 (exp overflows): two layers
+    with NaN gradients, one healthy, two vanishing with a gradient of exactly 0."""
+    def layer(i: int, name: str, status: Status, grad: float) -> LayerReport:
+        return LayerReport(name=name, type="Linear", index=i, params=10, status=status, grad_norm=grad,
+                           weight_norm=2.0, grad_to_weight=grad / 2.0, nonfinite_grads=0 if math.isfinite(grad) else 5)
+    layers = (layer(0, "fc1", Status.NONFINITE, math.nan), layer(1, "fc21", Status.HEALTHY, 2.1),
+              layer(2, "fc22", Status.NONFINITE, math.nan), layer(3, "fc3", Status.VANISHING, 0.0),
+              layer(4, "fc4", Status.VANISHING, 0.0))
+    return Report(target="vae_nan.py", tool_version="0.1.0", config={"steps": 0}, loss=LossInfo("loss_fn", (1.0,)),
+                  verdict=Status.NONFINITE, layers=layers, findings=(), recommendations=())
+
+
+def test_a_layer_with_no_gradient_keeps_its_status_mark_and_a_nan_layer_is_seen() -> None:
+    pytest.importorskip("matplotlib")
+    from gradcheck_cli.report.render.images import chart_figure, plot_style
+
+    chart = charts_of(_broken_vae_report()).flow
+    assert chart is not None
+    with plot_style():
+        figure = chart_figure(chart)
+        for axes, metric in zip(figure.axes[:2], ("grad_norm", "grad_to_weight"), strict=True):
+            words = {t.get_gid(): t.get_text() for t in axes.texts if (t.get_gid() or "").startswith("missing-")}
+            assert words == {f"missing-{metric}-0": "NaN", f"missing-{metric}-2": "NaN",
+                             f"missing-{metric}-3": "0 V", f"missing-{metric}-4": "0 V"}  # was "0": no V
+            boxes = sorted(gid for p in axes.patches if (gid := p.get_gid() or "").startswith("placeholder-"))
+            assert boxes == [f"placeholder-{metric}-0", f"placeholder-{metric}-2"]  # NaN: a full-height box
+            assert _bar_tops(axes, f"bar-{metric}-") == pytest.approx({1: math.log10(2.1 if metric == "grad_norm"
+                                                                                   else 1.05)})
+
+
+def test_the_flow_legend_fits_inside_a_narrow_figure() -> None:
+    """Four legend entries on one row of a 6-inch (5-layer) figure ran off both edges of the image."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from gradcheck_cli.report.render.images import chart_figure, plot_style
+
+    chart = charts_of(_broken_vae_report()).flow
+    assert chart is not None
+    with plot_style():
+        figure = chart_figure(chart)
+        canvas = FigureCanvasAgg(figure)
+        canvas.draw()  # the constrained layout places the legend, as when the PNG is saved
+        renderer = canvas.get_renderer()
+        (legend,) = figure.legends
+        box, page = legend.get_window_extent(renderer), figure.bbox
+        assert len(legend.get_texts()) == 4
+        assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0

@@ -10,7 +10,8 @@ The images draw what the HTML page draws (render/svg.py), from the same chart ob
 - flow: two panels along depth, log10 gradient L2 norm and log10 grad/weight per layer (or group
   of layers, with the group's min..max grad/weight as a whisker), the vanishing and exploding
   thresholds as labelled dashed lines; a missing or non-finite value is a text placeholder
-  ("NaN", "Inf", "—") at the foot of its column, never a bar;
+  ("NaN", "Inf", "—", "0 V" for a vanishing layer with no gradient) at the foot of its column,
+  never a bar, and a NaN or Inf column is a full-height dotted box, as on the HTML page;
 - through-time: a recurrent layer's log10 RMS gradient per time step, far end to near end, with
   the effective horizon as a labelled dashed line;
 - loss and step norms: lines over steps (the step norms on a log10 axis over the min..max band of
@@ -77,6 +78,9 @@ DPI = 100
 MAX_WIDTH = 12.0
 """Inches: a flow chart of 200 bars (the most charts.py draws) is 1,200 pixels wide at DPI."""
 FLOW_HEIGHT = 7.0
+LEGEND_COLUMN_WIDTH = 2.8
+"""Inches per legend column under a flow chart: its longest entry ("NaN: non-finite gradient
+(NaN/Inf)", "F: frozen (no parameter requires grad)") with its swatch, at 8 points."""
 MAX_TICK_LABELS = 50
 """At most this many layer names under a flow chart; past that, every k-th name is shown."""
 LABEL_CHARS = 32
@@ -157,7 +161,8 @@ def _new_figure(width: float, height: float) -> Figure:
 def flow_figure(chart: FlowChart) -> Figure:
     """Two panels sharing the layer axis: gradient norm above, grad/weight with thresholds below."""
     bars = chart.bars
-    figure = _new_figure(min(MAX_WIDTH, max(6.0, 2.5 + 0.06 * len(bars))), FLOW_HEIGHT)
+    width = min(MAX_WIDTH, max(6.0, 2.5 + 0.06 * len(bars)))
+    figure = _new_figure(width, FLOW_HEIGHT)
     top, bottom = figure.subplots(2, 1, sharex=True)
     figure.suptitle(chart.title)
     _flow_panel(top, bars, GRAD_NORM, ())
@@ -168,8 +173,15 @@ def flow_figure(chart: FlowChart) -> Figure:
     bottom.set_xlabel("layer, in execution order" + (" (a bar is a group: its median layer)" if grouped else ""))
     _layer_ticks(bottom, [bar.label for bar in bars])
     legend = _flow_legend(bars, grouped)
-    figure.legend(handles=legend, loc="outside lower center", ncols=min(4, len(legend)), fontsize=8)
+    figure.legend(handles=legend, loc="outside lower center", ncols=min(len(legend), _legend_columns(width)),
+                  fontsize=8)
     return figure
+
+
+def _legend_columns(width: float) -> int:
+    """Columns of legend entries that fit side by side: a 6-inch figure cut four entries off at both
+    edges (a legend outside the axes is not shrunk by the layout)."""
+    return max(1, int(width // LEGEND_COLUMN_WIDTH))
 
 
 def _threshold_lines(thresholds: ChartThresholds) -> tuple[tuple[str, float], ...]:
@@ -186,8 +198,7 @@ def _flow_panel(axes: Axes, bars: Sequence[Bar], metric: str, thresholds: Sequen
     for position, (bar, top) in enumerate(zip(bars, logs, strict=True)):
         style = STYLES.get(bar.status, STYLES[Status.HEALTHY])
         if top is None:
-            axes.text(position, floor + 0.1, _missing(getattr(bar, metric)), rotation=90, ha="center",
-                      va="bottom", fontsize=7, gid=f"missing-{metric}-{position}")
+            _placeholder(axes, position, getattr(bar, metric), style, floor, f"{metric}-{position}")
             continue
         outlined = bar.status is not Status.HEALTHY
         axes.add_patch(Rectangle((position - 0.4, floor), 0.8, top - floor, facecolor=style.colour,
@@ -222,6 +233,27 @@ def _missing(value: float | None) -> str:
     if math.isinf(value):
         return "Inf" if value > 0 else "-Inf"
     return "0" if value == 0 else "<0"
+
+
+def _placeholder(axes: Axes, position: int, value: float | None, style: StatusStyle, floor: float,
+                 gid: str) -> None:
+    """No bar: the value's word at the foot of the column (on white, so a threshold line does not
+    cross it) and, for NaN or Inf, a full-height dotted box like the legend's non-finite swatch (the
+    page draws the same box), so a NaN layer is seen at a glance, not only as a 7-point word."""
+    if value is not None and not math.isfinite(value):
+        nonfinite = STYLES[Status.NONFINITE]
+        axes.axvspan(position - 0.4, position + 0.4, facecolor="none", hatch=nonfinite.hatch,
+                     edgecolor=nonfinite.colour, linewidth=0.6, gid=f"placeholder-{gid}")
+    axes.text(position, floor + 0.1, _missing_text(value, style), rotation=90, ha="center", va="bottom",
+              fontsize=7, gid=f"missing-{gid}", bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
+
+
+def _missing_text(value: float | None, style: StatusStyle) -> str:
+    """The placeholder, and the status mark of a layer whose gradient is 0 ("0 V"): without it a
+    vanishing layer with no gradient at all showed only "0" (the page writes "0 V" too). NaN and
+    Inf are already the non-finite mark."""
+    word = _missing(value)
+    return f"{word} {style.mark}" if style.mark and word in ("0", "<0") else word
 
 
 def _group_range(axes: Axes, position: int, bar: Bar) -> None:
