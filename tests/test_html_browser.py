@@ -12,7 +12,9 @@ builtin:nan-log, recurrent: builtin:rnn-long, and a watched training loop) are r
   naming the report's layers in execution order with their status and numbers; each finite number
   is a visible bar, and every non-healthy or NaN bar has a visible text mark besides its colour;
 - seen in greyscale (Chromium's achromatopsia emulation) the bars of different statuses still
-  differ, and each status drawn is named in the chart;
+  differ, and each status drawn is named in the chart; the exploding threshold line, where it
+  crosses a dark cross-hatched bar, is a dark row between white rows (its halo); a 1,000-layer
+  chart's 3-px vanishing bars read lighter than its healthy ones, not as a black band;
 - a screen reader announces each chart as an image named by its own title (ids unique);
 - no two texts of a chart are drawn over each other;
 - the recurrent report has one through-time chart per recurrent layer, a drawn point per time step
@@ -20,9 +22,10 @@ builtin:nan-log, recurrent: builtin:rnn-long, and a watched training loop) are r
   has its loss and step-norm charts; a recipe run's page has each scan's flow chart with its own
   bars; a 1,000-layer report keeps a bounded chart of 200 bars on a page no wider than the window.
 Screenshots go to $GRADCHECK_SCREENSHOTS when set (to look at), else to tmp_path: CASE.png (the
-whole page), CASE-N-KIND.png (each chart), CASE-flow-grey.png (the flow chart in greyscale), next
-to CASE.html. The instruments are tested on hand-written pages first, each shown to fail: the
-console check catches an error, the request check a URL, the blank check an empty chart, the
+whole page), CASE-N-KIND.png (each chart), CASE-flow-grey.png (the flow chart in greyscale),
+exploding-threshold-grey.png (the threshold line over a bar) and thousand-layers-flow-grey.png,
+next to CASE.html. The instruments are tested on hand-written pages first, each shown to fail:
+the console check catches an error, the request check a URL, the blank check an empty chart, the
 greyscale check two statuses told by hue alone, and the PNG reader gives Pillow's pixels.
 Without Chromium (or when it does not start) every test here skips, saying why.
 """
@@ -232,6 +235,8 @@ def test_the_report_renders_in_chromium(case: str, browser: Browser, report_of: 
         _check_charts_are_announced(page)
         if case == "recurrent":
             _check_through_time(page, report)
+        if case == "exploding":
+            _check_threshold_line_stands_out_over_dark_bars(page, screenshots / "exploding-threshold-grey.png")
         _check_statuses_read_in_greyscale(page, screenshots / f"{case}-flow-grey.png")
     finally:
         page.close()
@@ -386,6 +391,32 @@ def _check_flow_axes(page: Page, report: Report) -> None:
                                             ["explode_grad_to_weight", repr(limits.explode_grad_to_weight), True]]
     beside = [line[3] for line in lines]
     assert "vanish" in beside[0] and "explod" in beside[1], f"threshold lines without their words: {beside}"
+
+
+def _check_threshold_line_stands_out_over_dark_bars(page: Page, keep: Path) -> None:
+    """In greyscale, where the exploding threshold line crosses a dark cross-hatched bar, the
+    line's rows are dark and the rows just above and below it are white (its halo): the line
+    is not lost in the hatching."""
+    page.greyscale()
+    try:
+        line, bar = page.evaluate("""(() => {
+          const box = e => { const b = e.getBoundingClientRect();
+            return [b.x + scrollX, b.y + scrollY, b.width, b.height]; };
+          const panel = document.querySelector('svg[data-chart="flow"] g.panel[data-metric="grad_to_weight"]');
+          const line = panel.querySelector('line.threshold[data-threshold="explode_grad_to_weight"]');
+          const y = box(line)[1] + box(line)[3] / 2;
+          const bar = [...panel.querySelectorAll('rect.bar[data-status="exploding"]')].map(box)
+            .find(([x, top, w, h]) => top < y - 8 && top + h > y + 8);
+          return [y, bar]; })()""")
+        assert bar is not None, "no exploding bar crosses the exploding threshold line"
+        image = read_png(page.screenshot(Box(bar[0] + 2, round(line) - 6, bar[2] - 4, 12)))
+        keep.write_bytes(page.screenshot(Box(bar[0] - 20, line - 30, bar[2] + 40, 60)))
+        rows = [sum(image.pixel(x, y)[0] for x in range(image.width)) / image.width for y in range(image.height)]
+        darkest = min(range(4, 8), key=lambda y: rows[y])
+        assert rows[darkest] < 140, rows
+        assert max(rows[darkest - 3:darkest]) > 225 and max(rows[darkest + 1:darkest + 4]) > 225, rows
+    finally:
+        page.greyscale(False)
 
 
 def _check_charts_are_announced(page: Page) -> None:
