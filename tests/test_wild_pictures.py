@@ -257,3 +257,22 @@ def test_the_flow_legend_fits_inside_a_narrow_figure() -> None:
         box, page = legend.get_window_extent(renderer), figure.bbox
         assert len(legend.get_texts()) == 4
         assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0
+
+
+def test_a_long_recurrent_layer_name_gives_a_file_name_the_file_system_takes(saved: dict[str, Path],
+                                                                            tmp_path: Path) -> None:
+    """Two GRU layers whose 290-character names share their first 280: `gradcheck plot` exited 2
+    with "File name too long" after writing the flow chart; now each profile has its own short name."""
+    pytest.importorskip("matplotlib")
+    document = json.loads(saved["gru-lm"].read_text(encoding="utf-8"))
+    (rnn,) = [layer for layer in document["layers"] if layer["name"] == "rnn"]
+    twin = dict(rnn, index=len(document["layers"]))
+    rnn["name"], twin["name"] = ("encoder." + "recurrent_block_" * 17 + end for end in ("rnn_a", "rnn_b"))
+    document["layers"].append(twin)
+    report = tmp_path / "long.json"
+    report.write_text(json.dumps(document), encoding="utf-8")
+    done = runner.invoke(app, ["plot", str(report), "-o", str(tmp_path / "flow.png"), "-q"])
+    assert done.exit_code == 0, done.output
+    profiles = sorted(p.name for p in tmp_path.glob("flow-through-time-*.png"))
+    assert len(profiles) == 2 and profiles[0] != profiles[1]
+    assert all(len(name.encode("utf-8")) < 120 for name in profiles)

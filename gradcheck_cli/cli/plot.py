@@ -12,6 +12,7 @@ one image, else (several recurrent layers) to ``<stem>-through-time-<layer><suff
 A recipe run's document (gradcheck/run@1) gives one set of files per scan, each name carrying the
 scan's: ``<stem>-<scan><suffix>`` for its flow chart, ``<stem>-<scan>-<kind>[-<layer>]<suffix>``
 for the others; a scan that failed has no report and no images (a note on stderr says so).
+A layer or scan name keeps [A-Za-z0-9._-] (others become "_") and at most MAX_NAME characters.
 The format is the suffix's (.png, .svg, .pdf). Every problem (a missing or malformed report, an
 unknown suffix or chart, a report without the chart asked for) is one line, exit 2; else exit 0:
 drawing a report does not gate anything (`gradcheck report` does).
@@ -19,6 +20,7 @@ drawing a report does not gate anything (`gradcheck report` does).
 
 from __future__ import annotations
 
+import hashlib
 import re
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +44,9 @@ SUFFIXES = (".png", ".svg", ".pdf")
 MISSING_MATPLOTLIB = 'gradcheck plot needs matplotlib: pip install "gradcheck[plot]"'
 UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 """Characters of a layer or scan name that do not go into a file name (replaced by "_")."""
+MAX_NAME = 80
+"""Characters of a layer or scan name in a file name: with the stem and kind, well under the 255
+bytes most file systems allow."""
 
 
 class ChartKind(str, Enum):
@@ -208,7 +213,14 @@ def _describe(kind: ChartKind, layer: str | None) -> str:
 
 
 def _safe(name: str) -> str:
-    return UNSAFE.sub("_", name).strip("_.") or "_"
+    """The name as a file-name part: unsafe characters replaced, and at most MAX_NAME characters
+    (a long layer name made "File name too long" after the flow chart was already written); a cut
+    name ends in a hash of the whole, so two long names that share a beginning stay apart."""
+    safe = UNSAFE.sub("_", name).strip("_.") or "_"
+    if len(safe) <= MAX_NAME:
+        return safe
+    digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]
+    return f"{safe[:MAX_NAME - len(digest) - 1]}-{digest}"
 
 
 def _unique(plan: list[PlannedImage]) -> list[PlannedImage]:
