@@ -391,6 +391,17 @@ def _check_flow_axes(page: Page, report: Report) -> None:
                                             ["explode_grad_to_weight", repr(limits.explode_grad_to_weight), True]]
     beside = [line[3] for line in lines]
     assert "vanish" in beside[0] and "explod" in beside[1], f"threshold lines without their words: {beside}"
+    _check_x_caption_clears_the_names(page)
+
+
+def _check_x_caption_clears_the_names(page: Page) -> None:
+    """The flow chart's x-axis caption is drawn below every layer name or position under the bars,
+    at least 2 px clear of the lowest (rotated names reach down further than their box suggests
+    only at their ends, which the box includes)."""
+    lowest, caption = page.evaluate("""(() => { const g = document.querySelector('svg[data-chart="flow"] g.x-labels');
+      return [Math.max(...[...g.querySelectorAll('text.tick')].map(t => t.getBoundingClientRect().bottom)),
+              g.querySelector('text.axis-label').getBoundingClientRect().top]; })()""")
+    assert caption >= lowest + 2, f"the x caption (top {caption}) touches the names above it (bottom {lowest})"
 
 
 def _check_threshold_line_stands_out_over_dark_bars(page: Page, keep: Path) -> None:

@@ -124,7 +124,9 @@ def flow_svg(chart: FlowChart, ident: str) -> str:
     top_panel = Axis(0, 1, 44, 44 + PANEL_HEIGHT)
     low_panel = Axis(0, 1, top_panel.bottom + 36, top_panel.bottom + 36 + PANEL_HEIGHT)
     longest = max(len(shorten(b.label)) for b in bars) if named else 0
-    label_room = 30 + math.ceil(5 * longest) if named else 44  # names at 60 degrees, ~5.8 px a character
+    # Names at 60 degrees, ~6 px a character: 5.2 px of height each, plus the caption's line under
+    # them (the bars are centred, so a short model's names sit right above the centred caption).
+    label_room = 36 + math.ceil(5.5 * longest) if named else 44
     height = int(low_panel.bottom + label_room + 40)
     limits = chart.thresholds
     desc = (f"{chart.layers} layers with parameters in execution order, {len(bars)} bars; top: log10 of each "
