@@ -33,6 +33,7 @@ from gradcheck_cli.cli.app import app
 from gradcheck_cli.report.charts import charts_of
 from gradcheck_cli.report.records import LayerReport, LossInfo, Report, ScanResult, Status, ThroughTime
 from gradcheck_cli.report.render import OutputFormat, render
+from gradcheck_cli.report.series import LayerSeries, WatchSeries
 from gradcheck_cli.target.resolve import Target
 
 runner = CliRunner()
@@ -276,3 +277,47 @@ def test_a_long_recurrent_layer_name_gives_a_file_name_the_file_system_takes(sav
     profiles = sorted(p.name for p in tmp_path.glob("flow-through-time-*.png"))
     assert len(profiles) == 2 and profiles[0] != profiles[1]
     assert all(len(name.encode("utf-8")) < 120 for name in profiles)
+
+
+LONG = "encoder." + "very_long_recurrent_block_name_" * 9 + "rnn"
+
+
+def _long_named_report() -> Report:
+    """A watch of two layers, one a GRU, whose names run to 290 characters (no spaces)."""
+    names = (LONG, LONG.replace("rnn", "head"))
+    layers = tuple(LayerReport(name=name, type="GRU", index=i, params=10, status=Status.VANISHING, grad_norm=1e-3,
+                               weight_norm=2.0, grad_to_weight=5e-4, nonfinite_grads=0,
+                               through_time=ThroughTime((1e-6, 1e-4, 1e-2), "last", None) if i == 0 else None)
+                   for i, name in enumerate(names))
+    series = WatchSeries((0, 1, 2), (2.0, 1.5, 1.2), tuple(LayerSeries(name, (1e-3, 2e-3, 4e-3), (None,) * 3,
+                                                                       (1.0,) * 3) for name in names))
+    return Report(target="long.py", tool_version="0.1.0", config={"mode": "watch"}, loss=LossInfo("watch", (2.0,)),
+                  verdict=Status.VANISHING, layers=layers, findings=(), recommendations=(), series=series)
+
+
+def test_charts_of_a_layer_with_a_very_long_name_keep_title_and_legend_inside_the_image() -> None:
+    """The through-time title ran off both edges of the image; the step-norm legend took the whole
+    width, so the layout collapsed (matplotlib warned on stderr) and the legend covered the lines."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    from gradcheck_cli.report.render.images import chart_figure, plot_style
+
+    charts = charts_of(_long_named_report())
+    assert charts.step_norms is not None and len(charts.through_time) == 1
+    with plot_style(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # "constrained_layout not applied" fails the test
+        for chart in (charts.through_time[0], charts.step_norms):
+            figure = chart_figure(chart)
+            canvas = FigureCanvasAgg(figure)
+            canvas.draw()
+            renderer = canvas.get_renderer()
+            texts = [t for t in figure.findobj(Text) if t.get_visible() and t.get_text()]
+            assert any(LONG[:12] in t.get_text() for t in texts)  # the title or the legend names it
+            for text in texts:  # every word of the image, and the legends, inside it
+                box = text.get_window_extent(renderer)
+                assert figure.bbox.x0 <= box.x0 and box.x1 <= figure.bbox.x1, text.get_text()[:60]
+            for legend in figure.legends:
+                box = legend.get_window_extent(renderer)
+                assert figure.bbox.x0 <= box.x0 and box.x1 <= figure.bbox.x1

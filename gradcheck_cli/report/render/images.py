@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -84,6 +85,9 @@ LEGEND_COLUMN_WIDTH = 2.8
 MAX_TICK_LABELS = 50
 """At most this many layer names under a flow chart; past that, every k-th name is shown."""
 LABEL_CHARS = 32
+"""At most this many characters of a layer name under a flow bar or in a step chart's legend."""
+TITLE_CHARS_PER_INCH = 10
+"""Characters of a title (11 points, DejaVu Sans) per inch: where it is wrapped."""
 GRAD_NORM, GRAD_TO_WEIGHT = "grad_norm", "grad_to_weight"
 AXIS_LABELS = {GRAD_NORM: "log10 gradient L2 norm", GRAD_TO_WEIGHT: "log10 grad/weight"}
 THRESHOLD_NAMES = {"vanish_grad_to_weight": "vanishing below", "explode_grad_to_weight": "exploding above"}
@@ -155,6 +159,12 @@ def _new_figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
+def _wrapped(title: str, width: float) -> str:
+    """The chart's title in lines that fit ``width`` inches: a title naming a long layer ran off
+    both edges of the image (textwrap also breaks a name that has no spaces)."""
+    return textwrap.fill(title, width=max(20, int(width * TITLE_CHARS_PER_INCH)))
+
+
 # The flow chart -------------------------------------------------------------------------------
 
 
@@ -164,7 +174,7 @@ def flow_figure(chart: FlowChart) -> Figure:
     width = min(MAX_WIDTH, max(6.0, 2.5 + 0.06 * len(bars)))
     figure = _new_figure(width, FLOW_HEIGHT)
     top, bottom = figure.subplots(2, 1, sharex=True)
-    figure.suptitle(chart.title)
+    figure.suptitle(_wrapped(chart.title, width))
     _flow_panel(top, bars, GRAD_NORM, ())
     _flow_panel(bottom, bars, GRAD_TO_WEIGHT, _threshold_lines(chart.thresholds))
     top.set_title("Gradient L2 norm per layer", fontsize=9)
@@ -308,7 +318,7 @@ def time_figure(profile: TimeProfile) -> Figure:
     """log10 RMS gradient per time step, far end (left) to near end (right), the horizon dashed."""
     figure = _new_figure(9.0, 4.5)
     axes = figure.subplots()
-    figure.suptitle(profile.title)
+    figure.suptitle(_wrapped(profile.title, 9.0))
     x = [i * profile.group + (profile.group - 1) / 2 for i in range(len(profile.values))]
     logs = [log10(v) for v in profile.values]
     floor, ceiling = _limits([v for v in logs if v is not None])
@@ -341,7 +351,8 @@ def step_figure(chart: StepChart) -> Figure:
     """Lines over steps (log10 values when chart.log_y), over the min..max band when there is one."""
     figure = _new_figure(9.0, 5.0)
     axes = figure.subplots()
-    figure.suptitle(chart.title)
+    # over the axes, not the figure: a figure title ran under the legend to the right of the axes
+    axes.set_title(_wrapped(chart.title, 6.0), fontsize="large")
     x = list(chart.x)
     every = max(1, len(x) // 40)
     if chart.band_low:
@@ -350,7 +361,7 @@ def step_figure(chart: StepChart) -> Figure:
                           label=f"min..max of all {len(chart.lines) + chart.hidden_lines} layers")
     for number, line in enumerate(chart.lines):
         style = STYLES.get(line.status, STYLES[Status.HEALTHY])
-        label = line.label + (f" [{style.mark}: {style.meaning}]" if style.mark else "")
+        label = _short(line.label) + (f" [{style.mark}: {style.meaning}]" if style.mark else "")
         axes.plot(x, _plotted(line.values, chart.log_y), linestyle=LINE_STYLES[number % len(LINE_STYLES)],
                   marker=MARKERS[number % len(MARKERS)], markevery=every, markersize=3, linewidth=1.2,
                   label=label, gid=f"line-{number}")
