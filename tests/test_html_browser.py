@@ -7,7 +7,7 @@ builtin:nan-log, recurrent: builtin:rnn-long, and a watched training loop) are r
 - every chart is drawn: the pixels inside its box are not blank, and its box stays within
   1200 x 900 CSS pixels;
 - the flow chart's axis titles with units and its two threshold lines (at the report's thresholds,
-  each with its words beside it) are drawn inside it;
+  each with its words beside it) are drawn inside it, the x caption 2 px clear of the names above;
 - the flow chart's DOM as the browser parsed it has one bar per layer with parameters in each panel,
   naming the report's layers in execution order with their status and numbers; each finite number
   is a visible bar, and every non-healthy or NaN bar has a visible text mark besides its colour;
