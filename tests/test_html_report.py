@@ -541,3 +541,13 @@ def test_runs_of_a_status_close_together_share_one_mark_inside_the_panel() -> No
         (mark,) = [t for t in children if t.tag == "text" and "mark" in _classes(t)]
         assert _own_text(mark) == f"V ×{len(vanishing_bars)}"
         assert float(mark.get("y", "")) > float(_frame(flow, metric).get("y", "")) - 11  # not above the panel
+
+
+def test_a_long_chart_title_is_cut_on_the_chart_and_whole_in_its_title_element() -> None:
+    name = "encoder." + "very_long_module_name." * 12 + "gru"
+    rnn = _layer(0, name, 0.4, Status.VANISHING, through_time=ThroughTime((1e-3, 1e-2, 1e-1), "last", None))
+    (chart,) = _charts(_page(_report((rnn,), verdict=Status.VANISHING)), "through-time")
+    title = chart.find("title")
+    assert title is not None and title.text and name in title.text
+    (drawn,) = [t.text or "" for t in chart.iter("text") if "chart-title" in _classes(t)]
+    assert len(drawn) == 100 and drawn.endswith("…") and title.text.startswith(drawn[:-1])

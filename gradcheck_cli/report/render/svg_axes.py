@@ -25,6 +25,9 @@ MAX_NAME = 22
 """Characters of a layer name under a bar: longer names keep their end ("…layers.11.mlp.fc2"), the part
 that tells siblings apart; the full name is in the bar's tooltip and the layer table."""
 FONT = 'font-family="sans-serif" font-size="11"'
+MAX_TITLE = 100
+"""Characters of a chart's drawn title (14 px bold, ~8 px a character, in WIDTH - LEFT px); a longer
+one (a recurrent layer's long name) is cut with "…" on the chart, whole in its <title>."""
 HALO = 'stroke="#ffffff" stroke-width="3" stroke-linejoin="round" paint-order="stroke"'
 """A text's white outline drawn under its letters: readable over a bar, a grid or a threshold line."""
 
@@ -81,7 +84,8 @@ def open_svg(kind: str, ident: str, height: int, title: str, desc: str, extra: s
             f'<title id="{ident}-title">{attr(title)}</title>',
             f'<desc id="{ident}-desc">{attr(desc)}</desc>',
             f'<rect class="background" x="0" y="0" width="{WIDTH}" height="{height}" fill="#ffffff"/>',
-            f'<text class="chart-title" x="{LEFT}" y="18" font-size="14" font-weight="bold">{attr(title)}</text>']
+            f'<text class="chart-title" x="{LEFT}" y="18" font-size="14" font-weight="bold">'
+            f'{attr(title if len(title) <= MAX_TITLE else title[:MAX_TITLE - 1] + "…")}</text>']
 
 
 def log_axis(values: Sequence[float | None], extra: Sequence[float], top: float, bottom: float) -> Axis:
