@@ -321,3 +321,26 @@ def test_charts_of_a_layer_with_a_very_long_name_keep_title_and_legend_inside_th
             for legend in figure.legends:
                 box = legend.get_window_extent(renderer)
                 assert figure.bbox.x0 <= box.x0 and box.x1 <= figure.bbox.x1
+
+
+def test_a_watch_stopped_before_its_first_step_gets_no_empty_charts(tmp_path: Path) -> None:
+    """`gradcheck plot` of such a watch's report wrote a loss and a step-norm image of empty axes
+    around 0 (the HTML page leaves them out); now only the flow chart, its layers marked "—"."""
+    pytest.importorskip("matplotlib")
+    from gradcheck_cli import watch
+    from gradcheck_cli.report.render.images import chart_figure
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))  # plain autograd
+    report = tmp_path / "watch.json"
+    with watch(model, torch.optim.SGD(model.parameters(), lr=0.1), every=1, output=report, quiet=True):
+        pass  # the loop never took a step
+    done = runner.invoke(app, ["plot", str(report), "-o", str(tmp_path / "flow.png")])
+    assert done.exit_code == 0, done.output
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["flow.png"]
+    missing = runner.invoke(app, ["plot", str(report), "-o", str(tmp_path / "loss.png"), "--chart", "loss"])
+    assert missing.exit_code == 2 and "has no loss chart to draw; it has: flow" in missing.output
+    chart = charts_of(Report.from_dict(json.loads(report.read_text(encoding="utf-8")))).flow
+    assert chart is not None
+    words = [t for t in chart_figure(chart).axes[0].texts if (t.get_gid() or "").startswith("missing-")]
+    assert [(t.get_text(), t.get_rotation()) for t in words] == [("\u2014", 0.0), ("\u2014", 0.0)]  # not "|"

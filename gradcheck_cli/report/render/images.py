@@ -248,13 +248,15 @@ def _missing(value: float | None) -> str:
 def _placeholder(axes: Axes, position: int, value: float | None, style: StatusStyle, floor: float,
                  gid: str) -> None:
     """No bar: the value's word at the foot of the column (on white, so a threshold line does not
-    cross it) and, for NaN or Inf, a full-height dotted box like the legend's non-finite swatch (the
-    page draws the same box), so a NaN layer is seen at a glance, not only as a 7-point word."""
+    cross it; upright when one character: "—" turned on its side read as "|") and, for NaN or Inf,
+    a full-height dotted box like the legend's non-finite swatch (the page draws the same box), so
+    a NaN layer is seen at a glance, not only as a 7-point word."""
     if value is not None and not math.isfinite(value):
         nonfinite = STYLES[Status.NONFINITE]
         axes.axvspan(position - 0.4, position + 0.4, facecolor="none", hatch=nonfinite.hatch,
                      edgecolor=nonfinite.colour, linewidth=0.6, gid=f"placeholder-{gid}")
-    axes.text(position, floor + 0.1, _missing_text(value, style), rotation=90, ha="center", va="bottom",
+    word = _missing_text(value, style)
+    axes.text(position, floor + 0.1, word, rotation=90 if len(word) > 1 else 0, ha="center", va="bottom",
               fontsize=7, gid=f"missing-{gid}", bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
 
 
