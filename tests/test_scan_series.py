@@ -19,7 +19,7 @@ from torch import nn
 
 from gradcheck_cli.api import scan
 from gradcheck_cli.measure.records import Measurements, StepPoint
-from gradcheck_cli.report.records import Report, ScanResult
+from gradcheck_cli.report.records import Report, ScanResult, Status
 from gradcheck_cli.report.render.markdown import render_markdown
 from gradcheck_cli.report.render.table import render_table
 from gradcheck_cli.target.resolve import Target
@@ -162,8 +162,11 @@ def test_verify_reruns_a_stepped_scan_and_keeps_the_series() -> None:
     report = scan("builtin:relu-he", steps=3, lr=10.0, verify=True)
     assert report.verification is not None
     assert report.series is not None
-    assert len(report.series.steps) == 2 * 3
-    assert report.series.loss == report.loss.values[:-1]
+    # lr 10 diverges during the first batch's steps: the second batch's gradients are NaN/Inf, and
+    # no step is taken with them (measure/probe.py), so only the first batch's 3 steps are there.
+    assert len(report.series.steps) == 3
+    assert not all(math.isfinite(v) for v in report.loss.values[3:])
+    assert report.series.loss == report.loss.values[:3]
 
 
 def test_measurements_merge_concatenates_the_step_points() -> None:
@@ -196,3 +199,43 @@ def test_the_html_page_charts_a_scans_steps_without_calling_it_a_watch() -> None
     page = render([ScanResult("mlp", "mlp", report)], OutputFormat.HTML)
     assert page.count('data-chart="step-norms"') == 1  # the per-layer norms over the scan's steps
     assert "watch:" not in page
+
+
+class _OverflowingLogVar(nn.Module):
+    """A VAE-like head whose log-variance starts at 100: exp(100) overflows float32 in the loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+        with torch.no_grad():
+            self.fc.bias[1] = 100.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+def _bce_and_kl(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    # binary_cross_entropy raises on a NaN probability, as the user's loss would on NaN weights
+    return nn.functional.binary_cross_entropy(torch.sigmoid(out[:, 0]), y) + out[:, 1].exp().mean()
+
+
+def test_no_step_is_taken_with_nonfinite_gradients() -> None:
+    """A step with NaN/Inf gradients would write NaN into every weight, and the user's loss_fn
+    would then raise over values gradcheck's own step produced (exit 2, blaming loss_fn): the
+    probe takes no step with them, and the scan reports the non-finite gradients it measured."""
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        return _OverflowingLogVar()
+
+    def make_batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(n, 4), torch.rand(n).round()
+
+    model = build()
+    loss = _bce_and_kl(model(torch.randn(8, 4)), torch.rand(8).round())
+    loss.backward()
+    assert not all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in model.parameters())  # plain autograd: NaN/Inf
+
+    report = scan(Target("vae-like", build, make_batch, _bce_and_kl), steps=2)
+    assert report.verdict is Status.NONFINITE
+    assert report.series is None  # no step was taken
+    assert report.config["steps"] == 2 and len(report.loss.values) == 3  # the three probe batches

@@ -90,7 +90,8 @@ def step_series(measurements: Measurements, order: list[str]) -> WatchSeries | N
     the loss whose gradients that step used, as the watch's is the loss given to w.step: for the
     first step after a probe batch that batch's loss, for a later one the loss on the same batch
     after the step before it. These are exactly the loss trace's entries (Report.loss.values) but
-    the last probe batch's, which no step follows. `grad_norm` is the norm of the gradient the step
+    those of the probe batches no step followed: the last one, and any whose gradients were NaN/Inf
+    (measure/probe.py takes no step with them). `grad_norm` is the norm of the gradient the step
     used (clipped under config.clip_grad_norm, as the step used it: only verify's clip-gradients
     sets that), `update_to_weight` its |Δw| / |w|, `weight_norm` the norm of the layer's trainable
     weights after it. The layers owning a trainable parameter, in `order`.

@@ -158,7 +158,10 @@ def _probe_batch(model: nn.Module, make_batch: Callable[[int], Any], loss_fn: An
         stage("finding where the NaN/Inf starts", number, config.batches)
         run.origin = nonfinite_weights(session) or replay_origin(
             session, forward, rng, facts.forward_nonfinite, facts.outputs_nonfinite)
-    if run.optimizer is not None and batch_index < config.batches - 1:
+    # No optimizer step with NaN/Inf gradients: it would only write NaN into the weights (the
+    # finding is made; torch.amp.GradScaler skips such steps for the same reason), and the next
+    # pass on them could make the user's loss_fn raise over values gradcheck's own step produced.
+    if run.optimizer is not None and batch_index < config.batches - 1 and facts.grads_finite:
         _steps_after_batch(session, run, forward, grads, facts.loss, batch_index)
     return True
 
