@@ -233,7 +233,8 @@ def test_no_step_is_taken_with_nonfinite_gradients() -> None:
     model = build()
     loss = _bce_and_kl(model(torch.randn(8, 4)), torch.rand(8).round())
     loss.backward()
-    assert not all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in model.parameters())  # plain autograd: NaN/Inf
+    # plain autograd: NaN/Inf gradients
+    assert not all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in model.parameters())
 
     report = scan(Target("vae-like", build, make_batch, _bce_and_kl), steps=2)
     assert report.verdict is Status.NONFINITE
