@@ -96,8 +96,8 @@ def plot(file: Path, output: Path, chart: str | None, quiet: bool) -> list[Plann
 
     fmt = image_format(output)
     kind = chart_kind(chart)
+    plan = plan_images(_scan_reports(file, quiet), output, kind, str(file))  # the report's errors first
     chart_image = _drawing()
-    plan = plan_images(_scan_reports(file, quiet), output, kind, str(file))
     images = [chart_image(planned.chart, fmt) for planned in plan]  # all drawn before any file is replaced
     for planned, image in zip(plan, images, strict=True):
         write_output(planned.path, image)
