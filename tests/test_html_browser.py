@@ -20,10 +20,12 @@ builtin:nan-log, recurrent: builtin:rnn-long, and a watched training loop) are r
 - the recurrent report has one through-time chart per recurrent layer, a drawn point per time step
   with the report's value, and the horizon line where the point of its step is drawn; the watch
   has its loss and step-norm charts; a recipe run's page has each scan's flow chart with its own
-  bars; a 1,000-layer report keeps a bounded chart of 200 bars on a page no wider than the window.
+  bars; a 1,000-layer report keeps a bounded chart of 200 bars on a page no wider than the window;
+  so does a report naming a 300-character layer in its tables and recommendations (names wrap).
 Screenshots go to $GRADCHECK_SCREENSHOTS when set (to look at), else to tmp_path: CASE.png (the
 whole page), CASE-N-KIND.png (each chart), CASE-flow-grey.png (the flow chart in greyscale),
-exploding-threshold-grey.png (the threshold line over a bar) and thousand-layers-flow-grey.png,
+exploding-threshold-grey.png (the threshold line over a bar), thousand-layers-flow-grey.png and
+long-layer-name.png,
 next to CASE.html. The instruments are tested on hand-written pages first, each shown to fail:
 the console check catches an error, the request check a URL, the blank check an empty chart, the
 greyscale check two statuses told by hue alone, and the PNG reader gives Pillow's pixels.
@@ -292,6 +294,31 @@ def test_a_thousand_layer_report_stays_bounded_in_chromium(browser: Browser, rep
             assert counts == ["5"] * MAX_BARS, metric
         assert page.evaluate("document.documentElement.scrollWidth") <= WINDOW[0]
         _check_thin_bars_keep_their_tone(page, screenshots / "thousand-layers-flow-grey.png")
+    finally:
+        page.close()
+
+
+def test_a_300_character_layer_name_keeps_the_page_within_the_window(browser: Browser, screenshots: Path) -> None:
+    """A layer name of 300 characters without a break point (the layer table, the findings, the
+    recommendations and their before/after table all name it) wraps: the page is no wider than
+    the window, so no column is off-screen. Before the fix the tables ran thousands of px wide."""
+    import json
+
+    from verified_reports import verified_report
+
+    name = "encoder." + "very_long_recurrent_block_name_" * 9 + "x" * 13
+    assert len(name) == 300 and "net.0" in json.dumps(verified_report().to_dict())
+    report = Report.from_dict(json.loads(json.dumps(verified_report().to_dict()).replace("net.0", name)))
+    path = screenshots / "long-layer-name.html"
+    page = _open(browser, path, _html(report))
+    try:
+        (screenshots / "long-layer-name.png").write_bytes(page.screenshot())
+        assert page.errors == []
+        assert page.evaluate("document.body.innerText").count(name[-40:]) >= 3  # the name is on the page, whole
+        widest = page.evaluate("Math.max(...[...document.querySelectorAll('table')]"
+                               ".map(t => t.getBoundingClientRect().right))")
+        assert widest <= WINDOW[0], f"a table ends at {widest} px"
+        assert page.evaluate("document.documentElement.scrollWidth") <= WINDOW[0]
     finally:
         page.close()
 

@@ -18,7 +18,7 @@ import math
 from collections.abc import Sequence
 from html import escape
 
-from gradcheck_cli.report.charts import charts_of
+from gradcheck_cli.report.charts import TimeProfile, charts_of
 from gradcheck_cli.report.gate import fingerprint
 from gradcheck_cli.report.records import LayerReport, Recommendation, Report, ScanResult, Status
 from gradcheck_cli.report.render.common import (
@@ -50,6 +50,9 @@ FOLD_HEALTHY_PAST = 200
 
 OUTCOME_WORDS = {"pass": "pass", "fail": "FAIL: a finding fails the gate", "error": "ERROR: the scan did not run"}
 
+# Long names without a break point (a 300-character layer name) wrap anywhere in code, text and the
+# name cells of the findings and before/after tables, so no table runs off the page; other cells
+# wrap only between words (a type like "Embedding" is not split) and numbers never.
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1240px;
 padding:1rem 1.5rem;color:#111;background:#fff;line-height:1.4}
@@ -65,6 +68,8 @@ dl.meta dd{margin:0}
 table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}
 th,td{border:1px solid #bbb;padding:.15rem .5rem;text-align:left;vertical-align:top}
 td.num{text-align:right;font-variant-numeric:tabular-nums}th{background:#eee}
+code,dd,p,li,figcaption,h2,table.findings td:nth-child(n+3),table.changes td:nth-child(2){overflow-wrap:anywhere}
+td,th{overflow-wrap:break-word}td.num,thead th{white-space:nowrap}
 .status{font-weight:bold;white-space:nowrap}
 .status-vanishing{background:#c6dbef}.status-exploding{background:#fdae6b}
 .status-nonfinite{background:#3f007d;color:#fff}.status-frozen,.status-unused{color:#555;font-style:italic}
@@ -185,8 +190,8 @@ def _charts(report: Report, ident: str) -> str:
     # A series or profile without a single point (a watch stopped before its first step) has no chart.
     for number, profile in enumerate((p for p in charts.through_time if p.values), start=1):
         figures.append(_figure(through_time_svg(profile, f"{ident}-time-{number}"),
-                               f"Gradient reaching each time step of {esc(profile.layer)}; the dashed "
-                               "line is the effective horizon."))
+                               f"Gradient reaching each time step of {esc(profile.layer)}; "
+                               + esc(_horizon_caption(profile))))
     if charts.loss is not None and charts.loss.x:
         figures.append(_figure(step_svg(charts.loss, "loss", f"{ident}-loss"), esc(charts.loss.title)))
     if charts.step_norms is not None and charts.step_norms.x:
@@ -195,6 +200,17 @@ def _charts(report: Report, ident: str) -> str:
     if not figures:
         return "<h3>Charts</h3>\n<p>No chart: no layer with parameters was measured.</p>"
     return "<h3>Charts</h3>\n" + "\n".join(figures)
+
+
+def _horizon_caption(profile: TimeProfile) -> str:
+    """What the through-time chart draws for the horizon: its dashed line only when there is one
+    (svg_series.through_time_svg draws it for a horizon and more than one point)."""
+    if profile.horizon is None:
+        return (f"no horizon line: the gradient stays above the horizon fraction over all {profile.steps} "
+                "steps.")
+    if len(profile.values) < 2:
+        return f"effective horizon: {profile.horizon} steps back from the near end (one point, no line)."
+    return f"the dashed line is the effective horizon, {profile.horizon} steps back from the near end."
 
 
 def _figure(svg: str, caption: str) -> str:

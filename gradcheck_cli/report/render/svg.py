@@ -47,6 +47,8 @@ from gradcheck_cli.report.render.svg_marks import STATUS_MARKS, Mark, marks_svg
 
 PANEL_HEIGHT = 190
 MAX_NAMED_BARS = 40
+LEGEND_ROW = 18
+"""px of a second legend row (the group whisker's entry, under the statuses)."""
 """Up to this many bars each get their layer name under them; more get a position every few bars."""
 MAX_BAR, MAX_SLOT = 48, 64
 """The widest bar and the widest slot (bar and gap) in px: a 2-layer model draws two bars of this
@@ -127,7 +129,8 @@ def flow_svg(chart: FlowChart, ident: str) -> str:
     # Names at 60 degrees, ~6 px a character: 5.2 px of height each, plus the caption's line under
     # them (the bars are centred, so a short model's names sit right above the centred caption).
     label_room = 36 + math.ceil(5.5 * longest) if named else 44
-    height = int(low_panel.bottom + label_room + 40)
+    ranges = any(_has_range(b) for b in bars)
+    height = int(low_panel.bottom + label_room + 40) + (LEGEND_ROW if ranges else 0)
     limits = chart.thresholds
     desc = (f"{chart.layers} layers with parameters in execution order, {len(bars)} bars; top: log10 of each "
             f"layer's gradient L2 norm; bottom: log10 of grad/weight with the vanishing threshold "
@@ -147,7 +150,10 @@ def flow_svg(chart: FlowChart, ident: str) -> str:
     used = {b.status for b in bars} | {Status.HEALTHY}
     if any(_nonfinite(b.grad_norm) or _nonfinite(b.grad_to_weight) for b in bars):
         used.add(Status.NONFINITE)  # the placeholder of a NaN or Inf value looks like its swatch
-    parts += _legend(sorted(used, key=list(Status).index), ident, height - 14)
+    legend_y = height - 14 - (LEGEND_ROW if ranges else 0)
+    parts += _legend(sorted(used, key=list(Status).index), ident, legend_y)
+    if ranges:  # a grouped bar's whisker, explained only where one is drawn
+        parts += _range_legend(legend_y + LEGEND_ROW)
     parts.append("</svg>")
     return "\n".join(parts)
 
@@ -204,9 +210,9 @@ def _bar(index: int, bar: Bar, value: float | None, axis: Axis, x: float, width:
                  f'data-count="{bar.count}" data-value="{data_value(value)}" x="{num(x)}" y="{num(top)}" '
                  f'width="{num(width)}" height="{num(axis.bottom - top)}" '
                  f'{fill_of(bar.status, ident, width < THIN)}><title>{attr(tooltip)}</title></rect>')
-    if with_range and bar.low is not None and bar.high is not None:
+    if with_range and _has_range(bar):
         low, high = log10(bar.low), log10(bar.high)
-        if low is not None and high is not None:
+        if low is not None and high is not None:  # always (_has_range): for mypy
             middle = num(x + width / 2)
             parts.append(f'<line class="range" data-layer="{attr(bar.label)}" data-low="{data_value(bar.low)}" '
                          f'data-high="{data_value(bar.high)}" x1="{middle}" y1="{num(axis.y(low))}" x2="{middle}" '
@@ -218,6 +224,18 @@ def _bar(index: int, bar: Bar, value: float | None, axis: Axis, x: float, width:
         return parts, None
     return parts, Mark(index, bar.label, bar.count, x, x + width, mark_top, " ".join(words),
                        "missing" if position is None else "status")
+
+
+def _has_range(bar: Bar) -> bool:
+    """Whether the bar gets the whisker of its group's min..max grad/weight (both ends placeable)."""
+    return log10(bar.low) is not None and log10(bar.high) is not None
+
+
+def _range_legend(y: float) -> list[str]:
+    return ['<g class="legend range-legend">',
+            f'<line x1="{LEFT + 7}" y1="{num(y - 12)}" x2="{LEFT + 7}" y2="{num(y + 2)}" stroke="#000000"/>',
+            f'<text x="{LEFT + 18}" y="{num(y)}">black whisker: lowest to highest grad/weight of the layers in a '
+            'grouped bar (the bar is their median layer)</text>', "</g>"]
 
 
 def _x_labels(bars: Sequence[Bar], bottom: float, named: bool, room: int) -> list[str]:

@@ -164,14 +164,30 @@ def y_grid(axis: Axis, ticks: Sequence[float], labels: Sequence[str], title: str
 
 def spread(wanted: Sequence[float], gap: float, top: float, bottom: float) -> list[float]:
     """Positions as near ``wanted`` as can be with at least ``gap`` between any two, kept within
-    ``top``..``bottom`` where they fit (labels at the ends of lines that end close together)."""
+    ``top``..``bottom`` where they fit (labels at the ends of lines that end close together).
+
+    Labels that would overlap form a run centred on the mean of what its members want, so a
+    crowd of line ends gets labels above and below it (pushing each one down from the first
+    drew them all under the lines, as if every line fell at its end)."""
     order = sorted(range(len(wanted)), key=lambda i: (wanted[i], i))
-    placed: list[float] = []
+    runs: list[tuple[float, list[int]]] = []  # (first position, members in order)
     for i in order:
-        placed.append(max(wanted[i], top, placed[-1] + gap if placed else top))
-    for k in reversed(range(len(placed))):  # pushed past the bottom: move the run back up
-        placed[k] = min(placed[k], bottom if k == len(placed) - 1 else placed[k + 1] - gap)
+        members = [i]
+        start = _run_start(wanted, members, gap, top, bottom)
+        while runs and runs[-1][0] + gap * len(runs[-1][1]) > start:  # overlaps the run above: join it
+            members = runs.pop()[1] + members
+            start = _run_start(wanted, members, gap, top, bottom)
+        runs.append((start, members))
     result = [0.0] * len(wanted)
-    for k, i in enumerate(order):
-        result[i] = placed[k]
+    for start, members in runs:
+        for k, i in enumerate(members):
+            result[i] = start + gap * k
     return result
+
+
+def _run_start(wanted: Sequence[float], members: Sequence[int], gap: float, top: float, bottom: float) -> float:
+    """Where a run of labels ``gap`` apart starts: centred on what its members want, inside top..bottom
+    (from top when it is longer than that)."""
+    middle = sum(wanted[m] for m in members) / len(members)
+    start = middle - gap * (len(members) - 1) / 2
+    return max(top, min(start, bottom - gap * (len(members) - 1)))

@@ -39,6 +39,11 @@ HEIGHT = 330
 LINE_STYLES = (("#1f77b4", ""), ("#d62728", "6 3"), ("#2ca02c", "2 3"), ("#9467bd", "9 3 2 3"),
                ("#8c564b", "12 4"), ("#e377c2", "4 2 4 6"), ("#17becf", "1 2"), ("#7f7f7f", "8 2 1 2"))
 """Colour and dash pattern of each line of a step chart (at most charts.MAX_LINES lines)."""
+MAX_LEGEND_NAME = 90
+"""Characters of a layer name in a step chart's legend (from LEFT + 36 px to the chart's right
+edge, with its status); a longer one keeps its end, as the end-of-line labels do."""
+LEADER_COLOUR = "#8c8c8c"
+"""A leader from a line's end to its moved label: grey, never a line's own colour."""
 LABEL_GAP = 13
 """px between the baselines of two end-of-line labels: an 11 px font's box does not overlap the next."""
 
@@ -110,10 +115,10 @@ def step_svg(chart: StepChart, kind: str, ident: str) -> str:
                         zip(chart.x, chart.band_low, chart.band_high, strict=True)], axis)
     xs = [x_of(s) for s in chart.x]
     ends = [_end(xs, [position(v) for v in line.values], axis) for line in chart.lines]
-    placed = [end for end in ends if end is not None]
-    label_ys = iter(spread([y for _, y in placed], LABEL_GAP, axis.top, axis.bottom))
+    label_ys = iter(_label_positions([end[1] for end in ends if end is not None], axis))
     for i, (line, end) in enumerate(zip(chart.lines, ends, strict=True)):
-        label = None if end is None else (end[0], end[1], next(label_ys))
+        at = None if end is None else next(label_ys, None)  # none left: the labels did not fit
+        label = None if end is None or at is None else (end[0], end[1], at)
         parts += _line(line, xs, [position(v) for v in line.values], axis, i, label)
     parts += _x_axis(axis, [(x_of(step), str(step)) for step in step_ticks(low, high)], chart.x_label)
     parts += _line_legend(chart.lines, chart.hidden_lines, HEIGHT - 8)
@@ -161,6 +166,15 @@ def _band(points: Sequence[tuple[float, float | None, float | None]], axis: Axis
     return shapes
 
 
+def _label_positions(ends: Sequence[float], axis: Axis) -> list[float]:
+    """Where the end-of-line labels go: spread LABEL_GAP apart, each label's whole box inside the
+    plot's height; none when they cannot all fit there (the legend names every line)."""
+    top, bottom = axis.top + LABEL_GAP / 2, axis.bottom - LABEL_GAP / 2
+    if (len(ends) - 1) * LABEL_GAP > bottom - top:
+        return []
+    return spread(ends, LABEL_GAP, top, bottom)
+
+
 def _end(xs: Sequence[float], positions: Sequence[float | None], axis: Axis) -> tuple[float, float] | None:
     """Where a line's last placeable point is drawn, if it has one."""
     placed = [(x, axis.y(p)) for x, p in zip(xs, positions, strict=True) if p is not None]
@@ -181,9 +195,10 @@ def _line(line: Line, xs: Sequence[float], positions: Sequence[float | None], ax
                          f'text-anchor="middle" font-size="9">{attr(missing_word(value))}</text>')
     if label is not None:
         x, y, at = label
-        if abs(at - y) > 2:  # moved away from its line's end: a leader says which line it names
+        if abs(at - y) > 2:  # moved away from its line's end: a leader says which line it names; thin,
+            # grey and dotted, so it is not read as the line itself falling (or rising) at the last step
             parts.append(f'<line class="leader" x1="{num(x + 1)}" y1="{num(y)}" x2="{num(x + 7)}" y2="{num(at)}" '
-                         f'stroke="{colour}" stroke-width="0.8"/>')
+                         f'stroke="{LEADER_COLOUR}" stroke-width="0.7" stroke-dasharray="1 1.5"/>')
         parts.append(f'<text class="line-label" x="{num(x + 9)}" y="{num(at)}" '
                      f'dominant-baseline="middle" fill="{colour}">{attr(shorten(line.label))}</text>')
     parts.append("</g>")
@@ -208,8 +223,11 @@ def _line_legend(lines: Sequence[Line], hidden: int, y: float) -> list[str]:
         parts.append(f'<line x1="{LEFT}" y1="{row}" x2="{LEFT + 30}" y2="{row}" stroke="{colour}" '
                      f'stroke-width="2"' + (f' stroke-dasharray="{dash}"' if dash else "") + "/>")
         status = "" if line.status.value == "healthy" else f" ({line.status.value})"
-        parts.append(f'<text x="{LEFT + 36}" y="{row}" dominant-baseline="middle">'
-                     f'{attr(line.label + status)}</text>')
+        text = (f'<text x="{LEFT + 36}" y="{row}" dominant-baseline="middle">'
+                f'{attr(shorten(line.label, MAX_LEGEND_NAME) + status)}</text>')
+        # A shortened name is whole in a tooltip (a <title> inside the <text> would be part of its words).
+        parts.append(text if len(line.label) <= MAX_LEGEND_NAME else
+                     f'<g class="legend-entry"><title>{attr(line.label + status)}</title>{text}</g>')
     if hidden:
         row = num(y + 20 * len(lines))
         parts.append(f'<text x="{LEFT + 36}" y="{row}" dominant-baseline="middle">grey band: minimum to '
