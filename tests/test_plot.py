@@ -118,7 +118,7 @@ def test_each_bar_top_is_log10_of_the_reports_number_and_missing_values_get_no_b
             drawn = bars[i].get_y() + bars[i].get_height()
             assert drawn == pytest.approx(math.log10(expected[i]), abs=1e-12), (metric, i)
         placeholders = {t.get_gid(): t.get_text() for t in axes.texts if (t.get_gid() or "").startswith("missing")}
-        assert placeholders == {f"missing-{metric}-{i}": text for i, text in ((3, "NaN"), (4, "Inf"), (5, "\u2014"))}
+        assert placeholders == {f"missing-{metric}-{i}": text for i, text in ((3, "NaN"), (4, "Inf"), (5, "\u2014\nF"))}
     assert top.get_ylabel() == "log10 gradient L2 norm" and bottom.get_ylabel() == "log10 grad/weight"
 
 
@@ -133,7 +133,8 @@ def test_status_is_marked_by_text_and_hatch_not_colour_alone() -> None:
     bars = _patches(top, "bar-grad_norm-")
     assert bars[1].get_hatch() is None  # healthy: plain
     assert bars[0].get_hatch() and bars[2].get_hatch() and bars[0].get_hatch() != bars[2].get_hatch()
-    assert _texts(top) == ["V", "E", "NaN", "Inf", "\u2014"]  # marks on bars, placeholders where there is none
+    # marks on bars, placeholders where there is none (a frozen layer's "—" over its F, as the page marks it)
+    assert _texts(top) == ["V", "E", "NaN", "Inf", "\u2014\nF"]
     legend = [t.get_text() for t in figure.legends[0].get_texts()]
     assert {"V: vanishing", "E: exploding", "NaN: non-finite gradient (NaN/Inf)", "healthy"} <= set(legend)
 

@@ -343,4 +343,5 @@ def test_a_watch_stopped_before_its_first_step_gets_no_empty_charts(tmp_path: Pa
     chart = charts_of(Report.from_dict(json.loads(report.read_text(encoding="utf-8")))).flow
     assert chart is not None
     words = [t for t in chart_figure(chart).axes[0].texts if (t.get_gid() or "").startswith("missing-")]
-    assert [(t.get_text(), t.get_rotation()) for t in words] == [("\u2014", 0.0), ("\u2014", 0.0)]  # not "|"
+    # upright, not "|"; each layer (no gradient yet: unused) has its U under the dash, as the page marks it
+    assert [(t.get_text(), t.get_rotation()) for t in words] == [("\u2014\nU", 0.0), ("\u2014\nU", 0.0)]

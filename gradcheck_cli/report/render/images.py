@@ -10,7 +10,8 @@ The images draw what the HTML page draws (render/svg.py), from the same chart ob
 - flow: two panels along depth, log10 gradient L2 norm and log10 grad/weight per layer (or group
   of layers, with the group's min..max grad/weight as a whisker), the vanishing and exploding
   thresholds as labelled dashed lines; a missing or non-finite value is a text placeholder
-  ("NaN", "Inf", "—", "0 V" for a vanishing layer with no gradient) at the foot of its column,
+  ("NaN", "Inf", "0 V" for a vanishing layer with no gradient, "—" over "F" or "U" for a frozen or
+  unused one) at the foot of its column,
   never a bar, and a NaN or Inf column is a full-height dotted box, as on the HTML page;
 - through-time: a recurrent layer's log10 RMS gradient per time step, far end to near end, with
   the effective horizon as a labelled dashed line;
@@ -256,16 +257,20 @@ def _placeholder(axes: Axes, position: int, value: float | None, style: StatusSt
         axes.axvspan(position - 0.4, position + 0.4, facecolor="none", hatch=nonfinite.hatch,
                      edgecolor=nonfinite.colour, linewidth=0.6, gid=f"placeholder-{gid}")
     word = _missing_text(value, style)
-    axes.text(position, floor + 0.1, word, rotation=90 if len(word) > 1 else 0, ha="center", va="bottom",
+    upright = len(word) == 1 or "\n" in word  # "—" (over its F or U) turned on its side read as "|"
+    axes.text(position, floor + 0.1, word, rotation=0 if upright else 90, ha="center", va="bottom",
               fontsize=7, gid=f"missing-{gid}", bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
 
 
 def _missing_text(value: float | None, style: StatusStyle) -> str:
-    """The placeholder, and the status mark of a layer whose gradient is 0 ("0 V"): without it a
-    vanishing layer with no gradient at all showed only "0" (the page writes "0 V" too). NaN and
-    Inf are already the non-finite mark."""
+    """The placeholder, and the status mark of a layer whose gradient is 0 ("0 V") or missing
+    (frozen, unused: "—" over "F" or "U", one character wide and upright, so the dash still reads
+    as a dash): without it such a layer showed only "0" or "—", where the page writes the mark too.
+    NaN and Inf are already the non-finite mark."""
     word = _missing(value)
-    return f"{word} {style.mark}" if style.mark and word in ("0", "<0") else word
+    if not style.mark or word not in ("0", "<0", "\u2014"):
+        return word
+    return f"{word}\n{style.mark}" if word == "\u2014" else f"{word} {style.mark}"
 
 
 def _group_range(axes: Axes, position: int, bar: Bar) -> None:
