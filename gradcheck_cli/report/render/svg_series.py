@@ -6,8 +6,10 @@ Same contract and primitives as svg.py (the flow chart): one ``<svg class="chart
 ("NaN"), never drawn as made-up points. The through-time chart has one ``<circle class="point">``
 per profile value with its data-value (``repr``), and the horizon as ``<line class="horizon">``.
 A step chart tells its lines apart by dash pattern and a label at the line's end, not only colour;
-labels of lines that end close together are spread apart (at least LABEL_GAP px), each joined to
-its line's end by a short leader. The through-time x axis has ticks at round numbers of steps back.
+labels of lines that end close together are spread apart (at least LABEL_GAP px) around their ends
+and inside the plot, each joined to its line's end by a short grey dotted leader (not data); when
+they cannot all fit, the legend alone names the lines. The through-time x axis has ticks at round
+numbers of steps back.
 """
 
 from __future__ import annotations
