@@ -7,12 +7,14 @@ reports, each test failing on the page as it was before its fix.
   their leaders grey and dotted (not read as the lines falling at the last step); when they cannot
   all fit, none is drawn and the legend names the lines;
 - a grouped flow chart explains its whisker (a group's min..max grad/weight) in its legend, and
-  only a chart that draws one.
+  only a chart that draws one;
+- the loss and step-norm lines carry their numbers (data-values for the chart's data-steps).
 Reports are built in code; the charts are read back as XML.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import replace
@@ -173,3 +175,35 @@ def test_the_group_whisker_is_in_the_legend_only_when_grouped_bars_draw_one(coun
     assert y <= float(flow.get("height", "")) - 4  # inside the chart, under the statuses' row
     (statuses,) = [g for g in flow.iter("g") if g.get("class") == "legend"]
     assert all(float(t.get("y", "")) < y - 10 for t in statuses.iter("text"))
+
+
+# --- the numbers of the charts over steps, read back ----------------------------------------------
+
+
+def test_step_chart_lines_carry_the_reports_numbers_and_stay_small_at_512_steps() -> None:
+    """Each line of the loss and step-norm charts carries its values (``repr``, "none" where the
+    report has none) for the chart's data-steps; 512 steps of 8 lines and the band stay < 200 KB."""
+    steps = tuple(range(0, 5120, 10))
+    names = [f"blocks.{i}.fc" for i in range(30)]
+    norms: list[tuple[float | None, ...]] = [tuple(0.01 * (i + 1) * (1.1 + math.sin(s / 77 + i)) for s in steps)
+                                             for i in range(30)]
+    norms[3] = (None, *norms[3][1:])
+    series = tuple(LayerSeries(name, values, (None,) * len(steps), (None,) * len(steps))
+                   for name, values in zip(names, norms, strict=True))
+    loss = tuple(2.0 / (1 + s / 1000) for s in steps[:-1]) + (math.nan,)
+    report = replace(_watch(names, [0.1] * 30), series=WatchSeries(steps, loss, series))
+    page = _page(report)
+    for kind in ("loss", "step-norms"):
+        (chart,) = _charts(page, kind)
+        assert chart.get("data-steps") == " ".join(map(str, steps)), kind
+        lines = [g for g in chart.iter("g") if g.get("class") == "series"]
+        assert lines, kind
+        for line in lines:
+            values = (line.get("data-values") or "").split(" ")
+            expected = loss if kind == "loss" else norms[names.index(line.get("data-label") or "")]
+            assert values == ["none" if v is None else repr(v) for v in expected], (kind, line.get("data-label"))
+    (chart,) = _charts(page, "step-norms")
+    (gappy,) = [g for g in chart.iter("g") if g.get("data-label") == "blocks.3.fc"]
+    assert (gappy.get("data-values") or "").startswith("none ")  # drawn, its missing first value named
+    (norms_svg,) = re.findall(r'<svg[^>]*data-chart="step-norms".*?</svg>', page, flags=re.S)
+    assert len(norms_svg.encode()) < 200_000

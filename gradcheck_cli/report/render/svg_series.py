@@ -5,6 +5,9 @@ Same contract and primitives as svg.py (the flow chart): one ``<svg class="chart
 ``<title>``/``<desc>``, well-formed XML, values a log axis cannot place written as text marks
 ("NaN"), never drawn as made-up points. The through-time chart has one ``<circle class="point">``
 per profile value with its data-value (``repr``), and the horizon as ``<line class="horizon">``.
+A step chart has its steps in data-steps and each line (``<g class="series">``) its numbers in
+data-values, one per step (``repr``, "none" where the report has none): a polyline's points cannot
+carry them, and a circle per point would make a 512-step chart of 8 lines ~4x larger.
 A step chart tells its lines apart by dash pattern and a label at the line's end, not only colour;
 labels of lines that end close together are spread apart (at least LABEL_GAP px) around their ends
 and inside the plot, each joined to its line's end by a short grey dotted leader (not data); when
@@ -104,7 +107,8 @@ def step_svg(chart: StepChart, kind: str, ident: str) -> str:
             + (f"; {chart.hidden_lines} more layers are inside the grey band (minimum to maximum of all layers)"
                if chart.hidden_lines else "") + ".")
     rows = len(chart.lines) + (1 if chart.hidden_lines else 0)
-    parts = open_svg(kind, ident, HEIGHT + 20 * rows, chart.title, desc)
+    parts = open_svg(kind, ident, HEIGHT + 20 * rows, chart.title, desc,
+                     extra=f' data-steps="{" ".join(str(step) for step in chart.x)}"')
     parts += y_grid(axis, ticks, labels, ("log10 " if chart.log_y else "") + chart.y_label)
     low, high = chart.x[0], chart.x[-1]
 
@@ -189,7 +193,9 @@ def _line(line: Line, xs: Sequence[float], positions: Sequence[float | None], ax
     line's end x and y, and the label's y, spread from the other labels)."""
     colour, dash = LINE_STYLES[index % len(LINE_STYLES)]
     style = f'stroke="{colour}" stroke-width="1.6"' + (f' stroke-dasharray="{dash}"' if dash else "")
-    parts = [f'<g class="series" data-label="{attr(line.label)}" data-status="{line.status.value}">']
+    values = " ".join(data_value(v) or "none" for v in line.values)  # a point's number, one per data-steps
+    parts = [f'<g class="series" data-label="{attr(line.label)}" data-status="{line.status.value}" '
+             f'data-values="{values}">']
     parts += _polylines(list(zip(xs, positions, strict=True)), axis, style)
     for x, value, position in zip(xs, line.values, positions, strict=True):
         if position is None and value is not None:  # measured, but not placeable: NaN, Inf, 0 on a log axis
