@@ -207,3 +207,25 @@ def test_step_chart_lines_carry_the_reports_numbers_and_stay_small_at_512_steps(
     assert (gappy.get("data-values") or "").startswith("none ")  # drawn, its missing first value named
     (norms_svg,) = re.findall(r'<svg[^>]*data-chart="step-norms".*?</svg>', page, flags=re.S)
     assert len(norms_svg.encode()) < 200_000
+
+
+def test_a_point_without_neighbours_is_drawn_as_a_dot() -> None:
+    """A watch of one step (seen on a real one-step watch: its charts showed only the labels), and a
+    value between two missing ones: a polyline of one point draws nothing, so each gets a dot."""
+    series = (LayerSeries("net.0", (0.5,), (None,), (None,)), LayerSeries("net.2", (0.25,), (None,), (None,)))
+    one_step = replace(_watch(["net.0", "net.2"], [0.5, 0.25]), series=WatchSeries((0,), (0.03,), series))
+    for kind in ("loss", "step-norms"):
+        (chart,) = _charts(_page(one_step), kind)
+        for line in (g for g in chart.iter("g") if g.get("class") == "series"):
+            (polyline,) = line.iter("polyline")
+            (dot,) = [c for c in line.iter("circle") if "lone" in _classes(c)]
+            x, y = (polyline.get("points") or "").split(",")
+            assert (dot.get("cx"), dot.get("cy")) == (x, y) and float(dot.get("r", "")) >= 2, kind
+    steps = (0, 10, 20, 30)
+    gappy = (LayerSeries("net.0", (0.5, None, 0.4, None), (None,) * 4, (None,) * 4),
+             LayerSeries("net.2", (0.3, 0.2, 0.1, 0.1), (None,) * 4, (None,) * 4))
+    report = replace(_watch(["net.0", "net.2"], [0.5, 0.25]), series=WatchSeries(steps, (1.0,) * 4, gappy))
+    (chart,) = _charts(_page(report), "step-norms")
+    dots = {g.get("data-label"): len([c for c in g.iter("circle") if "lone" in _classes(c)])
+            for g in chart.iter("g") if g.get("class") == "series"}
+    assert dots == {"net.0": 2, "net.2": 0}  # 0.5 and 0.4 stand alone; a whole line has no dots

@@ -143,16 +143,23 @@ def _log_ticks(values: Sequence[float | None], bottom: float) -> tuple[Axis, lis
 
 
 def _polylines(points: Sequence[tuple[float, float | None]], axis: Axis, style: str,
-               css: str = "line", extra: str = "") -> list[str]:
-    """A polyline per run of placeable points: a missing value breaks the line, never bridges it."""
-    runs: list[list[str]] = [[]]
+               css: str = "line", extra: str = "", dot: str | None = None) -> list[str]:
+    """A polyline per run of placeable points: a missing value breaks the line, never bridges it.
+    With ``dot`` (a colour), a run of one point (a one-step watch, a value between two NaNs) is
+    also a dot of that colour: a polyline of one point draws nothing."""
+    runs: list[list[tuple[float, float]]] = [[]]
     for x, position in points:
         if position is None:
             runs.append([])
         else:
-            runs[-1].append(f"{num(x)},{num(axis.y(position))}")
-    return [f'<polyline class="{css}"{extra} points="{" ".join(run)}" fill="none" {style}/>'
-            for run in runs if run]
+            runs[-1].append((x, axis.y(position)))
+    parts = []
+    for run in (run for run in runs if run):
+        parts.append(f'<polyline class="{css}"{extra} points="{" ".join(f"{num(x)},{num(y)}" for x, y in run)}" '
+                     f'fill="none" {style}/>')
+        if dot is not None and len(run) == 1:
+            parts.append(f'<circle class="lone" cx="{num(run[0][0])}" cy="{num(run[0][1])}" r="2.5" fill="{dot}"/>')
+    return parts
 
 
 def _band(points: Sequence[tuple[float, float | None, float | None]], axis: Axis) -> list[str]:
@@ -196,7 +203,7 @@ def _line(line: Line, xs: Sequence[float], positions: Sequence[float | None], ax
     values = " ".join(data_value(v) or "none" for v in line.values)  # a point's number, one per data-steps
     parts = [f'<g class="series" data-label="{attr(line.label)}" data-status="{line.status.value}" '
              f'data-values="{values}">']
-    parts += _polylines(list(zip(xs, positions, strict=True)), axis, style)
+    parts += _polylines(list(zip(xs, positions, strict=True)), axis, style, dot=colour)
     for x, value, position in zip(xs, line.values, positions, strict=True):
         if position is None and value is not None:  # measured, but not placeable: NaN, Inf, 0 on a log axis
             parts.append(f'<text class="mark missing" x="{num(x)}" y="{num(axis.top + 10)}" '
