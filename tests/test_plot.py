@@ -426,3 +426,18 @@ def test_plot_never_imports_pyplot_or_torch(tmp_path: Path) -> None:
     assert code == 0 and (tmp_path / "flow-step-norms.png").exists()
     assert "matplotlib.figure" in modules  # it did draw
     assert "matplotlib.pyplot" not in modules and "torch" not in modules
+
+
+@needs_matplotlib
+def test_steps_and_time_steps_get_whole_number_ticks() -> None:
+    from gradcheck_cli.report.render.images import chart_figure
+
+    charts = charts_of(_watch())
+    profile = charts_of(_recurrent((1e-3, 1e-2, 1.0), horizon=None)).through_time[0]
+    for chart in (charts.loss, charts.step_norms, profile):
+        assert chart is not None
+        figure = chart_figure(chart)
+        figure.canvas.draw()  # the locator places the ticks when drawn
+        axes = figure.axes[0]
+        ticks = [t for t in axes.get_xticks() if axes.get_xlim()[0] <= t <= axes.get_xlim()[1]]
+        assert len(ticks) >= 2 and all(t == int(t) for t in ticks), ticks

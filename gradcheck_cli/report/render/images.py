@@ -342,6 +342,7 @@ def time_figure(profile: TimeProfile) -> Figure:
         axes.axvline(at, color="black", linestyle="--", linewidth=1.0, gid="horizon",
                      label=f"horizon: {profile.horizon} steps back from the near end")
     axes.set_xlim(-0.5, profile.steps - 0.5)
+    axes.xaxis.set_major_locator(_integer_ticks())
     axes.set_ylim(floor, ceiling)
     near = "the input's last step" if profile.near_end == "last" else "the input's first step"
     axes.set_xlabel(f"time step (far end -> near end: {near}, nearest the loss)")
@@ -379,11 +380,18 @@ def step_figure(chart: StepChart) -> Figure:
     if nonfinite:  # a diverged loss must not just end the line: the steps are marked along the top
         axes.plot(nonfinite, [0.97] * len(nonfinite), transform=axes.get_xaxis_transform(), linestyle="none",
                   marker="X", color="black", label="NaN/Inf at this step (off the axis)", gid="nonfinite")
+    axes.xaxis.set_major_locator(_integer_ticks())  # steps are whole numbers: no tick at step 0.5
     axes.set_xlabel(chart.x_label)
     axes.set_ylabel(f"log10 {chart.y_label}" if chart.log_y else chart.y_label)
     axes.grid(linewidth=0.3, alpha=0.5)
     figure.legend(loc="outside right upper", fontsize=8)
     return figure
+
+
+def _integer_ticks() -> Any:
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
 
 
 def _plotted(values: Sequence[float | None], log_y: bool) -> list[float]:
