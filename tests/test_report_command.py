@@ -130,3 +130,49 @@ def test_a_watch_report_is_read_rendered_and_gated(tmp_path: Path) -> None:
     assert result.stdout == broken.read_text()  # read back and written again byte for byte
     assert "nonfinite" in runner.invoke(app, ["report", str(broken), "--format", "markdown"]).stdout
     assert runner.invoke(app, ["report", str(broken), "--fail-on", "none"]).exit_code == 0
+
+
+RUN_FORMATS = (*FORMATS, "html")
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A recipe run of an exploding, a vanishing and a broken model, and its run@1 document."""
+    folder = tmp_path_factory.mktemp("run")
+    (folder / "broken.py").write_text("def build_model():\n    raise ValueError('broken on purpose')\n")
+    recipe = folder / "recipe.yaml"
+    recipe.write_text("version: 1\ndefaults:\n  batches: 2\nscans:\n"
+                      "  - {name: exploding, target: 'builtin:relu-normal-init'}\n"
+                      "  - {name: vanishing, target: 'builtin:deep-sigmoid'}\n"
+                      "  - {name: broken, target: broken.py}\n", encoding="utf-8")
+    document = folder / "run.json"
+    result = runner.invoke(app, ["run", str(recipe), "--format", "json", "-o", str(document), "-q"])
+    assert result.exit_code == 2 and document.is_file(), result.output
+    return recipe, document
+
+
+@pytest.mark.parametrize("fmt", RUN_FORMATS)
+def test_a_recipe_runs_document_renders_as_the_run_did(saved_run: tuple[Path, Path], fmt: str) -> None:
+    recipe, document = saved_run
+    ran = runner.invoke(app, ["run", str(recipe), "--format", fmt, "--no-color", "-q"])
+    reported = runner.invoke(app, ["report", str(document), "--format", fmt, "--no-color"])
+    assert reported.exit_code == ran.exit_code == 2  # the broken model could not run
+    assert reported.stdout == ran.stdout
+
+
+def test_a_recipe_runs_document_is_gated_per_scan(saved_run: tuple[Path, Path], tmp_path: Path) -> None:
+    _, document = saved_run
+    run = json.loads(document.read_text())
+    assert [scan["error"] is not None for scan in run["scans"]] == [False, False, True]
+    run["scans"] = [scan for scan in run["scans"] if scan["report"] is not None]  # drop the broken model
+    ran = tmp_path / "ran.json"
+    ran.write_text(json.dumps(run))
+    assert runner.invoke(app, ["report", str(ran)]).exit_code == 1  # exploding fails its own gate
+    assert runner.invoke(app, ["report", str(ran), "--fail-on", "none"]).exit_code == 0
+    run["scans"] = [scan for scan in run["scans"] if scan["name"] == "vanishing"]
+    ran.write_text(json.dumps(run))
+    assert runner.invoke(app, ["report", str(ran)]).exit_code == 0  # vanishing does not fail the default gate
+    assert runner.invoke(app, ["report", str(ran), "--fail-on", "vanishing"]).exit_code == 1
+    run["scans"] = [{"name": "x"}]
+    ran.write_text(json.dumps(run))
+    assert_one_line_error(runner.invoke(app, ["report", str(ran)]), "gradcheck/run@1", "'scans'")

@@ -270,7 +270,8 @@ def run(
 
 @app.command("report")
 def report_command(
-    file: Annotated[Path, typer.Argument(help="A JSON report saved by `gradcheck scan --format json` or a watch.",
+    file: Annotated[Path, typer.Argument(help="A JSON report saved by `gradcheck scan --format json` or a watch, "
+                                              "or a recipe run's (`gradcheck run --format json`).",
                                          dir_okay=True, show_default=False)],
     output_format: FormatOption = "table",
     output: OutputOption = None,
@@ -290,10 +291,10 @@ def report_command(
 
         options = _output_options(output_format, output, baseline, None, exit_zero, quiet, no_color)
         gate = _command_line_layer(fail_on=fail_on).get("fail_on")
-        result = load_report(file, gate.value if gate is not None else None)
+        results, combined = load_report(file, gate.value if gate is not None else None)
     except UserError as exc:
         _fail(str(exc), exc, debug)
-    raise typer.Exit(_emit([result], options, False, debug))
+    raise typer.Exit(_emit(results, options, combined, debug))
 
 
 app.command("plot")(plot_command)  # cli/plot.py: a saved report's charts as images (matplotlib)

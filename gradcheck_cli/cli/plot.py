@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import re
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -140,29 +140,16 @@ def _drawing() -> Callable[[Chart, ImageFormat], bytes]:
 
 def _scan_reports(file: Path, quiet: bool) -> list[tuple[str | None, Report]]:
     """(None, report) for a report@1 document; (scan name, report) per scan of a run@1 document."""
-    from gradcheck_cli.cli.report_file import read_report_json
-    from gradcheck_cli.report.load import ReportFormatError
-    from gradcheck_cli.report.records import SCHEMA, Report
-    from gradcheck_cli.report.render.json import RUN_SCHEMA
+    from gradcheck_cli.cli.report_file import read_results
 
-    document = read_report_json(file)
-    schema = document.get("schema") if isinstance(document, Mapping) else None
-    try:
-        if schema != RUN_SCHEMA:
-            return [(None, Report.from_dict(document))]
-        scans = [scan for scan in document["scans"] if isinstance(scan, Mapping)]
-        for scan in scans:
-            if scan.get("report") is None and not quiet:
-                typer.echo(f"gradcheck: scan '{scan.get('name')}' has no report ({scan.get('error')}): "
-                           "nothing to draw for it", err=True)
-        return [(str(scan["name"]), Report.from_dict(scan["report"])) for scan in scans
-                if scan.get("report") is not None]
-    except ReportFormatError as exc:
-        message = str(exc) if schema in (SCHEMA, RUN_SCHEMA) else (
-            f'not a gradcheck report (expected a JSON object with "schema": "{SCHEMA}" or "{RUN_SCHEMA}")')
-        raise UserError(f"report {file}: {message}") from None
-    except (KeyError, TypeError) as exc:
-        raise UserError(f"report {file}: a {RUN_SCHEMA} document with a malformed 'scans' list ({exc})") from None
+    results, combined = read_results(file)
+    if not combined:
+        return [(None, result.report) for result in results if result.report is not None]
+    for result in results:
+        if result.report is None and not quiet:
+            typer.echo(f"gradcheck: scan '{result.name}' has no report ({result.error}): nothing to draw for it",
+                       err=True)
+    return [(result.name, result.report) for result in results if result.report is not None]
 
 
 def plan_images(scans: Sequence[tuple[str | None, Report]], output: Path, kind: ChartKind | None,

@@ -1,5 +1,9 @@
 """`gradcheck report FILE`: a saved JSON report read back (Report.from_dict) for cli/app.py to render.
 
+FILE is a scan's or a watch's gradcheck/report@1 document, or a recipe run's gradcheck/run@1
+(`gradcheck run --format json`): then every scan is read back, a scan that could not run with its
+error line, and they render as the run did (one page, one table per scan), exiting as the worst.
+
 The gate is the scan's (report/gate.py): the report's own config["fail_on"] (what the scan was
 run with), unless --fail-on gives another, and a report that has none gets the built-in default.
 So `gradcheck report saved.json` exits as the scan that wrote it did, and `--fail-on` asks a
@@ -10,6 +14,7 @@ with FILE (missing, unreadable, not JSON, not a report) is a UserError: one line
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,26 +23,50 @@ from gradcheck_cli.config import DEFAULT_FAIL_ON
 from gradcheck_cli.errors import UserError
 from gradcheck_cli.report.gate import UNVERIFIED
 from gradcheck_cli.report.load import ReportFormatError
-from gradcheck_cli.report.records import Report, ScanResult
+from gradcheck_cli.report.records import SCHEMA, Report, ScanResult
+from gradcheck_cli.report.render.json import RUN_SCHEMA
 
 
-def load_report(path: Path, fail_on: tuple[str, ...] | None) -> ScanResult:
-    """The saved report at ``path`` as a ScanResult, gated by ``fail_on`` (None: the report's own)."""
+def load_report(path: Path, fail_on: tuple[str, ...] | None) -> tuple[list[ScanResult], bool]:
+    """The saved scans at ``path``, each gated by ``fail_on`` (None: the report's own), and whether
+    they are a recipe run's (run@1: render them combined, as `gradcheck run` did)."""
+    results, combined = read_results(path)
+    return [_gated(result, fail_on, path) for result in results], combined
+
+
+def read_results(path: Path) -> tuple[list[ScanResult], bool]:
+    """FILE's scans as saved: one for a report@1 document; one per scan of a run@1 document (True),
+    a scan that could not run with its error. UserError (one line) for anything else."""
+    document = _read_json(path)
+    schema = document.get("schema") if isinstance(document, Mapping) else None
     try:
-        report = Report.from_dict(_read_json(path))
+        if schema != RUN_SCHEMA:
+            report = Report.from_dict(document)
+            return [ScanResult(report.target, report.target, report)], False
+        return [_run_scan(scan) for scan in document["scans"]], True
     except ReportFormatError as exc:
-        raise UserError(f"report {path}: {exc}") from None
+        message = str(exc) if schema in (SCHEMA, RUN_SCHEMA) else (
+            f'not a gradcheck report (expected a JSON object with "schema": "{SCHEMA}" or "{RUN_SCHEMA}")')
+        raise UserError(f"report {path}: {message}") from None
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"report {path}: a {RUN_SCHEMA} document with a malformed 'scans' list ({exc!r})") from None
+
+
+def _run_scan(scan: Mapping[str, Any]) -> ScanResult:
+    name, target, saved = str(scan["name"]), str(scan["target"]), scan["report"]
+    if saved is None:
+        return ScanResult(name, target, None, str(scan.get("error") or "the scan did not run"))
+    return ScanResult(name, target, Report.from_dict(saved))
+
+
+def _gated(result: ScanResult, fail_on: tuple[str, ...] | None, path: Path) -> ScanResult:
+    report = result.report
+    if report is None:
+        return result
     gate = fail_on if fail_on is not None else tuple(report.config.get("fail_on", DEFAULT_FAIL_ON))
     if UNVERIFIED in gate and not _verified(report):
         raise UserError(f"report {path}: --fail-on unverified needs a report written by a scan with --verify")
-    report = replace(report, config={**report.config, "fail_on": list(gate)})
-    return ScanResult(report.target, report.target, report)
-
-
-def read_report_json(path: Path) -> Any:
-    """FILE's JSON document, whatever its schema (`gradcheck plot` also reads a recipe run's run@1);
-    the same one-line UserError as load_report when it is missing, unreadable or not JSON."""
-    return _read_json(path)
+    return replace(result, report=replace(report, config={**report.config, "fail_on": list(gate)}))
 
 
 def _read_json(path: Path) -> Any:
