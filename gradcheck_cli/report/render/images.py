@@ -342,7 +342,7 @@ def time_figure(profile: TimeProfile) -> Figure:
         axes.axvline(at, color="black", linestyle="--", linewidth=1.0, gid="horizon",
                      label=f"horizon: {profile.horizon} steps back from the near end")
     axes.set_xlim(-0.5, profile.steps - 0.5)
-    axes.xaxis.set_major_locator(_integer_ticks())
+    _whole_number_ticks(axes)
     axes.set_ylim(floor, ceiling)
     near = "the input's last step" if profile.near_end == "last" else "the input's first step"
     axes.set_xlabel(f"time step (far end -> near end: {near}, nearest the loss)")
@@ -380,7 +380,7 @@ def step_figure(chart: StepChart) -> Figure:
     if nonfinite:  # a diverged loss must not just end the line: the steps are marked along the top
         axes.plot(nonfinite, [0.97] * len(nonfinite), transform=axes.get_xaxis_transform(), linestyle="none",
                   marker="X", color="black", label="NaN/Inf at this step (off the axis)", gid="nonfinite")
-    axes.xaxis.set_major_locator(_integer_ticks())  # steps are whole numbers: no tick at step 0.5
+    _whole_number_ticks(axes)
     axes.set_xlabel(chart.x_label)
     axes.set_ylabel(f"log10 {chart.y_label}" if chart.log_y else chart.y_label)
     axes.grid(linewidth=0.3, alpha=0.5)
@@ -388,10 +388,13 @@ def step_figure(chart: StepChart) -> Figure:
     return figure
 
 
-def _integer_ticks() -> Any:
+def _whole_number_ticks(axes: Any) -> None:
+    """Steps are whole numbers: ticks at whole numbers only (a 4-step chart had 0.5, 1.5, ...), and
+    only inside the view (a locator's ticks beyond it keep labels a renderer may still lay out)."""
     from matplotlib.ticker import MaxNLocator
 
-    return MaxNLocator(integer=True)
+    low, high = axes.get_xlim()
+    axes.set_xticks([t for t in MaxNLocator(integer=True).tick_values(low, high) if low <= t <= high])
 
 
 def _plotted(values: Sequence[float | None], log_y: bool) -> list[float]:
