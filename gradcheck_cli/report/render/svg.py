@@ -47,9 +47,9 @@ from gradcheck_cli.report.render.svg_marks import STATUS_MARKS, Mark, marks_svg
 
 PANEL_HEIGHT = 190
 MAX_NAMED_BARS = 40
+"""Up to this many bars each get their layer name under them; more get a position every few bars."""
 LEGEND_ROW = 18
 """px of a second legend row (the group whisker's entry, under the statuses)."""
-"""Up to this many bars each get their layer name under them; more get a position every few bars."""
 MAX_BAR, MAX_SLOT = 48, 64
 """The widest bar and the widest slot (bar and gap) in px: a 2-layer model draws two bars of this
 width centred in the plot, not two 340-px slabs."""
