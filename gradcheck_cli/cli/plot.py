@@ -175,16 +175,14 @@ def plan_images(scans: Sequence[tuple[str | None, Report]], output: Path, kind: 
 
 
 def _chart_list(charts: Charts) -> list[tuple[ChartKind, str | None, Chart]]:
-    """The report's charts in drawing order: (kind, recurrent layer or None, chart). A series or
-    profile without a single point (a watch stopped before its first step) has no chart, as on the
-    HTML page: it was drawn as empty axes around 0."""
+    """The report's charts in drawing order: (kind, recurrent layer or None, chart)."""
     found: list[tuple[ChartKind, str | None, Chart]] = []
     if charts.flow is not None:
         found.append((ChartKind.FLOW, None, charts.flow))
-    found += [(ChartKind.THROUGH_TIME, profile.layer, profile) for profile in charts.through_time if profile.values]
-    if charts.loss is not None and charts.loss.x:
+    found += [(ChartKind.THROUGH_TIME, profile.layer, profile) for profile in charts.through_time]
+    if charts.loss is not None:
         found.append((ChartKind.LOSS, None, charts.loss))
-    if charts.step_norms is not None and charts.step_norms.x:
+    if charts.step_norms is not None:
         found.append((ChartKind.STEP_NORMS, None, charts.step_norms))
     return found
 

@@ -62,8 +62,6 @@ class Bar:
     low: float | None = None
     high: float | None = None
     """A group's smallest and largest finite grad/weight (None for a single layer)."""
-    nonfinite: bool = False
-    """A NaN/Inf gradient reached the layer (or a layer of the group)."""
 
 
 @dataclass(frozen=True)
@@ -154,22 +152,22 @@ def flow_chart(report: Report, thresholds: ChartThresholds) -> FlowChart | None:
 
 def _bar(group: Sequence[LayerReport], first: int) -> Bar:
     status = min((layer.status for layer in group), key=lambda s: STATUS_RANK.get(s, len(STATUS_RANK)))
-    nonfinite = any(layer.nonfinite_grads > 0 or _nonfinite(layer.grad_norm) for layer in group)
     if len(group) == 1:
         layer = group[0]
-        return Bar(layer.name, first, 1, status, layer.grad_norm, layer.grad_to_weight, nonfinite=nonfinite)
+        return Bar(layer.name, first, 1, status, layer.grad_norm, layer.grad_to_weight)
     ratios = sorted((r, i) for i, r in enumerate(layer.grad_to_weight for layer in group) if _finite(r))
     median = group[ratios[(len(ratios) - 1) // 2][1]] if ratios else group[0]
     label = f"{group[0].name} … {group[-1].name}"
     return Bar(label, first, len(group), status, median.grad_norm, median.grad_to_weight,
-               ratios[0][0] if ratios else None, ratios[-1][0] if ratios else None, nonfinite)
+               ratios[0][0] if ratios else None, ratios[-1][0] if ratios else None)
 
 
 def through_time_profiles(report: Report) -> tuple[TimeProfile, ...]:
+    """One per recurrent layer with a measured profile (a chart needs a point to draw)."""
     profiles = []
     for layer in report.layers:
         tt = layer.through_time
-        if tt is None:
+        if tt is None or not tt.step_grad_rms:
             continue
         size = math.ceil(len(tt.step_grad_rms) / MAX_TIME_POINTS)
         values = tuple(_mean(tt.step_grad_rms[i:i + size]) for i in range(0, len(tt.step_grad_rms), size))
@@ -182,11 +180,15 @@ def through_time_profiles(report: Report) -> tuple[TimeProfile, ...]:
 def loss_chart(report: Report) -> StepChart | None:
     """A watch's loss over its sampled steps; a scan with --steps: every loss it measured, in order
     (each probe batch's, then the loss after each step on that batch: `loss.values`, which also
-    holds the last batch's loss that the series leaves out). None for a scan without --steps."""
-    if report.series is not None and not _scan_steps(report):
+    holds the last batch's loss that the series leaves out). None for a scan without --steps, and
+    for a watch stopped before its first step (a chart needs a point to draw)."""
+    scan_steps = is_scan_steps(report)
+    if report.series is not None and not scan_steps:
+        if not report.series.steps:
+            return None
         return StepChart("Loss over training steps", "optimizer step", "loss", report.series.steps,
                          (Line("loss", report.series.loss),), log_y=False)
-    if not _scan_steps(report) or len(report.loss.values) < 2:
+    if not scan_steps or len(report.loss.values) < 2:
         return None
     x = tuple(range(len(report.loss.values)))
     return StepChart("Loss over the probe batches and --steps", "measurement (probe batch or step, in order)",
@@ -196,7 +198,7 @@ def loss_chart(report: Report) -> StepChart | None:
 def step_norm_chart(report: Report) -> StepChart | None:
     """Per-layer gradient norms over a watch's sampled steps, or over a scan's --steps (log scale)."""
     series = report.series
-    if series is None or not series.layers:
+    if series is None or not series.layers or not series.steps:
         return None
     status = {layer.name: layer.status for layer in report.layers}
     flagged = {f.layer for f in report.findings if f.layer is not None}
@@ -207,14 +209,15 @@ def step_norm_chart(report: Report) -> StepChart | None:
     low = tuple(min((v for v in col if _finite(v)), default=None) for col in columns)
     high = tuple(max((v for v in col if _finite(v)), default=None) for col in columns)
     title, x_label = (("Per-layer gradient norm over the scan's --steps", "optimizer step (across probe batches)")
-                      if _scan_steps(report) else
+                      if is_scan_steps(report) else
                       ("Per-layer gradient norm over training steps", "optimizer step"))
     return StepChart(title, x_label, "gradient L2 norm", series.steps, lines, log_y=True, band_low=low,
                      band_high=high, hidden_lines=max(0, len(series.layers) - MAX_LINES))
 
 
-def _scan_steps(report: Report) -> bool:
-    """A scan that took optimizer steps (--steps), as opposed to a training watch."""
+def is_scan_steps(report: Report) -> bool:
+    """A scan that took optimizer steps (--steps), as opposed to a training watch: its series is
+    its own steps (analyse/pipeline.step_series)."""
     return bool(report.config.get("steps")) and report.config.get("mode") != "watch"
 
 
@@ -227,7 +230,7 @@ def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def _nonfinite(value: float | None) -> bool:
+def nonfinite(value: float | None) -> bool:
     return value is not None and not math.isfinite(value)
 
 

@@ -187,14 +187,13 @@ def _charts(report: Report, ident: str) -> str:
         figures.append(_figure(flow_svg(charts.flow, f"{ident}-flow"),
                                "Gradient flow: bars are log10 values per layer, V/E/NaN mark vanishing, "
                                "exploding and non-finite layers; dashed lines are the thresholds."))
-    # A series or profile without a single point (a watch stopped before its first step) has no chart.
-    for number, profile in enumerate((p for p in charts.through_time if p.values), start=1):
+    for number, profile in enumerate(charts.through_time, start=1):
         figures.append(_figure(through_time_svg(profile, f"{ident}-time-{number}"),
                                f"Gradient reaching each time step of {esc(profile.layer)}; "
                                + esc(_horizon_caption(profile))))
-    if charts.loss is not None and charts.loss.x:
+    if charts.loss is not None:
         figures.append(_figure(step_svg(charts.loss, "loss", f"{ident}-loss"), esc(charts.loss.title)))
-    if charts.step_norms is not None and charts.step_norms.x:
+    if charts.step_norms is not None:
         figures.append(_figure(step_svg(charts.step_norms, "step-norms", f"{ident}-norms"),
                                esc(charts.step_norms.title)))
     if not figures:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from gradcheck_cli.report.charts import Bar, FlowChart, log10
+from gradcheck_cli.report.charts import Bar, FlowChart, log10, nonfinite
 from gradcheck_cli.report.records import Status
 from gradcheck_cli.report.render.common import format_number
 from gradcheck_cli.report.render.svg_axes import (
@@ -37,7 +37,6 @@ from gradcheck_cli.report.render.svg_axes import (
     data_value,
     decade_ticks,
     log_axis,
-    missing_word,
     num,
     open_svg,
     shorten,
@@ -114,10 +113,6 @@ def bar_slots(count: int) -> tuple[float, float]:
     return LEFT + (PLOT_WIDTH - slot * count) / 2, slot
 
 
-def _nonfinite(value: float | None) -> bool:
-    return value is not None and not math.isfinite(value)
-
-
 def flow_svg(chart: FlowChart, ident: str) -> str:
     """The flow chart: log10 gradient norm (top panel) and log10 grad/weight (bottom panel) per
     layer along depth, with the vanishing and exploding thresholds drawn in the bottom panel."""
@@ -148,7 +143,7 @@ def flow_svg(chart: FlowChart, ident: str) -> str:
     parts += _panel("grad_to_weight", "log10 grad/weight", ratio_axis, bars, ident, thresholds)
     parts += _x_labels(bars, low_panel.bottom, named, label_room)
     used = {b.status for b in bars} | {Status.HEALTHY}
-    if any(_nonfinite(b.grad_norm) or _nonfinite(b.grad_to_weight) for b in bars):
+    if any(nonfinite(b.grad_norm) or nonfinite(b.grad_to_weight) for b in bars):
         used.add(Status.NONFINITE)  # the placeholder of a NaN or Inf value looks like its swatch
     legend_y = height - 14 - (LEGEND_ROW if ranges else 0)
     parts += _legend(sorted(used, key=list(Status).index), ident, legend_y)
@@ -201,7 +196,7 @@ def _bar(index: int, bar: Bar, value: float | None, axis: Axis, x: float, width:
     tooltip = (f"{bar.label}: {format_number(value)} ({bar.status.value}"
                + (f", {bar.count} layers, median shown" if bar.count > 1 else "") + ")")
     parts, mark_top = [], top
-    if _nonfinite(value):
+    if nonfinite(value):
         parts.append(f'<rect class="placeholder nonfinite" data-layer="{attr(bar.label)}" x="{num(x)}" '
                      f'y="{num(axis.top)}" width="{num(width)}" height="{num(axis.bottom - axis.top)}" '
                      f'{fill_of(Status.NONFINITE, ident, width < THIN)}/>')
@@ -217,7 +212,7 @@ def _bar(index: int, bar: Bar, value: float | None, axis: Axis, x: float, width:
             parts.append(f'<line class="range" data-layer="{attr(bar.label)}" data-low="{data_value(bar.low)}" '
                          f'data-high="{data_value(bar.high)}" x1="{middle}" y1="{num(axis.y(low))}" x2="{middle}" '
                          f'y2="{num(axis.y(high))}" stroke="#000000"/>')
-    words = [missing_word(value)] if position is None else []
+    words = [format_number(value)] if position is None else []
     if bar.status in STATUS_MARKS and STATUS_MARKS[bar.status] not in words:
         words.append(STATUS_MARKS[bar.status])
     if not words:

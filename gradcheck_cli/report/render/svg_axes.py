@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from html import escape
 
 from gradcheck_cli.report.charts import log10
-from gradcheck_cli.report.render.common import format_number
 
 WIDTH = 960
 """Every chart's width in px (the page scales it down on a narrow screen, never up)."""
@@ -59,17 +58,6 @@ def attr(text: object) -> str:
 def data_value(value: float | None) -> str:
     """The report's number as data-value: ``repr`` of the float ("nan", "inf" included), "" for None."""
     return "" if value is None else repr(float(value))
-
-
-def missing_word(value: float | None) -> str:
-    """What a value a log axis cannot place is called on the chart."""
-    if value is None:
-        return "—"
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "Inf" if value > 0 else "-Inf"
-    return format_number(value)  # zero or negative
 
 
 def shorten(text: str, limit: int = MAX_NAME) -> str:

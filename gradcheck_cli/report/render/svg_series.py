@@ -21,6 +21,7 @@ import math
 from collections.abc import Sequence
 
 from gradcheck_cli.report.charts import Line, StepChart, TimeProfile, log10
+from gradcheck_cli.report.render.common import format_number
 from gradcheck_cli.report.render.svg_axes import (
     LEFT,
     PLOT_WIDTH,
@@ -30,7 +31,6 @@ from gradcheck_cli.report.render.svg_axes import (
     decade_ticks,
     linear_ticks,
     log_axis,
-    missing_word,
     num,
     open_svg,
     shorten,
@@ -75,7 +75,7 @@ def through_time_svg(profile: TimeProfile, ident: str) -> str:
         if position is None:
             parts.append(f'<text class="mark missing" data-step="{i}" data-value="{data_value(value)}" '
                          f'x="{num(x)}" y="{num(axis.bottom - 4)}" text-anchor="middle" font-size="9">'
-                         f'{attr(missing_word(value))}</text>')
+                         f'{attr(format_number(value))}</text>')
         else:
             parts.append(f'<circle class="point" data-step="{i}" data-value="{data_value(value)}" '
                          f'cx="{num(x)}" cy="{num(axis.y(position))}" r="2" fill="#1f77b4"/>')
@@ -143,7 +143,7 @@ def _log_ticks(values: Sequence[float | None], bottom: float) -> tuple[Axis, lis
 
 
 def _polylines(points: Sequence[tuple[float, float | None]], axis: Axis, style: str,
-               css: str = "line", extra: str = "", dot: str | None = None) -> list[str]:
+               dot: str | None = None) -> list[str]:
     """A polyline per run of placeable points: a missing value breaks the line, never bridges it.
     With ``dot`` (a colour), a run of one point (a one-step watch, a value between two NaNs) is
     also a dot of that colour: a polyline of one point draws nothing."""
@@ -155,7 +155,7 @@ def _polylines(points: Sequence[tuple[float, float | None]], axis: Axis, style: 
             runs[-1].append((x, axis.y(position)))
     parts = []
     for run in (run for run in runs if run):
-        parts.append(f'<polyline class="{css}"{extra} points="{" ".join(f"{num(x)},{num(y)}" for x, y in run)}" '
+        parts.append(f'<polyline class="line" points="{" ".join(f"{num(x)},{num(y)}" for x, y in run)}" '
                      f'fill="none" {style}/>')
         if dot is not None and len(run) == 1:
             parts.append(f'<circle class="lone" cx="{num(run[0][0])}" cy="{num(run[0][1])}" r="2.5" fill="{dot}"/>')
@@ -207,7 +207,7 @@ def _line(line: Line, xs: Sequence[float], positions: Sequence[float | None], ax
     for x, value, position in zip(xs, line.values, positions, strict=True):
         if position is None and value is not None:  # measured, but not placeable: NaN, Inf, 0 on a log axis
             parts.append(f'<text class="mark missing" x="{num(x)}" y="{num(axis.top + 10)}" '
-                         f'text-anchor="middle" font-size="9">{attr(missing_word(value))}</text>')
+                         f'text-anchor="middle" font-size="9">{attr(format_number(value))}</text>')
     if label is not None:
         x, y, at = label
         if abs(at - y) > 2:  # moved away from its line's end: a leader says which line it names; thin,
