@@ -48,7 +48,7 @@ def scan(target: str | Target, config: ScanConfig | None = None,
 
     config = replace(config or ScanConfig(), **options)
     own_ranks = ranks is None
-    ranks = _launched_ranks() if ranks is None else ranks
+    ranks = launched_ranks() if ranks is None else ranks
     if ranks is not None:
         config = _rank_config(config, ranks)
     elif config.shard:
@@ -142,8 +142,9 @@ def _read_checkpoint(path: str) -> Any:
     return read_checkpoint(path)
 
 
-def _launched_ranks() -> ScanRanks | None:
-    """This process's ScanRanks under torchrun (WORLD_SIZE > 1), else None."""
+def launched_ranks() -> ScanRanks | None:
+    """This process's place under torchrun (WORLD_SIZE > 1 in the environment), else None; a
+    UserError for an environment that makes no sense (RANK outside WORLD_SIZE). The CLI's too."""
     import os
 
     if os.environ.get("WORLD_SIZE", "1").strip() in ("", "0", "1"):

@@ -115,3 +115,11 @@ def test_a_scan_without_steps_has_no_chart_over_steps() -> None:
     charts = charts_of(_report([_layer(0, 1.0)]))
     assert charts.loss is None and charts.step_norms is None and charts.through_time == ()
     assert charts_of(replace(_report([_layer(0, 1.0, params=0)]))).flow is None
+
+
+def test_the_charts_default_thresholds_are_the_analysis_defaults() -> None:
+    """report/ may not import analyse/: a saved report with default thresholds has no
+    config["thresholds"], so the charts' defaults must be the analysis's own."""
+    from gradcheck_cli.analyse.thresholds import DEFAULTS
+
+    assert ChartThresholds() == ChartThresholds(DEFAULTS.vanish_grad_to_weight, DEFAULTS.explode_grad_to_weight)

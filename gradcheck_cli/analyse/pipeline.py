@@ -9,7 +9,6 @@ of its optimizer steps (Report.series, in the watch's schema: report/series.py).
 
 from __future__ import annotations
 
-import math
 from dataclasses import fields
 from typing import Any
 
@@ -18,6 +17,7 @@ from gradcheck_cli.analyse.checks import CheckContext, run_checks
 from gradcheck_cli.analyse.classify import LayerVerdict, classify_layers, verdict
 from gradcheck_cli.analyse.fixes import recommend
 from gradcheck_cli.analyse.recurrence import effective_horizon, near_end, oriented_steps
+from gradcheck_cli.analyse.series_sampler import norm_of
 from gradcheck_cli.analyse.stats import LayerStats, compute_stats
 from gradcheck_cli.analyse.structure import has_normalization
 from gradcheck_cli.analyse.thresholds import DEFAULTS, Thresholds
@@ -104,11 +104,11 @@ def step_series(measurements: Measurements, order: list[str]) -> WatchSeries | N
     layers = tuple(LayerSeries(name,
                                tuple(_norm(p.grad_sq[k]) for p in points),
                                tuple(p.update_ratio[k] for p in points),
-                               tuple(_norm(p.weight_sq[k]) for p in points))
+                               tuple(norm_of(p.weight_sq[k]) for p in points))
                    for name, k in kept)
     return WatchSeries(tuple(range(len(points))), tuple(p.loss for p in points), layers)
 
 
 def _norm(square: float | None) -> float | None:
-    """A norm from its square; None (no gradient) and NaN/Inf stay as they are."""
-    return square if square is None or not math.isfinite(square) else math.sqrt(square)
+    """A norm from its square (series_sampler.norm_of, as the watch's series); None: no gradient."""
+    return None if square is None else norm_of(square)

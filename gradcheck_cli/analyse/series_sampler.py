@@ -104,15 +104,15 @@ class SeriesSampler:
 def _point(block: StepBlock, row: int, weights: bool) -> SeriesPoint:
     """Row `row` of `block` as plain numbers: norms from the squared norms the watch reads."""
     layers = len(block.grad_sq[row])
-    grad = tuple(_sqrt(v) for v in block.grad_sq[row])
+    grad = tuple(norm_of(v) for v in block.grad_sq[row])
     ratios = block.update_ratio[row] if block.update_ratio is not None else None
     # The watch writes NaN in every column of a row it did not measure (every 10th step only).
     update: tuple[Point, ...] = (None,) * layers if ratios is None or all(math.isnan(v) for v in ratios) \
         else tuple(ratios)
-    weight: tuple[Point, ...] = tuple(_sqrt(v) for v in block.weight_sq) if weights else (None,) * layers
+    weight: tuple[Point, ...] = tuple(norm_of(v) for v in block.weight_sq) if weights else (None,) * layers
     return SeriesPoint(block.first_step + row, block.loss[row], grad, update, weight)
 
 
-def _sqrt(square: float) -> float:
+def norm_of(square: float) -> float:
     """A norm from its square; NaN/Inf stay as they are (sqrt of NaN is NaN, of Inf is Inf)."""
     return math.sqrt(square) if square >= 0 else math.nan

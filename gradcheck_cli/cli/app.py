@@ -155,8 +155,9 @@ def scan(
     """
     _ignore_warnings_for_api_users()
     try:
+        from gradcheck_cli.api import launched_ranks
         from gradcheck_cli.cli.progress import ScanProgress
-        from gradcheck_cli.cli.ranks import emit_on_rank_zero, launched_ranks
+        from gradcheck_cli.cli.ranks import emit_on_rank_zero
 
         ranks = launched_ranks()
         quiet = quiet or (ranks is not None and ranks.rank > 0)  # one progress bar: rank 0's

@@ -3,7 +3,6 @@ rank exits with rank 0's code (measure/distributed_scan.py; README, "Scanning un
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -16,16 +15,6 @@ if TYPE_CHECKING:
     from gradcheck_cli.measure.distributed_scan import ScanRanks
 
 EXIT_USAGE = 2
-
-
-def launched_ranks() -> ScanRanks | None:
-    """This process's place under torchrun (WORLD_SIZE > 1 in the environment), else None; a
-    UserError for an environment that makes no sense (RANK outside WORLD_SIZE)."""
-    if os.environ.get("WORLD_SIZE", "1").strip() in ("", "0", "1"):
-        return None  # a single process: torch.distributed is not imported
-    from gradcheck_cli.measure.distributed_scan import ScanRanks
-
-    return ScanRanks.from_environment()
 
 
 def emit_on_rank_zero(ranks: ScanRanks, emit: Callable[[], int]) -> int:
@@ -47,6 +36,8 @@ def emit_on_rank_zero(ranks: ScanRanks, emit: Callable[[], int]) -> int:
 
 def refuse_recipe_under_torchrun() -> None:
     """`gradcheck run` is not distributed: under torchrun every rank would print its own report."""
+    from gradcheck_cli.api import launched_ranks
+
     world = launched_ranks()
     if world is not None:
         raise UserError(f"gradcheck run (a recipe) does not run under torchrun (WORLD_SIZE={world.world_size}): "
